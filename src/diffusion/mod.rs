@@ -1,0 +1,4 @@
+//! Schedules, time sequences, DDIM inversion and the DiffStyle generation loop.
+
+pub mod rng;
+pub mod schedule;

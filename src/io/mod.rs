@@ -1,0 +1,3 @@
+//! Images in and out, grids, masks.
+
+pub mod image;

@@ -1,0 +1,9 @@
+//! diffstyle: training-free style transfer through the h-space of a frozen,
+//! unconditional, pixel-space diffusion U-Net (DiffStyle / InjectFusion), with no ML
+//! framework at run time. See `README.md` and `shared/docs/method.md`.
+
+pub mod backend;
+pub mod diffusion;
+pub mod io;
+pub mod model;
+pub mod tensor;

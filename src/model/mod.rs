@@ -1,0 +1,5 @@
+//! U-Net configuration, weight loading and the U-Net itself.
+
+pub mod arch;
+pub mod config;
+pub mod weights;
