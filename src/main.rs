@@ -1,1 +1,228 @@
-fn main() {}
+//! The `diffstyle` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use diffstyle::commands::{self, Common, DeviceChoice, Knobs, ModelArgs};
+use diffstyle::diffusion::method::Preset;
+use diffstyle::model::unet::Precision;
+
+#[derive(Parser)]
+#[command(
+    name = "diffstyle",
+    version,
+    about = "Training-free style transfer through the h-space of a frozen diffusion U-Net (DiffStyle)",
+    long_about = "Training-free style transfer through the h-space of a frozen, unconditional, \
+pixel-space diffusion U-Net (DiffStyle / InjectFusion, arXiv 2303.15403).\n\n\
+Both images are DDIM-inverted; generation starts from the style's latent while the \
+content's h-space features (the U-Net bottleneck) are blended in by slerp. Models: \
+diffusers UNet2DModel folders, or single .safetensors files with the original DDPM names \
+described by --config or --arch."
+)]
+struct Cli {
+    /// Where to run: `cpu`, `cuda` (hand-written kernels; not in this build yet) or
+    /// `auto` (a GPU when available, else the CPU).
+    #[arg(long, global = true, value_enum, default_value = "auto")]
+    device: DeviceChoice,
+    /// Weight storage precision (activations, latents and the h-space mix stay f32).
+    /// On the CPU, f16/bf16 round the weights through that format.
+    #[arg(long, global = true, value_enum, default_value = "f32")]
+    precision: Precision,
+    /// No progress bars (they are also off when stderr is not a terminal).
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    /// Print timings, work counts and memory use.
+    #[arg(long, short, global = true)]
+    verbose: bool,
+    /// CPU threads (0 = all cores).
+    #[arg(long, global = true, default_value_t = 0)]
+    threads: usize,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct ModelOpts {
+    /// The model: a diffusers UNet2DModel folder (config.json +
+    /// diffusion_pytorch_model.safetensors), a diffusers pipeline folder (model_index.json
+    /// + unet/), or a single .safetensors file (with --config or --arch).
+    #[arg(long)]
+    model: PathBuf,
+    /// Architecture of a single .safetensors file: the authors' config (YAML or JSON with
+    /// data / model / diffusion sections) or a diffusers config.json.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Built-in architecture for a single .safetensors file: ddpm-256.
+    #[arg(long)]
+    arch: Option<String>,
+}
+
+#[derive(Args, Clone)]
+struct KnobOpts {
+    /// Start from a preset (explicit knobs below override it).
+    #[arg(long, value_enum, default_value = "in-domain")]
+    preset: Preset,
+    /// Content weight of the h-space slerp, in [0, 1] (authors: --hs_coeff / h_gamma).
+    #[arg(long)]
+    gamma: Option<f32>,
+    /// Mix h only at t >= t_edit (authors: --user_defined_t_edit). Preset: 400.
+    #[arg(long)]
+    t_edit: Option<i64>,
+    /// DDIM inversion steps (authors: --n_inv_step). Preset: 50.
+    #[arg(long)]
+    inv_steps: Option<usize>,
+    /// Generation steps (authors: --n_gen_step). Preset: 1000.
+    #[arg(long)]
+    gen_steps: Option<usize>,
+    /// Injection-capable steps = seq(N); 0 = every step (authors:
+    /// --content_replace_step). Preset: 50.
+    #[arg(long)]
+    replace_steps: Option<usize>,
+    /// Stochastic (eta = 1) injection steps at t <= t_boost (authors: --t_noise).
+    /// Preset: 200.
+    #[arg(long)]
+    t_boost: Option<i64>,
+    /// Scale of the DDIM direction term at t >= dt_end (authors: --dt_lambda). Preset: 1.
+    #[arg(long)]
+    dt_lambda: Option<f32>,
+    /// See --dt-lambda (authors: --dt_end). Preset: 950.
+    #[arg(long)]
+    dt_end: Option<i64>,
+    /// Style calibration strength; 0 = off (authors: --omega). Preset: 0.
+    #[arg(long)]
+    omega: Option<f32>,
+    /// Seed of the noise of the stochastic steps. Preset: 1234.
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Style transfer of every content x style pair.
+    Transfer {
+        #[command(flatten)]
+        model: ModelOpts,
+        /// Content image(s) (PNG/JPEG/WebP, any size) or inversion caches (.safetensors).
+        #[arg(long, required = true, num_args = 1..)]
+        content: Vec<PathBuf>,
+        /// Style image(s) or inversion caches.
+        #[arg(long, required = true, num_args = 1..)]
+        style: Vec<PathBuf>,
+        /// Output: the image file for one pair; a folder (one PNG per pair + grid.png)
+        /// for several.
+        #[arg(long)]
+        out: PathBuf,
+        /// Local mixing: an image (white = content) of any size, area-averaged to the
+        /// h grid. Without it the whole h is mixed.
+        #[arg(long)]
+        mask: Option<PathBuf>,
+        /// (One pair) also write the final latent as f32 NCHW safetensors, key `x0`.
+        #[arg(long)]
+        dump_tensor: Option<PathBuf>,
+        #[command(flatten)]
+        knobs: KnobOpts,
+    },
+    /// DDIM-invert an image and write the inversion cache (x_T, the h trajectory).
+    Invert {
+        #[command(flatten)]
+        model: ModelOpts,
+        /// The image to invert.
+        #[arg(long)]
+        image: PathBuf,
+        /// The cache file to write (.safetensors).
+        #[arg(long)]
+        out: PathBuf,
+        /// DDIM inversion steps.
+        #[arg(long, default_value_t = 50)]
+        inv_steps: usize,
+    },
+    /// Plain DDIM sampling from seeded noise: a grid of N images.
+    Sample {
+        #[command(flatten)]
+        model: ModelOpts,
+        /// Number of images.
+        #[arg(long, short, default_value_t = 4)]
+        n: usize,
+        /// DDIM steps.
+        #[arg(long, default_value_t = 50)]
+        steps: usize,
+        #[arg(long, default_value_t = 1234)]
+        seed: u64,
+        /// The grid PNG to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Architecture, parameter count, GFLOP per forward and the activation memory plan.
+    Info {
+        /// A model (optional when --config or --arch describe the architecture).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        arch: Option<String>,
+        /// Also list every planned activation buffer.
+        #[arg(long)]
+        plan: bool,
+    },
+}
+
+impl From<ModelOpts> for ModelArgs {
+    fn from(m: ModelOpts) -> Self {
+        ModelArgs { model: Some(m.model), config: m.config, arch: m.arch }
+    }
+}
+
+impl From<KnobOpts> for Knobs {
+    fn from(k: KnobOpts) -> Self {
+        Knobs {
+            preset: k.preset,
+            gamma: k.gamma,
+            t_edit: k.t_edit,
+            inv_steps: k.inv_steps,
+            gen_steps: k.gen_steps,
+            replace_steps: k.replace_steps,
+            t_boost: k.t_boost,
+            dt_lambda: k.dt_lambda,
+            dt_end: k.dt_end,
+            omega: k.omega,
+            seed: k.seed,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let common = Common {
+        device: cli.device,
+        precision: cli.precision,
+        quiet: cli.quiet,
+        verbose: cli.verbose,
+        threads: cli.threads,
+    };
+    let result = match cli.cmd {
+        Cmd::Transfer { model, content, style, out, mask, dump_tensor, knobs } => commands::transfer(
+            &common,
+            &model.into(),
+            &content,
+            &style,
+            &out,
+            mask.as_deref(),
+            dump_tensor.as_deref(),
+            &knobs.into(),
+        ),
+        Cmd::Invert { model, image, out, inv_steps } => {
+            commands::invert(&common, &model.into(), &image, &out, inv_steps)
+        }
+        Cmd::Sample { model, n, steps, seed, out } => commands::sample(&common, &model.into(), n, steps, seed, &out),
+        Cmd::Info { model, config, arch, plan } => commands::info(&common, &ModelArgs { model, config, arch }, plan),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

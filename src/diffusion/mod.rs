@@ -2,3 +2,4 @@
 
 pub mod rng;
 pub mod schedule;
+pub mod method;

@@ -1,3 +1,4 @@
 //! Images in and out, grids, masks.
 
 pub mod image;
+pub mod cache;

@@ -3,3 +3,6 @@
 pub mod arch;
 pub mod config;
 pub mod weights;
+pub mod graph;
+pub mod plan;
+pub mod unet;

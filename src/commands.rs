@@ -1,0 +1,352 @@
+//! What the CLI's subcommands do, as library functions (main.rs only parses).
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context, Result};
+
+use crate::backend::cpu::CpuBackend;
+use crate::diffusion::method::{Engine, Inversion, Preset, Settings};
+use crate::io::cache::{self, CacheKey};
+use crate::model::graph::Graph;
+use crate::model::plan::Plan;
+use crate::model::unet::{Precision, UNet};
+use crate::model::weights::{load_model, LoadedModel};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceChoice {
+    Cpu,
+    Cuda,
+    Auto,
+}
+
+pub struct Common {
+    pub device: DeviceChoice,
+    pub precision: Precision,
+    pub quiet: bool,
+    pub verbose: bool,
+    pub threads: usize,
+}
+
+pub struct ModelArgs {
+    pub model: Option<PathBuf>,
+    pub config: Option<PathBuf>,
+    pub arch: Option<String>,
+}
+
+/// Knobs as given on the command line; `None` = the preset's value.
+pub struct Knobs {
+    pub preset: Preset,
+    pub gamma: Option<f32>,
+    pub t_edit: Option<i64>,
+    pub inv_steps: Option<usize>,
+    pub gen_steps: Option<usize>,
+    pub replace_steps: Option<usize>,
+    pub t_boost: Option<i64>,
+    pub dt_lambda: Option<f32>,
+    pub dt_end: Option<i64>,
+    pub omega: Option<f32>,
+    pub seed: Option<u64>,
+}
+
+impl Knobs {
+    pub fn settings(&self) -> Settings {
+        let p = self.preset.settings();
+        Settings {
+            gamma: self.gamma.unwrap_or(p.gamma),
+            t_edit: self.t_edit.unwrap_or(p.t_edit),
+            inv_steps: self.inv_steps.unwrap_or(p.inv_steps),
+            gen_steps: self.gen_steps.unwrap_or(p.gen_steps),
+            replace_steps: self.replace_steps.unwrap_or(p.replace_steps),
+            t_boost: self.t_boost.unwrap_or(p.t_boost),
+            dt_lambda: self.dt_lambda.unwrap_or(p.dt_lambda),
+            dt_end: self.dt_end.unwrap_or(p.dt_end),
+            omega: self.omega.unwrap_or(p.omega),
+            seed: self.seed.unwrap_or(p.seed),
+        }
+    }
+}
+
+/// The CPU is the only backend in this build.
+fn backend(c: &Common) -> Result<CpuBackend> {
+    match c.device {
+        DeviceChoice::Cuda => bail!(
+            "--device cuda: the GPU backend is not in this build yet (it is being written); \
+             use --device cpu (or auto)"
+        ),
+        DeviceChoice::Cpu | DeviceChoice::Auto => Ok(CpuBackend::new(c.threads)),
+    }
+}
+
+fn model(m: &ModelArgs) -> Result<LoadedModel> {
+    let path = m.model.as_deref().context("--model is required")?;
+    load_model(path, m.config.as_deref(), m.arch.as_deref())
+}
+
+/// A progress bar on stderr, hidden with --quiet or when stderr is not a terminal.
+struct Progress(indicatif::ProgressBar);
+
+impl Progress {
+    fn new(c: &Common, len: usize, what: &str) -> Self {
+        let bar = if c.quiet || !std::io::stderr().is_terminal() {
+            indicatif::ProgressBar::hidden()
+        } else {
+            let b = indicatif::ProgressBar::new(len as u64);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg:>24} [{bar:30}] {pos}/{len} steps  {elapsed_precise}  {per_sec}  eta {eta}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            b
+        };
+        bar.set_message(what.to_string());
+        Self(bar)
+    }
+    fn tick(&self) {
+        self.0.inc(1);
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
+}
+
+fn stem(p: &Path) -> String {
+    p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "input".into())
+}
+
+fn cache_key(m: &LoadedModel, precision: Precision, inv_steps: usize) -> CacheKey {
+    CacheKey { model_hash: format!("{}-{precision:?}", m.hash).to_lowercase(), inv_steps }
+}
+
+fn shapes(m: &LoadedModel) -> ([usize; 3], [usize; 3]) {
+    let a = &m.arch;
+    ([a.in_channels, a.sample_size, a.sample_size], [a.h_channels(), a.h_size(), a.h_size()])
+}
+
+/// An image to invert, or a cache to load: decided and checked before any work.
+enum Input {
+    Image(Vec<f32>),
+    Cached(Inversion),
+}
+
+fn read_input(path: &Path, m: &LoadedModel, key: &CacheKey) -> Result<Input> {
+    let (shape, h_shape) = shapes(m);
+    if cache::is_cache(path) {
+        Ok(Input::Cached(cache::load(path, key, shape, h_shape)?))
+    } else {
+        Ok(Input::Image(crate::io::image::load_image(path, m.arch.sample_size)?.data))
+    }
+}
+
+fn check_parent(out: &Path) -> Result<()> {
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    ensure!(parent.is_dir(), "{}: the output folder {} does not exist", out.display(), parent.display());
+    ensure!(!out.is_dir(), "{}: is a folder, expected an output file name", out.display());
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn transfer(
+    c: &Common,
+    m: &ModelArgs,
+    contents: &[PathBuf],
+    styles: &[PathBuf],
+    out: &Path,
+    mask: Option<&Path>,
+    dump: Option<&Path>,
+    knobs: &Knobs,
+) -> Result<()> {
+    let be = backend(c)?;
+    let s = knobs.settings();
+    let model = model(m)?;
+    s.validate(&model.schedule)?;
+    let pairs = contents.len() * styles.len();
+    ensure!(dump.is_none() || pairs == 1, "--dump-tensor needs exactly one content and one style");
+    if pairs == 1 {
+        check_parent(out)?;
+    } else {
+        ensure!(!out.is_file(), "{}: with {pairs} pairs --out must be a folder, not a file", out.display());
+    }
+    if let Some(d) = dump {
+        check_parent(d)?;
+    }
+    let key = cache_key(&model, c.precision, s.inv_steps);
+    // Every input is read and checked before any compute.
+    let mut inputs: HashMap<PathBuf, Input> = HashMap::new();
+    for p in contents.iter().chain(styles) {
+        if !inputs.contains_key(p) {
+            inputs.insert(p.clone(), read_input(p, &model, &key)?);
+        }
+    }
+    let hs = model.arch.h_size();
+    let mask = mask.map(|p| crate::io::mask::load_mask(p, hs)).transpose()?;
+
+    let t0 = Instant::now();
+    let unet = UNet::new(&be, &model, c.precision)?;
+    let mut eng = Engine::new(&be, &unet, &model.schedule)?;
+    let mut inverted: HashMap<PathBuf, Inversion> = HashMap::new();
+    for (p, input) in inputs {
+        let inv = match input {
+            Input::Cached(inv) => inv,
+            Input::Image(x0) => {
+                let bar = Progress::new(c, s.inv_steps - 1, &format!("invert {}", stem(&p)));
+                eng.invert(&x0, s.inv_steps, &mut || bar.tick())?
+            }
+        };
+        inverted.insert(p, inv);
+    }
+    let t_inv = t0.elapsed();
+    if pairs > 1 {
+        std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create the output folder", out.display()))?;
+    }
+    let size = model.arch.sample_size;
+    let mut results = Vec::with_capacity(pairs);
+    let t1 = Instant::now();
+    for (ci, cp) in contents.iter().enumerate() {
+        for (si, sp) in styles.iter().enumerate() {
+            let what = format!("pair {}/{pairs}", ci * styles.len() + si + 1);
+            let bar = Progress::new(c, s.gen_steps, &what);
+            let x = eng.transfer(&inverted[sp].x_t, &inverted[cp], &s, mask.as_deref(), &mut || bar.tick())?;
+            drop(bar);
+            let file = if pairs == 1 {
+                out.to_path_buf()
+            } else {
+                out.join(format!("content_{}_style_{}.png", stem(cp), stem(sp)))
+            };
+            crate::io::image::save_png(&file, &x, size, size)?;
+            if let Some(d) = dump {
+                write_latent(d, &x, [1, model.arch.in_channels, size, size])?;
+            }
+            results.push(x);
+        }
+    }
+    if pairs > 1 {
+        let st: Vec<&[f32]> = styles.iter().map(|p| inverted[p].x0.as_slice()).collect();
+        let ct: Vec<&[f32]> = contents.iter().map(|p| inverted[p].x0.as_slice()).collect();
+        let rs: Vec<&[f32]> = results.iter().map(|r| r.as_slice()).collect();
+        let (grid, gh, gw) = crate::io::grid::authors_grid(&st, &ct, &rs, size);
+        crate::io::image::save_png(&out.join("grid.png"), &grid, gh, gw)?;
+    }
+    if c.verbose {
+        let cnt = &eng.counts;
+        eprintln!(
+            "inversions {:.2} s, generation {:.2} s ({:.2} s per pair); encoder passes {}, decoder passes {}, mixed steps {}, noisy steps {}",
+            t_inv.as_secs_f64(),
+            t1.elapsed().as_secs_f64(),
+            t1.elapsed().as_secs_f64() / pairs as f64,
+            cnt.encoder,
+            cnt.decoder,
+            cnt.mixed_steps,
+            cnt.noisy_steps
+        );
+    }
+    Ok(())
+}
+
+/// The final latent as f32 NCHW safetensors under the key `x0`.
+fn write_latent(path: &Path, x: &[f32], shape: [usize; 4]) -> Result<()> {
+    use safetensors::tensor::{Dtype, TensorView};
+    let bytes: &[u8] = bytemuck::cast_slice(x);
+    let view = TensorView::new(Dtype::F32, shape.to_vec(), bytes)?;
+    let data = safetensors::serialize(vec![("x0", view)], &None)?;
+    crate::io::atomic::write_atomic(path, &data)
+}
+
+pub fn invert(c: &Common, m: &ModelArgs, image: &Path, out: &Path, inv_steps: usize) -> Result<()> {
+    let be = backend(c)?;
+    let model = model(m)?;
+    let s = Settings { inv_steps, ..Settings::default() };
+    s.validate(&model.schedule)?;
+    check_parent(out)?;
+    let x0 = crate::io::image::load_image(image, model.arch.sample_size)?.data;
+    let unet = UNet::new(&be, &model, c.precision)?;
+    let mut eng = Engine::new(&be, &unet, &model.schedule)?;
+    let bar = Progress::new(c, inv_steps - 1, &format!("invert {}", stem(image)));
+    let inv = eng.invert(&x0, inv_steps, &mut || bar.tick())?;
+    drop(bar);
+    let (shape, h_shape) = shapes(&model);
+    cache::save(out, &inv, &cache_key(&model, c.precision, inv_steps), &image.display().to_string(), shape, h_shape)
+}
+
+pub fn sample(c: &Common, m: &ModelArgs, n: usize, steps: usize, seed: u64, out: &Path) -> Result<()> {
+    let be = backend(c)?;
+    let model = model(m)?;
+    ensure!(n >= 1, "-n must be at least 1");
+    let s = Settings { gen_steps: steps, ..Settings::default() };
+    s.validate(&model.schedule)?;
+    check_parent(out)?;
+    let unet = UNet::new(&be, &model, c.precision)?;
+    let mut eng = Engine::new(&be, &unet, &model.schedule)?;
+    let mut imgs = vec![];
+    for k in 0..n {
+        let bar = Progress::new(c, steps, &format!("sample {}/{n}", k + 1));
+        let z = eng.noise(seed, k as u32);
+        imgs.push(eng.ddim(&z, steps, &mut || bar.tick())?);
+    }
+    let size = model.arch.sample_size;
+    let refs: Vec<&[f32]> = imgs.iter().map(|v| v.as_slice()).collect();
+    let nrow = (n as f64).sqrt().ceil() as usize;
+    let (grid, gh, gw) = crate::io::grid::make_grid(&refs, size, nrow, 1);
+    crate::io::image::save_png(out, &grid, gh, gw)
+}
+
+pub fn info(c: &Common, m: &ModelArgs, show_plan: bool) -> Result<()> {
+    let (arch, params, hash) = if m.model.is_some() {
+        let model = model(m)?;
+        let params: usize = model.tensors.values().map(|t| t.numel()).sum();
+        (model.arch.clone(), params, Some(model.hash.clone()))
+    } else {
+        let arch = crate::model::config::arch_only(m.config.as_deref(), m.arch.as_deref())?;
+        let params = crate::model::weights::expected_tensors(&arch)
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum();
+        (arch, params, None)
+    };
+    let g = Graph::build(&arch);
+    let (enc, dec) = g.flops();
+    println!("architecture: DDPM U-Net (diffusers UNet2DModel layout)");
+    println!("  sample size {}x{}, {} -> {} channels", arch.sample_size, arch.sample_size, arch.in_channels, arch.out_channels);
+    println!("  block_out_channels {:?}, {} res blocks per level", arch.block_out_channels, arch.layers_per_block);
+    println!("  attention: down {:?}, mid {}, up {:?}", arch.down_attention, arch.mid_attention, arch.up_attention);
+    let heads = arch.attention_head_dim.map_or("1 head per layer".to_string(), |d| format!("{d} channels per head"));
+    println!("  {heads}; GroupNorm({}, eps {:e}); downsample padding {}", arch.norm_num_groups, arch.norm_eps, arch.downsample_padding);
+    println!(
+        "  time embedding: {} sinusoids (flip_sin_to_cos {}, freq_shift {}) -> {}",
+        arch.block_out_channels[0], arch.flip_sin_to_cos, arch.freq_shift, arch.time_embed_dim
+    );
+    println!("  h-space: {} x {} x {}", arch.h_channels(), arch.h_size(), arch.h_size());
+    if let Some(h) = hash {
+        println!("  weights hash {h}");
+    }
+    println!("parameters: {params} ({:.1} M)", params as f64 / 1e6);
+    println!(
+        "GFLOP per forward (batch 1): {:.1} total = {:.1} encoder (incl. middle block) + {:.1} decoder",
+        (enc + dec) / 1e9,
+        enc / 1e9,
+        dec / 1e9
+    );
+    let plan = Plan::new(&g, 1, 2)?;
+    if show_plan {
+        print!("{}", plan.describe(&g));
+    } else {
+        let total: usize = plan.lens.iter().sum();
+        println!(
+            "activation arena (1 encoder + 2 decoders): {:.1} MiB planned, {:.1} MiB without reuse ({} buffers; --plan lists them)",
+            plan.arena_len as f64 * 4.0 / 1048576.0,
+            total as f64 * 4.0 / 1048576.0,
+            g.values.len()
+        );
+    }
+    // The CPU backend computes in f32; a GPU keeps f16/bf16 weights at 2 bytes.
+    let bytes = if c.precision == Precision::F32 { 4.0 } else { 2.0 };
+    println!("weights: {:.1} MiB as {:?}", params as f64 * bytes / 1048576.0, c.precision);
+    Ok(())
+}

@@ -1,0 +1,192 @@
+//! The U-Net on a backend: weights uploaded once, `encode(x, t) -> (h, skips)` and
+//! `decode(h, skips, t) -> eps` executed from the op list over a planned arena.
+
+use anyhow::{Context, Result};
+
+use super::arch::UNetArch;
+use super::graph::{BatchClass, Graph, Op, ParamSource, ValueId};
+use super::plan::Plan;
+use super::weights::LoadedModel;
+use crate::backend::{Act, Backend, Cat, Conv2d};
+use crate::tensor::HostTensor;
+
+/// Storage precision of the weights (activations, latents and the h-space op stay f32).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Precision {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl Precision {
+    /// Rounds a value through the storage format.
+    pub fn round(self, v: f32) -> f32 {
+        match self {
+            Precision::F32 => v,
+            Precision::F16 => half::f16::from_f32(v).to_f32(),
+            Precision::Bf16 => half::bf16::from_f32(v).to_f32(),
+        }
+    }
+}
+
+pub struct UNet<B: Backend> {
+    pub arch: UNetArch,
+    pub graph: Graph,
+    weights: Vec<B::Weight>,
+}
+
+/// The arena of one (encoder batch, decoder batch) plan.
+pub struct Workspace<B: Backend> {
+    pub plan: Plan,
+    arena: B::Buf,
+}
+
+impl<B: Backend> Workspace<B> {
+    fn act(&self, g: &Graph, v: ValueId, n: usize) -> Act<'_, B::Buf> {
+        let val = &g.values[v];
+        Act::new(&self.arena, self.plan.offsets[v], n, val.c, val.h, val.w)
+    }
+}
+
+/// Assembles one parameter from the checkpoint's tensors.
+fn gather(model: &LoadedModel, source: &ParamSource) -> Result<HostTensor> {
+    let get = |name: &String| {
+        model
+            .tensors
+            .get(name)
+            .with_context(|| format!("{}: the checkpoint has no tensor `{name}`", model.source))
+    };
+    let (data, shape) = match source {
+        ParamSource::Tensor { name, shape } => (get(name)?.data.clone(), shape),
+        ParamSource::Concat { names, shape } => {
+            let mut data = vec![];
+            for n in names {
+                data.extend_from_slice(&get(n)?.data);
+            }
+            (data, shape)
+        }
+    };
+    anyhow::ensure!(
+        data.len() == shape.iter().product::<usize>(),
+        "{}: tensor sizes do not match the architecture ({source:?})",
+        model.source
+    );
+    Ok(HostTensor::new(shape.clone(), data))
+}
+
+impl<B: Backend> UNet<B> {
+    pub fn new(be: &B, model: &LoadedModel, precision: Precision) -> Result<Self> {
+        let graph = Graph::build(&model.arch);
+        let mut weights = Vec::with_capacity(graph.params.len());
+        for p in &graph.params {
+            let mut t = gather(model, &p.source)?;
+            if precision != Precision::F32 {
+                t.data.iter_mut().for_each(|v| *v = precision.round(*v));
+            }
+            weights.push(be.upload_weight(&t, p.kind)?);
+        }
+        Ok(Self { arch: model.arch.clone(), graph, weights })
+    }
+
+    /// Plans and allocates the arena for `n_enc` encoder samples and up to `n_dec`
+    /// decoder samples (2 x n_enc when the two decoders of an injecting step run as
+    /// one batch).
+    pub fn workspace(&self, be: &B, n_enc: usize, n_dec: usize) -> Result<Workspace<B>> {
+        let plan = Plan::new(&self.graph, n_enc, n_dec)?;
+        let arena = be.alloc(plan.arena_len).with_context(|| {
+            format!(
+                "cannot allocate the {:.1} MiB activation arena",
+                plan.arena_len as f64 * 4.0 / 1048576.0
+            )
+        })?;
+        Ok(Workspace { plan, arena })
+    }
+
+    /// The encoder input `x`: `(n_enc, in, S, S)`.
+    pub fn x<'a>(&self, ws: &'a Workspace<B>) -> Act<'a, B::Buf> {
+        ws.act(&self.graph, self.graph.x, ws.plan.n_enc)
+    }
+
+    /// h for `n` decoder samples; the encoder writes the first `n_enc`.
+    pub fn h<'a>(&self, ws: &'a Workspace<B>, n: usize) -> Act<'a, B::Buf> {
+        ws.act(&self.graph, self.graph.h, n)
+    }
+
+    /// The decoder output for `n` samples.
+    pub fn eps<'a>(&self, ws: &'a Workspace<B>, n: usize) -> Act<'a, B::Buf> {
+        ws.act(&self.graph, self.graph.eps, n)
+    }
+
+    /// Runs the encoder on `x` (already in place) at timesteps `t` (`n_enc` values).
+    pub fn encode(&self, be: &B, ws: &Workspace<B>, t: &[f32]) -> Result<()> {
+        anyhow::ensure!(t.len() == ws.plan.n_enc, "one timestep per encoder sample");
+        self.run(be, ws, 0..self.graph.decoder_start, ws.plan.n_enc, t)
+    }
+
+    /// Runs the decoder on the first `n` samples of h (n <= n_dec), reading the skips
+    /// of the last `encode` with broadcast.
+    pub fn decode(&self, be: &B, ws: &Workspace<B>, n: usize) -> Result<()> {
+        anyhow::ensure!(n >= 1 && n <= ws.plan.n_dec, "decoder batch {n} exceeds the plan");
+        self.run(be, ws, self.graph.decoder_start..self.graph.ops.len(), n, &[])
+    }
+
+    /// Full forward: encode then decode the encoder batch.
+    pub fn forward(&self, be: &B, ws: &Workspace<B>, t: &[f32]) -> Result<()> {
+        self.encode(be, ws, t)?;
+        self.decode(be, ws, ws.plan.n_enc)
+    }
+
+    fn run(&self, be: &B, ws: &Workspace<B>, ops: std::ops::Range<usize>, n_run: usize, t: &[f32]) -> Result<()> {
+        let g = &self.graph;
+        let n_enc = ws.plan.n_enc;
+        let act = |v: ValueId| {
+            let n = match g.values[v].class {
+                BatchClass::Enc => n_enc,
+                BatchClass::Dec => n_run,
+            };
+            ws.act(g, v, n)
+        };
+        let cat = |x: (ValueId, Option<ValueId>)| Cat { a: act(x.0), b: x.1.map(act) };
+        let w = |p: usize| &self.weights[p];
+        for k in ops {
+            match &g.ops[k] {
+                Op::TimeEmbed { out } => {
+                    be.timestep_embedding(t, self.arch.flip_sin_to_cos, self.arch.freq_shift, act(*out))?
+                }
+                Op::Linear { x, w: pw, b, silu_input, out } => {
+                    be.linear(act(*x), w(*pw), w(*b), *silu_input, act(*out))?
+                }
+                Op::GroupNorm { x, gamma, beta, groups, silu, out } => be.group_norm(
+                    cat(*x),
+                    w(*gamma),
+                    w(*beta),
+                    *groups,
+                    self.arch.norm_eps,
+                    *silu,
+                    act(*out),
+                )?,
+                Op::Conv { x, w: pw, b, k, stride, pad, upsample, temb, residual, out } => {
+                    be.conv2d(&Conv2d {
+                        x: cat(*x),
+                        w: w(*pw),
+                        bias: w(*b),
+                        k: *k,
+                        stride: *stride,
+                        pad: *pad,
+                        upsample: *upsample,
+                        temb: temb.map(act),
+                        residual: residual.map(act),
+                        out: act(*out),
+                    })?
+                }
+                Op::Attention { qkv, heads, out } => be.attention(act(*qkv), *heads, act(*out))?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Parameters (weights and biases) in the model.
+    pub fn param_count(&self) -> usize {
+        self.graph.params.iter().map(|p| p.numel()).sum()
+    }
+}
