@@ -404,6 +404,15 @@ fn load_errors_name_file_and_reason() {
     let e = load_err(&p);
     assert!(e.contains("empty") && e.contains("0 bytes"), "{e}");
 
+    // A PNG whose header says 0 x 5.
+    let mut png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR".to_vec();
+    png.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 5, 8, 2, 0, 0, 0]);
+    png.extend_from_slice(&[0; 4]); // (bad) CRC: the size check comes first
+    let p = dir.path().join("zero_width.png");
+    fs::write(&p, &png).unwrap();
+    let e = load_err(&p);
+    assert!(e.contains("zero size"), "{e}");
+
     let p = dir.path().join("a_folder.png");
     fs::create_dir(&p).unwrap();
     let e = load_err(&p);

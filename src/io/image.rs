@@ -58,6 +58,11 @@ pub fn decode_image(path: &Path) -> Result<DynamicImage> {
              (supported: PNG, JPEG, WebP)"
         ),
     };
+    if let Some((w, h)) = png_header_size(&bytes).filter(|_| format == ImageFormat::Png) {
+        if w == 0 || h == 0 {
+            bail!("cannot decode image '{shown}': zero size ({w}x{h}) in the PNG header");
+        }
+    }
     let img = image::load_from_memory_with_format(&bytes, format).map_err(|e| match e {
         ImageError::Decoding(d) => {
             anyhow!("cannot decode image '{shown}': corrupt or truncated {name} data ({d})")
@@ -84,6 +89,15 @@ pub fn decode_image(path: &Path) -> Result<DynamicImage> {
         );
     }
     Ok(img)
+}
+
+/// Width and height from a PNG's IHDR chunk, when the bytes hold one.
+fn png_header_size(bytes: &[u8]) -> Option<(u32, u32)> {
+    if bytes.len() < 24 || &bytes[12..16] != b"IHDR" {
+        return None;
+    }
+    let be = |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    Some((be(16), be(20)))
 }
 
 /// 16-bit sample to 8 bits: `round(v * 255 / 65535)` (never a tie, so the rounding mode
