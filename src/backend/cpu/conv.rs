@@ -10,7 +10,8 @@ use anyhow::{ensure, Result};
 use super::gemm::{self, MatRef, KC, MR, NR};
 use super::threads::{par_for, workers_for, SyncPtr};
 use super::{
-    base, check_cat, check_disjoint, check_input, check_region, check_vector, sample_ptr, CpuBackend, WeightKind,
+    base, check_cat, check_disjoint, check_input, check_region, check_vector, sample_ptr,
+    CpuBackend, WeightKind,
 };
 use crate::backend::Conv2d;
 
@@ -21,7 +22,18 @@ const NC: usize = 512;
 pub(super) fn pack_weight(w: &[f32], cout: usize, kk: usize) -> Vec<f32> {
     let mut dst = vec![0f32; gemm::packed_a_len(cout, kk)];
     // SAFETY: `w` holds `cout * kk` floats (checked by the caller), `dst` is sized for it.
-    unsafe { gemm::pack_a(MatRef { ptr: w.as_ptr(), rs: kk as isize, cs: 1 }, cout, kk, &mut dst) };
+    unsafe {
+        gemm::pack_a(
+            MatRef {
+                ptr: w.as_ptr(),
+                rs: kk as isize,
+                cs: 1,
+            },
+            cout,
+            kk,
+            &mut dst,
+        )
+    };
     dst
 }
 
@@ -50,14 +62,35 @@ pub(super) fn conv2d(be: &CpuBackend, p: &Conv2d<'_, CpuBackend>) -> Result<()> 
     check_region(out, "conv2d out")?;
     check_cat(&p.x, out.n, "conv2d x")?;
     let wt = p.w;
-    ensure!(wt.kind == WeightKind::Conv, "conv2d: weight uploaded as {:?}", wt.kind);
+    ensure!(
+        wt.kind == WeightKind::Conv,
+        "conv2d: weight uploaded as {:?}",
+        wt.kind
+    );
     let (cout, cin, k) = (wt.shape[0], wt.shape[1], wt.shape[2]);
-    ensure!(p.k == k, "conv2d: k = {} but the weight is {:?}", p.k, wt.shape);
-    ensure!(cin == p.x.channels(), "conv2d: weight expects {cin} input channels, got {}", p.x.channels());
-    ensure!(out.c == cout, "conv2d: weight has {cout} output channels, out has {}", out.c);
+    ensure!(
+        p.k == k,
+        "conv2d: k = {} but the weight is {:?}",
+        p.k,
+        wt.shape
+    );
+    ensure!(
+        cin == p.x.channels(),
+        "conv2d: weight expects {cin} input channels, got {}",
+        p.x.channels()
+    );
+    ensure!(
+        out.c == cout,
+        "conv2d: weight has {cout} output channels, out has {}",
+        out.c
+    );
     check_vector(p.bias, cout, "conv2d bias")?;
     ensure!(p.stride >= 1, "conv2d: stride 0");
-    ensure!(p.pad.iter().all(|&v| v < 1 << 20), "conv2d: absurd padding {:?}", p.pad);
+    ensure!(
+        p.pad.iter().all(|&v| v < 1 << 20),
+        "conv2d: absurd padding {:?}",
+        p.pad
+    );
     let up = p.upsample as usize;
     let (h, w) = (p.x.a.h, p.x.a.w);
     let (hu, wu) = (h << up, w << up);
@@ -82,13 +115,25 @@ pub(super) fn conv2d(be: &CpuBackend, p: &Conv2d<'_, CpuBackend>) -> Result<()> 
     if let Some(r) = &p.residual {
         check_input(r, cout, ho, wo, out.n, "conv2d residual")?;
     }
-    let inputs = [Some(&p.x.a), p.x.b.as_ref(), p.temb.as_ref(), p.residual.as_ref()];
+    let inputs = [
+        Some(&p.x.a),
+        p.x.b.as_ref(),
+        p.temb.as_ref(),
+        p.residual.as_ref(),
+    ];
     check_disjoint(out, &inputs, "conv2d")?;
     if out.is_empty() {
         return Ok(());
     }
 
-    let g = Geom { w, up, hu: hu as isize, wu: wu as isize, stride: p.stride, wo };
+    let g = Geom {
+        w,
+        up,
+        hu: hu as isize,
+        wu: wu as isize,
+        stride: p.stride,
+        wo,
+    };
     let kk = cin * k * k;
     let pix = ho * wo;
 
@@ -120,7 +165,10 @@ pub(super) fn conv2d(be: &CpuBackend, p: &Conv2d<'_, CpuBackend>) -> Result<()> 
         unsafe {
             let c = out_ptr.get().add(b * cout * pix + m0 * pix + p0);
             init_output(p, bias, b, m0, m, p0, n, pix, c);
-            let (a_ptr, b_ptr) = (sample_ptr(&p.x.a, b), p.x.b.as_ref().map(|x| sample_ptr(x, b)));
+            let (a_ptr, b_ptr) = (
+                sample_ptr(&p.x.a, b),
+                p.x.b.as_ref().map(|x| sample_ptr(x, b)),
+            );
             let ca = p.x.a.c;
             let mut bpack = be.pool.take(n.div_ceil(NR) * NR * KC.min(kk));
             let mut taps = Vec::with_capacity(KC.min(kk));
@@ -133,7 +181,11 @@ pub(super) fn conv2d(be: &CpuBackend, p: &Conv2d<'_, CpuBackend>) -> Result<()> 
                         Some(bp) if ci >= ca => bp.add((ci - ca) * h * w),
                         _ => a_ptr.add(ci * h * w),
                     };
-                    Tap { chan, dy: ky as isize - pt as isize, dx: kx as isize - pl as isize }
+                    Tap {
+                        chan,
+                        dy: ky as isize - pt as isize,
+                        dx: kx as isize - pl as isize,
+                    }
                 }));
                 pack_cols(&g, &taps, p0, n, &mut bpack);
                 let a = wpack.get().add(m0 / MR * kk * MR + k0 * MR);
@@ -177,7 +229,10 @@ unsafe fn init_output(
 unsafe fn pack_cols(g: &Geom, taps: &[Tap], p0: usize, n: usize, dst: &mut [f32]) {
     let kc = taps.len();
     let (s, up) = (g.stride, g.up);
-    for (j, panel) in dst[..n.div_ceil(NR) * NR * kc].chunks_exact_mut(NR * kc).enumerate() {
+    for (j, panel) in dst[..n.div_ceil(NR) * NR * kc]
+        .chunks_exact_mut(NR * kc)
+        .enumerate()
+    {
         let q = p0 + j * NR;
         let cols = NR.min(n - j * NR);
         let (oy, ox) = (q / g.wo, q % g.wo);
@@ -204,7 +259,11 @@ unsafe fn pack_cols(g: &Geom, taps: &[Tap], p0: usize, n: usize, dst: &mut [f32]
                 } else {
                     for (l, v) in row.iter_mut().enumerate() {
                         let x = x0 + (l * s) as isize;
-                        *v = if x >= 0 && x < g.wu { *src.add(x as usize >> up) } else { 0.0 };
+                        *v = if x >= 0 && x < g.wu {
+                            *src.add(x as usize >> up)
+                        } else {
+                            0.0
+                        };
                     }
                 }
             }
@@ -291,7 +350,12 @@ mod tests {
         let td = rand_vec(seed + 4, cs.temb_n * cs.cout);
         let rd = rand_vec(seed + 5, cs.res_n * cs.cout * ho * wo);
 
-        let (ba, bb, bt, br) = (place(&be, &xa), place(&be, &xb), place(&be, &td), place(&be, &rd));
+        let (ba, bb, bt, br) = (
+            place(&be, &xa),
+            place(&be, &xb),
+            place(&be, &td),
+            place(&be, &rd),
+        );
         let olen = cs.n * cs.cout * ho * wo;
         let bo = poisoned(&be, olen);
         let wt = weight(&be, &[cs.cout, cin, k, k], wd.clone(), WeightKind::Conv);
@@ -339,13 +403,15 @@ mod tests {
                                     } else {
                                         xb[((b % cs.nb) * cs.cb + ci - cs.ca) * hw + iy * cs.w + ix]
                                     };
-                                    acc += v as f64 * wd[((co * cin + ci) * k + ky) * k + kx] as f64;
+                                    acc +=
+                                        v as f64 * wd[((co * cin + ci) * k + ky) * k + kx] as f64;
                                 }
                             }
                         }
                         let o = ((b * cs.cout + co) * ho + oy) * wo + ox;
                         if cs.res_n > 0 {
-                            acc += rd[(b % cs.res_n) * cs.cout * ho * wo + o % (cs.cout * ho * wo)] as f64;
+                            acc += rd[(b % cs.res_n) * cs.cout * ho * wo + o % (cs.cout * ho * wo)]
+                                as f64;
                         }
                         want[o] = acc;
                     }
@@ -363,47 +429,217 @@ mod tests {
 
     #[test]
     fn conv_concat_odd_channels() {
-        run(Case { n: 2, na: 2, ca: 5, nb: 2, cb: 3, h: 9, w: 11, cout: 33, ..BASE }, 2);
-        run(Case { n: 1, ca: 33, nb: 1, cb: 5, h: 5, w: 19, cout: 7, ..BASE }, 3);
+        run(
+            Case {
+                n: 2,
+                na: 2,
+                ca: 5,
+                nb: 2,
+                cb: 3,
+                h: 9,
+                w: 11,
+                cout: 33,
+                ..BASE
+            },
+            2,
+        );
+        run(
+            Case {
+                n: 1,
+                ca: 33,
+                nb: 1,
+                cb: 5,
+                h: 5,
+                w: 19,
+                cout: 7,
+                ..BASE
+            },
+            3,
+        );
     }
 
     #[test]
     fn conv_broadcast_temb_residual() {
-        run(Case { n: 4, na: 1, ca: 5, nb: 2, cb: 3, cout: 9, temb_n: 1, res_n: 4, ..BASE }, 4);
-        run(Case { n: 2, na: 2, ca: 4, temb_n: 2, res_n: 1, cout: 13, h: 6, w: 17, ..BASE }, 5);
+        run(
+            Case {
+                n: 4,
+                na: 1,
+                ca: 5,
+                nb: 2,
+                cb: 3,
+                cout: 9,
+                temb_n: 1,
+                res_n: 4,
+                ..BASE
+            },
+            4,
+        );
+        run(
+            Case {
+                n: 2,
+                na: 2,
+                ca: 4,
+                temb_n: 2,
+                res_n: 1,
+                cout: 13,
+                h: 6,
+                w: 17,
+                ..BASE
+            },
+            5,
+        );
     }
 
     #[test]
     fn conv_upsample() {
-        run(Case { up: true, h: 5, w: 6, ca: 5, cout: 7, ..BASE }, 6);
-        run(Case { up: true, h: 9, w: 9, ca: 3, nb: 1, cb: 2, cout: 17, res_n: 1, ..BASE }, 7);
+        run(
+            Case {
+                up: true,
+                h: 5,
+                w: 6,
+                ca: 5,
+                cout: 7,
+                ..BASE
+            },
+            6,
+        );
+        run(
+            Case {
+                up: true,
+                h: 9,
+                w: 9,
+                ca: 3,
+                nb: 1,
+                cb: 2,
+                cout: 17,
+                res_n: 1,
+                ..BASE
+            },
+            7,
+        );
     }
 
     #[test]
     fn conv_stride2() {
         for (i, &(h, w)) in [(9, 9), (8, 8), (34, 37)].iter().enumerate() {
             let seed = 10 + 2 * i as u64;
-            run(Case { stride: 2, pad: [0, 0, 1, 1], h, w, ca: 5, cout: 6, ..BASE }, seed);
-            run(Case { stride: 2, pad: [1, 1, 1, 1], h, w, ca: 3, cout: 7, ..BASE }, seed + 1);
+            run(
+                Case {
+                    stride: 2,
+                    pad: [0, 0, 1, 1],
+                    h,
+                    w,
+                    ca: 5,
+                    cout: 6,
+                    ..BASE
+                },
+                seed,
+            );
+            run(
+                Case {
+                    stride: 2,
+                    pad: [1, 1, 1, 1],
+                    h,
+                    w,
+                    ca: 3,
+                    cout: 7,
+                    ..BASE
+                },
+                seed + 1,
+            );
         }
         // Stride 2 over an up-sampled input with uneven padding.
-        run(Case { stride: 2, pad: [2, 0, 1, 3], up: true, h: 5, w: 7, ..BASE }, 20);
+        run(
+            Case {
+                stride: 2,
+                pad: [2, 0, 1, 3],
+                up: true,
+                h: 5,
+                w: 7,
+                ..BASE
+            },
+            20,
+        );
     }
 
     #[test]
     fn conv_1x1() {
-        run(Case { k: 1, pad: [0; 4], ca: 33, cout: 17, h: 6, w: 5, res_n: 1, ..BASE }, 21);
-        run(Case { k: 1, pad: [0; 4], n: 2, na: 1, ca: 3, nb: 2, cb: 5, cout: 6, h: 17, w: 16, ..BASE }, 22);
+        run(
+            Case {
+                k: 1,
+                pad: [0; 4],
+                ca: 33,
+                cout: 17,
+                h: 6,
+                w: 5,
+                res_n: 1,
+                ..BASE
+            },
+            21,
+        );
+        run(
+            Case {
+                k: 1,
+                pad: [0; 4],
+                n: 2,
+                na: 1,
+                ca: 3,
+                nb: 2,
+                cb: 5,
+                cout: 6,
+                h: 17,
+                w: 16,
+                ..BASE
+            },
+            22,
+        );
     }
 
     #[test]
     fn conv_blocked_and_threaded() {
         // K > KC, several pixel blocks, edge tiles in both directions, 2 workers.
-        run(Case { ca: 40, nb: 1, cb: 3, cout: 70, h: 40, w: 41, temb_n: 1, res_n: 1, threads: 2, ..BASE }, 23);
+        run(
+            Case {
+                ca: 40,
+                nb: 1,
+                cb: 3,
+                cout: 70,
+                h: 40,
+                w: 41,
+                temb_n: 1,
+                res_n: 1,
+                threads: 2,
+                ..BASE
+            },
+            23,
+        );
         // Few pixels: the cout dimension is split between workers.
-        run(Case { ca: 128, cout: 257, h: 4, w: 4, threads: 2, ..BASE }, 24);
+        run(
+            Case {
+                ca: 128,
+                cout: 257,
+                h: 4,
+                w: 4,
+                threads: 2,
+                ..BASE
+            },
+            24,
+        );
         // Batch > 1 with broadcast over threads.
-        run(Case { n: 3, na: 1, ca: 32, cout: 64, h: 24, w: 24, temb_n: 3, threads: 2, ..BASE }, 25);
+        run(
+            Case {
+                n: 3,
+                na: 1,
+                ca: 32,
+                cout: 64,
+                h: 24,
+                w: 24,
+                temb_n: 3,
+                threads: 2,
+                ..BASE
+            },
+            25,
+        );
     }
 
     #[test]
@@ -457,19 +693,14 @@ mod tests {
                 residual: None,
                 out: act(&ob, 1, c, hw, hw),
             };
-            be.conv2d(&p).unwrap();
-            let reps = 5;
-            let t = std::time::Instant::now();
-            for _ in 0..reps {
-                be.conv2d(&p).unwrap();
-            }
-            let dt = t.elapsed().as_secs_f64() / reps as f64;
-            let flops = 2.0 * (c * c * 9 * hw * hw) as f64;
+            let (wall, cpu) = time_it(5, || be.conv2d(&p).unwrap());
+            let gflop = 2.0 * (c * c * 9 * hw * hw) as f64 / 1e9;
             println!(
-                "conv3x3 {c}->{c} at {hw}x{hw}, {} threads: {:.1} ms, {:.1} GFLOP/s",
+                "conv3x3 {c}->{c} at {hw}x{hw}, {} threads: {:.1} ms, {:.1} GFLOP/s wall, {:.1} GFLOP/s per CPU-second",
                 be.threads(),
-                dt * 1e3,
-                flops / dt / 1e9
+                wall * 1e3,
+                gflop / wall,
+                gflop / cpu
             );
         }
     }

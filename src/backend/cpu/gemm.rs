@@ -28,7 +28,10 @@ impl MatRef {
     /// # Safety
     /// `(i, j)` must lie inside the viewed allocation.
     unsafe fn at(self, i: usize, j: usize) -> Self {
-        Self { ptr: self.ptr.offset(i as isize * self.rs + j as isize * self.cs), ..self }
+        Self {
+            ptr: self.ptr.offset(i as isize * self.rs + j as isize * self.cs),
+            ..self
+        }
     }
 }
 
@@ -42,7 +45,10 @@ pub fn packed_a_len(m: usize, k: usize) -> usize {
 /// # Safety
 /// `a` must be readable over `m x k`; `dst.len() >= packed_a_len(m, k)`.
 pub unsafe fn pack_a(a: MatRef, m: usize, k: usize, dst: &mut [f32]) {
-    for (i, panel) in dst[..packed_a_len(m, k)].chunks_exact_mut(MR * k).enumerate() {
+    for (i, panel) in dst[..packed_a_len(m, k)]
+        .chunks_exact_mut(MR * k)
+        .enumerate()
+    {
         let rows = MR.min(m - i * MR);
         for r in 0..MR {
             if r >= rows {
@@ -199,33 +205,81 @@ unsafe fn ukr_generic(k: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: 
     }
 }
 
-/// AVX2+FMA `6 x 16` tile: 12 accumulators, 2 B vectors, 1 broadcast register.
+/// AVX2+FMA `6 x 16` tile in inline assembly: 12 accumulators (ymm4..15), two B
+/// vectors, two broadcast registers. Assembly rather than intrinsics because the test
+/// profile builds with debug assertions, whose pointer precondition checks (in
+/// `_mm256_loadu_ps`, `ptr::add`, raw derefs) otherwise land in the inner loop.
 #[cfg(target_arch = "x86_64")]
-#[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn ukr_avx2(k: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize) {
-    use std::arch::x86_64::*;
-    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-    for (r, row) in acc.iter_mut().enumerate() {
-        row[0] = _mm256_loadu_ps(c.add(r * ldc));
-        row[1] = _mm256_loadu_ps(c.add(r * ldc + 8));
-    }
-    let (mut a, mut b) = (a, b);
-    for _ in 0..k {
-        let b0 = _mm256_loadu_ps(b);
-        let b1 = _mm256_loadu_ps(b.add(8));
-        for (r, row) in acc.iter_mut().enumerate() {
-            let ar = _mm256_broadcast_ss(&*a.add(r));
-            row[0] = _mm256_fmadd_ps(ar, b0, row[0]);
-            row[1] = _mm256_fmadd_ps(ar, b1, row[1]);
-        }
-        a = a.add(MR);
-        b = b.add(NR);
-    }
-    for (r, row) in acc.iter().enumerate() {
-        _mm256_storeu_ps(c.add(r * ldc), row[0]);
-        _mm256_storeu_ps(c.add(r * ldc + 8), row[1]);
-    }
+    let l = ldc * 4;
+    let c3 = c.wrapping_add(3 * ldc);
+    std::arch::asm!(
+        "vmovups ymm4, [{c0}]",
+        "vmovups ymm5, [{c0} + 32]",
+        "vmovups ymm6, [{c0} + {l}]",
+        "vmovups ymm7, [{c0} + {l} + 32]",
+        "vmovups ymm8, [{c0} + {l} * 2]",
+        "vmovups ymm9, [{c0} + {l} * 2 + 32]",
+        "vmovups ymm10, [{c3}]",
+        "vmovups ymm11, [{c3} + 32]",
+        "vmovups ymm12, [{c3} + {l}]",
+        "vmovups ymm13, [{c3} + {l} + 32]",
+        "vmovups ymm14, [{c3} + {l} * 2]",
+        "vmovups ymm15, [{c3} + {l} * 2 + 32]",
+        "test {k}, {k}",
+        "jz 3f",
+        "2:",
+        "vmovups ymm0, [{b}]",
+        "vmovups ymm1, [{b} + 32]",
+        "vbroadcastss ymm2, dword ptr [{a}]",
+        "vfmadd231ps ymm4, ymm2, ymm0",
+        "vfmadd231ps ymm5, ymm2, ymm1",
+        "vbroadcastss ymm3, dword ptr [{a} + 4]",
+        "vfmadd231ps ymm6, ymm3, ymm0",
+        "vfmadd231ps ymm7, ymm3, ymm1",
+        "vbroadcastss ymm2, dword ptr [{a} + 8]",
+        "vfmadd231ps ymm8, ymm2, ymm0",
+        "vfmadd231ps ymm9, ymm2, ymm1",
+        "vbroadcastss ymm3, dword ptr [{a} + 12]",
+        "vfmadd231ps ymm10, ymm3, ymm0",
+        "vfmadd231ps ymm11, ymm3, ymm1",
+        "vbroadcastss ymm2, dword ptr [{a} + 16]",
+        "vfmadd231ps ymm12, ymm2, ymm0",
+        "vfmadd231ps ymm13, ymm2, ymm1",
+        "vbroadcastss ymm3, dword ptr [{a} + 20]",
+        "vfmadd231ps ymm14, ymm3, ymm0",
+        "vfmadd231ps ymm15, ymm3, ymm1",
+        "add {a}, 24",
+        "add {b}, 64",
+        "dec {k}",
+        "jnz 2b",
+        "3:",
+        "vmovups [{c0}], ymm4",
+        "vmovups [{c0} + 32], ymm5",
+        "vmovups [{c0} + {l}], ymm6",
+        "vmovups [{c0} + {l} + 32], ymm7",
+        "vmovups [{c0} + {l} * 2], ymm8",
+        "vmovups [{c0} + {l} * 2 + 32], ymm9",
+        "vmovups [{c3}], ymm10",
+        "vmovups [{c3} + 32], ymm11",
+        "vmovups [{c3} + {l}], ymm12",
+        "vmovups [{c3} + {l} + 32], ymm13",
+        "vmovups [{c3} + {l} * 2], ymm14",
+        "vmovups [{c3} + {l} * 2 + 32], ymm15",
+        "vzeroupper",
+        k = inout(reg) k => _,
+        a = inout(reg) a => _,
+        b = inout(reg) b => _,
+        c0 = in(reg) c,
+        c3 = in(reg) c3,
+        l = in(reg) l,
+        out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _,
+        out("ymm4") _, out("ymm5") _, out("ymm6") _, out("ymm7") _,
+        out("ymm8") _, out("ymm9") _, out("ymm10") _, out("ymm11") _,
+        out("ymm12") _, out("ymm13") _, out("ymm14") _, out("ymm15") _,
+        options(nostack),
+    );
 }
 
 /// Single-threaded `C[0..m, 0..n] += A[0..m, 0..k] * B[0..k, 0..n]` with any strides
@@ -260,7 +314,16 @@ pub unsafe fn gemm(
             for ic in (0..m).step_by(MC) {
                 let mc = MC.min(m - ic);
                 pack_a(a.at(ic, pc), mc, kc, apack);
-                macro_kernel(mc, nc, kc, apack.as_ptr(), MR * kc, bpack.as_ptr(), c.add(ic * ldc + jc), ldc);
+                macro_kernel(
+                    mc,
+                    nc,
+                    kc,
+                    apack.as_ptr(),
+                    MR * kc,
+                    bpack.as_ptr(),
+                    c.add(ic * ldc + jc),
+                    ldc,
+                );
             }
         }
     }
@@ -302,8 +365,16 @@ mod tests {
                     m,
                     n,
                     k,
-                    MatRef { ptr: at.as_ptr(), rs: 1, cs: m as isize },
-                    MatRef { ptr: b.as_ptr(), rs: n as isize, cs: 1 },
+                    MatRef {
+                        ptr: at.as_ptr(),
+                        rs: 1,
+                        cs: m as isize,
+                    },
+                    MatRef {
+                        ptr: b.as_ptr(),
+                        rs: n as isize,
+                        cs: 1,
+                    },
                     c.as_mut_ptr(),
                     n,
                     &mut ap,

@@ -41,7 +41,10 @@ unsafe impl Sync for CpuBuf {}
 impl CpuBuf {
     fn new(len: usize, fill: f32) -> Self {
         let b: Box<[f32]> = vec![fill; len].into_boxed_slice();
-        Self { ptr: Box::into_raw(b) as *mut f32, len }
+        Self {
+            ptr: Box::into_raw(b) as *mut f32,
+            len,
+        }
     }
     /// Length in floats.
     pub fn len(&self) -> usize {
@@ -58,7 +61,11 @@ impl CpuBuf {
 impl Drop for CpuBuf {
     fn drop(&mut self) {
         // SAFETY: `ptr`/`len` came from `Box::into_raw` of a boxed slice in `new`.
-        unsafe { drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.ptr, self.len))) }
+        unsafe {
+            drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+                self.ptr, self.len,
+            )))
+        }
     }
 }
 
@@ -97,7 +104,10 @@ impl CpuBackend {
         } else {
             threads
         };
-        Self { threads, pool: Pool::default() }
+        Self {
+            threads,
+            pool: Pool::default(),
+        }
     }
     pub fn threads(&self) -> usize {
         self.threads
@@ -116,11 +126,10 @@ type A<'a> = Act<'a, CpuBuf>;
 
 /// `act` lies inside its buffer (with overflow-checked arithmetic).
 fn check_region(a: &A, what: &str) -> Result<()> {
-    let len = a
-        .n
-        .checked_mul(a.c)
-        .and_then(|v| v.checked_mul(a.h))
-        .and_then(|v| v.checked_mul(a.w));
+    let len =
+        a.n.checked_mul(a.c)
+            .and_then(|v| v.checked_mul(a.h))
+            .and_then(|v| v.checked_mul(a.w));
     let end = len.and_then(|l| a.off.checked_add(l));
     match end {
         Some(end) if end <= a.buf.len() => Ok(()),
@@ -203,8 +212,16 @@ unsafe fn sample_mut<'a>(a: &A<'a>, b: usize) -> &'a mut [f32] {
 
 /// Checks a vector weight's length.
 fn check_vector(w: &CpuWeight, len: usize, what: &str) -> Result<()> {
-    ensure!(w.kind == WeightKind::Vector, "{what}: expected a vector weight, got {:?}", w.kind);
-    ensure!(w.numel() == len, "{what}: {} elements, expected {len}", w.numel());
+    ensure!(
+        w.kind == WeightKind::Vector,
+        "{what}: expected a vector weight, got {:?}",
+        w.kind
+    );
+    ensure!(
+        w.numel() == len,
+        "{what}: {} elements, expected {len}",
+        w.numel()
+    );
     Ok(())
 }
 
@@ -231,7 +248,12 @@ impl Backend for CpuBackend {
 
     fn upload(&self, dst: A<'_>, data: &[f32]) -> Result<()> {
         check_region(&dst, "upload")?;
-        ensure!(data.len() == dst.len(), "upload: {} floats for a region of {}", data.len(), dst.len());
+        ensure!(
+            data.len() == dst.len(),
+            "upload: {} floats for a region of {}",
+            data.len(),
+            dst.len()
+        );
         // SAFETY: region validated; `data` is host memory, not part of any CpuBuf.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), base(&dst), data.len()) };
         Ok(())
@@ -259,7 +281,10 @@ impl Backend for CpuBackend {
                 conv::pack_weight(&t.data, shape[0], shape[1] * shape[2] * shape[3])
             }
             WeightKind::Linear => {
-                ensure!(shape.len() == 2, "upload_weight: linear weight must be [out, in], got {shape:?}");
+                ensure!(
+                    shape.len() == 2,
+                    "upload_weight: linear weight must be [out, in], got {shape:?}"
+                );
                 t.data.clone()
             }
             WeightKind::Vector => t.data.clone(),
@@ -275,11 +300,24 @@ impl Backend for CpuBackend {
         elementwise::copy(self, src, dst)
     }
 
-    fn timestep_embedding(&self, t: &[f32], flip_sin_to_cos: bool, freq_shift: f32, out: A<'_>) -> Result<()> {
+    fn timestep_embedding(
+        &self,
+        t: &[f32],
+        flip_sin_to_cos: bool,
+        freq_shift: f32,
+        out: A<'_>,
+    ) -> Result<()> {
         elementwise::timestep_embedding(t, flip_sin_to_cos, freq_shift, out)
     }
 
-    fn linear(&self, x: A<'_>, w: &CpuWeight, b: &CpuWeight, silu_input: bool, out: A<'_>) -> Result<()> {
+    fn linear(
+        &self,
+        x: A<'_>,
+        w: &CpuWeight,
+        b: &CpuWeight,
+        silu_input: bool,
+        out: A<'_>,
+    ) -> Result<()> {
         linear::linear(self, x, w, b, silu_input, out)
     }
 
@@ -304,7 +342,14 @@ impl Backend for CpuBackend {
         attention::attention(self, qkv, heads, out)
     }
 
-    fn hspace_mix(&self, h: A<'_>, hc: A<'_>, gamma: f32, mask: Option<A<'_>>, out: A<'_>) -> Result<()> {
+    fn hspace_mix(
+        &self,
+        h: A<'_>,
+        hc: A<'_>,
+        gamma: f32,
+        mask: Option<A<'_>>,
+        out: A<'_>,
+    ) -> Result<()> {
         hspace::hspace_mix(h, hc, gamma, mask, out)
     }
 
@@ -312,7 +357,15 @@ impl Backend for CpuBackend {
         step::ddim_step(self, p)
     }
 
-    fn calibrate(&self, x: A<'_>, eps: A<'_>, eps_mod: A<'_>, a: f32, omega: f32, out: A<'_>) -> Result<()> {
+    fn calibrate(
+        &self,
+        x: A<'_>,
+        eps: A<'_>,
+        eps_mod: A<'_>,
+        a: f32,
+        omega: f32,
+        out: A<'_>,
+    ) -> Result<()> {
         step::calibrate(x, eps, eps_mod, a, omega, out)
     }
 }
@@ -326,7 +379,11 @@ mod tests {
     fn alloc_is_nan_and_roundtrips() {
         let be = CpuBackend::new(1);
         let buf = be.alloc(10).unwrap();
-        assert!(be.download(Act::new(&buf, 0, 1, 10, 1, 1)).unwrap().iter().all(|v| v.is_nan()));
+        assert!(be
+            .download(Act::new(&buf, 0, 1, 10, 1, 1))
+            .unwrap()
+            .iter()
+            .all(|v| v.is_nan()));
         let d = rand_vec(1, 4);
         be.upload(Act::new(&buf, 3, 1, 4, 1, 1), &d).unwrap();
         assert_eq!(be.download(Act::new(&buf, 3, 1, 2, 2, 1)).unwrap(), d);
@@ -341,8 +398,18 @@ mod tests {
     fn overlap_is_an_error() {
         let be = CpuBackend::new(1);
         let buf = be.alloc(32).unwrap();
-        be.upload(Act::new(&buf, 0, 1, 32, 1, 1), &rand_vec(2, 32)).unwrap();
-        assert!(be.copy(Act::new(&buf, 0, 1, 16, 1, 1), Act::new(&buf, 8, 1, 16, 1, 1)).is_err());
-        be.copy(Act::new(&buf, 0, 1, 16, 1, 1), Act::new(&buf, 16, 1, 16, 1, 1)).unwrap();
+        be.upload(Act::new(&buf, 0, 1, 32, 1, 1), &rand_vec(2, 32))
+            .unwrap();
+        assert!(be
+            .copy(
+                Act::new(&buf, 0, 1, 16, 1, 1),
+                Act::new(&buf, 8, 1, 16, 1, 1)
+            )
+            .is_err());
+        be.copy(
+            Act::new(&buf, 0, 1, 16, 1, 1),
+            Act::new(&buf, 16, 1, 16, 1, 1),
+        )
+        .unwrap();
     }
 }

@@ -30,7 +30,7 @@ pub fn par_for<F: Fn(usize) + Sync>(threads: usize, items: usize, f: F) {
 /// Worker count for a job of `flops` floating-point operations: one thread below the
 /// point where a spawn would cost more than it saves.
 pub fn workers_for(threads: usize, flops: usize) -> usize {
-    const MIN_PER_THREAD: usize = 4_000_000;
+    const MIN_PER_THREAD: usize = 8_000_000;
     threads.min(flops / MIN_PER_THREAD).max(1)
 }
 
