@@ -37,26 +37,6 @@ pub(super) fn pack_weight(w: &[f32], cout: usize, kk: usize) -> Vec<f32> {
     dst
 }
 
-/// Input geometry in the coordinates of the (up-sampled) grid.
-struct Geom {
-    /// Input width (before up-sampling), the row stride of every channel.
-    w: usize,
-    /// log2 of the up-sampling factor (0 or 1).
-    up: usize,
-    hu: isize,
-    wu: isize,
-    stride: usize,
-    wo: usize,
-}
-
-/// One row of the im2col matrix: a channel plane and the kernel tap offset.
-#[derive(Clone, Copy)]
-struct Tap {
-    chan: *const f32,
-    dy: isize,
-    dx: isize,
-}
-
 pub(super) fn conv2d(be: &CpuBackend, p: &Conv2d<'_, CpuBackend>) -> Result<()> {
     let out = &p.out;
     check_region(out, "conv2d out")?;
@@ -126,27 +106,24 @@ pub(super) fn conv2d(be: &CpuBackend, p: &Conv2d<'_, CpuBackend>) -> Result<()> 
         return Ok(());
     }
 
-    let g = Geom {
-        w,
-        up,
-        hu: hu as isize,
-        wu: wu as isize,
-        stride: p.stride,
-        wo,
-    };
     let kk = cin * k * k;
     let pix = ho * wo;
+    let (hp, wp) = (hu + pt + pb, wu + pl + pr);
+    // Without padding or up-sampling the input planes are read in place; otherwise
+    // each sample is first copied into a zero-padded (up-sampled) scratch image, so
+    // that packing never tests bounds.
+    let direct = !p.upsample && p.pad == [0; 4];
 
-    // Work items: (sample, pixel block, cout block). Cout is split only when there are
-    // too few pixel blocks to keep every worker busy (deep, low-resolution layers).
+    // Work items within a sample: (pixel block, cout block). Cout is split only when
+    // there are too few pixel blocks to keep every worker busy (deep, small layers).
     let workers = workers_for(be.threads, 2 * cout * kk * pix * out.n);
     let nb = pix.div_ceil(NC);
     let nc = pix.div_ceil(nb).next_multiple_of(NR);
     let nb = pix.div_ceil(nc);
     let panels = cout.div_ceil(MR);
     let mut mb = 1;
-    if workers > 1 && out.n * nb < 2 * workers {
-        mb = (2 * workers).div_ceil(out.n * nb).min(panels);
+    if workers > 1 && nb < 2 * workers {
+        mb = (2 * workers).div_ceil(nb).min(panels);
     }
     let per_mb = panels.div_ceil(mb);
     let mb = panels.div_ceil(per_mb);
@@ -154,46 +131,104 @@ pub(super) fn conv2d(be: &CpuBackend, p: &Conv2d<'_, CpuBackend>) -> Result<()> 
     let out_ptr = SyncPtr(base(out));
     let wpack = SyncPtr(wt.data.as_ptr() as *mut f32);
     let bias = &p.bias.data[..];
-    par_for(workers, out.n * nb * mb, |item| {
-        let (b, rest) = (item / (nb * mb), item % (nb * mb));
-        let (jb, ib) = (rest / mb, rest % mb);
-        let p0 = jb * nc;
-        let n = nc.min(pix - p0);
-        let m0 = ib * per_mb * MR;
-        let m = (per_mb * MR).min(cout - m0);
-        // SAFETY: all regions were validated above; items write disjoint output tiles.
-        unsafe {
-            let c = out_ptr.get().add(b * cout * pix + m0 * pix + p0);
-            init_output(p, bias, b, m0, m, p0, n, pix, c);
-            let (a_ptr, b_ptr) = (
-                sample_ptr(&p.x.a, b),
-                p.x.b.as_ref().map(|x| sample_ptr(x, b)),
-            );
-            let ca = p.x.a.c;
-            let mut bpack = be.pool.take(n.div_ceil(NR) * NR * KC.min(kk));
-            let mut taps = Vec::with_capacity(KC.min(kk));
-            for k0 in (0..kk).step_by(KC) {
-                let kc = KC.min(kk - k0);
-                taps.clear();
-                taps.extend((k0..k0 + kc).map(|r| {
-                    let (ci, ky, kx) = (r / (k * k), r % (k * k) / k, r % k);
-                    let chan = match b_ptr {
-                        Some(bp) if ci >= ca => bp.add((ci - ca) * h * w),
-                        _ => a_ptr.add(ci * h * w),
-                    };
-                    Tap {
-                        chan,
-                        dy: ky as isize - pt as isize,
-                        dx: kx as isize - pl as isize,
-                    }
-                }));
-                pack_cols(&g, &taps, p0, n, &mut bpack);
-                let a = wpack.get().add(m0 / MR * kk * MR + k0 * MR);
-                gemm::macro_kernel(m, n, kc, a, kk * MR, bpack.as_ptr(), c, pix);
+    let mut padded = be.pool.take(if direct { 0 } else { cin * hp * wp });
+    for b in 0..out.n {
+        let (a_ptr, b_ptr) = (
+            sample_ptr(&p.x.a, b),
+            p.x.b.as_ref().map(|x| sample_ptr(x, b)),
+        );
+        let ca = p.x.a.c;
+        // SAFETY: regions validated; `padded` holds cin * hp * wp floats.
+        let plane = |ci: usize| unsafe {
+            match b_ptr {
+                Some(bp) if ci >= ca => bp.add((ci - ca) * h * w),
+                _ => a_ptr.add(ci * h * w),
+            }
+        };
+        let src = if direct {
+            Src {
+                planes: (0..cin).map(|ci| SyncPtr(plane(ci) as *mut f32)).collect(),
+                wp,
+            }
+        } else {
+            for (ci, d) in padded[..cin * hp * wp]
+                .chunks_exact_mut(hp * wp)
+                .enumerate()
+            {
+                // SAFETY: a validated input plane of h * w floats.
+                let sp = unsafe { std::slice::from_raw_parts(plane(ci), h * w) };
+                pad_plane(sp, w, up, [pt, pl, pb, pr], wp, d);
+            }
+            let base = padded.as_mut_ptr();
+            // SAFETY: plane offsets within `padded`.
+            Src {
+                planes: (0..cin)
+                    .map(|ci| SyncPtr(unsafe { base.add(ci * hp * wp) }))
+                    .collect(),
+                wp,
+            }
+        };
+        let src = &src;
+        par_for(workers, nb * mb, |item| {
+            let (jb, ib) = (item / mb, item % mb);
+            let p0 = jb * nc;
+            let n = nc.min(pix - p0);
+            let m0 = ib * per_mb * MR;
+            let m = (per_mb * MR).min(cout - m0);
+            // SAFETY: all regions were validated above; items write disjoint output tiles.
+            unsafe {
+                let c = out_ptr.get().add(b * cout * pix + m0 * pix + p0);
+                init_output(p, bias, b, m0, m, p0, n, pix, c);
+                let mut bpack = be.pool.take(n.div_ceil(NR) * NR * KC.min(kk));
+                let mut taps = Vec::with_capacity(KC.min(kk));
+                for k0 in (0..kk).step_by(KC) {
+                    let kc = KC.min(kk - k0);
+                    taps.clear();
+                    taps.extend((k0..k0 + kc).map(|r| {
+                        let (ci, ky, kx) = (r / (k * k), r % (k * k) / k, r % k);
+                        src.planes[ci].get().add(ky * src.wp + kx) as *const f32
+                    }));
+                    pack_cols(&taps, src.wp, p.stride, wo, p0, n, &mut bpack);
+                    let a = wpack.get().add(m0 / MR * kk * MR + k0 * MR);
+                    gemm::macro_kernel(m, n, kc, a, kk * MR, bpack.as_ptr(), c, pix);
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Where the conv reads sample `b`: one plane pointer per input channel (a's then
+/// b's), each `wp` floats per row, covering the padded grid.
+struct Src {
+    planes: Vec<SyncPtr>,
+    wp: usize,
+}
+
+/// Writes the zero-padded, optionally 2x nearest up-sampled, `src` plane (width `w`)
+/// into `dst` (`wp` floats per row).
+fn pad_plane(src: &[f32], w: usize, up: usize, pad: [usize; 4], wp: usize, dst: &mut [f32]) {
+    let [pt, pl, _, _] = pad;
+    let hu = (src.len() / w.max(1)) << up;
+    for (yy, row) in dst.chunks_exact_mut(wp).enumerate() {
+        if yy < pt || yy >= pt + hu {
+            row.fill(0.0);
+            continue;
+        }
+        let s = &src[((yy - pt) >> up) * w..][..w];
+        let (left, rest) = row.split_at_mut(pl);
+        left.fill(0.0);
+        let (mid, right) = rest.split_at_mut(w << up);
+        right.fill(0.0);
+        if up == 0 {
+            mid.copy_from_slice(s);
+        } else {
+            for (pair, &v) in mid.chunks_exact_mut(2).zip(s) {
+                pair[0] = v;
+                pair[1] = v;
             }
         }
-    });
-    Ok(())
+    }
 }
 
 /// `c[r, 0..n] = bias + temb + residual` for output channels `m0..m0+m` of sample `b`.
@@ -225,65 +260,40 @@ unsafe fn init_output(
     }
 }
 
-/// Packs rows `taps` x output pixels `p0..p0+n` of the im2col matrix into B panels.
-unsafe fn pack_cols(g: &Geom, taps: &[Tap], p0: usize, n: usize, dst: &mut [f32]) {
+/// Packs im2col rows (`taps`: each the address of tap `(ci, ky, kx)` for output pixel
+/// (0, 0) on the padded grid) x output pixels `p0..p0+n` into B panels. Every read is
+/// in bounds by construction, so the loops carry no checks.
+unsafe fn pack_cols(
+    taps: &[*const f32],
+    wp: usize,
+    s: usize,
+    wo: usize,
+    p0: usize,
+    n: usize,
+    dst: &mut [f32],
+) {
     let kc = taps.len();
-    let (s, up) = (g.stride, g.up);
     for (j, panel) in dst[..n.div_ceil(NR) * NR * kc]
         .chunks_exact_mut(NR * kc)
         .enumerate()
     {
         let q = p0 + j * NR;
         let cols = NR.min(n - j * NR);
-        let (oy, ox) = (q / g.wo, q % g.wo);
-        if cols == NR && ox + NR <= g.wo {
-            // All 16 pixels on one output row: one input row per tap.
-            let (iy0, ix0) = ((oy * s) as isize, (ox * s) as isize);
-            for (row, t) in panel.chunks_exact_mut(NR).zip(taps) {
-                let iy = iy0 + t.dy;
-                if iy < 0 || iy >= g.hu {
-                    row.fill(0.0);
-                    continue;
-                }
-                let src = t.chan.add((iy as usize >> up) * g.w);
-                let x0 = ix0 + t.dx;
-                if x0 >= 0 && x0 + (((NR - 1) * s) as isize) < g.wu {
-                    let x0 = x0 as usize;
-                    if s == 1 && up == 0 {
-                        row.copy_from_slice(std::slice::from_raw_parts(src.add(x0), NR));
-                    } else {
-                        for (l, v) in row.iter_mut().enumerate() {
-                            *v = *src.add((x0 + l * s) >> up);
-                        }
-                    }
-                } else {
-                    for (l, v) in row.iter_mut().enumerate() {
-                        let x = x0 + (l * s) as isize;
-                        *v = if x >= 0 && x < g.wu {
-                            *src.add(x as usize >> up)
-                        } else {
-                            0.0
-                        };
-                    }
-                }
-            }
-        } else {
-            // Panel crosses rows or the end: per-pixel coordinates; absent pixels get a
-            // row far out of range so they read as zero padding.
-            let mut ys = [isize::MIN / 2; NR];
-            let mut xs = [0isize; NR];
-            for l in 0..cols {
-                ys[l] = ((q + l) / g.wo * s) as isize;
-                xs[l] = ((q + l) % g.wo * s) as isize;
-            }
-            for (row, t) in panel.chunks_exact_mut(NR).zip(taps) {
-                for (l, v) in row.iter_mut().enumerate() {
-                    let (y, x) = (ys[l] + t.dy, xs[l] + t.dx);
-                    *v = if y >= 0 && y < g.hu && x >= 0 && x < g.wu {
-                        *t.chan.add((y as usize >> up) * g.w + (x as usize >> up))
-                    } else {
-                        0.0
-                    };
+        // Offset of each pixel's receptive field; absent pixels repeat the first (their
+        // products land in tile columns that are never stored).
+        let mut offs = [0usize; NR];
+        for (l, o) in offs.iter_mut().enumerate() {
+            let qq = q + if l < cols { l } else { 0 };
+            *o = (qq / wo) * s * wp + (qq % wo) * s;
+        }
+        let contiguous = s == 1 && cols == NR && q % wo + NR <= wo;
+        for (row, &t) in panel.chunks_exact_mut(NR).zip(taps) {
+            let src = t.wrapping_add(offs[0]);
+            if contiguous {
+                gemm::store::<[f32; NR]>(row.as_mut_ptr(), gemm::load(src));
+            } else {
+                for (v, &o) in row.iter_mut().zip(&offs) {
+                    *v = gemm::load::<f32>(t.wrapping_add(o));
                 }
             }
         }

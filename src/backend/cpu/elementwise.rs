@@ -5,12 +5,16 @@ use anyhow::{ensure, Result};
 use super::threads::{par_for, workers_for, SyncPtr};
 use super::{check_disjoint, check_input, check_region, sample, sample_mut, CpuBackend, A};
 
-/// `e^x` to about 2 ulp, branch-free so loops over slices vectorise (libm's `expf`
-/// is a call per element). Cephes-style: `2^n * e^r`, `|r| <= ln2/2`, degree-6 poly.
+/// `e^x` to about 2 ulp, branch- and call-free so loops over slices vectorise (libm's
+/// `expf`, and `f32::round` without SSE4.1, are calls per element). Cephes-style:
+/// `2^n * e^r`, `|r| <= ln2/2`, degree-6 polynomial. Rounding to the nearest integer
+/// by adding 1.5 * 2^23 also leaves `n` in the low mantissa bits for the 2^n scale.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
     let x = x.clamp(-87.3, 88.7);
-    let n = (x * std::f32::consts::LOG2_E).round();
+    let t = x * std::f32::consts::LOG2_E + MAGIC;
+    let n = t - MAGIC;
     let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
     let p = 1.987_569_1e-4_f32;
     let p = p * r + 1.398_199_9e-3;
@@ -19,7 +23,13 @@ pub fn exp(x: f32) -> f32 {
     let p = p * r + 1.666_666_5e-1;
     let p = p * r + 0.5;
     let e = p * r * r + r + 1.0;
-    e * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // bits(t) = bits(MAGIC) + n, so the biased exponent is bits(t) - bits(MAGIC) + 127.
+    let scale = t
+        .to_bits()
+        .wrapping_sub(MAGIC.to_bits())
+        .wrapping_add(127)
+        .wrapping_shl(23);
+    e * f32::from_bits(scale)
 }
 
 /// `v * sigmoid(v)`.

@@ -35,6 +35,30 @@ impl MatRef {
     }
 }
 
+#[repr(C, packed)]
+#[derive(Clone, Copy)]
+struct Unaligned<T>(T);
+
+/// Reads a `T` (e.g. `[f32; 16]`) at any alignment as plain loads. `copy_from_slice`
+/// and `read_unaligned` become `memcpy` calls behind debug-build precondition checks,
+/// which the test profile (debug assertions on) would pay per tiny copy.
+///
+/// # Safety
+/// `p` valid for reading `size_of::<T>()` bytes.
+#[inline(always)]
+pub unsafe fn load<T: Copy>(p: *const f32) -> T {
+    (*(p as *const Unaligned<T>)).0
+}
+
+/// Writes a `T` at any alignment (see [`load`]).
+///
+/// # Safety
+/// `p` valid for writing `size_of::<T>()` bytes.
+#[inline(always)]
+pub unsafe fn store<T: Copy>(p: *mut f32, v: T) {
+    *(p as *mut Unaligned<T>) = Unaligned(v);
+}
+
 /// Packed length of an `m x k` A block.
 pub fn packed_a_len(m: usize, k: usize) -> usize {
     m.div_ceil(MR) * MR * k
@@ -50,6 +74,13 @@ pub unsafe fn pack_a(a: MatRef, m: usize, k: usize, dst: &mut [f32]) {
         .enumerate()
     {
         let rows = MR.min(m - i * MR);
+        if a.rs == 1 && rows == MR {
+            // Column-major source (a transposed operand): MR contiguous floats per k.
+            for (p, dst) in panel.chunks_exact_mut(MR).enumerate() {
+                store::<[f32; MR]>(dst.as_mut_ptr(), load(a.at(i * MR, p).ptr));
+            }
+            continue;
+        }
         for r in 0..MR {
             if r >= rows {
                 panel.iter_mut().skip(r).step_by(MR).for_each(|v| *v = 0.0);
@@ -73,7 +104,9 @@ pub unsafe fn pack_b(b: MatRef, k: usize, n: usize, dst: &mut [f32]) {
         let cols = NR.min(n - j * NR);
         for (p, row) in panel.chunks_exact_mut(NR).enumerate() {
             let src = b.at(p, j * NR);
-            if src.cs == 1 {
+            if src.cs == 1 && cols == NR {
+                store::<[f32; NR]>(row.as_mut_ptr(), load(src.ptr));
+            } else if src.cs == 1 {
                 row[..cols].copy_from_slice(std::slice::from_raw_parts(src.ptr, cols));
             } else {
                 for (l, v) in row[..cols].iter_mut().enumerate() {

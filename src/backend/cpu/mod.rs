@@ -413,3 +413,134 @@ mod tests {
         .unwrap();
     }
 }
+
+#[cfg(test)]
+mod timing {
+    use super::testutil::*;
+    use super::*;
+    use crate::backend::DdimStep;
+
+    /// Per-op timings at U-Net sizes: `cargo test --lib cpu_op_timings -- --ignored
+    /// --nocapture`. CPU seconds are reported too, since the machine may be shared.
+    #[test]
+    #[ignore]
+    fn cpu_op_timings() {
+        let be = CpuBackend::new(0);
+        let report = |what: &str, (wall, cpu): (f64, f64)| {
+            println!(
+                "{what:<48} {:>9.3} ms wall {:>9.3} ms cpu",
+                wall * 1e3,
+                cpu * 1e3
+            )
+        };
+        let (c, hw) = (128, 256);
+        let xb = place(&be, &rand_vec(1, 2 * c * hw * hw));
+        let ob = poisoned(&be, 2 * c * hw * hw);
+        let g = weight(&be, &[2 * c], rand_vec(2, 2 * c), WeightKind::Vector);
+        let x = Cat {
+            a: act(&xb, 1, c, hw, hw),
+            b: Some(Act::new(&xb, OFF + c * hw * hw, 1, c, hw, hw)),
+        };
+        report(
+            "group_norm+silu cat 128+128 x 256x256",
+            time_it(3, || {
+                be.group_norm(x, &g, &g, 32, 1e-6, true, act(&ob, 1, 2 * c, hw, hw))
+                    .unwrap()
+            }),
+        );
+        for &(c, hw, heads) in &[(256, 16, 1), (512, 32, 8)] {
+            let qb = place(&be, &rand_vec(3, 3 * c * hw * hw));
+            let ob = poisoned(&be, c * hw * hw);
+            report(
+                &format!("attention C {c}, {} tokens, {heads} heads", hw * hw),
+                time_it(3, || {
+                    be.attention(act(&qb, 1, 3 * c, hw, hw), heads, act(&ob, 1, c, hw, hw))
+                        .unwrap()
+                }),
+            );
+        }
+        let n = 3 * 256 * 256;
+        let (xb, ob) = (place(&be, &rand_vec(4, 2 * n)), poisoned(&be, 2 * n));
+        let step = |c_noise| DdimStep {
+            x: act(&xb, 2, 3, 256, 256),
+            eps_x0: act(&xb, 2, 3, 256, 256),
+            eps_dir: act(&xb, 2, 3, 256, 256),
+            out: act(&ob, 2, 3, 256, 256),
+            a_i: 0.5,
+            a_j: 0.6,
+            c_dir: 0.3,
+            c_noise,
+            seed: 1,
+            stream: 2,
+        };
+        report(
+            "ddim_step 2x3x256x256",
+            time_it(5, || be.ddim_step(&step(0.0)).unwrap()),
+        );
+        report(
+            "ddim_step 2x3x256x256 with noise",
+            time_it(5, || be.ddim_step(&step(0.1)).unwrap()),
+        );
+        let hb = place(&be, &rand_vec(5, 2 * 512 * 64));
+        let ob = poisoned(&be, 512 * 64);
+        report(
+            "hspace_mix 512x8x8",
+            time_it(20, || {
+                be.hspace_mix(
+                    act(&hb, 1, 512, 8, 8),
+                    act(&hb, 1, 512, 8, 8).samples(0, 1),
+                    0.3,
+                    None,
+                    act(&ob, 1, 512, 8, 8),
+                )
+                .unwrap()
+            }),
+        );
+
+        // Tiny-U-Net-sized ops: per-call overhead matters more than throughput here.
+        let (c, hw) = (32, 16);
+        let xb = place(&be, &rand_vec(6, c * hw * hw));
+        let ob = poisoned(&be, c * hw * hw);
+        let wt = weight(&be, &[c, c, 3, 3], rand_vec(7, c * c * 9), WeightKind::Conv);
+        let bias = weight(&be, &[c], rand_vec(8, c), WeightKind::Vector);
+        let p = Conv2d::<CpuBackend> {
+            x: act(&xb, 1, c, hw, hw).into(),
+            w: &wt,
+            bias: &bias,
+            k: 3,
+            stride: 1,
+            pad: [1; 4],
+            upsample: false,
+            temb: None,
+            residual: None,
+            out: act(&ob, 1, c, hw, hw),
+        };
+        report(
+            "conv3x3 32->32 at 16x16",
+            time_it(200, || be.conv2d(&p).unwrap()),
+        );
+        report(
+            "group_norm+silu 32 x 16x16",
+            time_it(200, || {
+                be.group_norm(
+                    act(&xb, 1, c, hw, hw).into(),
+                    &bias,
+                    &bias,
+                    8,
+                    1e-6,
+                    true,
+                    act(&ob, 1, c, hw, hw),
+                )
+                .unwrap()
+            }),
+        );
+        let qb = place(&be, &rand_vec(9, 3 * c * 64));
+        report(
+            "attention C 32, 64 tokens",
+            time_it(200, || {
+                be.attention(act(&qb, 1, 3 * c, 8, 8), 1, act(&ob, 1, c, 8, 8))
+                    .unwrap()
+            }),
+        );
+    }
+}
