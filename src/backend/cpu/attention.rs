@@ -77,23 +77,25 @@ pub(super) fn attention(be: &CpuBackend, qkv: A, heads: usize, out: A) -> Result
     Ok(())
 }
 
-/// In place: each column `p` of the row-major `[rows][np]` block becomes
-/// `softmax_s(scale * st[s][p])`, max-subtracted, sums in f64.
-fn softmax_columns(st: &mut [f32], np: usize, scale: f32) {
-    let mut max = vec![f32::NEG_INFINITY; np];
-    for row in st.chunks_exact(np) {
-        max.iter_mut().zip(row).for_each(|(m, &v)| *m = m.max(v));
-    }
-    let mut sum = vec![0f64; np];
-    for row in st.chunks_exact_mut(np) {
-        for ((v, &m), s) in row.iter_mut().zip(&max).zip(sum.iter_mut()) {
-            *v = exp((*v - m) * scale);
-            *s += *v as f64;
+multiversion! {
+    /// In place: each column `p` of the row-major `[rows][np]` block becomes
+    /// `softmax_s(scale * st[s][p])`, max-subtracted, sums in f64.
+    fn softmax_columns(st: &mut [f32], np: usize, scale: f32) {
+        let mut max = vec![f32::NEG_INFINITY; np];
+        for row in st.chunks_exact(np) {
+            max.iter_mut().zip(row).for_each(|(m, &v)| *m = m.max(v));
         }
-    }
-    let inv: Vec<f32> = sum.iter().map(|&s| (1.0 / s) as f32).collect();
-    for row in st.chunks_exact_mut(np) {
-        row.iter_mut().zip(&inv).for_each(|(v, &i)| *v *= i);
+        let mut sum = vec![0f64; np];
+        for row in st.chunks_exact_mut(np) {
+            for ((v, &m), s) in row.iter_mut().zip(&max).zip(sum.iter_mut()) {
+                *v = exp((*v - m) * scale);
+                *s += *v as f64;
+            }
+        }
+        let inv: Vec<f32> = sum.iter().map(|&s| (1.0 / s) as f32).collect();
+        for row in st.chunks_exact_mut(np) {
+            row.iter_mut().zip(&inv).for_each(|(v, &i)| *v *= i);
+        }
     }
 }
 

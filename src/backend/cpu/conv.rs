@@ -606,6 +606,49 @@ mod tests {
     }
 
     #[test]
+    fn conv_unpadded() {
+        // No padding and no up-sampling: the input planes are read in place.
+        run(
+            Case {
+                pad: [0; 4],
+                ca: 5,
+                cout: 7,
+                h: 9,
+                w: 20,
+                ..BASE
+            },
+            26,
+        );
+        run(
+            Case {
+                k: 1,
+                stride: 2,
+                pad: [0; 4],
+                ca: 6,
+                nb: 1,
+                cb: 3,
+                cout: 5,
+                h: 9,
+                w: 8,
+                ..BASE
+            },
+            27,
+        );
+        run(
+            Case {
+                stride: 2,
+                pad: [0; 4],
+                ca: 4,
+                cout: 8,
+                h: 10,
+                w: 11,
+                ..BASE
+            },
+            28,
+        );
+    }
+
+    #[test]
     fn conv_blocked_and_threaded() {
         // K > KC, several pixel blocks, edge tiles in both directions, 2 workers.
         run(

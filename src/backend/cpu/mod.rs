@@ -7,6 +7,8 @@
 //! and returns an error instead of panicking; after that the kernels work on raw
 //! pointers, since outputs and inputs may be regions of the same buffer.
 
+#[macro_use]
+mod simd;
 mod attention;
 mod conv;
 mod elementwise;

@@ -11,35 +11,46 @@ use super::{
 };
 use crate::backend::Cat;
 
-/// Sum in f64 with independent lanes (vectorises; also a little more accurate).
-pub(super) fn sum_f64(x: &[f32]) -> f64 {
-    let mut acc = [0f64; 8];
-    let chunks = x.chunks_exact(8);
-    let tail: f64 = chunks.remainder().iter().map(|&v| v as f64).sum();
-    for c in chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a += v as f64;
+multiversion! {
+    /// Sum in f64 with independent lanes (vectorises; also a little more accurate).
+    pub(super) fn sum_f64(x: &[f32]) -> f64 {
+        let mut acc = [0f64; 8];
+        let chunks = x.chunks_exact(8);
+        let tail: f64 = chunks.remainder().iter().map(|&v| v as f64).sum();
+        for c in chunks {
+            for (a, &v) in acc.iter_mut().zip(c) {
+                *a += v as f64;
+            }
         }
+        acc.iter().sum::<f64>() + tail
     }
-    acc.iter().sum::<f64>() + tail
 }
 
-/// `sum (x - mean)^2` in f64.
-pub(super) fn sum_sq_dev(x: &[f32], mean: f64) -> f64 {
-    let mut acc = [0f64; 8];
-    let chunks = x.chunks_exact(8);
-    let tail: f64 = chunks
-        .remainder()
-        .iter()
-        .map(|&v| (v as f64 - mean).powi(2))
-        .sum();
-    for c in chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            let d = v as f64 - mean;
-            *a += d * d;
+multiversion! {
+    /// `sum (x - mean)^2` in f64.
+    pub(super) fn sum_sq_dev(x: &[f32], mean: f64) -> f64 {
+        let mut acc = [0f64; 8];
+        let chunks = x.chunks_exact(8);
+        let tail: f64 = chunks.remainder().iter().map(|&v| (v as f64 - mean).powi(2)).sum();
+        for c in chunks {
+            for (a, &v) in acc.iter_mut().zip(c) {
+                let d = v as f64 - mean;
+                *a += d * d;
+            }
+        }
+        acc.iter().sum::<f64>() + tail
+    }
+}
+
+multiversion! {
+    /// `dst = silu?((src - mean) * scale + shift)`.
+    fn normalize(src: &[f32], dst: &mut [f32], mean: f32, scale: f32, shift: f32, silu_out: bool) {
+        if silu_out {
+            dst.iter_mut().zip(src).for_each(|(d, &v)| *d = silu((v - mean) * scale + shift));
+        } else {
+            dst.iter_mut().zip(src).for_each(|(d, &v)| *d = (v - mean) * scale + shift);
         }
     }
-    acc.iter().sum::<f64>() + tail
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -105,16 +116,7 @@ pub(super) fn group_norm(
             let scale = (rstd * g_w[ci] as f64) as f32;
             let shift = b_w[ci];
             let dst = unsafe { std::slice::from_raw_parts_mut(o.get().add((b * c + ci) * hw), hw) };
-            let src = chan(ci);
-            if silu_out {
-                dst.iter_mut()
-                    .zip(src)
-                    .for_each(|(d, &v)| *d = silu((v - mean32) * scale + shift));
-            } else {
-                dst.iter_mut()
-                    .zip(src)
-                    .for_each(|(d, &v)| *d = (v - mean32) * scale + shift);
-            }
+            normalize(chan(ci), dst, mean32, scale, shift, silu_out);
         }
     });
     Ok(())

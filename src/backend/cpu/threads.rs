@@ -59,9 +59,13 @@ impl Pool {
     pub fn take(&self, len: usize) -> Scratch<'_> {
         let mut buf = {
             let mut bufs = self.bufs.lock().unwrap_or_else(|e| e.into_inner());
-            // Prefer the largest one: avoids growing several buffers to the same size.
-            let best = (0..bufs.len()).max_by_key(|&i| bufs[i].len());
-            best.map(|i| bufs.swap_remove(i)).unwrap_or_default()
+            // Best fit: the smallest buffer that is large enough, else the largest one
+            // (grown below), so big scratch stays reserved for big requests.
+            let fits = (0..bufs.len())
+                .filter(|&i| bufs[i].len() >= len)
+                .min_by_key(|&i| bufs[i].len());
+            let pick = fits.or_else(|| (0..bufs.len()).max_by_key(|&i| bufs[i].len()));
+            pick.map(|i| bufs.swap_remove(i)).unwrap_or_default()
         };
         if buf.len() < len {
             buf.resize(len, 0.0);
