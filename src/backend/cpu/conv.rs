@@ -1,9 +1,10 @@
 //! Fused conv2d as an implicit GEMM: `out[co, p] = W[co, K] * col[K, p]` per sample,
 //! `K = cin*k*k` in the weight's own `(ci, ky, kx)` order. The im2col matrix is never
-//! materialised: each work item packs its `KC x nc` block of it straight from the
-//! input (concat, padding, stride and the 2x nearest up-sampling resolved during
-//! packing) into GEMM B panels. Weights arrive pre-packed as A panels. The output is
-//! initialised with bias + temb + residual and the GEMM accumulates onto it.
+//! materialised: the sample's channels (a then b) are copied once into a zero-padded,
+//! optionally 2x up-sampled scratch image (skipped when there is neither), and each
+//! work item packs its `KC x nc` im2col block from it into GEMM B panels with no
+//! bounds tests. Weights arrive pre-packed as A panels. The output is initialised
+//! with bias + temb + residual and the GEMM accumulates onto it.
 
 use anyhow::{ensure, Result};
 
@@ -133,42 +134,44 @@ pub(super) fn conv2d(be: &CpuBackend, p: &Conv2d<'_, CpuBackend>) -> Result<()> 
     let bias = &p.bias.data[..];
     let mut padded = be.pool.take(if direct { 0 } else { cin * hp * wp });
     for b in 0..out.n {
-        let (a_ptr, b_ptr) = (
-            sample_ptr(&p.x.a, b),
-            p.x.b.as_ref().map(|x| sample_ptr(x, b)),
-        );
+        let a_ptr = SyncPtr(sample_ptr(&p.x.a, b) as *mut f32);
+        let b_ptr =
+            p.x.b
+                .as_ref()
+                .map(|x| SyncPtr(sample_ptr(x, b) as *mut f32));
         let ca = p.x.a.c;
-        // SAFETY: regions validated; `padded` holds cin * hp * wp floats.
-        let plane = |ci: usize| unsafe {
-            match b_ptr {
-                Some(bp) if ci >= ca => bp.add((ci - ca) * h * w),
-                _ => a_ptr.add(ci * h * w),
+        // Input channel `ci` of the concat. SAFETY: regions validated.
+        let plane = |ci: usize| -> *const f32 {
+            unsafe {
+                match b_ptr {
+                    Some(bp) if ci >= ca => bp.get().add((ci - ca) * h * w),
+                    _ => a_ptr.get().add(ci * h * w),
+                }
             }
         };
-        let src = if direct {
-            Src {
-                planes: (0..cin).map(|ci| SyncPtr(plane(ci) as *mut f32)).collect(),
-                wp,
-            }
+        // One pointer per input channel to its (padded) plane, `wp` floats per row.
+        let planes: Vec<SyncPtr> = if direct {
+            (0..cin).map(|ci| SyncPtr(plane(ci) as *mut f32)).collect()
         } else {
-            for (ci, d) in padded[..cin * hp * wp]
-                .chunks_exact_mut(hp * wp)
-                .enumerate()
-            {
-                // SAFETY: a validated input plane of h * w floats.
-                let sp = unsafe { std::slice::from_raw_parts(plane(ci), h * w) };
+            let dst = SyncPtr(padded.as_mut_ptr());
+            // Memory-bound: a second worker pays off only for large planes.
+            par_for(workers_for(be.threads, 4 * cin * hp * wp), cin, |ci| {
+                // SAFETY: a validated input plane of h * w floats; each channel writes
+                // its own plane of `padded`, which holds cin * hp * wp floats.
+                let (sp, d) = unsafe {
+                    (
+                        std::slice::from_raw_parts(plane(ci), h * w),
+                        std::slice::from_raw_parts_mut(dst.get().add(ci * hp * wp), hp * wp),
+                    )
+                };
                 pad_plane(sp, w, up, [pt, pl, pb, pr], wp, d);
-            }
-            let base = padded.as_mut_ptr();
+            });
             // SAFETY: plane offsets within `padded`.
-            Src {
-                planes: (0..cin)
-                    .map(|ci| SyncPtr(unsafe { base.add(ci * hp * wp) }))
-                    .collect(),
-                wp,
-            }
+            (0..cin)
+                .map(|ci| SyncPtr(unsafe { dst.get().add(ci * hp * wp) }))
+                .collect()
         };
-        let src = &src;
+        let planes = &planes;
         par_for(workers, nb * mb, |item| {
             let (jb, ib) = (item / mb, item % mb);
             let p0 = jb * nc;
@@ -186,9 +189,9 @@ pub(super) fn conv2d(be: &CpuBackend, p: &Conv2d<'_, CpuBackend>) -> Result<()> 
                     taps.clear();
                     taps.extend((k0..k0 + kc).map(|r| {
                         let (ci, ky, kx) = (r / (k * k), r % (k * k) / k, r % k);
-                        src.planes[ci].get().add(ky * src.wp + kx) as *const f32
+                        planes[ci].get().add(ky * wp + kx) as *const f32
                     }));
-                    pack_cols(&taps, src.wp, p.stride, wo, p0, n, &mut bpack);
+                    pack_cols(&taps, wp, p.stride, wo, p0, n, &mut bpack);
                     let a = wpack.get().add(m0 / MR * kk * MR + k0 * MR);
                     gemm::macro_kernel(m, n, kc, a, kk * MR, bpack.as_ptr(), c, pix);
                 }
@@ -196,13 +199,6 @@ pub(super) fn conv2d(be: &CpuBackend, p: &Conv2d<'_, CpuBackend>) -> Result<()> 
         });
     }
     Ok(())
-}
-
-/// Where the conv reads sample `b`: one plane pointer per input channel (a's then
-/// b's), each `wp` floats per row, covering the padded grid.
-struct Src {
-    planes: Vec<SyncPtr>,
-    wp: usize,
 }
 
 /// Writes the zero-padded, optionally 2x nearest up-sampled, `src` plane (width `w`)

@@ -397,6 +397,33 @@ mod tests {
     }
 
     #[test]
+    fn weight_shapes_are_checked() {
+        let be = CpuBackend::new(1);
+        let t =
+            |shape: Vec<usize>| HostTensor::new(shape.clone(), rand_vec(1, shape.iter().product()));
+        assert!(be
+            .upload_weight(&t(vec![4, 3, 3, 2]), WeightKind::Conv)
+            .is_err());
+        assert!(be.upload_weight(&t(vec![4, 27]), WeightKind::Conv).is_err());
+        assert!(be
+            .upload_weight(&t(vec![4, 3, 1, 1]), WeightKind::Linear)
+            .is_err());
+        let w = be
+            .upload_weight(&t(vec![5, 3, 3, 3]), WeightKind::Conv)
+            .unwrap();
+        assert_eq!(
+            (w.shape(), w.kind(), w.numel()),
+            (&[5, 3, 3, 3][..], WeightKind::Conv, 135)
+        );
+        // A conv weight is not a bias.
+        let xb = place(&be, &rand_vec(2, 3));
+        let ob = poisoned(&be, 5);
+        assert!(be
+            .linear(act(&xb, 1, 3, 1, 1), &w, &w, false, act(&ob, 1, 5, 1, 1))
+            .is_err());
+    }
+
+    #[test]
     fn overlap_is_an_error() {
         let be = CpuBackend::new(1);
         let buf = be.alloc(32).unwrap();
