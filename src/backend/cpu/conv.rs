@@ -724,8 +724,14 @@ mod tests {
     #[test]
     #[ignore]
     fn conv_gflops() {
-        let be = CpuBackend::new(0);
-        for &(c, hw) in &[(256usize, 64usize), (128, 256)] {
+        let shapes = [
+            (1, 256usize, 64usize),
+            (1, 128, 256),
+            (0, 256, 64),
+            (0, 128, 256),
+        ];
+        for (threads, c, hw) in shapes {
+            let be = CpuBackend::new(threads);
             let xb = place(&be, &rand_vec(1, c * hw * hw));
             let ob = poisoned(&be, c * hw * hw);
             let wt = weight(&be, &[c, c, 3, 3], rand_vec(2, c * c * 9), WeightKind::Conv);
