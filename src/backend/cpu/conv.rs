@@ -1,0 +1,762 @@
+//! Fused conv2d as an implicit GEMM: `out[co, p] = W[co, K] * col[K, p]` per sample,
+//! `K = cin*k*k` in the weight's own `(ci, ky, kx)` order. The im2col matrix is never
+//! materialised: the sample's channels (a then b) are copied once into a zero-padded,
+//! optionally 2x up-sampled scratch image (skipped when there is neither), and each
+//! work item packs its `KC x nc` im2col block from it into GEMM B panels with no
+//! bounds tests. Weights arrive pre-packed as A panels. The output is initialised
+//! with bias + temb + residual and the GEMM accumulates onto it.
+
+use anyhow::{ensure, Result};
+
+use super::gemm::{self, MatRef, KC, MR, NR};
+use super::threads::{par_for, workers_for, SyncPtr};
+use super::{
+    base, check_cat, check_disjoint, check_input, check_region, check_vector, sample_ptr,
+    CpuBackend, WeightKind,
+};
+use crate::backend::Conv2d;
+
+/// Output pixels per work item (a multiple of NR); a `KC x NC` B block is 512 KB.
+const NC: usize = 512;
+
+/// Packs a row-major `[cout, kk]` weight into GEMM A panels.
+pub(super) fn pack_weight(w: &[f32], cout: usize, kk: usize) -> Vec<f32> {
+    let mut dst = vec![0f32; gemm::packed_a_len(cout, kk)];
+    // SAFETY: `w` holds `cout * kk` floats (checked by the caller), `dst` is sized for it.
+    unsafe {
+        gemm::pack_a(
+            MatRef {
+                ptr: w.as_ptr(),
+                rs: kk as isize,
+                cs: 1,
+            },
+            cout,
+            kk,
+            &mut dst,
+        )
+    };
+    dst
+}
+
+pub(super) fn conv2d(be: &CpuBackend, p: &Conv2d<'_, CpuBackend>) -> Result<()> {
+    let out = &p.out;
+    check_region(out, "conv2d out")?;
+    check_cat(&p.x, out.n, "conv2d x")?;
+    let wt = p.w;
+    ensure!(
+        wt.kind == WeightKind::Conv,
+        "conv2d: weight uploaded as {:?}",
+        wt.kind
+    );
+    let (cout, cin, k) = (wt.shape[0], wt.shape[1], wt.shape[2]);
+    ensure!(
+        p.k == k,
+        "conv2d: k = {} but the weight is {:?}",
+        p.k,
+        wt.shape
+    );
+    ensure!(
+        cin == p.x.channels(),
+        "conv2d: weight expects {cin} input channels, got {}",
+        p.x.channels()
+    );
+    ensure!(
+        out.c == cout,
+        "conv2d: weight has {cout} output channels, out has {}",
+        out.c
+    );
+    check_vector(p.bias, cout, "conv2d bias")?;
+    ensure!(p.stride >= 1, "conv2d: stride 0");
+    ensure!(
+        p.pad.iter().all(|&v| v < 1 << 20),
+        "conv2d: absurd padding {:?}",
+        p.pad
+    );
+    let up = p.upsample as usize;
+    let (h, w) = (p.x.a.h, p.x.a.w);
+    let (hu, wu) = (h << up, w << up);
+    let [pt, pl, pb, pr] = p.pad;
+    ensure!(
+        hu + pt + pb >= k && wu + pl + pr >= k,
+        "conv2d: kernel {k} larger than the padded input {}x{}",
+        hu + pt + pb,
+        wu + pl + pr
+    );
+    let ho = (hu + pt + pb - k) / p.stride + 1;
+    let wo = (wu + pl + pr - k) / p.stride + 1;
+    ensure!(
+        (out.h, out.w) == (ho, wo),
+        "conv2d: output is {}x{}, the conv gives {ho}x{wo}",
+        out.h,
+        out.w
+    );
+    if let Some(t) = &p.temb {
+        check_input(t, cout, 1, 1, out.n, "conv2d temb")?;
+    }
+    if let Some(r) = &p.residual {
+        check_input(r, cout, ho, wo, out.n, "conv2d residual")?;
+    }
+    let inputs = [
+        Some(&p.x.a),
+        p.x.b.as_ref(),
+        p.temb.as_ref(),
+        p.residual.as_ref(),
+    ];
+    check_disjoint(out, &inputs, "conv2d")?;
+    if out.is_empty() {
+        return Ok(());
+    }
+
+    let kk = cin * k * k;
+    let pix = ho * wo;
+    let (hp, wp) = (hu + pt + pb, wu + pl + pr);
+    // Without padding or up-sampling the input planes are read in place; otherwise
+    // each sample is first copied into a zero-padded (up-sampled) scratch image, so
+    // that packing never tests bounds.
+    let direct = !p.upsample && p.pad == [0; 4];
+
+    // Work items within a sample: (pixel block, cout block). Cout is split only when
+    // there are too few pixel blocks to keep every worker busy (deep, small layers).
+    let workers = workers_for(be.threads, 2 * cout * kk * pix * out.n);
+    let nb = pix.div_ceil(NC);
+    let nc = pix.div_ceil(nb).next_multiple_of(NR);
+    let nb = pix.div_ceil(nc);
+    let panels = cout.div_ceil(MR);
+    let mut mb = 1;
+    if workers > 1 && nb < 2 * workers {
+        mb = (2 * workers).div_ceil(nb).min(panels);
+    }
+    let per_mb = panels.div_ceil(mb);
+    let mb = panels.div_ceil(per_mb);
+
+    let out_ptr = SyncPtr(base(out));
+    let wpack = SyncPtr(wt.data.as_ptr() as *mut f32);
+    let bias = &p.bias.data[..];
+    let mut padded = be.pool.take(if direct { 0 } else { cin * hp * wp });
+    for b in 0..out.n {
+        let a_ptr = SyncPtr(sample_ptr(&p.x.a, b) as *mut f32);
+        let b_ptr =
+            p.x.b
+                .as_ref()
+                .map(|x| SyncPtr(sample_ptr(x, b) as *mut f32));
+        let ca = p.x.a.c;
+        // Input channel `ci` of the concat. SAFETY: regions validated.
+        let plane = |ci: usize| -> *const f32 {
+            unsafe {
+                match b_ptr {
+                    Some(bp) if ci >= ca => bp.get().add((ci - ca) * h * w),
+                    _ => a_ptr.get().add(ci * h * w),
+                }
+            }
+        };
+        // One pointer per input channel to its (padded) plane, `wp` floats per row.
+        let planes: Vec<SyncPtr> = if direct {
+            (0..cin).map(|ci| SyncPtr(plane(ci) as *mut f32)).collect()
+        } else {
+            let dst = SyncPtr(padded.as_mut_ptr());
+            // Memory-bound: a second worker pays off only for large planes.
+            par_for(workers_for(be.threads, 4 * cin * hp * wp), cin, |ci| {
+                // SAFETY: a validated input plane of h * w floats; each channel writes
+                // its own plane of `padded`, which holds cin * hp * wp floats.
+                let (sp, d) = unsafe {
+                    (
+                        std::slice::from_raw_parts(plane(ci), h * w),
+                        std::slice::from_raw_parts_mut(dst.get().add(ci * hp * wp), hp * wp),
+                    )
+                };
+                pad_plane(sp, w, up, [pt, pl, pb, pr], wp, d);
+            });
+            // SAFETY: plane offsets within `padded`.
+            (0..cin)
+                .map(|ci| SyncPtr(unsafe { dst.get().add(ci * hp * wp) }))
+                .collect()
+        };
+        let planes = &planes;
+        par_for(workers, nb * mb, |item| {
+            let (jb, ib) = (item / mb, item % mb);
+            let p0 = jb * nc;
+            let n = nc.min(pix - p0);
+            let m0 = ib * per_mb * MR;
+            let m = (per_mb * MR).min(cout - m0);
+            // SAFETY: all regions were validated above; items write disjoint output tiles.
+            unsafe {
+                let c = out_ptr.get().add(b * cout * pix + m0 * pix + p0);
+                init_output(p, bias, b, m0, m, p0, n, pix, c);
+                let mut bpack = be.pool.take(n.div_ceil(NR) * NR * KC.min(kk));
+                let mut taps = Vec::with_capacity(KC.min(kk));
+                for k0 in (0..kk).step_by(KC) {
+                    let kc = KC.min(kk - k0);
+                    taps.clear();
+                    taps.extend((k0..k0 + kc).map(|r| {
+                        let (ci, ky, kx) = (r / (k * k), r % (k * k) / k, r % k);
+                        planes[ci].get().add(ky * wp + kx) as *const f32
+                    }));
+                    pack_cols(&taps, wp, p.stride, wo, p0, n, &mut bpack);
+                    let a = wpack.get().add(m0 / MR * kk * MR + k0 * MR);
+                    gemm::macro_kernel(m, n, kc, a, kk * MR, bpack.as_ptr(), c, pix);
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Writes the zero-padded, optionally 2x nearest up-sampled, `src` plane (width `w`)
+/// into `dst` (`wp` floats per row).
+fn pad_plane(src: &[f32], w: usize, up: usize, pad: [usize; 4], wp: usize, dst: &mut [f32]) {
+    let [pt, pl, _, _] = pad;
+    let hu = (src.len() / w.max(1)) << up;
+    for (yy, row) in dst.chunks_exact_mut(wp).enumerate() {
+        if yy < pt || yy >= pt + hu {
+            row.fill(0.0);
+            continue;
+        }
+        let s = &src[((yy - pt) >> up) * w..][..w];
+        let (left, rest) = row.split_at_mut(pl);
+        left.fill(0.0);
+        let (mid, right) = rest.split_at_mut(w << up);
+        right.fill(0.0);
+        if up == 0 {
+            mid.copy_from_slice(s);
+        } else {
+            for (pair, &v) in mid.chunks_exact_mut(2).zip(s) {
+                pair[0] = v;
+                pair[1] = v;
+            }
+        }
+    }
+}
+
+/// `c[r, 0..n] = bias + temb + residual` for output channels `m0..m0+m` of sample `b`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn init_output(
+    p: &Conv2d<'_, CpuBackend>,
+    bias: &[f32],
+    b: usize,
+    m0: usize,
+    m: usize,
+    p0: usize,
+    n: usize,
+    pix: usize,
+    c: *mut f32,
+) {
+    let temb = p.temb.as_ref().map(|t| sample_ptr(t, b));
+    let res = p.residual.as_ref().map(|r| sample_ptr(r, b));
+    for r in 0..m {
+        let co = m0 + r;
+        let v = bias[co] + temb.map_or(0.0, |t| *t.add(co));
+        let row = std::slice::from_raw_parts_mut(c.add(r * pix), n);
+        match res {
+            Some(rp) => {
+                let src = std::slice::from_raw_parts(rp.add(co * pix + p0), n);
+                row.iter_mut().zip(src).for_each(|(o, &s)| *o = v + s);
+            }
+            None => row.fill(v),
+        }
+    }
+}
+
+/// Packs im2col rows (`taps`: each the address of tap `(ci, ky, kx)` for output pixel
+/// (0, 0) on the padded grid) x output pixels `p0..p0+n` into B panels. Every read is
+/// in bounds by construction, so the loops carry no checks.
+unsafe fn pack_cols(
+    taps: &[*const f32],
+    wp: usize,
+    s: usize,
+    wo: usize,
+    p0: usize,
+    n: usize,
+    dst: &mut [f32],
+) {
+    let kc = taps.len();
+    for (j, panel) in dst[..n.div_ceil(NR) * NR * kc]
+        .chunks_exact_mut(NR * kc)
+        .enumerate()
+    {
+        let q = p0 + j * NR;
+        let cols = NR.min(n - j * NR);
+        // Offset of each pixel's receptive field; absent pixels repeat the first (their
+        // products land in tile columns that are never stored).
+        let mut offs = [0usize; NR];
+        for (l, o) in offs.iter_mut().enumerate() {
+            let qq = q + if l < cols { l } else { 0 };
+            *o = (qq / wo) * s * wp + (qq % wo) * s;
+        }
+        let contiguous = s == 1 && cols == NR && q % wo + NR <= wo;
+        for (row, &t) in panel.chunks_exact_mut(NR).zip(taps) {
+            let src = t.wrapping_add(offs[0]);
+            if contiguous {
+                gemm::store::<[f32; NR]>(row.as_mut_ptr(), gemm::load(src));
+            } else {
+                for (v, &o) in row.iter_mut().zip(&offs) {
+                    *v = gemm::load::<f32>(t.wrapping_add(o));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::*;
+    use super::*;
+    use crate::backend::{Act, Backend, Cat};
+
+    /// One conv configuration; batch sizes of 0 mean "absent".
+    #[derive(Clone, Copy)]
+    struct Case {
+        n: usize,
+        na: usize,
+        ca: usize,
+        nb: usize,
+        cb: usize,
+        h: usize,
+        w: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        pad: [usize; 4],
+        up: bool,
+        temb_n: usize,
+        res_n: usize,
+        threads: usize,
+    }
+
+    const BASE: Case = Case {
+        n: 1,
+        na: 1,
+        ca: 3,
+        nb: 0,
+        cb: 0,
+        h: 7,
+        w: 7,
+        cout: 5,
+        k: 3,
+        stride: 1,
+        pad: [1, 1, 1, 1],
+        up: false,
+        temb_n: 0,
+        res_n: 0,
+        threads: 1,
+    };
+
+    fn run(cs: Case, seed: u64) {
+        let be = CpuBackend::new(cs.threads);
+        let cin = cs.ca + cs.cb;
+        let (k, s) = (cs.k, cs.stride);
+        let u = if cs.up { 2 } else { 1 };
+        let (hu, wu) = (cs.h * u, cs.w * u);
+        let ho = (hu + cs.pad[0] + cs.pad[2] - k) / s + 1;
+        let wo = (wu + cs.pad[1] + cs.pad[3] - k) / s + 1;
+        let hw = cs.h * cs.w;
+        let xa = rand_vec(seed, cs.na * cs.ca * hw);
+        let xb = rand_vec(seed + 1, cs.nb * cs.cb * hw);
+        let wd = rand_vec(seed + 2, cs.cout * cin * k * k);
+        let bd = rand_vec(seed + 3, cs.cout);
+        let td = rand_vec(seed + 4, cs.temb_n * cs.cout);
+        let rd = rand_vec(seed + 5, cs.res_n * cs.cout * ho * wo);
+
+        let (ba, bb, bt, br) = (
+            place(&be, &xa),
+            place(&be, &xb),
+            place(&be, &td),
+            place(&be, &rd),
+        );
+        let olen = cs.n * cs.cout * ho * wo;
+        let bo = poisoned(&be, olen);
+        let wt = weight(&be, &[cs.cout, cin, k, k], wd.clone(), WeightKind::Conv);
+        let bias = weight(&be, &[cs.cout], bd.clone(), WeightKind::Vector);
+        let x = Cat {
+            a: act(&ba, cs.na, cs.ca, cs.h, cs.w),
+            b: (cs.cb > 0).then(|| act(&bb, cs.nb, cs.cb, cs.h, cs.w)),
+        };
+        let p = Conv2d::<CpuBackend> {
+            x,
+            w: &wt,
+            bias: &bias,
+            k,
+            stride: s,
+            pad: cs.pad,
+            upsample: cs.up,
+            temb: (cs.temb_n > 0).then(|| act(&bt, cs.temb_n, cs.cout, 1, 1)),
+            residual: (cs.res_n > 0).then(|| act(&br, cs.res_n, cs.cout, ho, wo)),
+            out: act(&bo, cs.n, cs.cout, ho, wo),
+        };
+        be.conv2d(&p).unwrap();
+        let got = read(&be, &bo, olen);
+
+        // Naive f64 reference, straight from the definition.
+        let mut want = vec![0f64; olen];
+        for b in 0..cs.n {
+            for co in 0..cs.cout {
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        let mut acc = bd[co] as f64;
+                        if cs.temb_n > 0 {
+                            acc += td[(b % cs.temb_n) * cs.cout + co] as f64;
+                        }
+                        for ci in 0..cin {
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    let iy = (oy * s + ky) as isize - cs.pad[0] as isize;
+                                    let ix = (ox * s + kx) as isize - cs.pad[1] as isize;
+                                    if iy < 0 || ix < 0 || iy >= hu as isize || ix >= wu as isize {
+                                        continue;
+                                    }
+                                    let (iy, ix) = (iy as usize / u, ix as usize / u);
+                                    let v = if ci < cs.ca {
+                                        xa[((b % cs.na) * cs.ca + ci) * hw + iy * cs.w + ix]
+                                    } else {
+                                        xb[((b % cs.nb) * cs.cb + ci - cs.ca) * hw + iy * cs.w + ix]
+                                    };
+                                    acc +=
+                                        v as f64 * wd[((co * cin + ci) * k + ky) * k + kx] as f64;
+                                }
+                            }
+                        }
+                        let o = ((b * cs.cout + co) * ho + oy) * wo + ox;
+                        if cs.res_n > 0 {
+                            acc += rd[(b % cs.res_n) * cs.cout * ho * wo + o % (cs.cout * ho * wo)]
+                                as f64;
+                        }
+                        want[o] = acc;
+                    }
+                }
+            }
+        }
+        let e = rel_err(&got, &want);
+        assert!(e < 1e-5, "rel L2 {e:e}");
+    }
+
+    #[test]
+    fn conv_3x3_basic() {
+        run(BASE, 1);
+    }
+
+    #[test]
+    fn conv_concat_odd_channels() {
+        run(
+            Case {
+                n: 2,
+                na: 2,
+                ca: 5,
+                nb: 2,
+                cb: 3,
+                h: 9,
+                w: 11,
+                cout: 33,
+                ..BASE
+            },
+            2,
+        );
+        run(
+            Case {
+                n: 1,
+                ca: 33,
+                nb: 1,
+                cb: 5,
+                h: 5,
+                w: 19,
+                cout: 7,
+                ..BASE
+            },
+            3,
+        );
+    }
+
+    #[test]
+    fn conv_broadcast_temb_residual() {
+        run(
+            Case {
+                n: 4,
+                na: 1,
+                ca: 5,
+                nb: 2,
+                cb: 3,
+                cout: 9,
+                temb_n: 1,
+                res_n: 4,
+                ..BASE
+            },
+            4,
+        );
+        run(
+            Case {
+                n: 2,
+                na: 2,
+                ca: 4,
+                temb_n: 2,
+                res_n: 1,
+                cout: 13,
+                h: 6,
+                w: 17,
+                ..BASE
+            },
+            5,
+        );
+    }
+
+    #[test]
+    fn conv_upsample() {
+        run(
+            Case {
+                up: true,
+                h: 5,
+                w: 6,
+                ca: 5,
+                cout: 7,
+                ..BASE
+            },
+            6,
+        );
+        run(
+            Case {
+                up: true,
+                h: 9,
+                w: 9,
+                ca: 3,
+                nb: 1,
+                cb: 2,
+                cout: 17,
+                res_n: 1,
+                ..BASE
+            },
+            7,
+        );
+    }
+
+    #[test]
+    fn conv_stride2() {
+        for (i, &(h, w)) in [(9, 9), (8, 8), (34, 37)].iter().enumerate() {
+            let seed = 10 + 2 * i as u64;
+            run(
+                Case {
+                    stride: 2,
+                    pad: [0, 0, 1, 1],
+                    h,
+                    w,
+                    ca: 5,
+                    cout: 6,
+                    ..BASE
+                },
+                seed,
+            );
+            run(
+                Case {
+                    stride: 2,
+                    pad: [1, 1, 1, 1],
+                    h,
+                    w,
+                    ca: 3,
+                    cout: 7,
+                    ..BASE
+                },
+                seed + 1,
+            );
+        }
+        // Stride 2 over an up-sampled input with uneven padding.
+        run(
+            Case {
+                stride: 2,
+                pad: [2, 0, 1, 3],
+                up: true,
+                h: 5,
+                w: 7,
+                ..BASE
+            },
+            20,
+        );
+    }
+
+    #[test]
+    fn conv_1x1() {
+        run(
+            Case {
+                k: 1,
+                pad: [0; 4],
+                ca: 33,
+                cout: 17,
+                h: 6,
+                w: 5,
+                res_n: 1,
+                ..BASE
+            },
+            21,
+        );
+        run(
+            Case {
+                k: 1,
+                pad: [0; 4],
+                n: 2,
+                na: 1,
+                ca: 3,
+                nb: 2,
+                cb: 5,
+                cout: 6,
+                h: 17,
+                w: 16,
+                ..BASE
+            },
+            22,
+        );
+    }
+
+    #[test]
+    fn conv_unpadded() {
+        // No padding and no up-sampling: the input planes are read in place.
+        run(
+            Case {
+                pad: [0; 4],
+                ca: 5,
+                cout: 7,
+                h: 9,
+                w: 20,
+                ..BASE
+            },
+            26,
+        );
+        run(
+            Case {
+                k: 1,
+                stride: 2,
+                pad: [0; 4],
+                ca: 6,
+                nb: 1,
+                cb: 3,
+                cout: 5,
+                h: 9,
+                w: 8,
+                ..BASE
+            },
+            27,
+        );
+        run(
+            Case {
+                stride: 2,
+                pad: [0; 4],
+                ca: 4,
+                cout: 8,
+                h: 10,
+                w: 11,
+                ..BASE
+            },
+            28,
+        );
+    }
+
+    #[test]
+    fn conv_blocked_and_threaded() {
+        // K > KC, several pixel blocks, edge tiles in both directions, 2 workers.
+        run(
+            Case {
+                ca: 40,
+                nb: 1,
+                cb: 3,
+                cout: 70,
+                h: 40,
+                w: 41,
+                temb_n: 1,
+                res_n: 1,
+                threads: 2,
+                ..BASE
+            },
+            23,
+        );
+        // Few pixels: the cout dimension is split between workers.
+        run(
+            Case {
+                ca: 128,
+                cout: 257,
+                h: 4,
+                w: 4,
+                threads: 2,
+                ..BASE
+            },
+            24,
+        );
+        // Batch > 1 with broadcast over threads.
+        run(
+            Case {
+                n: 3,
+                na: 1,
+                ca: 32,
+                cout: 64,
+                h: 24,
+                w: 24,
+                temb_n: 3,
+                threads: 2,
+                ..BASE
+            },
+            25,
+        );
+    }
+
+    #[test]
+    fn conv_rejects_bad_shapes() {
+        let be = CpuBackend::new(1);
+        let xb = place(&be, &rand_vec(1, 3 * 16));
+        let ob = poisoned(&be, 5 * 16);
+        let wt = weight(&be, &[5, 3, 3, 3], rand_vec(2, 135), WeightKind::Conv);
+        let bias = weight(&be, &[5], rand_vec(3, 5), WeightKind::Vector);
+        let mk = |out: Act<'_, _>, k: usize| {
+            be.conv2d(&Conv2d::<CpuBackend> {
+                x: act(&xb, 1, 3, 4, 4).into(),
+                w: &wt,
+                bias: &bias,
+                k,
+                stride: 1,
+                pad: [1; 4],
+                upsample: false,
+                temb: None,
+                residual: None,
+                out,
+            })
+        };
+        mk(act(&ob, 1, 5, 4, 4), 3).unwrap();
+        assert!(mk(act(&ob, 1, 5, 3, 4), 3).is_err());
+        assert!(mk(act(&ob, 1, 4, 4, 4), 3).is_err());
+        assert!(mk(act(&ob, 1, 5, 4, 4), 1).is_err());
+        assert!(mk(Act::new(&ob, 20, 1, 5, 4, 4), 3).is_err());
+    }
+
+    /// Throughput of the two reference shapes; `cargo test --release conv_gflops --
+    /// --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn conv_gflops() {
+        let shapes = [
+            (1, 256usize, 64usize),
+            (1, 128, 256),
+            (0, 256, 64),
+            (0, 128, 256),
+        ];
+        for (threads, c, hw) in shapes {
+            let be = CpuBackend::new(threads);
+            let xb = place(&be, &rand_vec(1, c * hw * hw));
+            let ob = poisoned(&be, c * hw * hw);
+            let wt = weight(&be, &[c, c, 3, 3], rand_vec(2, c * c * 9), WeightKind::Conv);
+            let bias = weight(&be, &[c], rand_vec(3, c), WeightKind::Vector);
+            let p = Conv2d::<CpuBackend> {
+                x: act(&xb, 1, c, hw, hw).into(),
+                w: &wt,
+                bias: &bias,
+                k: 3,
+                stride: 1,
+                pad: [1; 4],
+                upsample: false,
+                temb: None,
+                residual: None,
+                out: act(&ob, 1, c, hw, hw),
+            };
+            let (wall, cpu) = time_it(5, || be.conv2d(&p).unwrap());
+            let gflop = 2.0 * (c * c * 9 * hw * hw) as f64 / 1e9;
+            println!(
+                "conv3x3 {c}->{c} at {hw}x{hw}, {} threads: {:.1} ms, {:.1} GFLOP/s wall, {:.1} GFLOP/s per CPU-second",
+                be.threads(),
+                wall * 1e3,
+                gflop / wall,
+                gflop / cpu
+            );
+        }
+    }
+}
