@@ -303,7 +303,12 @@ pub fn info(c: &Common, m: &ModelArgs, show_plan: bool) -> Result<()> {
         let params: usize = model.tensors.values().map(|t| t.numel()).sum();
         (model.arch.clone(), params, Some(model.hash.clone()))
     } else {
-        let arch = crate::model::config::arch_only(m.config.as_deref(), m.arch.as_deref())?;
+        let cfg = match (&m.config, &m.arch) {
+            (Some(path), None) => crate::model::config::load_config_file(path)?,
+            (None, Some(name)) => crate::model::config::preset(name)?,
+            _ => bail!("info needs --model, or exactly one of --config / --arch"),
+        };
+        let arch = cfg.arch;
         let params = crate::model::weights::expected_tensors(&arch)
             .iter()
             .map(|(_, s)| s.iter().product::<usize>())

@@ -1,1 +1,727 @@
-//! (in progress)
+//! Model configuration: diffusers `UNet2DModel` `config.json`, the authors' config
+//! layout (`configs/*.yml`, as YAML or JSON), built-in presets, and the noise schedule
+//! (`scheduler_config.json`).
+//!
+//! Every field that changes the maths is either honoured or refused with an error that
+//! names the field and its value; fields that cannot change the maths are ignored.
+
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{Map, Value};
+
+use crate::diffusion::schedule::{
+    linear_betas, scaled_linear_betas, squaredcos_cap_v2_betas, Schedule,
+};
+use crate::model::arch::UNetArch;
+
+/// A model description: architecture plus, when the format carries one, the betas of
+/// its training schedule.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelConfig {
+    pub arch: UNetArch,
+    /// `Some` when the configuration itself defines the schedule (authors' layout,
+    /// presets); `None` for a diffusers `config.json` (the schedule lives in the
+    /// scheduler config).
+    pub betas: Option<Vec<f64>>,
+    /// What the configuration was read from, for messages.
+    pub source: String,
+}
+
+/// The betas of the DDPM models the paper uses: linear 1e-4 .. 0.02 over 1000 steps,
+/// computed as the authors do (float64 linspace).
+pub fn default_betas() -> Vec<f64> {
+    linear_betas(1e-4, 0.02, 1000)
+}
+
+// ---------------------------------------------------------------------------------
+// Presets
+
+/// A built-in preset: a name, a one-line description, and its configuration.
+pub struct Preset {
+    pub name: &'static str,
+    pub description: &'static str,
+    build: fn() -> (UNetArch, Vec<f64>),
+}
+
+fn preset_ddpm_256() -> (UNetArch, Vec<f64>) {
+    (UNetArch::ddpm_256(), default_betas())
+}
+
+/// All built-in presets (`--arch NAME`). New families add a row here.
+pub const PRESETS: &[Preset] = &[Preset {
+    name: "ddpm-256",
+    description: "256x256 DDPM U-Net (google/ddpm-celebahq-256, -church-256, -bedroom-256; \
+                  the authors' CelebA-HQ / LSUN models), linear betas 1e-4..0.02 over 1000",
+    build: preset_ddpm_256,
+}];
+
+/// Names of the built-in presets.
+pub fn preset_names() -> Vec<&'static str> {
+    PRESETS.iter().map(|p| p.name).collect()
+}
+
+/// Looks up a built-in preset by name.
+pub fn preset(name: &str) -> Result<ModelConfig> {
+    let p = PRESETS.iter().find(|p| p.name == name).ok_or_else(|| {
+        anyhow!(
+            "unknown architecture preset {name:?} (known: {})",
+            preset_names().join(", ")
+        )
+    })?;
+    let (arch, betas) = (p.build)();
+    validate_arch(&arch).with_context(|| format!("preset {name}"))?;
+    Ok(ModelConfig {
+        arch,
+        betas: Some(betas),
+        source: format!("preset {name}"),
+    })
+}
+
+// ---------------------------------------------------------------------------------
+// Architecture validation
+
+/// Checks the invariants the U-Net code relies on: non-empty levels, group norms that
+/// divide their channels, attention heads that divide their channels, a resolution the
+/// down-sampling path halves exactly, a usable timestep embedding.
+pub fn validate_arch(arch: &UNetArch) -> Result<()> {
+    let l = arch.levels();
+    if l == 0 {
+        bail!("block_out_channels is empty");
+    }
+    if arch.block_out_channels.contains(&0) {
+        bail!(
+            "block_out_channels {:?} contains 0",
+            arch.block_out_channels
+        );
+    }
+    if arch.in_channels == 0 || arch.out_channels == 0 {
+        bail!(
+            "in_channels ({}) and out_channels ({}) must be positive",
+            arch.in_channels,
+            arch.out_channels
+        );
+    }
+    if arch.layers_per_block == 0 {
+        bail!("layers_per_block must be at least 1");
+    }
+    if arch.down_attention.len() != l || arch.up_attention.len() != l {
+        bail!(
+            "attention flags ({} down, {} up) do not match the {l} levels of block_out_channels",
+            arch.down_attention.len(),
+            arch.up_attention.len()
+        );
+    }
+    if arch.time_embed_dim == 0 {
+        bail!("time embedding dimension must be positive");
+    }
+    if !(arch.norm_eps.is_finite() && arch.norm_eps > 0.0) {
+        bail!("norm_eps {} must be positive", arch.norm_eps);
+    }
+    if arch.downsample_padding > 1 {
+        bail!(
+            "downsample_padding {} is not supported (0 or 1)",
+            arch.downsample_padding
+        );
+    }
+    if arch.norm_num_groups == 0 || arch.mid_attn_norm_groups == 0 {
+        bail!("norm_num_groups / attn_norm_num_groups must be positive");
+    }
+    let factor = 1usize << (l - 1);
+    if arch.sample_size == 0 || !arch.sample_size.is_multiple_of(factor) {
+        bail!(
+            "sample_size {} is not divisible by 2^{} (the {l} resolution levels halve it {} times)",
+            arch.sample_size,
+            l - 1,
+            l - 1
+        );
+    }
+    let half = (arch.block_out_channels[0] / 2) as f32;
+    if half - arch.freq_shift <= 0.0 {
+        bail!(
+            "timestep embedding of width {} with freq_shift {} divides by zero",
+            arch.block_out_channels[0],
+            arch.freq_shift
+        );
+    }
+    if !arch.freq_shift.is_finite() {
+        bail!("freq_shift {} is not finite", arch.freq_shift);
+    }
+    // Group norms and attention layers, derived from the exact tensor layout.
+    for (name, shape) in crate::model::weights::expected_tensors(arch) {
+        let channels = shape[0];
+        let is_norm = name.ends_with("norm1.weight")
+            || name.ends_with("norm2.weight")
+            || name.ends_with("group_norm.weight")
+            || name == "conv_norm_out.weight";
+        if is_norm {
+            let mid_attn = name.starts_with("mid_block.attentions.");
+            let groups = if mid_attn {
+                arch.mid_attn_norm_groups
+            } else {
+                arch.norm_num_groups
+            };
+            if !channels.is_multiple_of(groups) {
+                let field = if mid_attn {
+                    "attn_norm_num_groups"
+                } else {
+                    "norm_num_groups"
+                };
+                bail!(
+                    "{field} {groups} does not divide the {channels} channels of the group norm \
+                     {}",
+                    name.trim_end_matches(".weight")
+                );
+            }
+        }
+        if name.ends_with("group_norm.weight") {
+            if let Some(d) = arch.attention_head_dim {
+                if d == 0 || !channels.is_multiple_of(d) {
+                    bail!(
+                        "attention_head_dim {d} does not divide the {channels} channels of the \
+                         attention layer {}",
+                        name.trim_end_matches(".group_norm.weight")
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// Generic JSON helpers (distinguish an absent key from an explicit null)
+
+enum Field<'a> {
+    Absent,
+    Null,
+    Val(&'a Value),
+}
+
+fn field<'a>(m: &'a Map<String, Value>, key: &str) -> Field<'a> {
+    match m.get(key) {
+        None => Field::Absent,
+        Some(Value::Null) => Field::Null,
+        Some(v) => Field::Val(v),
+    }
+}
+
+fn as_usize(key: &str, v: &Value) -> Result<usize> {
+    if let Some(u) = v.as_u64() {
+        return Ok(u as usize);
+    }
+    if let Some(f) = v.as_f64() {
+        if f >= 0.0 && f.fract() == 0.0 && f < 1e15 {
+            return Ok(f as usize);
+        }
+    }
+    bail!("field {key}: expected a non-negative integer, got {v}")
+}
+
+fn as_f64(key: &str, v: &Value) -> Result<f64> {
+    v.as_f64()
+        .ok_or_else(|| anyhow!("field {key}: expected a number, got {v}"))
+}
+
+fn as_bool(key: &str, v: &Value) -> Result<bool> {
+    v.as_bool()
+        .ok_or_else(|| anyhow!("field {key}: expected true or false, got {v}"))
+}
+
+fn as_str<'a>(key: &str, v: &'a Value) -> Result<&'a str> {
+    v.as_str()
+        .ok_or_else(|| anyhow!("field {key}: expected a string, got {v}"))
+}
+
+fn as_list<'a>(key: &str, v: &'a Value) -> Result<&'a Vec<Value>> {
+    v.as_array()
+        .ok_or_else(|| anyhow!("field {key}: expected a list, got {v}"))
+}
+
+/// Required-or-default readers. `null` counts as "use the default" only where the
+/// caller says so.
+fn get_usize(m: &Map<String, Value>, key: &str, default: Option<usize>) -> Result<usize> {
+    match field(m, key) {
+        Field::Val(v) => as_usize(key, v),
+        Field::Absent => default.ok_or_else(|| anyhow!("missing field {key}")),
+        Field::Null => bail!("field {key} is null; an integer is required"),
+    }
+}
+
+fn get_f64(m: &Map<String, Value>, key: &str, default: Option<f64>) -> Result<f64> {
+    match field(m, key) {
+        Field::Val(v) => as_f64(key, v),
+        Field::Absent => default.ok_or_else(|| anyhow!("missing field {key}")),
+        Field::Null => bail!("field {key} is null; a number is required"),
+    }
+}
+
+fn get_bool(m: &Map<String, Value>, key: &str, default: bool) -> Result<bool> {
+    match field(m, key) {
+        Field::Val(v) => as_bool(key, v),
+        Field::Absent => Ok(default),
+        Field::Null => bail!("field {key} is null; true or false is required"),
+    }
+}
+
+/// A string field that, when present, must equal one of `allowed` (an absent key
+/// means the default, which is allowed; `null` is accepted only with `null_ok`).
+fn check_str(m: &Map<String, Value>, key: &str, allowed: &[&str], null_ok: bool) -> Result<()> {
+    match field(m, key) {
+        Field::Absent => Ok(()),
+        Field::Null if null_ok => Ok(()),
+        Field::Null => bail!("unsupported {key} null (supported: {})", allowed.join(", ")),
+        Field::Val(v) => {
+            let s = v
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| v.to_string());
+            if allowed.contains(&s.as_str()) {
+                Ok(())
+            } else {
+                bail!(
+                    "unsupported {key} {s:?} (supported: {})",
+                    allowed.join(", ")
+                )
+            }
+        }
+    }
+}
+
+fn get_usize_list(m: &Map<String, Value>, key: &str, default: &[usize]) -> Result<Vec<usize>> {
+    match field(m, key) {
+        Field::Absent => Ok(default.to_vec()),
+        Field::Null => bail!("field {key} is null; a list of integers is required"),
+        Field::Val(v) => as_list(key, v)?.iter().map(|x| as_usize(key, x)).collect(),
+    }
+}
+
+fn get_str_list(m: &Map<String, Value>, key: &str, default: &[&str]) -> Result<Vec<String>> {
+    match field(m, key) {
+        Field::Absent => Ok(default.iter().map(|s| s.to_string()).collect()),
+        Field::Null => bail!("field {key} is null; a list of block types is required"),
+        Field::Val(v) => as_list(key, v)?
+            .iter()
+            .map(|x| as_str(key, x).map(str::to_string))
+            .collect(),
+    }
+}
+
+/// Parses JSON, or YAML when the text is not JSON.
+pub fn parse_json_or_yaml(text: &str) -> Result<Value> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(v) => Ok(v),
+        Err(json_err) => serde_yaml::from_str::<Value>(text)
+            .map_err(|yaml_err| anyhow!("neither JSON ({json_err}) nor YAML ({yaml_err})")),
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// diffusers UNet2DModel config.json
+
+/// Parses a diffusers `UNet2DModel` `config.json` into the normalised architecture.
+/// Absent keys take diffusers' `UNet2DModel.__init__` defaults.
+pub fn parse_diffusers_unet_config(text: &str) -> Result<UNetArch> {
+    let v: Value = serde_json::from_str(text).context("config.json is not valid JSON")?;
+    diffusers_unet_from_value(&v)
+}
+
+fn diffusers_unet_from_value(v: &Value) -> Result<UNetArch> {
+    let m = v
+        .as_object()
+        .ok_or_else(|| anyhow!("the config is not a JSON object"))?;
+
+    // Refusals first: anything that changes the maths and that we do not implement.
+    if let Field::Val(c) = field(m, "_class_name") {
+        let c = as_str("_class_name", c)?;
+        if c != "UNet2DModel" {
+            bail!("unsupported _class_name {c:?}: only UNet2DModel (pixel-space, unconditional) is supported");
+        }
+    }
+    // diffusers' get_activation maps both names to SiLU.
+    check_str(m, "act_fn", &["silu", "swish"], false)?;
+    check_str(m, "time_embedding_type", &["positional"], false)?;
+    check_str(m, "resnet_time_scale_shift", &["default"], false)?;
+    check_str(m, "downsample_type", &["conv"], true)?;
+    check_str(m, "upsample_type", &["conv"], true)?;
+    if get_bool(m, "center_input_sample", false)? {
+        bail!("unsupported center_input_sample true");
+    }
+    if let Field::Val(c) = field(m, "class_embed_type") {
+        bail!("unsupported class_embed_type {c} (class-conditional models are not supported)");
+    }
+    if let Field::Val(c) = field(m, "num_class_embeds") {
+        bail!("unsupported num_class_embeds {c} (class-conditional models are not supported)");
+    }
+    let scale = get_f64(m, "mid_block_scale_factor", Some(1.0))?;
+    if scale != 1.0 {
+        bail!("unsupported mid_block_scale_factor {scale} (only 1)");
+    }
+
+    let sample_size = match field(m, "sample_size") {
+        Field::Val(Value::Array(a)) => {
+            if a.len() != 2 {
+                bail!(
+                    "field sample_size: expected an integer or [h, w], got {}",
+                    Value::Array(a.clone())
+                );
+            }
+            let h = as_usize("sample_size", &a[0])?;
+            let w = as_usize("sample_size", &a[1])?;
+            if h != w {
+                bail!("unsupported sample_size [{h}, {w}]: only square models are supported");
+            }
+            h
+        }
+        Field::Val(x) => as_usize("sample_size", x)?,
+        Field::Absent | Field::Null => {
+            bail!("field sample_size is missing or null; the model's resolution is required")
+        }
+    };
+
+    let in_channels = get_usize(m, "in_channels", Some(3))?;
+    let out_channels = get_usize(m, "out_channels", Some(3))?;
+    let block_out_channels = get_usize_list(m, "block_out_channels", &[224, 448, 672, 896])?;
+    let layers_per_block = get_usize(m, "layers_per_block", Some(2))?;
+    let down_types = get_str_list(
+        m,
+        "down_block_types",
+        &[
+            "DownBlock2D",
+            "AttnDownBlock2D",
+            "AttnDownBlock2D",
+            "AttnDownBlock2D",
+        ],
+    )?;
+    let up_types = get_str_list(
+        m,
+        "up_block_types",
+        &[
+            "AttnUpBlock2D",
+            "AttnUpBlock2D",
+            "AttnUpBlock2D",
+            "UpBlock2D",
+        ],
+    )?;
+    let l = block_out_channels.len();
+    if l == 0 {
+        bail!("field block_out_channels is empty");
+    }
+    if down_types.len() != l || up_types.len() != l {
+        bail!(
+            "mismatched list lengths: block_out_channels has {l} entries, down_block_types {}, \
+             up_block_types {}",
+            down_types.len(),
+            up_types.len()
+        );
+    }
+    // diffusers strips a "UNetRes" prefix from block type names.
+    let strip = |s: &str| s.strip_prefix("UNetRes").unwrap_or(s).to_string();
+    let down_attention = down_types
+        .iter()
+        .map(|t| match strip(t).as_str() {
+            "DownBlock2D" => Ok(false),
+            "AttnDownBlock2D" => Ok(true),
+            _ => bail!(
+                "unsupported down_block_types entry {t:?} (supported: DownBlock2D, AttnDownBlock2D)"
+            ),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let up_attention = up_types
+        .iter()
+        .map(|t| match strip(t).as_str() {
+            "UpBlock2D" => Ok(false),
+            "AttnUpBlock2D" => Ok(true),
+            _ => bail!(
+                "unsupported up_block_types entry {t:?} (supported: UpBlock2D, AttnUpBlock2D)"
+            ),
+        })
+        .collect::<Result<Vec<_>>>()?;
+
+    match field(m, "mid_block_type") {
+        Field::Absent => {}
+        Field::Null => bail!(
+            "unsupported mid_block_type null: DiffStyle's h-space is the middle block's output"
+        ),
+        Field::Val(t) => {
+            let t = as_str("mid_block_type", t)?;
+            if t != "UNetMidBlock2D" {
+                bail!("unsupported mid_block_type {t:?} (supported: UNetMidBlock2D)");
+            }
+        }
+    }
+    let mid_attention = get_bool(m, "add_attention", true)?;
+
+    let attention_head_dim = match field(m, "attention_head_dim") {
+        Field::Absent => Some(8),
+        Field::Null => None,
+        Field::Val(x) => {
+            let d = as_usize("attention_head_dim", x)?;
+            if d == 0 {
+                bail!("unsupported attention_head_dim 0");
+            }
+            Some(d)
+        }
+    };
+    let norm_num_groups = match field(m, "norm_num_groups") {
+        Field::Absent => 32,
+        Field::Null => bail!("unsupported norm_num_groups null"),
+        Field::Val(x) => as_usize("norm_num_groups", x)?,
+    };
+    let mid_attn_norm_groups = match field(m, "attn_norm_num_groups") {
+        Field::Absent | Field::Null => norm_num_groups,
+        Field::Val(x) => as_usize("attn_norm_num_groups", x)?,
+    };
+    let norm_eps = get_f64(m, "norm_eps", Some(1e-5))? as f32;
+    let downsample_padding = get_usize(m, "downsample_padding", Some(1))?;
+    if downsample_padding > 1 {
+        bail!("unsupported downsample_padding {downsample_padding} (supported: 0, 1)");
+    }
+    let flip_sin_to_cos = get_bool(m, "flip_sin_to_cos", true)?;
+    let freq_shift = get_f64(m, "freq_shift", Some(0.0))? as f32;
+    let time_embed_dim = match field(m, "time_embedding_dim") {
+        Field::Absent | Field::Null => 4 * block_out_channels[0],
+        // diffusers: `time_embedding_dim or 4 * block_out_channels[0]` (0 is falsy)
+        Field::Val(x) => match as_usize("time_embedding_dim", x)? {
+            0 => 4 * block_out_channels[0],
+            d => d,
+        },
+    };
+
+    let arch = UNetArch {
+        sample_size,
+        in_channels,
+        out_channels,
+        block_out_channels,
+        layers_per_block,
+        down_attention,
+        up_attention,
+        mid_attention,
+        attention_head_dim,
+        norm_num_groups,
+        mid_attn_norm_groups,
+        norm_eps,
+        downsample_padding,
+        flip_sin_to_cos,
+        freq_shift,
+        time_embed_dim,
+    };
+    validate_arch(&arch)?;
+    Ok(arch)
+}
+
+// ---------------------------------------------------------------------------------
+// The authors' config layout (configs/*.yml)
+
+/// Parses the authors' config layout (`data` / `model` / `diffusion` sections of
+/// `configs/*.yml`), as YAML or JSON text.
+pub fn parse_authors_config(text: &str) -> Result<(UNetArch, Vec<f64>)> {
+    let v = parse_json_or_yaml(text)?;
+    authors_from_value(&v)
+}
+
+fn section<'a>(root: &'a Map<String, Value>, key: &str) -> Result<&'a Map<String, Value>> {
+    root.get(key)
+        .and_then(Value::as_object)
+        .ok_or_else(|| anyhow!("missing section {key:?}"))
+}
+
+fn authors_from_value(v: &Value) -> Result<(UNetArch, Vec<f64>)> {
+    let root = v
+        .as_object()
+        .ok_or_else(|| anyhow!("the config is not a mapping"))?;
+    let data = section(root, "data")?;
+    let model = section(root, "model")?;
+    let diffusion = section(root, "diffusion")?;
+
+    match field(model, "type") {
+        Field::Val(t) if t.as_str() == Some("simple") => {}
+        Field::Val(t) => bail!(
+            "unsupported model.type {} (supported: \"simple\", the DDPM U-Net)",
+            t
+        ),
+        _ => bail!("missing field model.type (expected \"simple\")"),
+    }
+    let image_size = get_usize(data, "image_size", None).context("section data")?;
+    let in_channels = get_usize(model, "in_channels", None).context("section model")?;
+    let out_ch = get_usize(model, "out_ch", None).context("section model")?;
+    let ch = get_usize(model, "ch", None).context("section model")?;
+    let ch_mult = get_usize_list(model, "ch_mult", &[]).context("section model")?;
+    if ch_mult.is_empty() {
+        bail!("missing or empty field model.ch_mult");
+    }
+    if ch_mult[0] != 1 {
+        // The DDPM conv_in has `ch` outputs and level 0 takes `ch * in_ch_mult[0] = ch`;
+        // only ch_mult[0] == 1 maps onto the diffusers layout.
+        bail!("unsupported model.ch_mult {ch_mult:?}: the first multiplier must be 1");
+    }
+    let num_res_blocks = get_usize(model, "num_res_blocks", None).context("section model")?;
+    let attn_res = get_usize_list(model, "attn_resolutions", &[]).context("section model")?;
+    match field(model, "resamp_with_conv") {
+        Field::Val(x) if x.as_bool() == Some(true) => {}
+        Field::Absent => bail!("missing field model.resamp_with_conv (must be true)"),
+        Field::Null => bail!("unsupported model.resamp_with_conv null (must be true)"),
+        Field::Val(x) => bail!("unsupported model.resamp_with_conv {x} (must be true)"),
+    }
+
+    let l = ch_mult.len();
+    let block_out_channels: Vec<usize> = ch_mult.iter().map(|m| m * ch).collect();
+    let down_attention: Vec<bool> = (0..l)
+        .map(|i| attn_res.contains(&(image_size >> i)))
+        .collect();
+    let up_attention: Vec<bool> = (0..l).map(|i| down_attention[l - 1 - i]).collect();
+
+    let arch = UNetArch {
+        sample_size: image_size,
+        in_channels,
+        out_channels: out_ch,
+        block_out_channels,
+        layers_per_block: num_res_blocks,
+        down_attention,
+        up_attention,
+        mid_attention: true,
+        attention_head_dim: None,
+        norm_num_groups: 32,
+        mid_attn_norm_groups: 32,
+        norm_eps: 1e-6,
+        downsample_padding: 0,
+        flip_sin_to_cos: false,
+        freq_shift: 1.0,
+        time_embed_dim: 4 * ch,
+    };
+    validate_arch(&arch).with_context(|| {
+        format!(
+            "model.ch {ch}, ch_mult {ch_mult:?}, data.image_size {image_size} with the DDPM \
+             U-Net's GroupNorm(32)"
+        )
+    })?;
+
+    match field(diffusion, "beta_schedule") {
+        Field::Val(x) if x.as_str() == Some("linear") => {}
+        Field::Absent => bail!("missing field diffusion.beta_schedule"),
+        Field::Null => bail!("unsupported diffusion.beta_schedule null (supported: linear)"),
+        Field::Val(x) => bail!("unsupported diffusion.beta_schedule {x} (supported: linear)"),
+    }
+    let beta_start = get_f64(diffusion, "beta_start", None).context("section diffusion")?;
+    let beta_end = get_f64(diffusion, "beta_end", None).context("section diffusion")?;
+    let n = get_usize(diffusion, "num_diffusion_timesteps", None).context("section diffusion")?;
+    let betas = linear_betas(beta_start, beta_end, n);
+    validate_betas(&betas).context("section diffusion")?;
+    Ok((arch, betas))
+}
+
+// ---------------------------------------------------------------------------------
+// Config files of either layout
+
+/// Reads a `--config FILE`: the authors' layout (YAML or JSON with a `model` section)
+/// or a diffusers `UNet2DModel` `config.json`.
+pub fn load_config_file(path: &Path) -> Result<ModelConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config {}", path.display()))?;
+    let v = parse_json_or_yaml(&text)
+        .with_context(|| format!("cannot parse config {}", path.display()))?;
+    let is_authors = v.get("model").map(Value::is_object).unwrap_or(false);
+    let is_diffusers = v.get("_class_name").is_some()
+        || v.get("block_out_channels").is_some()
+        || v.get("down_block_types").is_some();
+    if is_authors {
+        let (arch, betas) = authors_from_value(&v)
+            .with_context(|| format!("config {} (authors' layout)", path.display()))?;
+        Ok(ModelConfig {
+            arch,
+            betas: Some(betas),
+            source: format!("{} (authors' layout)", path.display()),
+        })
+    } else if is_diffusers {
+        let arch = diffusers_unet_from_value(&v)
+            .with_context(|| format!("config {} (diffusers UNet2DModel)", path.display()))?;
+        Ok(ModelConfig {
+            arch,
+            betas: None,
+            source: format!("{} (diffusers UNet2DModel)", path.display()),
+        })
+    } else {
+        bail!(
+            "config {}: neither the authors' layout (sections data / model / diffusion) nor a \
+             diffusers UNet2DModel config.json (block_out_channels, down_block_types, ...)",
+            path.display()
+        )
+    }
+}
+
+/// Reads a diffusers `UNet2DModel` `config.json` file.
+pub fn load_diffusers_unet_config(path: &Path) -> Result<UNetArch> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    parse_diffusers_unet_config(&text).with_context(|| format!("config {}", path.display()))
+}
+
+// ---------------------------------------------------------------------------------
+// Scheduler config
+
+fn validate_betas(betas: &[f64]) -> Result<()> {
+    if betas.is_empty() {
+        bail!("the schedule has no timesteps");
+    }
+    if let Some((i, b)) = betas
+        .iter()
+        .enumerate()
+        .find(|(_, b)| !(b.is_finite() && **b >= 0.0 && **b < 1.0))
+    {
+        bail!("beta[{i}] = {b} is outside [0, 1)");
+    }
+    Ok(())
+}
+
+/// Betas from a diffusers `scheduler_config.json` (any of DDPM / DDIM / PNDM ...
+/// schedulers): `trained_betas` when non-null, else `beta_schedule` linear (float64
+/// linspace, as the authors), scaled_linear or squaredcos_cap_v2 over
+/// `num_train_timesteps`. Absent keys take the schedulers' defaults (linear,
+/// 0.0001 .. 0.02, 1000).
+pub fn parse_scheduler_config(text: &str) -> Result<Vec<f64>> {
+    let v: Value = serde_json::from_str(text).context("scheduler config is not valid JSON")?;
+    let m = v
+        .as_object()
+        .ok_or_else(|| anyhow!("the scheduler config is not a JSON object"))?;
+    // A model trained to predict something other than the noise changes the sampler.
+    check_str(m, "prediction_type", &["epsilon"], false)?;
+    if get_bool(m, "rescale_betas_zero_snr", false)? {
+        bail!("unsupported rescale_betas_zero_snr true");
+    }
+    let betas = match field(m, "trained_betas") {
+        Field::Val(x) => as_list("trained_betas", x)?
+            .iter()
+            .map(|b| as_f64("trained_betas", b))
+            .collect::<Result<Vec<f64>>>()?,
+        Field::Absent | Field::Null => {
+            let n = get_usize(m, "num_train_timesteps", Some(1000))?;
+            let start = get_f64(m, "beta_start", Some(0.0001))?;
+            let end = get_f64(m, "beta_end", Some(0.02))?;
+            let kind = match field(m, "beta_schedule") {
+                Field::Absent => "linear".to_string(),
+                Field::Null => bail!("unsupported beta_schedule null"),
+                Field::Val(x) => as_str("beta_schedule", x)?.to_string(),
+            };
+            match kind.as_str() {
+                "linear" => linear_betas(start, end, n),
+                "scaled_linear" => scaled_linear_betas(start, end, n),
+                "squaredcos_cap_v2" => squaredcos_cap_v2_betas(n),
+                other => bail!(
+                    "unsupported beta_schedule {other:?} (supported: linear, scaled_linear, \
+                     squaredcos_cap_v2, or trained_betas)"
+                ),
+            }
+        }
+    };
+    validate_betas(&betas)?;
+    Ok(betas)
+}
+
+/// Reads a `scheduler_config.json` file into a [`Schedule`].
+pub fn load_scheduler_config(path: &Path) -> Result<Schedule> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let betas = parse_scheduler_config(&text)
+        .with_context(|| format!("scheduler config {}", path.display()))?;
+    Ok(Schedule::from_betas(&betas))
+}
