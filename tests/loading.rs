@@ -1115,6 +1115,21 @@ fn loads_a_pipeline_folder_and_its_unet() {
     assert_eq!(u.schedule, want);
     assert_eq!(u.hash, m.hash);
 
+    // the flat pipeline layout (google/ddpm-*): everything at the root
+    let flat = tmp.path().join("flat");
+    diffusers_folder(&flat, TINY_CONFIG, &w);
+    std::fs::write(flat.join("scheduler_config.json"), SCHED_SCALED).unwrap();
+    std::fs::write(
+        flat.join("model_index.json"),
+        r#"{"_class_name": "DDPMPipeline", "scheduler": ["diffusers", "DDPMScheduler"],
+            "unet": ["diffusers", "UNet2DModel"]}"#,
+    )
+    .unwrap();
+    let f = load_model(&flat, None, None).unwrap();
+    assert_eq!(f.schedule, want);
+    assert_eq!(f.hash, m.hash);
+    assert!(f.source.contains("flat"), "{}", f.source);
+
     // latent-diffusion pipelines are refused
     std::fs::write(
         root.join("model_index.json"),
