@@ -643,6 +643,11 @@ fn diffusers_config_refusals_name_the_field() {
             );
         }
     }
+    let mut v: serde_json::Value =
+        serde_json::from_str(&tiny_with("attention_head_dim", None)).unwrap();
+    v["block_out_channels"] = serde_json::json!([8, 16, 20]);
+    let e = err_text(parse_diffusers_unet_config(&v.to_string()));
+    assert!(e.contains("diffusers' default 8"), "{e}");
     // Harmless fields are ignored.
     let a =
         parse_diffusers_unet_config(&tiny_with("dropout", Some(serde_json::json!(0.1)))).unwrap();
