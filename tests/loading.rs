@@ -643,6 +643,11 @@ fn diffusers_config_refusals_name_the_field() {
             );
         }
     }
+    let mut v: serde_json::Value =
+        serde_json::from_str(&tiny_with("attention_head_dim", None)).unwrap();
+    v["block_out_channels"] = serde_json::json!([8, 16, 20]);
+    let e = err_text(parse_diffusers_unet_config(&v.to_string()));
+    assert!(e.contains("diffusers' default 8"), "{e}");
     // Harmless fields are ignored.
     let a =
         parse_diffusers_unet_config(&tiny_with("dropout", Some(serde_json::json!(0.1)))).unwrap();
@@ -1114,6 +1119,21 @@ fn loads_a_pipeline_folder_and_its_unet() {
     let u = load_model(&root.join("unet"), None, None).unwrap();
     assert_eq!(u.schedule, want);
     assert_eq!(u.hash, m.hash);
+
+    // the flat pipeline layout (google/ddpm-*): everything at the root
+    let flat = tmp.path().join("flat");
+    diffusers_folder(&flat, TINY_CONFIG, &w);
+    std::fs::write(flat.join("scheduler_config.json"), SCHED_SCALED).unwrap();
+    std::fs::write(
+        flat.join("model_index.json"),
+        r#"{"_class_name": "DDPMPipeline", "scheduler": ["diffusers", "DDPMScheduler"],
+            "unet": ["diffusers", "UNet2DModel"]}"#,
+    )
+    .unwrap();
+    let f = load_model(&flat, None, None).unwrap();
+    assert_eq!(f.schedule, want);
+    assert_eq!(f.hash, m.hash);
+    assert!(f.source.contains("flat"), "{}", f.source);
 
     // latent-diffusion pipelines are refused
     std::fs::write(

@@ -452,6 +452,7 @@ fn diffusers_unet_from_value(v: &Value) -> Result<UNetArch> {
     }
     let mid_attention = get_bool(m, "add_attention", true)?;
 
+    let head_dim_absent = matches!(field(m, "attention_head_dim"), Field::Absent);
     let attention_head_dim = match field(m, "attention_head_dim") {
         Field::Absent => Some(8),
         Field::Null => None,
@@ -506,7 +507,15 @@ fn diffusers_unet_from_value(v: &Value) -> Result<UNetArch> {
         freq_shift,
         time_embed_dim,
     };
-    validate_arch(&arch)?;
+    validate_arch(&arch).map_err(|e| {
+        if head_dim_absent && e.to_string().contains("attention_head_dim") {
+            e.context(
+                "attention_head_dim is absent from the config, so diffusers' default 8 applies",
+            )
+        } else {
+            e
+        }
+    })?;
     Ok(arch)
 }
 

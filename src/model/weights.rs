@@ -649,17 +649,13 @@ fn finish(
     })
 }
 
-fn load_unet_folder(
-    dir: &Path,
-    extra_scheduler: Option<PathBuf>,
-    what: &str,
-) -> Result<LoadedModel> {
+/// Loads a UNet2DModel folder; the schedule comes from the first existing file in
+/// `schedulers` (else the DDPM default).
+fn load_unet_folder(dir: &Path, schedulers: &[PathBuf], what: &str) -> Result<LoadedModel> {
     let cfg = dir.join("config.json");
     let arch = load_diffusers_unet_config(&cfg)?;
     let weights = weights_in(dir)?;
-    let mut candidates = vec![dir.join("scheduler_config.json")];
-    candidates.extend(extra_scheduler);
-    let (schedule, sched_src) = schedule_from(&candidates)?;
+    let (schedule, sched_src) = schedule_from(schedulers)?;
     let source = format!(
         "{what} {} (weights {}; {sched_src})",
         dir.display(),
@@ -722,15 +718,26 @@ pub fn load_model(
         }
         if path.join("model_index.json").is_file() {
             check_model_index(path)?;
-            let unet = path.join("unet");
+            // diffusers loads a component from the pipeline root when its subfolder is
+            // absent (the flat layout of e.g. the google/ddpm-* repositories).
+            let sub = path.join("unet");
+            let (unet, what) = if sub.is_dir() {
+                (sub, "diffusers pipeline unet")
+            } else {
+                (path.to_path_buf(), "diffusers pipeline (flat layout)")
+            };
             if !unet.join("config.json").is_file() {
                 bail!(
-                    "{}: pipeline folder without unet/config.json",
+                    "{}: pipeline folder without a unet config.json",
                     path.display()
                 );
             }
-            let sched = path.join("scheduler").join("scheduler_config.json");
-            return load_unet_folder(&unet, Some(sched), "diffusers pipeline unet");
+            // as diffusers: the scheduler/ subfolder, else the root
+            let scheds = [
+                path.join("scheduler").join("scheduler_config.json"),
+                path.join("scheduler_config.json"),
+            ];
+            return load_unet_folder(&unet, &scheds, what);
         }
         if path.join("config.json").is_file() {
             let parent_sched = path
@@ -741,8 +748,11 @@ pub fn load_model(
                     .parent()
                     .map(|p| p.join("model_index.json").is_file())
                     .unwrap_or(false);
-            let extra = if in_pipeline { parent_sched } else { None };
-            return load_unet_folder(path, extra, "diffusers UNet2DModel folder");
+            let mut scheds = vec![path.join("scheduler_config.json")];
+            if in_pipeline {
+                scheds.extend(parent_sched);
+            }
+            return load_unet_folder(path, &scheds, "diffusers UNet2DModel folder");
         }
         bail!(
             "{}: not a diffusers model folder (no config.json or model_index.json)",
