@@ -94,7 +94,7 @@ macro_rules! cases {
     };
 }
 
-cases!(defaults, omega, dt_lambda, mask, replace_lt_gen, replace_zero, inv_ne_gen, harmonize, no_edit);
+cases!(defaults, omega, dt_lambda, mask, replace_lt_gen, replace_zero, inv_ne_gen, harmonize, no_edit, edit_999);
 
 /// Inversion then plain DDIM generation reconstructs the image.
 #[test]
