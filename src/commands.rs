@@ -309,20 +309,24 @@ pub fn info(c: &Common, m: &ModelArgs, show_plan: bool) -> Result<()> {
             _ => bail!("info needs --model, or exactly one of --config / --arch"),
         };
         let arch = cfg.arch;
-        let params = crate::model::weights::expected_tensors(&arch)
-            .iter()
-            .map(|(_, s)| s.iter().product::<usize>())
-            .sum();
+        let params =
+            crate::model::weights::expected_tensors(&arch).iter().map(|(_, s)| s.iter().product::<usize>()).sum();
         (arch, params, None)
     };
     let g = Graph::build(&arch);
     let (enc, dec) = g.flops();
     println!("architecture: DDPM U-Net (diffusers UNet2DModel layout)");
-    println!("  sample size {}x{}, {} -> {} channels", arch.sample_size, arch.sample_size, arch.in_channels, arch.out_channels);
+    println!(
+        "  sample size {}x{}, {} -> {} channels",
+        arch.sample_size, arch.sample_size, arch.in_channels, arch.out_channels
+    );
     println!("  block_out_channels {:?}, {} res blocks per level", arch.block_out_channels, arch.layers_per_block);
     println!("  attention: down {:?}, mid {}, up {:?}", arch.down_attention, arch.mid_attention, arch.up_attention);
     let heads = arch.attention_head_dim.map_or("1 head per layer".to_string(), |d| format!("{d} channels per head"));
-    println!("  {heads}; GroupNorm({}, eps {:e}); downsample padding {}", arch.norm_num_groups, arch.norm_eps, arch.downsample_padding);
+    println!(
+        "  {heads}; GroupNorm({}, eps {:e}); downsample padding {}",
+        arch.norm_num_groups, arch.norm_eps, arch.downsample_padding
+    );
     println!(
         "  time embedding: {} sinusoids (flip_sin_to_cos {}, freq_shift {}) -> {}",
         arch.block_out_channels[0], arch.flip_sin_to_cos, arch.freq_shift, arch.time_embed_dim

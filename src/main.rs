@@ -121,7 +121,7 @@ enum Cmd {
         #[arg(long)]
         dump_tensor: Option<PathBuf>,
         #[command(flatten)]
-        knobs: KnobOpts,
+        knobs: Box<KnobOpts>,
     },
     /// DDIM-invert an image and write the inversion cache (x_T, the h trajectory).
     Invert {
@@ -210,7 +210,7 @@ fn main() -> ExitCode {
             &out,
             mask.as_deref(),
             dump_tensor.as_deref(),
-            &knobs.into(),
+            &(*knobs).into(),
         ),
         Cmd::Invert { model, image, out, inv_steps } => {
             commands::invert(&common, &model.into(), &image, &out, inv_steps)

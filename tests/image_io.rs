@@ -22,11 +22,7 @@ fn read_goldens(name: &str) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
         .into_iter()
         .map(|(k, v)| {
             assert_eq!(v.dtype(), safetensors::Dtype::F32, "{k}");
-            let data = v
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
+            let data = v.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
             (k, (v.shape().to_vec(), data))
         })
         .collect()
@@ -39,10 +35,7 @@ fn split_key(key: &str) -> (&str, usize) {
 
 fn max_abs(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 /// Fixtures whose decoded pixels depend on the JPEG decoder: the goldens hold
@@ -56,11 +49,7 @@ const DECODER_TOL: f32 = 4.0 / 127.5;
 #[test]
 fn image_goldens_match_pil() {
     let goldens = read_goldens("images.safetensors");
-    assert!(
-        goldens.len() >= 15,
-        "expected all fixtures, got {}",
-        goldens.len()
-    );
+    assert!(goldens.len() >= 15, "expected all fixtures, got {}", goldens.len());
     let (mut worst, mut worst_dd) = (0f32, 0f32);
     for (key, (shape, want)) in &goldens {
         let (file, size) = split_key(key);
@@ -114,11 +103,7 @@ fn mask_hard_rectangle_is_binary_on_aligned_cells() {
     let m = load_mask(&p, 8).unwrap();
     for gy in 0..8 {
         for gx in 0..8 {
-            let want = if (4..7).contains(&gy) && (3..5).contains(&gx) {
-                1.0
-            } else {
-                0.0
-            };
+            let want = if (4..7).contains(&gy) && (3..5).contains(&gx) { 1.0 } else { 0.0 };
             assert_eq!(m[gy * 8 + gx], want, "cell ({gy}, {gx})");
         }
     }
@@ -150,17 +135,7 @@ fn already_sized_image_is_used_as_is() {
 #[test]
 fn latent_to_rgb8_rounding_clamping_nan() {
     // One channel-plane of 1x9 per channel; R carries the probes, G/B constants.
-    let probes = [
-        -1.0f32,
-        1.0,
-        0.0,
-        -3.0,
-        7.0,
-        f32::NAN,
-        f32::INFINITY,
-        f32::NEG_INFINITY,
-        -0.999,
-    ];
+    let probes = [-1.0f32, 1.0, 0.0, -3.0, 7.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.999];
     let n = probes.len();
     let mut x = probes.to_vec();
     x.extend(std::iter::repeat_n(0.5f32, n));
@@ -186,9 +161,7 @@ fn latent_to_rgb8_rounding_clamping_nan() {
 }
 
 fn cell(size: usize, base: f32) -> Vec<f32> {
-    (0..3 * size * size)
-        .map(|i| base + i as f32 * 1e-3)
-        .collect()
+    (0..3 * size * size).map(|i| base + i as f32 * 1e-3).collect()
 }
 
 #[test]
@@ -247,18 +220,13 @@ fn authors_grid_layout() {
     let (g, h, w) = authors_grid(&sref, &cref, &rref, size);
     // nrow = 3 columns, 4 rows, padding 1.
     assert_eq!((h, w), (4 * 4 + 1, 3 * 4 + 1));
-    let at = |row: usize, col: usize, ch: usize, y: usize, x: usize| {
-        g[ch * h * w + (1 + row * 4 + y) * w + 1 + col * 4 + x]
-    };
+    let at =
+        |row: usize, col: usize, ch: usize, y: usize, x: usize| g[ch * h * w + (1 + row * 4 + y) * w + 1 + col * 4 + x];
     let same = |row: usize, col: usize, im: &[f32]| {
         for ch in 0..3 {
             for y in 0..size {
                 for x in 0..size {
-                    assert_eq!(
-                        at(row, col, ch, y, x),
-                        im[ch * 9 + y * 3 + x],
-                        "({row},{col})"
-                    );
+                    assert_eq!(at(row, col, ch, y, x), im[ch * 9 + y * 3 + x], "({row},{col})");
                 }
             }
         }
@@ -277,10 +245,8 @@ fn authors_grid_layout() {
 }
 
 fn dir_entries(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    let mut v: Vec<String> =
+        fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     v.sort();
     v
 }
@@ -299,10 +265,7 @@ fn atomic_write_success_leaves_no_temp() {
     let back = image::open(&png).unwrap().to_rgb8();
     assert_eq!((back.width(), back.height()), (7, 5));
     assert!(back.as_raw().iter().all(|&v| v == 159)); // 0.625 * 255 + 0.5 = 159.875
-    assert_eq!(
-        dir_entries(dir.path()),
-        vec!["img.png".to_string(), "out.bin".to_string()]
-    );
+    assert_eq!(dir_entries(dir.path()), vec!["img.png".to_string(), "out.bin".to_string()]);
 }
 
 #[test]
@@ -328,10 +291,7 @@ fn atomic_write_failures_leave_nothing() {
     let e = format!("{:#}", write_atomic(&sub, b"x").unwrap_err());
     assert!(e.contains("taken.png"), "{e}");
     assert!(sub.is_dir());
-    assert_eq!(
-        dir_entries(dir.path()),
-        vec!["plain_file".to_string(), "taken.png".to_string()]
-    );
+    assert_eq!(dir_entries(dir.path()), vec!["plain_file".to_string(), "taken.png".to_string()]);
 
     // Unwritable folder (not enforceable when running as root).
     #[cfg(unix)]
@@ -364,14 +324,8 @@ fn load_err(p: &Path) -> String {
     let img = format!("{:#}", load_image(p, 16).unwrap_err());
     let mask = format!("{:#}", load_mask(p, 8).unwrap_err());
     let name = p.file_name().unwrap().to_string_lossy().into_owned();
-    assert!(
-        img.contains(&name),
-        "image error does not name the file: {img}"
-    );
-    assert!(
-        mask.contains(&name),
-        "mask error does not name the file: {mask}"
-    );
+    assert!(img.contains(&name), "image error does not name the file: {img}");
+    assert!(mask.contains(&name), "mask error does not name the file: {mask}");
     img
 }
 
@@ -425,9 +379,6 @@ fn load_errors_name_file_and_reason() {
     assert!(e.contains("unsupported"), "{e}");
 
     // Zero target size.
-    let e = format!(
-        "{:#}",
-        load_image(&fixtures().join("rgb_37x23.png"), 0).unwrap_err()
-    );
+    let e = format!("{:#}", load_image(&fixtures().join("rgb_37x23.png"), 0).unwrap_err());
     assert!(e.contains("rgb_37x23.png") && e.contains("size"), "{e}");
 }

@@ -37,8 +37,7 @@ struct CaseSettings {
 /// Runs one case; returns the PSNR of the output against the golden.
 fn run_case(name: &str) -> f64 {
     let dir = fixtures().join(name);
-    let cs: CaseSettings =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("settings.json")).unwrap()).unwrap();
+    let cs: CaseSettings = serde_json::from_str(&std::fs::read_to_string(dir.join("settings.json")).unwrap()).unwrap();
     let s = Settings {
         gamma: cs.gamma,
         t_edit: cs.t_edit,
@@ -59,9 +58,7 @@ fn run_case(name: &str) -> f64 {
     let mut eng = Engine::new(&be, &unet, &model.schedule).unwrap();
     let content = diffstyle::io::image::load_image(&dir.join("content.png"), size).unwrap().data;
     let style = diffstyle::io::image::load_image(&dir.join("style.png"), size).unwrap().data;
-    let mask = cs
-        .mask
-        .map(|m| diffstyle::io::mask::load_mask(&dir.join(m), model.arch.h_size()).unwrap());
+    let mask = cs.mask.map(|m| diffstyle::io::mask::load_mask(&dir.join(m), model.arch.h_size()).unwrap());
 
     let bytes = std::fs::read(dir.join("expected.safetensors")).unwrap();
     let gold = SafeTensors::deserialize(&bytes).unwrap();
@@ -73,7 +70,10 @@ fn run_case(name: &str) -> f64 {
     let e_h = rel_l2(&ci.h, &tensor(&gold, "content_h"));
     let e_c = rel_l2(&ci.x_t, &tensor(&gold, "content_xT"));
     let e_s = rel_l2(&si.x_t, &tensor(&gold, "style_xT"));
-    assert!(e_h < 1e-4 && e_c < 1e-4 && e_s < 1e-4, "{name}: inversion rel. L2 h {e_h:e}, content {e_c:e}, style {e_s:e}");
+    assert!(
+        e_h < 1e-4 && e_c < 1e-4 && e_s < 1e-4,
+        "{name}: inversion rel. L2 h {e_h:e}, content {e_c:e}, style {e_s:e}"
+    );
 
     let x = eng.transfer(&si.x_t, &ci, &s, mask.as_deref(), &mut || {}).unwrap();
     let want = tensor(&gold, "x0");

@@ -1,5 +1,5 @@
 //! Schedules, time sequences, DDIM inversion and the DiffStyle generation loop.
 
+pub mod method;
 pub mod rng;
 pub mod schedule;
-pub mod method;

@@ -29,10 +29,7 @@ pub fn philox4x32_10(mut c: [u32; 4], mut k: [u32; 2]) -> [u32; 4] {
 
 /// The Gaussian pair for pair index `p` of sample `sample`.
 pub fn gaussian_pair(seed: u64, stream: u32, sample: u32, p: u64) -> (f32, f32) {
-    let r = philox4x32_10(
-        [p as u32, (p >> 32) as u32, stream, sample],
-        [seed as u32, (seed >> 32) as u32],
-    );
+    let r = philox4x32_10([p as u32, (p >> 32) as u32, stream, sample], [seed as u32, (seed >> 32) as u32]);
     let u1 = (r[0] as f64 + 1.0) / 4_294_967_296.0;
     let u2 = r[1] as f64 / 4_294_967_296.0;
     let rad = (-2.0 * u1.ln()).sqrt();
@@ -58,14 +55,8 @@ mod tests {
     #[test]
     fn philox_known_answer() {
         // Random123's published known-answer vectors for philox4x32_10.
-        assert_eq!(
-            philox4x32_10([0, 0, 0, 0], [0, 0]),
-            [0x6627_e8d5, 0xe169_c58d, 0xbc57_ac4c, 0x9b00_dbd8]
-        );
-        assert_eq!(
-            philox4x32_10([u32::MAX; 4], [u32::MAX; 2]),
-            [0x408f_276d, 0x41c8_3b0e, 0xa20b_c7c6, 0x6d54_51fd]
-        );
+        assert_eq!(philox4x32_10([0, 0, 0, 0], [0, 0]), [0x6627_e8d5, 0xe169_c58d, 0xbc57_ac4c, 0x9b00_dbd8]);
+        assert_eq!(philox4x32_10([u32::MAX; 4], [u32::MAX; 2]), [0x408f_276d, 0x41c8_3b0e, 0xa20b_c7c6, 0x6d54_51fd]);
     }
 
     #[test]

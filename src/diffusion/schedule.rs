@@ -87,10 +87,7 @@ pub fn linear_betas(start: f64, end: f64, n: usize) -> Vec<f64> {
 
 /// diffusers' `scaled_linear`: `linspace(sqrt(start), sqrt(end), n) ** 2`, in f64.
 pub fn scaled_linear_betas(start: f64, end: f64, n: usize) -> Vec<f64> {
-    numpy_linspace(start.sqrt(), end.sqrt(), n)
-        .into_iter()
-        .map(|x| x * x)
-        .collect()
+    numpy_linspace(start.sqrt(), end.sqrt(), n).into_iter().map(|x| x * x).collect()
 }
 
 /// diffusers' `squaredcos_cap_v2` (`betas_for_alpha_bar`, cosine, max_beta 0.999), in
@@ -113,10 +110,7 @@ pub fn squaredcos_cap_v2_betas(n: usize) -> Vec<f64> {
 /// The time sequence with `n` steps over 1000 training steps:
 /// `[int(s + 1e-6) for s in numpy.linspace(0, 1, n) * 999]`, bit-exact.
 pub fn seq(n: usize) -> Vec<i64> {
-    numpy_linspace(0.0, 1.0, n)
-        .into_iter()
-        .map(|s| (s * 999.0 + 1e-6) as i64)
-        .collect()
+    numpy_linspace(0.0, 1.0, n).into_iter().map(|s| (s * 999.0 + 1e-6) as i64).collect()
 }
 
 #[cfg(test)]

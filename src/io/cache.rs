@@ -19,7 +19,14 @@ pub struct CacheKey {
     pub inv_steps: usize,
 }
 
-pub fn save(path: &Path, inv: &Inversion, key: &CacheKey, source: &str, shape: [usize; 3], h_shape: [usize; 3]) -> Result<()> {
+pub fn save(
+    path: &Path,
+    inv: &Inversion,
+    key: &CacheKey,
+    source: &str,
+    shape: [usize; 3],
+    h_shape: [usize; 3],
+) -> Result<()> {
     let k = inv.keys.len();
     let f32s = |v: &[f32]| bytemuck::cast_slice::<f32, u8>(v).to_vec();
     let keys: Vec<u8> = inv.keys.iter().flat_map(|k| k.to_le_bytes()).collect();
@@ -90,11 +97,8 @@ pub fn load(path: &Path, want: &CacheKey, shape: [usize; 3], h_shape: [usize; 3]
     let k = expect_keys.len() - 1;
     let keys_t = st.tensor("keys").map_err(|_| anyhow::anyhow!("{p}: the cache has no tensor `keys`"))?;
     ensure!(keys_t.dtype() == Dtype::I64 && keys_t.shape() == [k], "{p}: tensor `keys` is malformed");
-    let keys: Vec<i64> = keys_t
-        .data()
-        .chunks_exact(8)
-        .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
-        .collect();
+    let keys: Vec<i64> =
+        keys_t.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
     ensure!(keys == expect_keys[..k], "{p}: the cache's timesteps do not match --inv-steps {}", want.inv_steps);
     Ok(Inversion {
         x0: f32_tensor("x0", &shape)?,

@@ -16,21 +16,11 @@ pub const BACKGROUND: f32 = -1.0;
 ///
 /// # Panics
 /// If an image does not hold exactly `3 * size * size` values (a caller bug).
-pub fn make_grid(
-    images: &[&[f32]],
-    size: usize,
-    nrow: usize,
-    padding: usize,
-) -> (Vec<f32>, usize, usize) {
+pub fn make_grid(images: &[&[f32]], size: usize, nrow: usize, padding: usize) -> (Vec<f32>, usize, usize) {
     let n = images.len();
     let plane_in = size * size;
     for (k, im) in images.iter().enumerate() {
-        assert_eq!(
-            im.len(),
-            3 * plane_in,
-            "make_grid: image {k} has {} values, expected 3x{size}x{size}",
-            im.len()
-        );
+        assert_eq!(im.len(), 3 * plane_in, "make_grid: image {k} has {} values, expected 3x{size}x{size}", im.len());
     }
     let nrow = nrow.max(1);
     let cols = nrow.min(n);

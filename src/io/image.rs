@@ -82,11 +82,7 @@ pub fn decode_image(path: &Path) -> Result<DynamicImage> {
         other => anyhow!("cannot decode image '{shown}': invalid {name} data ({other})"),
     })?;
     if img.width() == 0 || img.height() == 0 {
-        bail!(
-            "cannot use image '{shown}': zero size ({}x{})",
-            img.width(),
-            img.height()
-        );
+        bail!("cannot use image '{shown}': zero size ({}x{})", img.width(), img.height());
     }
     Ok(img)
 }
@@ -137,11 +133,7 @@ pub fn to_rgb8_on_white(img: &DynamicImage) -> (usize, usize, Vec<u8>) {
         DynamicImage::ImageRgba8(b) => {
             for p in b.as_raw().chunks_exact(4) {
                 let a = p[3];
-                out.extend_from_slice(&[
-                    over_white(p[0], a),
-                    over_white(p[1], a),
-                    over_white(p[2], a),
-                ]);
+                out.extend_from_slice(&[over_white(p[0], a), over_white(p[1], a), over_white(p[2], a)]);
             }
         }
         DynamicImage::ImageLuma16(b) => {
@@ -194,14 +186,7 @@ pub fn center_crop_square(w: usize, h: usize) -> (usize, usize, usize) {
 
 /// Copies the `side x side` window at `(left, top)` of an interleaved image with `c`
 /// channels.
-pub fn crop_interleaved<T: Copy>(
-    src: &[T],
-    w: usize,
-    c: usize,
-    left: usize,
-    top: usize,
-    side: usize,
-) -> Vec<T> {
+pub fn crop_interleaved<T: Copy>(src: &[T], w: usize, c: usize, left: usize, top: usize, side: usize) -> Vec<T> {
     let mut out = Vec::with_capacity(side * side * c);
     for y in top..top + side {
         let row = (y * w + left) * c;
@@ -270,19 +255,11 @@ fn bilinear_taps(in_size: usize, out_size: usize) -> Taps {
         let k = &mut coeffs[xx * ksize..xx * ksize + n];
         for (kx, &wx) in k.iter_mut().zip(&w) {
             let wn = if total != 0.0 { wx / total } else { wx };
-            *kx = if wn < 0.0 {
-                (-0.5 + wn * one) as i32
-            } else {
-                (0.5 + wn * one) as i32
-            };
+            *kx = if wn < 0.0 { (-0.5 + wn * one) as i32 } else { (0.5 + wn * one) as i32 };
         }
         bounds.push((xmin, n));
     }
-    Taps {
-        ksize,
-        bounds,
-        coeffs,
-    }
+    Taps { ksize, bounds, coeffs }
 }
 
 #[inline]
@@ -292,19 +269,8 @@ fn clip8(acc: i32) -> u8 {
 
 /// Resamples an interleaved 8-bit image with `c` channels from `w x h` to `ow x oh`,
 /// reproducing Pillow's `Image.resize((ow, oh), Image.BILINEAR)` exactly.
-pub fn resize_bilinear_u8(
-    src: &[u8],
-    w: usize,
-    h: usize,
-    c: usize,
-    ow: usize,
-    oh: usize,
-) -> Vec<u8> {
-    assert_eq!(
-        src.len(),
-        w * h * c,
-        "resize_bilinear_u8: buffer/shape mismatch"
-    );
+pub fn resize_bilinear_u8(src: &[u8], w: usize, h: usize, c: usize, ow: usize, oh: usize) -> Vec<u8> {
+    assert_eq!(src.len(), w * h * c, "resize_bilinear_u8: buffer/shape mismatch");
     let half = 1i32 << (PRECISION_BITS - 1);
     let mut cur: Vec<u8> = src.to_vec();
     let mut cw = w;
@@ -352,24 +318,13 @@ pub fn resize_bilinear_u8(
 /// `size x size` (skipped when already that size) -> `(u8 / 255 - 0.5) / 0.5` in f32.
 pub fn load_image(path: &Path, size: usize) -> Result<HostTensor> {
     if size == 0 {
-        bail!(
-            "cannot load image '{}': target size must be positive",
-            path.display()
-        );
+        bail!("cannot load image '{}': target size must be positive", path.display());
     }
     let img = decode_image(path)?;
     let (w, h, rgb) = to_rgb8_on_white(&img);
     let (left, top, side) = center_crop_square(w, h);
-    let sq = if side == w && side == h {
-        rgb
-    } else {
-        crop_interleaved(&rgb, w, 3, left, top, side)
-    };
-    let px = if side == size {
-        sq
-    } else {
-        resize_bilinear_u8(&sq, side, side, 3, size, size)
-    };
+    let sq = if side == w && side == h { rgb } else { crop_interleaved(&rgb, w, 3, left, top, side) };
+    let px = if side == size { sq } else { resize_bilinear_u8(&sq, side, side, 3, size, size) };
     let plane = size * size;
     let mut data = vec![0f32; 3 * plane];
     for (i, p) in px.chunks_exact(3).enumerate() {
@@ -430,14 +385,9 @@ pub fn save_png(path: &Path, x: &[f32], h: usize, w: usize) -> Result<()> {
         bail!("cannot save '{shown}': zero-size image ({h}x{w})");
     }
     if x.len() != 3 * h * w {
-        bail!(
-            "cannot save '{shown}': expected 3x{h}x{w} = {} values, got {}",
-            3 * h * w,
-            x.len()
-        );
+        bail!("cannot save '{shown}': expected 3x{h}x{w} = {} values, got {}", 3 * h * w, x.len());
     }
-    let png = encode_png_rgb8(&latent_to_rgb8(x, h, w), h, w)
-        .map_err(|e| anyhow!("cannot save '{shown}': {e}"))?;
+    let png = encode_png_rgb8(&latent_to_rgb8(x, h, w), h, w).map_err(|e| anyhow!("cannot save '{shown}': {e}"))?;
     write_atomic(path, &png)
 }
 

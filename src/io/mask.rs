@@ -19,32 +19,24 @@ fn mask_values(img: &DynamicImage) -> (usize, usize, Vec<f64>) {
     }
     let v: Vec<f64> = match img {
         DynamicImage::ImageLuma8(b) => b.as_raw().iter().map(|&v| v as f64 / 255.0).collect(),
-        DynamicImage::ImageLumaA8(b) => b
-            .as_raw()
-            .chunks_exact(2)
-            .map(|p| p[0] as f64 / 255.0 * (p[1] as f64 / 255.0))
-            .collect(),
-        DynamicImage::ImageRgb8(b) => b
-            .as_raw()
-            .chunks_exact(3)
-            .map(|p| lum(p[0] as f64, p[1] as f64, p[2] as f64, 255.0))
-            .collect(),
+        DynamicImage::ImageLumaA8(b) => {
+            b.as_raw().chunks_exact(2).map(|p| p[0] as f64 / 255.0 * (p[1] as f64 / 255.0)).collect()
+        }
+        DynamicImage::ImageRgb8(b) => {
+            b.as_raw().chunks_exact(3).map(|p| lum(p[0] as f64, p[1] as f64, p[2] as f64, 255.0)).collect()
+        }
         DynamicImage::ImageRgba8(b) => b
             .as_raw()
             .chunks_exact(4)
             .map(|p| lum(p[0] as f64, p[1] as f64, p[2] as f64, 255.0) * (p[3] as f64 / 255.0))
             .collect(),
         DynamicImage::ImageLuma16(b) => b.as_raw().iter().map(|&v| v as f64 / 65535.0).collect(),
-        DynamicImage::ImageLumaA16(b) => b
-            .as_raw()
-            .chunks_exact(2)
-            .map(|p| p[0] as f64 / 65535.0 * (p[1] as f64 / 65535.0))
-            .collect(),
-        DynamicImage::ImageRgb16(b) => b
-            .as_raw()
-            .chunks_exact(3)
-            .map(|p| lum(p[0] as f64, p[1] as f64, p[2] as f64, 65535.0))
-            .collect(),
+        DynamicImage::ImageLumaA16(b) => {
+            b.as_raw().chunks_exact(2).map(|p| p[0] as f64 / 65535.0 * (p[1] as f64 / 65535.0)).collect()
+        }
+        DynamicImage::ImageRgb16(b) => {
+            b.as_raw().chunks_exact(3).map(|p| lum(p[0] as f64, p[1] as f64, p[2] as f64, 65535.0)).collect()
+        }
         other => other
             .to_rgba16()
             .as_raw()
@@ -83,10 +75,7 @@ fn area_weights(n: usize, m: usize) -> Vec<(usize, Vec<f64>)> {
 /// (as for images) -> exact area averaging to `grid x grid` (down or up).
 pub fn load_mask(path: &Path, grid: usize) -> Result<Vec<f32>> {
     if grid == 0 {
-        bail!(
-            "cannot load mask '{}': grid size must be positive",
-            path.display()
-        );
+        bail!("cannot load mask '{}': grid size must be positive", path.display());
     }
     let img = decode_image(path)?;
     let (w, h, vals) = mask_values(&img);
@@ -99,22 +88,14 @@ pub fn load_mask(path: &Path, grid: usize) -> Result<Vec<f32>> {
     for y in 0..s {
         let row = &sq[y * s..(y + 1) * s];
         for (gx, (first, ws)) in wts.iter().enumerate() {
-            tmp[y * grid + gx] = ws
-                .iter()
-                .enumerate()
-                .map(|(i, &wt)| row[first + i] * wt)
-                .sum();
+            tmp[y * grid + gx] = ws.iter().enumerate().map(|(i, &wt)| row[first + i] * wt).sum();
         }
     }
     // Vertical: grid x grid.
     let mut out = vec![0f32; grid * grid];
     for (gy, (first, ws)) in wts.iter().enumerate() {
         for gx in 0..grid {
-            let v: f64 = ws
-                .iter()
-                .enumerate()
-                .map(|(i, &wt)| tmp[(first + i) * grid + gx] * wt)
-                .sum();
+            let v: f64 = ws.iter().enumerate().map(|(i, &wt)| tmp[(first + i) * grid + gx] * wt).sum();
             out[gy * grid + gx] = v.clamp(0.0, 1.0) as f32;
         }
     }

@@ -10,9 +10,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{Map, Value};
 
-use crate::diffusion::schedule::{
-    linear_betas, scaled_linear_betas, squaredcos_cap_v2_betas, Schedule,
-};
+use crate::diffusion::schedule::{linear_betas, scaled_linear_betas, squaredcos_cap_v2_betas, Schedule};
 use crate::model::arch::UNetArch;
 
 /// A model description: architecture plus, when the format carries one, the betas of
@@ -63,19 +61,13 @@ pub fn preset_names() -> Vec<&'static str> {
 
 /// Looks up a built-in preset by name.
 pub fn preset(name: &str) -> Result<ModelConfig> {
-    let p = PRESETS.iter().find(|p| p.name == name).ok_or_else(|| {
-        anyhow!(
-            "unknown architecture preset {name:?} (known: {})",
-            preset_names().join(", ")
-        )
-    })?;
+    let p = PRESETS
+        .iter()
+        .find(|p| p.name == name)
+        .ok_or_else(|| anyhow!("unknown architecture preset {name:?} (known: {})", preset_names().join(", ")))?;
     let (arch, betas) = (p.build)();
     validate_arch(&arch).with_context(|| format!("preset {name}"))?;
-    Ok(ModelConfig {
-        arch,
-        betas: Some(betas),
-        source: format!("preset {name}"),
-    })
+    Ok(ModelConfig { arch, betas: Some(betas), source: format!("preset {name}") })
 }
 
 // ---------------------------------------------------------------------------------
@@ -90,17 +82,10 @@ pub fn validate_arch(arch: &UNetArch) -> Result<()> {
         bail!("block_out_channels is empty");
     }
     if arch.block_out_channels.contains(&0) {
-        bail!(
-            "block_out_channels {:?} contains 0",
-            arch.block_out_channels
-        );
+        bail!("block_out_channels {:?} contains 0", arch.block_out_channels);
     }
     if arch.in_channels == 0 || arch.out_channels == 0 {
-        bail!(
-            "in_channels ({}) and out_channels ({}) must be positive",
-            arch.in_channels,
-            arch.out_channels
-        );
+        bail!("in_channels ({}) and out_channels ({}) must be positive", arch.in_channels, arch.out_channels);
     }
     if arch.layers_per_block == 0 {
         bail!("layers_per_block must be at least 1");
@@ -119,10 +104,7 @@ pub fn validate_arch(arch: &UNetArch) -> Result<()> {
         bail!("norm_eps {} must be positive", arch.norm_eps);
     }
     if arch.downsample_padding > 1 {
-        bail!(
-            "downsample_padding {} is not supported (0 or 1)",
-            arch.downsample_padding
-        );
+        bail!("downsample_padding {} is not supported (0 or 1)", arch.downsample_padding);
     }
     if arch.norm_num_groups == 0 || arch.mid_attn_norm_groups == 0 {
         bail!("norm_num_groups / attn_norm_num_groups must be positive");
@@ -156,17 +138,9 @@ pub fn validate_arch(arch: &UNetArch) -> Result<()> {
             || name == "conv_norm_out.weight";
         if is_norm {
             let mid_attn = name.starts_with("mid_block.attentions.");
-            let groups = if mid_attn {
-                arch.mid_attn_norm_groups
-            } else {
-                arch.norm_num_groups
-            };
+            let groups = if mid_attn { arch.mid_attn_norm_groups } else { arch.norm_num_groups };
             if !channels.is_multiple_of(groups) {
-                let field = if mid_attn {
-                    "attn_norm_num_groups"
-                } else {
-                    "norm_num_groups"
-                };
+                let field = if mid_attn { "attn_norm_num_groups" } else { "norm_num_groups" };
                 bail!(
                     "{field} {groups} does not divide the {channels} channels of the group norm \
                      {}",
@@ -219,23 +193,19 @@ fn as_usize(key: &str, v: &Value) -> Result<usize> {
 }
 
 fn as_f64(key: &str, v: &Value) -> Result<f64> {
-    v.as_f64()
-        .ok_or_else(|| anyhow!("field {key}: expected a number, got {v}"))
+    v.as_f64().ok_or_else(|| anyhow!("field {key}: expected a number, got {v}"))
 }
 
 fn as_bool(key: &str, v: &Value) -> Result<bool> {
-    v.as_bool()
-        .ok_or_else(|| anyhow!("field {key}: expected true or false, got {v}"))
+    v.as_bool().ok_or_else(|| anyhow!("field {key}: expected true or false, got {v}"))
 }
 
 fn as_str<'a>(key: &str, v: &'a Value) -> Result<&'a str> {
-    v.as_str()
-        .ok_or_else(|| anyhow!("field {key}: expected a string, got {v}"))
+    v.as_str().ok_or_else(|| anyhow!("field {key}: expected a string, got {v}"))
 }
 
 fn as_list<'a>(key: &str, v: &'a Value) -> Result<&'a Vec<Value>> {
-    v.as_array()
-        .ok_or_else(|| anyhow!("field {key}: expected a list, got {v}"))
+    v.as_array().ok_or_else(|| anyhow!("field {key}: expected a list, got {v}"))
 }
 
 /// Required-or-default readers. `null` counts as "use the default" only where the
@@ -272,17 +242,11 @@ fn check_str(m: &Map<String, Value>, key: &str, allowed: &[&str], null_ok: bool)
         Field::Null if null_ok => Ok(()),
         Field::Null => bail!("unsupported {key} null (supported: {})", allowed.join(", ")),
         Field::Val(v) => {
-            let s = v
-                .as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| v.to_string());
+            let s = v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
             if allowed.contains(&s.as_str()) {
                 Ok(())
             } else {
-                bail!(
-                    "unsupported {key} {s:?} (supported: {})",
-                    allowed.join(", ")
-                )
+                bail!("unsupported {key} {s:?} (supported: {})", allowed.join(", "))
             }
         }
     }
@@ -300,10 +264,7 @@ fn get_str_list(m: &Map<String, Value>, key: &str, default: &[&str]) -> Result<V
     match field(m, key) {
         Field::Absent => Ok(default.iter().map(|s| s.to_string()).collect()),
         Field::Null => bail!("field {key} is null; a list of block types is required"),
-        Field::Val(v) => as_list(key, v)?
-            .iter()
-            .map(|x| as_str(key, x).map(str::to_string))
-            .collect(),
+        Field::Val(v) => as_list(key, v)?.iter().map(|x| as_str(key, x).map(str::to_string)).collect(),
     }
 }
 
@@ -327,9 +288,7 @@ pub fn parse_diffusers_unet_config(text: &str) -> Result<UNetArch> {
 }
 
 fn diffusers_unet_from_value(v: &Value) -> Result<UNetArch> {
-    let m = v
-        .as_object()
-        .ok_or_else(|| anyhow!("the config is not a JSON object"))?;
+    let m = v.as_object().ok_or_else(|| anyhow!("the config is not a JSON object"))?;
 
     // Refusals first: anything that changes the maths and that we do not implement.
     if let Field::Val(c) = field(m, "_class_name") {
@@ -361,10 +320,7 @@ fn diffusers_unet_from_value(v: &Value) -> Result<UNetArch> {
     let sample_size = match field(m, "sample_size") {
         Field::Val(Value::Array(a)) => {
             if a.len() != 2 {
-                bail!(
-                    "field sample_size: expected an integer or [h, w], got {}",
-                    Value::Array(a.clone())
-                );
+                bail!("field sample_size: expected an integer or [h, w], got {}", Value::Array(a.clone()));
             }
             let h = as_usize("sample_size", &a[0])?;
             let w = as_usize("sample_size", &a[1])?;
@@ -383,26 +339,10 @@ fn diffusers_unet_from_value(v: &Value) -> Result<UNetArch> {
     let out_channels = get_usize(m, "out_channels", Some(3))?;
     let block_out_channels = get_usize_list(m, "block_out_channels", &[224, 448, 672, 896])?;
     let layers_per_block = get_usize(m, "layers_per_block", Some(2))?;
-    let down_types = get_str_list(
-        m,
-        "down_block_types",
-        &[
-            "DownBlock2D",
-            "AttnDownBlock2D",
-            "AttnDownBlock2D",
-            "AttnDownBlock2D",
-        ],
-    )?;
-    let up_types = get_str_list(
-        m,
-        "up_block_types",
-        &[
-            "AttnUpBlock2D",
-            "AttnUpBlock2D",
-            "AttnUpBlock2D",
-            "UpBlock2D",
-        ],
-    )?;
+    let down_types =
+        get_str_list(m, "down_block_types", &["DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"])?;
+    let up_types =
+        get_str_list(m, "up_block_types", &["AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"])?;
     let l = block_out_channels.len();
     if l == 0 {
         bail!("field block_out_channels is empty");
@@ -422,9 +362,7 @@ fn diffusers_unet_from_value(v: &Value) -> Result<UNetArch> {
         .map(|t| match strip(t).as_str() {
             "DownBlock2D" => Ok(false),
             "AttnDownBlock2D" => Ok(true),
-            _ => bail!(
-                "unsupported down_block_types entry {t:?} (supported: DownBlock2D, AttnDownBlock2D)"
-            ),
+            _ => bail!("unsupported down_block_types entry {t:?} (supported: DownBlock2D, AttnDownBlock2D)"),
         })
         .collect::<Result<Vec<_>>>()?;
     let up_attention = up_types
@@ -432,17 +370,13 @@ fn diffusers_unet_from_value(v: &Value) -> Result<UNetArch> {
         .map(|t| match strip(t).as_str() {
             "UpBlock2D" => Ok(false),
             "AttnUpBlock2D" => Ok(true),
-            _ => bail!(
-                "unsupported up_block_types entry {t:?} (supported: UpBlock2D, AttnUpBlock2D)"
-            ),
+            _ => bail!("unsupported up_block_types entry {t:?} (supported: UpBlock2D, AttnUpBlock2D)"),
         })
         .collect::<Result<Vec<_>>>()?;
 
     match field(m, "mid_block_type") {
         Field::Absent => {}
-        Field::Null => bail!(
-            "unsupported mid_block_type null: DiffStyle's h-space is the middle block's output"
-        ),
+        Field::Null => bail!("unsupported mid_block_type null: DiffStyle's h-space is the middle block's output"),
         Field::Val(t) => {
             let t = as_str("mid_block_type", t)?;
             if t != "UNetMidBlock2D" {
@@ -509,9 +443,7 @@ fn diffusers_unet_from_value(v: &Value) -> Result<UNetArch> {
     };
     validate_arch(&arch).map_err(|e| {
         if head_dim_absent && e.to_string().contains("attention_head_dim") {
-            e.context(
-                "attention_head_dim is absent from the config, so diffusers' default 8 applies",
-            )
+            e.context("attention_head_dim is absent from the config, so diffusers' default 8 applies")
         } else {
             e
         }
@@ -530,25 +462,18 @@ pub fn parse_authors_config(text: &str) -> Result<(UNetArch, Vec<f64>)> {
 }
 
 fn section<'a>(root: &'a Map<String, Value>, key: &str) -> Result<&'a Map<String, Value>> {
-    root.get(key)
-        .and_then(Value::as_object)
-        .ok_or_else(|| anyhow!("missing section {key:?}"))
+    root.get(key).and_then(Value::as_object).ok_or_else(|| anyhow!("missing section {key:?}"))
 }
 
 fn authors_from_value(v: &Value) -> Result<(UNetArch, Vec<f64>)> {
-    let root = v
-        .as_object()
-        .ok_or_else(|| anyhow!("the config is not a mapping"))?;
+    let root = v.as_object().ok_or_else(|| anyhow!("the config is not a mapping"))?;
     let data = section(root, "data")?;
     let model = section(root, "model")?;
     let diffusion = section(root, "diffusion")?;
 
     match field(model, "type") {
         Field::Val(t) if t.as_str() == Some("simple") => {}
-        Field::Val(t) => bail!(
-            "unsupported model.type {} (supported: \"simple\", the DDPM U-Net)",
-            t
-        ),
+        Field::Val(t) => bail!("unsupported model.type {} (supported: \"simple\", the DDPM U-Net)", t),
         _ => bail!("missing field model.type (expected \"simple\")"),
     }
     let image_size = get_usize(data, "image_size", None).context("section data")?;
@@ -575,9 +500,7 @@ fn authors_from_value(v: &Value) -> Result<(UNetArch, Vec<f64>)> {
 
     let l = ch_mult.len();
     let block_out_channels: Vec<usize> = ch_mult.iter().map(|m| m * ch).collect();
-    let down_attention: Vec<bool> = (0..l)
-        .map(|i| attn_res.contains(&(image_size >> i)))
-        .collect();
+    let down_attention: Vec<bool> = (0..l).map(|i| attn_res.contains(&(image_size >> i))).collect();
     let up_attention: Vec<bool> = (0..l).map(|i| down_attention[l - 1 - i]).collect();
 
     let arch = UNetArch {
@@ -625,30 +548,19 @@ fn authors_from_value(v: &Value) -> Result<(UNetArch, Vec<f64>)> {
 /// Reads a `--config FILE`: the authors' layout (YAML or JSON with a `model` section)
 /// or a diffusers `UNet2DModel` `config.json`.
 pub fn load_config_file(path: &Path) -> Result<ModelConfig> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read config {}", path.display()))?;
-    let v = parse_json_or_yaml(&text)
-        .with_context(|| format!("cannot parse config {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+    let v = parse_json_or_yaml(&text).with_context(|| format!("cannot parse config {}", path.display()))?;
     let is_authors = v.get("model").map(Value::is_object).unwrap_or(false);
-    let is_diffusers = v.get("_class_name").is_some()
-        || v.get("block_out_channels").is_some()
-        || v.get("down_block_types").is_some();
+    let is_diffusers =
+        v.get("_class_name").is_some() || v.get("block_out_channels").is_some() || v.get("down_block_types").is_some();
     if is_authors {
-        let (arch, betas) = authors_from_value(&v)
-            .with_context(|| format!("config {} (authors' layout)", path.display()))?;
-        Ok(ModelConfig {
-            arch,
-            betas: Some(betas),
-            source: format!("{} (authors' layout)", path.display()),
-        })
+        let (arch, betas) =
+            authors_from_value(&v).with_context(|| format!("config {} (authors' layout)", path.display()))?;
+        Ok(ModelConfig { arch, betas: Some(betas), source: format!("{} (authors' layout)", path.display()) })
     } else if is_diffusers {
         let arch = diffusers_unet_from_value(&v)
             .with_context(|| format!("config {} (diffusers UNet2DModel)", path.display()))?;
-        Ok(ModelConfig {
-            arch,
-            betas: None,
-            source: format!("{} (diffusers UNet2DModel)", path.display()),
-        })
+        Ok(ModelConfig { arch, betas: None, source: format!("{} (diffusers UNet2DModel)", path.display()) })
     } else {
         bail!(
             "config {}: neither the authors' layout (sections data / model / diffusion) nor a \
@@ -660,8 +572,7 @@ pub fn load_config_file(path: &Path) -> Result<ModelConfig> {
 
 /// Reads a diffusers `UNet2DModel` `config.json` file.
 pub fn load_diffusers_unet_config(path: &Path) -> Result<UNetArch> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     parse_diffusers_unet_config(&text).with_context(|| format!("config {}", path.display()))
 }
 
@@ -672,11 +583,7 @@ fn validate_betas(betas: &[f64]) -> Result<()> {
     if betas.is_empty() {
         bail!("the schedule has no timesteps");
     }
-    if let Some((i, b)) = betas
-        .iter()
-        .enumerate()
-        .find(|(_, b)| !(b.is_finite() && **b >= 0.0 && **b < 1.0))
-    {
+    if let Some((i, b)) = betas.iter().enumerate().find(|(_, b)| !(b.is_finite() && **b >= 0.0 && **b < 1.0)) {
         bail!("beta[{i}] = {b} is outside [0, 1)");
     }
     Ok(())
@@ -689,19 +596,16 @@ fn validate_betas(betas: &[f64]) -> Result<()> {
 /// 0.0001 .. 0.02, 1000).
 pub fn parse_scheduler_config(text: &str) -> Result<Vec<f64>> {
     let v: Value = serde_json::from_str(text).context("scheduler config is not valid JSON")?;
-    let m = v
-        .as_object()
-        .ok_or_else(|| anyhow!("the scheduler config is not a JSON object"))?;
+    let m = v.as_object().ok_or_else(|| anyhow!("the scheduler config is not a JSON object"))?;
     // A model trained to predict something other than the noise changes the sampler.
     check_str(m, "prediction_type", &["epsilon"], false)?;
     if get_bool(m, "rescale_betas_zero_snr", false)? {
         bail!("unsupported rescale_betas_zero_snr true");
     }
     let betas = match field(m, "trained_betas") {
-        Field::Val(x) => as_list("trained_betas", x)?
-            .iter()
-            .map(|b| as_f64("trained_betas", b))
-            .collect::<Result<Vec<f64>>>()?,
+        Field::Val(x) => {
+            as_list("trained_betas", x)?.iter().map(|b| as_f64("trained_betas", b)).collect::<Result<Vec<f64>>>()?
+        }
         Field::Absent | Field::Null => {
             let n = get_usize(m, "num_train_timesteps", Some(1000))?;
             let start = get_f64(m, "beta_start", Some(0.0001))?;
@@ -728,9 +632,7 @@ pub fn parse_scheduler_config(text: &str) -> Result<Vec<f64>> {
 
 /// Reads a `scheduler_config.json` file into a [`Schedule`].
 pub fn load_scheduler_config(path: &Path) -> Result<Schedule> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let betas = parse_scheduler_config(&text)
-        .with_context(|| format!("scheduler config {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let betas = parse_scheduler_config(&text).with_context(|| format!("scheduler config {}", path.display()))?;
     Ok(Schedule::from_betas(&betas))
 }

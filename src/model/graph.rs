@@ -170,11 +170,7 @@ impl Builder<'_> {
     }
 
     fn conv_params(&mut self, prefix: &str, cout: usize, cin: usize, k: usize) -> (ParamId, ParamId) {
-        let w = self.param(
-            &format!("{prefix}.weight"),
-            vec![cout, cin, k, k],
-            crate::backend::WeightKind::Conv,
-        );
+        let w = self.param(&format!("{prefix}.weight"), vec![cout, cin, k, k], crate::backend::WeightKind::Conv);
         (w, self.vector(&format!("{prefix}.bias"), cout))
     }
 
@@ -222,11 +218,8 @@ impl Builder<'_> {
         let n1 = self.group_norm(&format!("{prefix}.norm1"), x, groups, true);
         // The projection of silu(temb) for this block (encoder batch, broadcast).
         let t = self.arch.time_embed_dim;
-        let w = self.param(
-            &format!("{prefix}.time_emb_proj.weight"),
-            vec![cout, t],
-            crate::backend::WeightKind::Linear,
-        );
+        let w =
+            self.param(&format!("{prefix}.time_emb_proj.weight"), vec![cout, t], crate::backend::WeightKind::Linear);
         let b = self.vector(&format!("{prefix}.time_emb_proj.bias"), cout);
         let tp = self.value(format!("{prefix}.time_emb_proj.out"), cout, 1, 1, BatchClass::Enc);
         self.g.ops.push(Op::Linear { x: self.temb, w, b, silu_input: true, out: tp });
@@ -293,16 +286,8 @@ impl Builder<'_> {
 impl Graph {
     pub fn build(arch: &UNetArch) -> Graph {
         use crate::backend::WeightKind;
-        let g = Graph {
-            values: vec![],
-            params: vec![],
-            ops: vec![],
-            decoder_start: 0,
-            x: 0,
-            h: 0,
-            eps: 0,
-            skips: vec![],
-        };
+        let g =
+            Graph { values: vec![], params: vec![], ops: vec![], decoder_start: 0, x: 0, h: 0, eps: 0, skips: vec![] };
         let mut b = Builder { arch, g, temb: 0 };
         let s = arch.sample_size;
         let c0 = arch.block_out_channels[0];

@@ -2,7 +2,7 @@
 
 pub mod arch;
 pub mod config;
-pub mod weights;
 pub mod graph;
 pub mod plan;
 pub mod unet;
+pub mod weights;

@@ -66,9 +66,8 @@ impl Plan {
             }
             live.insert(idx, (at, len, v));
             offsets[v] = at;
-            arena_len = arena_len.max(
-                at.checked_add(len).ok_or_else(|| anyhow::anyhow!("activation arena overflows"))?,
-            );
+            arena_len =
+                arena_len.max(at.checked_add(len).ok_or_else(|| anyhow::anyhow!("activation arena overflows"))?);
             Ok(())
         };
         place(g.x, &mut live)?;
@@ -121,13 +120,9 @@ mod tests {
             for a in 0..nv {
                 for b in a + 1..nv {
                     let overlap_time = start(a) <= p.last[b] && start(b) <= p.last[a];
-                    let overlap_mem = p.offsets[a] < p.offsets[b] + p.lens[b] && p.offsets[b] < p.offsets[a] + p.lens[a];
-                    assert!(
-                        !(overlap_time && overlap_mem),
-                        "{} and {} overlap",
-                        g.values[a].name,
-                        g.values[b].name
-                    );
+                    let overlap_mem =
+                        p.offsets[a] < p.offsets[b] + p.lens[b] && p.offsets[b] < p.offsets[a] + p.lens[a];
+                    assert!(!(overlap_time && overlap_mem), "{} and {} overlap", g.values[a].name, g.values[b].name);
                 }
                 assert!(p.offsets[a] + p.lens[a] <= p.arena_len);
             }

@@ -51,10 +51,7 @@ impl<B: Backend> Workspace<B> {
 /// Assembles one parameter from the checkpoint's tensors.
 fn gather(model: &LoadedModel, source: &ParamSource) -> Result<HostTensor> {
     let get = |name: &String| {
-        model
-            .tensors
-            .get(name)
-            .with_context(|| format!("{}: the checkpoint has no tensor `{name}`", model.source))
+        model.tensors.get(name).with_context(|| format!("{}: the checkpoint has no tensor `{name}`", model.source))
     };
     let (data, shape) = match source {
         ParamSource::Tensor { name, shape } => (get(name)?.data.clone(), shape),
@@ -94,10 +91,7 @@ impl<B: Backend> UNet<B> {
     pub fn workspace(&self, be: &B, n_enc: usize, n_dec: usize) -> Result<Workspace<B>> {
         let plan = Plan::new(&self.graph, n_enc, n_dec)?;
         let arena = be.alloc(plan.arena_len).with_context(|| {
-            format!(
-                "cannot allocate the {:.1} MiB activation arena",
-                plan.arena_len as f64 * 4.0 / 1048576.0
-            )
+            format!("cannot allocate the {:.1} MiB activation arena", plan.arena_len as f64 * 4.0 / 1048576.0)
         })?;
         Ok(Workspace { plan, arena })
     }
@@ -156,29 +150,21 @@ impl<B: Backend> UNet<B> {
                 Op::Linear { x, w: pw, b, silu_input, out } => {
                     be.linear(act(*x), w(*pw), w(*b), *silu_input, act(*out))?
                 }
-                Op::GroupNorm { x, gamma, beta, groups, silu, out } => be.group_norm(
-                    cat(*x),
-                    w(*gamma),
-                    w(*beta),
-                    *groups,
-                    self.arch.norm_eps,
-                    *silu,
-                    act(*out),
-                )?,
-                Op::Conv { x, w: pw, b, k, stride, pad, upsample, temb, residual, out } => {
-                    be.conv2d(&Conv2d {
-                        x: cat(*x),
-                        w: w(*pw),
-                        bias: w(*b),
-                        k: *k,
-                        stride: *stride,
-                        pad: *pad,
-                        upsample: *upsample,
-                        temb: temb.map(act),
-                        residual: residual.map(act),
-                        out: act(*out),
-                    })?
+                Op::GroupNorm { x, gamma, beta, groups, silu, out } => {
+                    be.group_norm(cat(*x), w(*gamma), w(*beta), *groups, self.arch.norm_eps, *silu, act(*out))?
                 }
+                Op::Conv { x, w: pw, b, k, stride, pad, upsample, temb, residual, out } => be.conv2d(&Conv2d {
+                    x: cat(*x),
+                    w: w(*pw),
+                    bias: w(*b),
+                    k: *k,
+                    stride: *stride,
+                    pad: *pad,
+                    upsample: *upsample,
+                    temb: temb.map(act),
+                    residual: residual.map(act),
+                    out: act(*out),
+                })?,
                 Op::Attention { qkv, heads, out } => be.attention(act(*qkv), *heads, act(*out))?,
             }
         }

@@ -14,8 +14,8 @@ use safetensors::{Dtype, SafeTensors};
 use crate::diffusion::schedule::Schedule;
 use crate::model::arch::UNetArch;
 use crate::model::config::{
-    default_betas, load_config_file, load_diffusers_unet_config, load_scheduler_config, preset,
-    preset_names, ModelConfig,
+    default_betas, load_config_file, load_diffusers_unet_config, load_scheduler_config, preset, preset_names,
+    ModelConfig,
 };
 use crate::tensor::HostTensor;
 
@@ -40,9 +40,7 @@ impl LoadedModel {
 
     /// A tensor by canonical name.
     pub fn tensor(&self, name: &str) -> Result<&HostTensor> {
-        self.tensors
-            .get(name)
-            .ok_or_else(|| anyhow!("model has no tensor {name}"))
+        self.tensors.get(name).ok_or_else(|| anyhow!("model has no tensor {name}"))
     }
 }
 
@@ -106,25 +104,13 @@ pub fn expected_tensors(arch: &UNetArch) -> Vec<(String, Vec<usize>)> {
         output = level_channels;
         for j in 0..lpb {
             let cin = if j == 0 { input } else { output };
-            push_resnet(
-                &mut out,
-                &format!("down_blocks.{i}.resnets.{j}"),
-                cin,
-                output,
-                t,
-            );
+            push_resnet(&mut out, &format!("down_blocks.{i}.resnets.{j}"), cin, output, t);
             if arch.down_attention[i] {
                 push_attention(&mut out, &format!("down_blocks.{i}.attentions.{j}"), output);
             }
         }
         if i + 1 < l {
-            push_conv(
-                &mut out,
-                &format!("down_blocks.{i}.downsamplers.0.conv"),
-                output,
-                output,
-                3,
-            );
+            push_conv(&mut out, &format!("down_blocks.{i}.downsamplers.0.conv"), output, output, 3);
         }
     }
 
@@ -146,25 +132,13 @@ pub fn expected_tensors(arch: &UNetArch) -> Vec<(String, Vec<usize>)> {
         for j in 0..=lpb {
             let skip = if j == lpb { input } else { output };
             let res_in = if j == 0 { prev_output } else { output };
-            push_resnet(
-                &mut out,
-                &format!("up_blocks.{i}.resnets.{j}"),
-                res_in + skip,
-                output,
-                t,
-            );
+            push_resnet(&mut out, &format!("up_blocks.{i}.resnets.{j}"), res_in + skip, output, t);
             if arch.up_attention[i] {
                 push_attention(&mut out, &format!("up_blocks.{i}.attentions.{j}"), output);
             }
         }
         if i + 1 < l {
-            push_conv(
-                &mut out,
-                &format!("up_blocks.{i}.upsamplers.0.conv"),
-                output,
-                output,
-                3,
-            );
+            push_conv(&mut out, &format!("up_blocks.{i}.upsamplers.0.conv"), output, output, 3);
         }
     }
 
@@ -224,32 +198,21 @@ fn map_ddpm_name(name: &str, levels: usize) -> Option<String> {
                 ("down_blocks", level)
             };
             match (*kind, rest) {
-                ("block", [j, part, p]) => Some(format!(
-                    "{block}.{i}.resnets.{}.{}.{p}",
-                    idx(j)?,
-                    map_resnet_part(part)
-                )),
-                ("attn", [j, part, p]) => Some(format!(
-                    "{block}.{i}.attentions.{}.{}.{p}",
-                    idx(j)?,
-                    map_attn_part(part)?
-                )),
-                ("downsample", ["conv", p]) if !is_up => {
-                    Some(format!("{block}.{i}.downsamplers.0.conv.{p}"))
+                ("block", [j, part, p]) => {
+                    Some(format!("{block}.{i}.resnets.{}.{}.{p}", idx(j)?, map_resnet_part(part)))
                 }
-                ("upsample", ["conv", p]) if is_up => {
-                    Some(format!("{block}.{i}.upsamplers.0.conv.{p}"))
+                ("attn", [j, part, p]) => {
+                    Some(format!("{block}.{i}.attentions.{}.{}.{p}", idx(j)?, map_attn_part(part)?))
                 }
+                ("downsample", ["conv", p]) if !is_up => Some(format!("{block}.{i}.downsamplers.0.conv.{p}")),
+                ("upsample", ["conv", p]) if is_up => Some(format!("{block}.{i}.upsamplers.0.conv.{p}")),
                 _ => None,
             }
         }
         ["mid", which, part, p] => match *which {
             "block_1" => Some(format!("mid_block.resnets.0.{}.{p}", map_resnet_part(part))),
             "block_2" => Some(format!("mid_block.resnets.1.{}.{p}", map_resnet_part(part))),
-            "attn_1" => Some(format!(
-                "mid_block.attentions.0.{}.{p}",
-                map_attn_part(part)?
-            )),
+            "attn_1" => Some(format!("mid_block.attentions.0.{}.{p}", map_attn_part(part)?)),
             _ => None,
         },
         _ => None,
@@ -293,26 +256,14 @@ pub fn canonical_name(name: &str, levels: usize) -> String {
 /// become `[C, C]`.
 fn is_attention_projection(canonical: &str) -> bool {
     canonical.contains(".attentions.")
-        && [
-            ".to_q.weight",
-            ".to_k.weight",
-            ".to_v.weight",
-            ".to_out.0.weight",
-        ]
-        .iter()
-        .any(|s| canonical.ends_with(s))
+        && [".to_q.weight", ".to_k.weight", ".to_v.weight", ".to_out.0.weight"].iter().any(|s| canonical.ends_with(s))
 }
 
 // ---------------------------------------------------------------------------------
 // Reading safetensors
 
 fn list_some(names: &[String], max: usize) -> String {
-    let mut s = names
-        .iter()
-        .take(max)
-        .cloned()
-        .collect::<Vec<_>>()
-        .join(", ");
+    let mut s = names.iter().take(max).cloned().collect::<Vec<_>>().join(", ");
     if names.len() > max {
         s.push_str(&format!(", ... ({} in all)", names.len()));
     }
@@ -326,10 +277,7 @@ fn list_some(names: &[String], max: usize) -> String {
 fn precheck_header(file: &Path, bytes: &[u8]) -> Result<()> {
     let f = file.display();
     if bytes.len() < 8 {
-        bail!(
-            "{f}: not a safetensors file: {} bytes, shorter than the 8-byte header length",
-            bytes.len()
-        );
+        bail!("{f}: not a safetensors file: {} bytes, shorter than the 8-byte header length", bytes.len());
     }
     let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
     let avail = (bytes.len() - 8) as u64;
@@ -341,11 +289,9 @@ fn precheck_header(file: &Path, bytes: &[u8]) -> Result<()> {
     }
     let header = std::str::from_utf8(&bytes[8..8 + n as usize])
         .map_err(|_| anyhow!("{f}: bad safetensors header: not UTF-8"))?;
-    let v: serde_json::Value = serde_json::from_str(header)
-        .map_err(|e| anyhow!("{f}: bad safetensors header: not JSON ({e})"))?;
-    let m = v
-        .as_object()
-        .ok_or_else(|| anyhow!("{f}: bad safetensors header: not a JSON object"))?;
+    let v: serde_json::Value =
+        serde_json::from_str(header).map_err(|e| anyhow!("{f}: bad safetensors header: not JSON ({e})"))?;
+    let m = v.as_object().ok_or_else(|| anyhow!("{f}: bad safetensors header: not a JSON object"))?;
     let data_len = avail - n;
     for (name, info) in m {
         if name == "__metadata__" {
@@ -356,9 +302,7 @@ fn precheck_header(file: &Path, bytes: &[u8]) -> Result<()> {
             .and_then(|o| o.as_array())
             .and_then(|o| o.get(1))
             .and_then(|e| e.as_u64())
-            .ok_or_else(|| {
-                anyhow!("{f}: bad safetensors header: tensor {name} has no data_offsets")
-            })?;
+            .ok_or_else(|| anyhow!("{f}: bad safetensors header: tensor {name} has no data_offsets"))?;
         if end > data_len {
             bail!(
                 "{f}: truncated safetensors file: tensor {name} ends at data byte {end} but the \
@@ -372,14 +316,10 @@ fn precheck_header(file: &Path, bytes: &[u8]) -> Result<()> {
 fn describe(e: &safetensors::SafeTensorError) -> String {
     use safetensors::SafeTensorError as E;
     match e {
-        E::InvalidHeader | E::InvalidHeaderStart | E::InvalidHeaderDeserialization => {
-            "bad header".to_string()
-        }
+        E::InvalidHeader | E::InvalidHeaderStart | E::InvalidHeaderDeserialization => "bad header".to_string(),
         E::HeaderTooLarge => "header too large".to_string(),
         E::HeaderTooSmall | E::InvalidHeaderLength => "bad header length".to_string(),
-        E::TensorInvalidInfo => {
-            "a tensor's byte range does not match its shape and dtype".to_string()
-        }
+        E::TensorInvalidInfo => "a tensor's byte range does not match its shape and dtype".to_string(),
         E::InvalidOffset(name) => format!("tensor {name} has invalid data offsets"),
         E::MetadataIncompleteBuffer => {
             "the tensors do not cover the data exactly (truncated or padded file)".to_string()
@@ -391,26 +331,17 @@ fn describe(e: &safetensors::SafeTensorError) -> String {
 
 fn to_f32(file: &Path, name: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<f32>> {
     Ok(match dtype {
-        Dtype::F32 => data
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        Dtype::F16 => data
-            .chunks_exact(2)
-            .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
-            .collect(),
-        Dtype::BF16 => data
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
-            .collect(),
-        Dtype::F64 => data
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
-            .collect(),
-        other => bail!(
-            "{}: tensor {name} has unsupported dtype {other:?} (supported: F32, F16, BF16, F64)",
-            file.display()
-        ),
+        Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        Dtype::F16 => {
+            data.chunks_exact(2).map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect()
+        }
+        Dtype::BF16 => {
+            data.chunks_exact(2).map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect()
+        }
+        Dtype::F64 => data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32).collect(),
+        other => {
+            bail!("{}: tensor {name} has unsupported dtype {other:?} (supported: F32, F16, BF16, F64)", file.display())
+        }
     })
 }
 
@@ -421,16 +352,14 @@ pub fn load_tensors(file: &Path, arch: &UNetArch) -> Result<BTreeMap<String, Hos
     let f = file.display();
     let bytes = std::fs::read(file).with_context(|| format!("cannot read weights {f}"))?;
     precheck_header(file, &bytes)?;
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| anyhow!("{f}: invalid safetensors file: {}", describe(&e)))?;
+    let st =
+        SafeTensors::deserialize(&bytes).map_err(|e| anyhow!("{f}: invalid safetensors file: {}", describe(&e)))?;
 
     let expected = expected_tensors(arch);
-    let expected_map: BTreeMap<&str, &Vec<usize>> =
-        expected.iter().map(|(n, s)| (n.as_str(), s)).collect();
+    let expected_map: BTreeMap<&str, &Vec<usize>> = expected.iter().map(|(n, s)| (n.as_str(), s)).collect();
 
     // Map names; detect two stored tensors landing on one canonical name.
-    let mut by_canonical: BTreeMap<String, (String, safetensors::tensor::TensorView)> =
-        BTreeMap::new();
+    let mut by_canonical: BTreeMap<String, (String, safetensors::tensor::TensorView)> = BTreeMap::new();
     let mut stored: Vec<(String, safetensors::tensor::TensorView)> = st.tensors();
     stored.sort_by(|a, b| a.0.cmp(&b.0));
     for (name, view) in stored {
@@ -444,34 +373,17 @@ pub fn load_tensors(file: &Path, arch: &UNetArch) -> Result<BTreeMap<String, Hos
     let unexpected: Vec<String> = by_canonical
         .iter()
         .filter(|(c, _)| !expected_map.contains_key(c.as_str()))
-        .map(|(c, (orig, _))| {
-            if c == orig {
-                orig.clone()
-            } else {
-                format!("{orig} (as {c})")
-            }
-        })
+        .map(|(c, (orig, _))| if c == orig { orig.clone() } else { format!("{orig} (as {c})") })
         .collect();
-    let missing: Vec<String> = expected
-        .iter()
-        .filter(|(n, _)| !by_canonical.contains_key(n))
-        .map(|(n, _)| n.clone())
-        .collect();
+    let missing: Vec<String> =
+        expected.iter().filter(|(n, _)| !by_canonical.contains_key(n)).map(|(n, _)| n.clone()).collect();
     if !missing.is_empty() || !unexpected.is_empty() {
         let mut msg = format!("{f}: the weights do not match the architecture");
         if !missing.is_empty() {
-            msg.push_str(&format!(
-                "; {} missing tensor(s): {}",
-                missing.len(),
-                list_some(&missing, 10)
-            ));
+            msg.push_str(&format!("; {} missing tensor(s): {}", missing.len(), list_some(&missing, 10)));
         }
         if !unexpected.is_empty() {
-            msg.push_str(&format!(
-                "; {} unexpected tensor(s): {}",
-                unexpected.len(),
-                list_some(&unexpected, 10)
-            ));
+            msg.push_str(&format!("; {} unexpected tensor(s): {}", unexpected.len(), list_some(&unexpected, 10)));
         }
         bail!(msg);
     }
@@ -486,24 +398,13 @@ pub fn load_tensors(file: &Path, arch: &UNetArch) -> Result<BTreeMap<String, Hos
         }
         let want = expected_map[canon.as_str()];
         if &shape != want {
-            let shown = if canon == orig {
-                canon.clone()
-            } else {
-                format!("{canon} (stored as {orig})")
-            };
-            wrong.push(format!(
-                "{shown}: expected {want:?}, got {:?}",
-                view.shape()
-            ));
+            let shown = if canon == orig { canon.clone() } else { format!("{canon} (stored as {orig})") };
+            wrong.push(format!("{shown}: expected {want:?}, got {:?}", view.shape()));
         }
         shapes.insert(canon.as_str(), shape);
     }
     if !wrong.is_empty() {
-        bail!(
-            "{f}: {} tensor(s) with the wrong shape: {}",
-            wrong.len(),
-            list_some(&wrong, 10)
-        );
+        bail!("{f}: {} tensor(s) with the wrong shape: {}", wrong.len(), list_some(&wrong, 10));
     }
 
     // Dtypes, conversion, finiteness.
@@ -594,10 +495,7 @@ fn weights_in(dir: &Path) -> Result<PathBuf> {
             return Ok(p);
         }
     }
-    if dir
-        .join("diffusion_pytorch_model.safetensors.index.json")
-        .exists()
-    {
+    if dir.join("diffusion_pytorch_model.safetensors.index.json").exists() {
         bail!(
             "{}: sharded weights (diffusion_pytorch_model.safetensors.index.json) are not \
              supported; save the U-Net as one safetensors file",
@@ -620,10 +518,7 @@ fn weights_in(dir: &Path) -> Result<PathBuf> {
 fn schedule_from(candidates: &[PathBuf]) -> Result<(Schedule, String)> {
     for c in candidates {
         if c.is_file() {
-            return Ok((
-                load_scheduler_config(c)?,
-                format!("schedule from {}", c.display()),
-            ));
+            return Ok((load_scheduler_config(c)?, format!("schedule from {}", c.display())));
         }
     }
     Ok((
@@ -632,21 +527,10 @@ fn schedule_from(candidates: &[PathBuf]) -> Result<(Schedule, String)> {
     ))
 }
 
-fn finish(
-    arch: UNetArch,
-    schedule: Schedule,
-    weights: &Path,
-    source: String,
-) -> Result<LoadedModel> {
+fn finish(arch: UNetArch, schedule: Schedule, weights: &Path, source: String) -> Result<LoadedModel> {
     let tensors = load_tensors(weights, &arch)?;
     let hash = model_hash(&tensors, &schedule);
-    Ok(LoadedModel {
-        arch,
-        schedule,
-        tensors,
-        hash,
-        source,
-    })
+    Ok(LoadedModel { arch, schedule, tensors, hash, source })
 }
 
 /// Loads a UNet2DModel folder; the schedule comes from the first existing file in
@@ -656,28 +540,18 @@ fn load_unet_folder(dir: &Path, schedulers: &[PathBuf], what: &str) -> Result<Lo
     let arch = load_diffusers_unet_config(&cfg)?;
     let weights = weights_in(dir)?;
     let (schedule, sched_src) = schedule_from(schedulers)?;
-    let source = format!(
-        "{what} {} (weights {}; {sched_src})",
-        dir.display(),
-        weights.display()
-    );
+    let source = format!("{what} {} (weights {}; {sched_src})", dir.display(), weights.display());
     finish(arch, schedule, &weights, source)
 }
 
 fn check_model_index(dir: &Path) -> Result<()> {
     let p = dir.join("model_index.json");
-    let text =
-        std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+    let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
     let v: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", p.display()))?;
-    let m = v
-        .as_object()
-        .ok_or_else(|| anyhow!("{}: not a JSON object", p.display()))?;
+    let m = v.as_object().ok_or_else(|| anyhow!("{}: not a JSON object", p.display()))?;
     for latent in ["vqvae", "vae"] {
-        if m.get(latent)
-            .map(|x| !x.is_null() && x != &serde_json::json!([null, null]))
-            == Some(true)
-        {
+        if m.get(latent).map(|x| !x.is_null() && x != &serde_json::json!([null, null])) == Some(true) {
             bail!(
                 "{}: a latent-diffusion pipeline (has a {latent}); only pixel-space U-Nets are \
                  supported",
@@ -700,11 +574,7 @@ fn check_model_index(dir: &Path) -> Result<()> {
 ///   or a diffusers `config.json`) or by the `preset` name.
 ///
 /// Without a scheduler config the betas are DDPM linear 1e-4..0.02 over 1000.
-pub fn load_model(
-    path: &Path,
-    config: Option<&Path>,
-    preset_name: Option<&str>,
-) -> Result<LoadedModel> {
+pub fn load_model(path: &Path, config: Option<&Path>, preset_name: Option<&str>) -> Result<LoadedModel> {
     if !path.exists() {
         bail!("model path {} does not exist", path.display());
     }
@@ -727,45 +597,27 @@ pub fn load_model(
                 (path.to_path_buf(), "diffusers pipeline (flat layout)")
             };
             if !unet.join("config.json").is_file() {
-                bail!(
-                    "{}: pipeline folder without a unet config.json",
-                    path.display()
-                );
+                bail!("{}: pipeline folder without a unet config.json", path.display());
             }
             // as diffusers: the scheduler/ subfolder, else the root
-            let scheds = [
-                path.join("scheduler").join("scheduler_config.json"),
-                path.join("scheduler_config.json"),
-            ];
+            let scheds = [path.join("scheduler").join("scheduler_config.json"), path.join("scheduler_config.json")];
             return load_unet_folder(&unet, &scheds, what);
         }
         if path.join("config.json").is_file() {
-            let parent_sched = path
-                .parent()
-                .map(|p| p.join("scheduler").join("scheduler_config.json"));
+            let parent_sched = path.parent().map(|p| p.join("scheduler").join("scheduler_config.json"));
             let in_pipeline = path.file_name().map(|n| n == "unet").unwrap_or(false)
-                || path
-                    .parent()
-                    .map(|p| p.join("model_index.json").is_file())
-                    .unwrap_or(false);
+                || path.parent().map(|p| p.join("model_index.json").is_file()).unwrap_or(false);
             let mut scheds = vec![path.join("scheduler_config.json")];
             if in_pipeline {
                 scheds.extend(parent_sched);
             }
             return load_unet_folder(path, &scheds, "diffusers UNet2DModel folder");
         }
-        bail!(
-            "{}: not a diffusers model folder (no config.json or model_index.json)",
-            path.display()
-        );
+        bail!("{}: not a diffusers model folder (no config.json or model_index.json)", path.display());
     }
 
     // A single file.
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_ascii_lowercase();
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     if matches!(ext.as_str(), "ckpt" | "pt" | "pth" | "bin" | "pkl") {
         bail!(
             "{}: PyTorch pickle checkpoints are not read; convert it to .safetensors \
@@ -796,26 +648,17 @@ pub fn load_model(
         }
     };
     let (schedule, sched_src) = match &mc.betas {
-        Some(b) => (
-            Schedule::from_betas(b),
-            format!("schedule from {}", mc.source),
-        ),
+        Some(b) => (Schedule::from_betas(b), format!("schedule from {}", mc.source)),
         None => {
             // A diffusers config.json: look for the scheduler beside it.
             let dir = config.and_then(Path::parent).unwrap_or(Path::new("."));
             schedule_from(&[
                 dir.join("scheduler_config.json"),
-                dir.join("..")
-                    .join("scheduler")
-                    .join("scheduler_config.json"),
+                dir.join("..").join("scheduler").join("scheduler_config.json"),
             ])?
         }
     };
-    let source = format!(
-        "{} (architecture from {}; {sched_src})",
-        path.display(),
-        mc.source
-    );
+    let source = format!("{} (architecture from {}; {sched_src})", path.display(), mc.source);
     finish(mc.arch, schedule, path, source)
 }
 

@@ -16,10 +16,7 @@ const PB: usize = 128;
 pub(super) fn attention(be: &CpuBackend, qkv: A, heads: usize, out: A) -> Result<()> {
     check_region(&out, "attention out")?;
     let c = out.c;
-    ensure!(
-        heads >= 1 && c.is_multiple_of(heads),
-        "attention: {c} channels in {heads} heads"
-    );
+    ensure!(heads >= 1 && c.is_multiple_of(heads), "attention: {c} channels in {heads} heads");
     check_input(&qkv, 3 * c, out.h, out.w, out.n, "attention qkv")?;
     check_disjoint(&out, &[Some(&qkv)], "attention")?;
     if out.is_empty() {
@@ -45,32 +42,16 @@ pub(super) fn attention(be: &CpuBackend, qkv: A, heads: usize, out: A) -> Result
             let v = k.add(c * t);
             let s = st.as_mut_ptr();
             std::slice::from_raw_parts_mut(s, t * np).fill(0.0);
-            let kt = MatRef {
-                ptr: k,
-                rs: 1,
-                cs: t as isize,
-            };
-            let qb = MatRef {
-                ptr: q.add(p0),
-                rs: t as isize,
-                cs: 1,
-            };
+            let kt = MatRef { ptr: k, rs: 1, cs: t as isize };
+            let qb = MatRef { ptr: q.add(p0), rs: t as isize, cs: 1 };
             gemm(t, np, d, kt, qb, s, np, &mut apack, &mut bpack);
             softmax_columns(std::slice::from_raw_parts_mut(s, t * np), np, scale);
             let dst = o.get().add((b * c + hd * d) * t + p0);
             for r in 0..d {
                 std::slice::from_raw_parts_mut(dst.add(r * t), np).fill(0.0);
             }
-            let va = MatRef {
-                ptr: v,
-                rs: t as isize,
-                cs: 1,
-            };
-            let sb = MatRef {
-                ptr: s,
-                rs: np as isize,
-                cs: 1,
-            };
+            let va = MatRef { ptr: v, rs: t as isize, cs: 1 };
+            let sb = MatRef { ptr: s, rs: np as isize, cs: 1 };
             gemm(d, np, t, va, sb, dst, t, &mut apack, &mut bpack);
         }
     });
@@ -109,14 +90,10 @@ mod tests {
         let be = CpuBackend::new(threads);
         let t = h * w;
         // Scaled up so the softmax is far from uniform.
-        let qd: Vec<f32> = rand_vec(7, nq * 3 * c * t)
-            .iter()
-            .map(|v| v * 3.0)
-            .collect();
+        let qd: Vec<f32> = rand_vec(7, nq * 3 * c * t).iter().map(|v| v * 3.0).collect();
         let qb = place(&be, &qd);
         let ob = poisoned(&be, n * c * t);
-        be.attention(act(&qb, nq, 3 * c, h, w), heads, act(&ob, n, c, h, w))
-            .unwrap();
+        be.attention(act(&qb, nq, 3 * c, h, w), heads, act(&ob, n, c, h, w)).unwrap();
         let got = read(&be, &ob, n * c * t);
         let d = c / heads;
         let mut want = vec![0f64; n * c * t];
@@ -126,10 +103,7 @@ mod tests {
                 for p in 0..t {
                     let logits: Vec<f64> = (0..t)
                         .map(|s| {
-                            (0..d)
-                                .map(|i| x(hd * d + i, p) * x(c + hd * d + i, s))
-                                .sum::<f64>()
-                                / (d as f64).sqrt()
+                            (0..d).map(|i| x(hd * d + i, p) * x(c + hd * d + i, s)).sum::<f64>() / (d as f64).sqrt()
                         })
                         .collect();
                     let m = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -137,8 +111,7 @@ mod tests {
                     let z: f64 = e.iter().sum();
                     for i in 0..d {
                         let ch = hd * d + i;
-                        want[(b * c + ch) * t + p] =
-                            (0..t).map(|s| e[s] / z * x(2 * c + ch, s)).sum();
+                        want[(b * c + ch) * t + p] = (0..t).map(|s| e[s] / z * x(2 * c + ch, s)).sum();
                     }
                 }
             }

@@ -11,8 +11,7 @@ use anyhow::{ensure, Result};
 use super::gemm::{self, MatRef, KC, MR, NR};
 use super::threads::{par_for, workers_for, SyncPtr};
 use super::{
-    base, check_cat, check_disjoint, check_input, check_region, check_vector, sample_ptr,
-    CpuBackend, WeightKind,
+    base, check_cat, check_disjoint, check_input, check_region, check_vector, sample_ptr, CpuBackend, WeightKind,
 };
 use crate::backend::Conv2d;
 
@@ -23,18 +22,7 @@ const NC: usize = 512;
 pub(super) fn pack_weight(w: &[f32], cout: usize, kk: usize) -> Vec<f32> {
     let mut dst = vec![0f32; gemm::packed_a_len(cout, kk)];
     // SAFETY: `w` holds `cout * kk` floats (checked by the caller), `dst` is sized for it.
-    unsafe {
-        gemm::pack_a(
-            MatRef {
-                ptr: w.as_ptr(),
-                rs: kk as isize,
-                cs: 1,
-            },
-            cout,
-            kk,
-            &mut dst,
-        )
-    };
+    unsafe { gemm::pack_a(MatRef { ptr: w.as_ptr(), rs: kk as isize, cs: 1 }, cout, kk, &mut dst) };
     dst
 }
 
@@ -43,35 +31,14 @@ pub(super) fn conv2d(be: &CpuBackend, p: &Conv2d<'_, CpuBackend>) -> Result<()> 
     check_region(out, "conv2d out")?;
     check_cat(&p.x, out.n, "conv2d x")?;
     let wt = p.w;
-    ensure!(
-        wt.kind == WeightKind::Conv,
-        "conv2d: weight uploaded as {:?}",
-        wt.kind
-    );
+    ensure!(wt.kind == WeightKind::Conv, "conv2d: weight uploaded as {:?}", wt.kind);
     let (cout, cin, k) = (wt.shape[0], wt.shape[1], wt.shape[2]);
-    ensure!(
-        p.k == k,
-        "conv2d: k = {} but the weight is {:?}",
-        p.k,
-        wt.shape
-    );
-    ensure!(
-        cin == p.x.channels(),
-        "conv2d: weight expects {cin} input channels, got {}",
-        p.x.channels()
-    );
-    ensure!(
-        out.c == cout,
-        "conv2d: weight has {cout} output channels, out has {}",
-        out.c
-    );
+    ensure!(p.k == k, "conv2d: k = {} but the weight is {:?}", p.k, wt.shape);
+    ensure!(cin == p.x.channels(), "conv2d: weight expects {cin} input channels, got {}", p.x.channels());
+    ensure!(out.c == cout, "conv2d: weight has {cout} output channels, out has {}", out.c);
     check_vector(p.bias, cout, "conv2d bias")?;
     ensure!(p.stride >= 1, "conv2d: stride 0");
-    ensure!(
-        p.pad.iter().all(|&v| v < 1 << 20),
-        "conv2d: absurd padding {:?}",
-        p.pad
-    );
+    ensure!(p.pad.iter().all(|&v| v < 1 << 20), "conv2d: absurd padding {:?}", p.pad);
     let up = p.upsample as usize;
     let (h, w) = (p.x.a.h, p.x.a.w);
     let (hu, wu) = (h << up, w << up);
@@ -84,24 +51,14 @@ pub(super) fn conv2d(be: &CpuBackend, p: &Conv2d<'_, CpuBackend>) -> Result<()> 
     );
     let ho = (hu + pt + pb - k) / p.stride + 1;
     let wo = (wu + pl + pr - k) / p.stride + 1;
-    ensure!(
-        (out.h, out.w) == (ho, wo),
-        "conv2d: output is {}x{}, the conv gives {ho}x{wo}",
-        out.h,
-        out.w
-    );
+    ensure!((out.h, out.w) == (ho, wo), "conv2d: output is {}x{}, the conv gives {ho}x{wo}", out.h, out.w);
     if let Some(t) = &p.temb {
         check_input(t, cout, 1, 1, out.n, "conv2d temb")?;
     }
     if let Some(r) = &p.residual {
         check_input(r, cout, ho, wo, out.n, "conv2d residual")?;
     }
-    let inputs = [
-        Some(&p.x.a),
-        p.x.b.as_ref(),
-        p.temb.as_ref(),
-        p.residual.as_ref(),
-    ];
+    let inputs = [Some(&p.x.a), p.x.b.as_ref(), p.temb.as_ref(), p.residual.as_ref()];
     check_disjoint(out, &inputs, "conv2d")?;
     if out.is_empty() {
         return Ok(());
@@ -135,10 +92,7 @@ pub(super) fn conv2d(be: &CpuBackend, p: &Conv2d<'_, CpuBackend>) -> Result<()> 
     let mut padded = be.pool.take(if direct { 0 } else { cin * hp * wp });
     for b in 0..out.n {
         let a_ptr = SyncPtr(sample_ptr(&p.x.a, b) as *mut f32);
-        let b_ptr =
-            p.x.b
-                .as_ref()
-                .map(|x| SyncPtr(sample_ptr(x, b) as *mut f32));
+        let b_ptr = p.x.b.as_ref().map(|x| SyncPtr(sample_ptr(x, b) as *mut f32));
         let ca = p.x.a.c;
         // Input channel `ci` of the concat. SAFETY: regions validated.
         let plane = |ci: usize| -> *const f32 {
@@ -167,9 +121,7 @@ pub(super) fn conv2d(be: &CpuBackend, p: &Conv2d<'_, CpuBackend>) -> Result<()> 
                 pad_plane(sp, w, up, [pt, pl, pb, pr], wp, d);
             });
             // SAFETY: plane offsets within `padded`.
-            (0..cin)
-                .map(|ci| SyncPtr(unsafe { dst.get().add(ci * hp * wp) }))
-                .collect()
+            (0..cin).map(|ci| SyncPtr(unsafe { dst.get().add(ci * hp * wp) })).collect()
         };
         let planes = &planes;
         par_for(workers, nb * mb, |item| {
@@ -259,20 +211,9 @@ unsafe fn init_output(
 /// Packs im2col rows (`taps`: each the address of tap `(ci, ky, kx)` for output pixel
 /// (0, 0) on the padded grid) x output pixels `p0..p0+n` into B panels. Every read is
 /// in bounds by construction, so the loops carry no checks.
-unsafe fn pack_cols(
-    taps: &[*const f32],
-    wp: usize,
-    s: usize,
-    wo: usize,
-    p0: usize,
-    n: usize,
-    dst: &mut [f32],
-) {
+unsafe fn pack_cols(taps: &[*const f32], wp: usize, s: usize, wo: usize, p0: usize, n: usize, dst: &mut [f32]) {
     let kc = taps.len();
-    for (j, panel) in dst[..n.div_ceil(NR) * NR * kc]
-        .chunks_exact_mut(NR * kc)
-        .enumerate()
-    {
+    for (j, panel) in dst[..n.div_ceil(NR) * NR * kc].chunks_exact_mut(NR * kc).enumerate() {
         let q = p0 + j * NR;
         let cols = NR.min(n - j * NR);
         // Offset of each pixel's receptive field; absent pixels repeat the first (their
@@ -356,20 +297,13 @@ mod tests {
         let td = rand_vec(seed + 4, cs.temb_n * cs.cout);
         let rd = rand_vec(seed + 5, cs.res_n * cs.cout * ho * wo);
 
-        let (ba, bb, bt, br) = (
-            place(&be, &xa),
-            place(&be, &xb),
-            place(&be, &td),
-            place(&be, &rd),
-        );
+        let (ba, bb, bt, br) = (place(&be, &xa), place(&be, &xb), place(&be, &td), place(&be, &rd));
         let olen = cs.n * cs.cout * ho * wo;
         let bo = poisoned(&be, olen);
         let wt = weight(&be, &[cs.cout, cin, k, k], wd.clone(), WeightKind::Conv);
         let bias = weight(&be, &[cs.cout], bd.clone(), WeightKind::Vector);
-        let x = Cat {
-            a: act(&ba, cs.na, cs.ca, cs.h, cs.w),
-            b: (cs.cb > 0).then(|| act(&bb, cs.nb, cs.cb, cs.h, cs.w)),
-        };
+        let x =
+            Cat { a: act(&ba, cs.na, cs.ca, cs.h, cs.w), b: (cs.cb > 0).then(|| act(&bb, cs.nb, cs.cb, cs.h, cs.w)) };
         let p = Conv2d::<CpuBackend> {
             x,
             w: &wt,
@@ -409,15 +343,13 @@ mod tests {
                                     } else {
                                         xb[((b % cs.nb) * cs.cb + ci - cs.ca) * hw + iy * cs.w + ix]
                                     };
-                                    acc +=
-                                        v as f64 * wd[((co * cin + ci) * k + ky) * k + kx] as f64;
+                                    acc += v as f64 * wd[((co * cin + ci) * k + ky) * k + kx] as f64;
                                 }
                             }
                         }
                         let o = ((b * cs.cout + co) * ho + oy) * wo + ox;
                         if cs.res_n > 0 {
-                            acc += rd[(b % cs.res_n) * cs.cout * ho * wo + o % (cs.cout * ho * wo)]
-                                as f64;
+                            acc += rd[(b % cs.res_n) * cs.cout * ho * wo + o % (cs.cout * ho * wo)] as f64;
                         }
                         want[o] = acc;
                     }
@@ -435,260 +367,55 @@ mod tests {
 
     #[test]
     fn conv_concat_odd_channels() {
-        run(
-            Case {
-                n: 2,
-                na: 2,
-                ca: 5,
-                nb: 2,
-                cb: 3,
-                h: 9,
-                w: 11,
-                cout: 33,
-                ..BASE
-            },
-            2,
-        );
-        run(
-            Case {
-                n: 1,
-                ca: 33,
-                nb: 1,
-                cb: 5,
-                h: 5,
-                w: 19,
-                cout: 7,
-                ..BASE
-            },
-            3,
-        );
+        run(Case { n: 2, na: 2, ca: 5, nb: 2, cb: 3, h: 9, w: 11, cout: 33, ..BASE }, 2);
+        run(Case { n: 1, ca: 33, nb: 1, cb: 5, h: 5, w: 19, cout: 7, ..BASE }, 3);
     }
 
     #[test]
     fn conv_broadcast_temb_residual() {
-        run(
-            Case {
-                n: 4,
-                na: 1,
-                ca: 5,
-                nb: 2,
-                cb: 3,
-                cout: 9,
-                temb_n: 1,
-                res_n: 4,
-                ..BASE
-            },
-            4,
-        );
-        run(
-            Case {
-                n: 2,
-                na: 2,
-                ca: 4,
-                temb_n: 2,
-                res_n: 1,
-                cout: 13,
-                h: 6,
-                w: 17,
-                ..BASE
-            },
-            5,
-        );
+        run(Case { n: 4, na: 1, ca: 5, nb: 2, cb: 3, cout: 9, temb_n: 1, res_n: 4, ..BASE }, 4);
+        run(Case { n: 2, na: 2, ca: 4, temb_n: 2, res_n: 1, cout: 13, h: 6, w: 17, ..BASE }, 5);
     }
 
     #[test]
     fn conv_upsample() {
-        run(
-            Case {
-                up: true,
-                h: 5,
-                w: 6,
-                ca: 5,
-                cout: 7,
-                ..BASE
-            },
-            6,
-        );
-        run(
-            Case {
-                up: true,
-                h: 9,
-                w: 9,
-                ca: 3,
-                nb: 1,
-                cb: 2,
-                cout: 17,
-                res_n: 1,
-                ..BASE
-            },
-            7,
-        );
+        run(Case { up: true, h: 5, w: 6, ca: 5, cout: 7, ..BASE }, 6);
+        run(Case { up: true, h: 9, w: 9, ca: 3, nb: 1, cb: 2, cout: 17, res_n: 1, ..BASE }, 7);
     }
 
     #[test]
     fn conv_stride2() {
         for (i, &(h, w)) in [(9, 9), (8, 8), (34, 37)].iter().enumerate() {
             let seed = 10 + 2 * i as u64;
-            run(
-                Case {
-                    stride: 2,
-                    pad: [0, 0, 1, 1],
-                    h,
-                    w,
-                    ca: 5,
-                    cout: 6,
-                    ..BASE
-                },
-                seed,
-            );
-            run(
-                Case {
-                    stride: 2,
-                    pad: [1, 1, 1, 1],
-                    h,
-                    w,
-                    ca: 3,
-                    cout: 7,
-                    ..BASE
-                },
-                seed + 1,
-            );
+            run(Case { stride: 2, pad: [0, 0, 1, 1], h, w, ca: 5, cout: 6, ..BASE }, seed);
+            run(Case { stride: 2, pad: [1, 1, 1, 1], h, w, ca: 3, cout: 7, ..BASE }, seed + 1);
         }
         // Stride 2 over an up-sampled input with uneven padding.
-        run(
-            Case {
-                stride: 2,
-                pad: [2, 0, 1, 3],
-                up: true,
-                h: 5,
-                w: 7,
-                ..BASE
-            },
-            20,
-        );
+        run(Case { stride: 2, pad: [2, 0, 1, 3], up: true, h: 5, w: 7, ..BASE }, 20);
     }
 
     #[test]
     fn conv_1x1() {
-        run(
-            Case {
-                k: 1,
-                pad: [0; 4],
-                ca: 33,
-                cout: 17,
-                h: 6,
-                w: 5,
-                res_n: 1,
-                ..BASE
-            },
-            21,
-        );
-        run(
-            Case {
-                k: 1,
-                pad: [0; 4],
-                n: 2,
-                na: 1,
-                ca: 3,
-                nb: 2,
-                cb: 5,
-                cout: 6,
-                h: 17,
-                w: 16,
-                ..BASE
-            },
-            22,
-        );
+        run(Case { k: 1, pad: [0; 4], ca: 33, cout: 17, h: 6, w: 5, res_n: 1, ..BASE }, 21);
+        run(Case { k: 1, pad: [0; 4], n: 2, na: 1, ca: 3, nb: 2, cb: 5, cout: 6, h: 17, w: 16, ..BASE }, 22);
     }
 
     #[test]
     fn conv_unpadded() {
         // No padding and no up-sampling: the input planes are read in place.
-        run(
-            Case {
-                pad: [0; 4],
-                ca: 5,
-                cout: 7,
-                h: 9,
-                w: 20,
-                ..BASE
-            },
-            26,
-        );
-        run(
-            Case {
-                k: 1,
-                stride: 2,
-                pad: [0; 4],
-                ca: 6,
-                nb: 1,
-                cb: 3,
-                cout: 5,
-                h: 9,
-                w: 8,
-                ..BASE
-            },
-            27,
-        );
-        run(
-            Case {
-                stride: 2,
-                pad: [0; 4],
-                ca: 4,
-                cout: 8,
-                h: 10,
-                w: 11,
-                ..BASE
-            },
-            28,
-        );
+        run(Case { pad: [0; 4], ca: 5, cout: 7, h: 9, w: 20, ..BASE }, 26);
+        run(Case { k: 1, stride: 2, pad: [0; 4], ca: 6, nb: 1, cb: 3, cout: 5, h: 9, w: 8, ..BASE }, 27);
+        run(Case { stride: 2, pad: [0; 4], ca: 4, cout: 8, h: 10, w: 11, ..BASE }, 28);
     }
 
     #[test]
     fn conv_blocked_and_threaded() {
         // K > KC, several pixel blocks, edge tiles in both directions, 2 workers.
-        run(
-            Case {
-                ca: 40,
-                nb: 1,
-                cb: 3,
-                cout: 70,
-                h: 40,
-                w: 41,
-                temb_n: 1,
-                res_n: 1,
-                threads: 2,
-                ..BASE
-            },
-            23,
-        );
+        run(Case { ca: 40, nb: 1, cb: 3, cout: 70, h: 40, w: 41, temb_n: 1, res_n: 1, threads: 2, ..BASE }, 23);
         // Few pixels: the cout dimension is split between workers.
-        run(
-            Case {
-                ca: 128,
-                cout: 257,
-                h: 4,
-                w: 4,
-                threads: 2,
-                ..BASE
-            },
-            24,
-        );
+        run(Case { ca: 128, cout: 257, h: 4, w: 4, threads: 2, ..BASE }, 24);
         // Batch > 1 with broadcast over threads.
-        run(
-            Case {
-                n: 3,
-                na: 1,
-                ca: 32,
-                cout: 64,
-                h: 24,
-                w: 24,
-                temb_n: 3,
-                threads: 2,
-                ..BASE
-            },
-            25,
-        );
+        run(Case { n: 3, na: 1, ca: 32, cout: 64, h: 24, w: 24, temb_n: 3, threads: 2, ..BASE }, 25);
     }
 
     #[test]
@@ -724,12 +451,7 @@ mod tests {
     #[test]
     #[ignore]
     fn conv_gflops() {
-        let shapes = [
-            (1, 256usize, 64usize),
-            (1, 128, 256),
-            (0, 256, 64),
-            (0, 128, 256),
-        ];
+        let shapes = [(1, 256usize, 64usize), (1, 128, 256), (0, 256, 64), (0, 128, 256)];
         for (threads, c, hw) in shapes {
             let be = CpuBackend::new(threads);
             let xb = place(&be, &rand_vec(1, c * hw * hw));

@@ -24,11 +24,7 @@ pub fn exp(x: f32) -> f32 {
     let p = p * r + 0.5;
     let e = p * r * r + r + 1.0;
     // bits(t) = bits(MAGIC) + n, so the biased exponent is bits(t) - bits(MAGIC) + 127.
-    let scale = t
-        .to_bits()
-        .wrapping_sub(MAGIC.to_bits())
-        .wrapping_add(127)
-        .wrapping_shl(23);
+    let scale = t.to_bits().wrapping_sub(MAGIC.to_bits()).wrapping_add(127).wrapping_shl(23);
     e * f32::from_bits(scale)
 }
 
@@ -45,9 +41,7 @@ pub(super) fn copy(be: &CpuBackend, src: A, dst: A) -> Result<()> {
     let len = dst.sample_len();
     // A copy is memory-bound; a second thread helps only for large samples.
     let workers = workers_for(be.threads, len * dst.n / 4);
-    par_for(workers, dst.n, |b| unsafe {
-        sample_mut(&dst, b).copy_from_slice(sample(&src, b))
-    });
+    par_for(workers, dst.n, |b| unsafe { sample_mut(&dst, b).copy_from_slice(sample(&src, b)) });
     Ok(())
 }
 
@@ -66,19 +60,13 @@ pub(super) fn timestep_embedding(t: &[f32], flip: bool, shift: f32, out: A) -> R
     let half = dim / 2;
     let ln_period = (10000f64).ln() as f32;
     // Same operation order as diffusers in f32: exponent / (half - shift), exp, t * f.
-    let freqs: Vec<f32> = (0..half)
-        .map(|k| ((-ln_period * k as f32) / (half as f32 - shift)).exp())
-        .collect();
+    let freqs: Vec<f32> = (0..half).map(|k| ((-ln_period * k as f32) / (half as f32 - shift)).exp()).collect();
     let p = SyncPtr(super::base(&out));
     for (b, &tb) in t.iter().enumerate() {
         // SAFETY: region validated; single-threaded, one sample at a time.
         let o = unsafe { std::slice::from_raw_parts_mut(p.get().add(b * dim), dim) };
         let (first, second) = o.split_at_mut(half);
-        let (sin, cos) = if flip {
-            (&mut second[..half], first)
-        } else {
-            (first, &mut second[..half])
-        };
+        let (sin, cos) = if flip { (&mut second[..half], first) } else { (first, &mut second[..half]) };
         for k in 0..half {
             let arg = tb * freqs[k];
             sin[k] = arg.sin();
@@ -118,10 +106,7 @@ mod tests {
         be.copy(act(&sb, 2, 3, 4, 5), act(&ob, 5, 3, 4, 5)).unwrap();
         let got = read(&be, &ob, 5 * 60);
         for b in 0..5 {
-            assert_eq!(
-                &got[b * 60..(b + 1) * 60],
-                &src[(b % 2) * 60..(b % 2 + 1) * 60]
-            );
+            assert_eq!(&got[b * 60..(b + 1) * 60], &src[(b % 2) * 60..(b % 2 + 1) * 60]);
         }
         assert!(be.copy(act(&sb, 2, 3, 4, 5), act(&ob, 1, 3, 4, 5)).is_err());
         assert!(be.copy(act(&sb, 1, 3, 4, 5), act(&ob, 2, 3, 5, 4)).is_err());
@@ -133,8 +118,7 @@ mod tests {
         let t = [0.0f32, 1.0, 37.0, 999.0];
         for &(dim, flip, shift) in &[(128usize, true, 0.0f32), (33, false, 1.0), (8, false, 0.5)] {
             let ob = poisoned(&be, 4 * dim);
-            be.timestep_embedding(&t, flip, shift, act(&ob, 4, dim, 1, 1))
-                .unwrap();
+            be.timestep_embedding(&t, flip, shift, act(&ob, 4, dim, 1, 1)).unwrap();
             let got = read(&be, &ob, 4 * dim);
             let half = dim / 2;
             // `exact`: the formula in f64; `mirror`: the spec's f32 argument, f64 sin/cos.
@@ -142,15 +126,9 @@ mod tests {
             for (b, &tb) in t.iter().enumerate() {
                 for k in 0..half {
                     let f = (-(10000f64.ln()) * k as f64 / (half as f64 - shift as f64)).exp();
-                    let f32_arg =
-                        tb * ((-(10000f64.ln() as f32) * k as f32) / (half as f32 - shift)).exp();
-                    for (want, arg) in [(&mut exact, tb as f64 * f), (&mut mirror, f32_arg as f64)]
-                    {
-                        let (x, y) = if flip {
-                            (arg.cos(), arg.sin())
-                        } else {
-                            (arg.sin(), arg.cos())
-                        };
+                    let f32_arg = tb * ((-(10000f64.ln() as f32) * k as f32) / (half as f32 - shift)).exp();
+                    for (want, arg) in [(&mut exact, tb as f64 * f), (&mut mirror, f32_arg as f64)] {
+                        let (x, y) = if flip { (arg.cos(), arg.sin()) } else { (arg.sin(), arg.cos()) };
                         want[b * dim + k] = x;
                         want[b * dim + half + k] = y;
                     }
@@ -160,13 +138,9 @@ mod tests {
             // Rounding the argument to f32 at t ~ 1000 costs ~1e-5 against pure f64.
             let e = rel_err(&got, &exact);
             assert!(e < 5e-5, "dim {dim}: {e:e}");
-            assert!(got[..]
-                .chunks(dim)
-                .all(|r| dim % 2 == 0 || r[dim - 1] == 0.0));
+            assert!(got[..].chunks(dim).all(|r| dim % 2 == 0 || r[dim - 1] == 0.0));
         }
         let ob = poisoned(&be, 8);
-        assert!(be
-            .timestep_embedding(&t[..3], false, 0.0, act(&ob, 4, 2, 1, 1))
-            .is_err());
+        assert!(be.timestep_embedding(&t[..3], false, 0.0, act(&ob, 4, 2, 1, 1)).is_err());
     }
 }

@@ -28,10 +28,7 @@ impl MatRef {
     /// # Safety
     /// `(i, j)` must lie inside the viewed allocation.
     unsafe fn at(self, i: usize, j: usize) -> Self {
-        Self {
-            ptr: self.ptr.offset(i as isize * self.rs + j as isize * self.cs),
-            ..self
-        }
+        Self { ptr: self.ptr.offset(i as isize * self.rs + j as isize * self.cs), ..self }
     }
 }
 
@@ -69,10 +66,7 @@ pub fn packed_a_len(m: usize, k: usize) -> usize {
 /// # Safety
 /// `a` must be readable over `m x k`; `dst.len() >= packed_a_len(m, k)`.
 pub unsafe fn pack_a(a: MatRef, m: usize, k: usize, dst: &mut [f32]) {
-    for (i, panel) in dst[..packed_a_len(m, k)]
-        .chunks_exact_mut(MR * k)
-        .enumerate()
-    {
+    for (i, panel) in dst[..packed_a_len(m, k)].chunks_exact_mut(MR * k).enumerate() {
         let rows = MR.min(m - i * MR);
         if a.rs == 1 && rows == MR {
             // Column-major source (a transposed operand): MR contiguous floats per k.
@@ -89,10 +83,7 @@ pub unsafe fn pack_a(a: MatRef, m: usize, k: usize, dst: &mut [f32]) {
             let src = a.at(i * MR + r, 0);
             if src.cs == 1 {
                 let row = std::slice::from_raw_parts(src.ptr, k);
-                panel
-                    .chunks_exact_mut(MR)
-                    .zip(row)
-                    .for_each(|(d, &v)| d[r] = v);
+                panel.chunks_exact_mut(MR).zip(row).for_each(|(d, &v)| d[r] = v);
             } else {
                 for (p, d) in panel.chunks_exact_mut(MR).enumerate() {
                     d[r] = load(src.ptr.wrapping_offset(p as isize * src.cs));
@@ -208,16 +199,7 @@ unsafe fn macro_generic(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn macro_avx2(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: *const f32,
-    a_ps: usize,
-    b: *const f32,
-    c: *mut f32,
-    ldc: usize,
-) {
+unsafe fn macro_avx2(m: usize, n: usize, k: usize, a: *const f32, a_ps: usize, b: *const f32, c: *mut f32, ldc: usize) {
     macro_body!(ukr_avx2, m, n, k, a, a_ps, b, c, ldc)
 }
 
@@ -355,16 +337,7 @@ pub unsafe fn gemm(
             for ic in (0..m).step_by(MC) {
                 let mc = MC.min(m - ic);
                 pack_a(a.at(ic, pc), mc, kc, apack);
-                macro_kernel(
-                    mc,
-                    nc,
-                    kc,
-                    apack.as_ptr(),
-                    MR * kc,
-                    bpack.as_ptr(),
-                    c.add(ic * ldc + jc),
-                    ldc,
-                );
+                macro_kernel(mc, nc, kc, apack.as_ptr(), MR * kc, bpack.as_ptr(), c.add(ic * ldc + jc), ldc);
             }
         }
     }
@@ -396,40 +369,17 @@ mod tests {
     #[test]
     fn kernels_agree() {
         let (m, n, k) = (23usize, 37usize, 41usize);
-        let (mut ap, mut bp) = (
-            vec![0f32; packed_a_len(m, k)],
-            vec![0f32; n.div_ceil(NR) * NR * k],
-        );
+        let (mut ap, mut bp) = (vec![0f32; packed_a_len(m, k)], vec![0f32; n.div_ceil(NR) * NR * k]);
         let (a, b) = (rng_vec(4, m * k), rng_vec(5, k * n));
         let c0 = rng_vec(6, m * n);
         unsafe {
-            pack_a(
-                MatRef {
-                    ptr: a.as_ptr(),
-                    rs: k as isize,
-                    cs: 1,
-                },
-                m,
-                k,
-                &mut ap,
-            );
-            pack_b(
-                MatRef {
-                    ptr: b.as_ptr(),
-                    rs: n as isize,
-                    cs: 1,
-                },
-                k,
-                n,
-                &mut bp,
-            );
+            pack_a(MatRef { ptr: a.as_ptr(), rs: k as isize, cs: 1 }, m, k, &mut ap);
+            pack_b(MatRef { ptr: b.as_ptr(), rs: n as isize, cs: 1 }, k, n, &mut bp);
         }
         let mut want = vec![0f32; m * n];
         for i in 0..m {
             for j in 0..n {
-                let s: f64 = (0..k)
-                    .map(|p| a[i * k + p] as f64 * b[p * n + j] as f64)
-                    .sum();
+                let s: f64 = (0..k).map(|p| a[i * k + p] as f64 * b[p * n + j] as f64).sum();
                 want[i * n + j] = (s + c0[i * n + j] as f64) as f32;
             }
         }
@@ -458,16 +408,8 @@ mod tests {
                     m,
                     n,
                     k,
-                    MatRef {
-                        ptr: at.as_ptr(),
-                        rs: 1,
-                        cs: m as isize,
-                    },
-                    MatRef {
-                        ptr: b.as_ptr(),
-                        rs: n as isize,
-                        cs: 1,
-                    },
+                    MatRef { ptr: at.as_ptr(), rs: 1, cs: m as isize },
+                    MatRef { ptr: b.as_ptr(), rs: n as isize, cs: 1 },
                     c.as_mut_ptr(),
                     n,
                     &mut ap,

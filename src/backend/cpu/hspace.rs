@@ -20,10 +20,7 @@ fn slerp_coeffs(gamma: f64, n0: f64, n1: f64, dot: f64) -> (f64, f64) {
     if st < 1e-6 {
         return lerp;
     }
-    (
-        (theta - gamma * theta).sin() / st,
-        (gamma * theta).sin() / st,
-    )
+    ((theta - gamma * theta).sin() / st, (gamma * theta).sin() / st)
 }
 
 /// Accumulated `(|a|^2, |b|^2, <a, b>)` in f64, each term weighted by `m^2`.
@@ -89,56 +86,31 @@ mod tests {
     fn reference(h: &[f32], hc: &[f32], gamma: f64, mask: Option<&[f32]>) -> Vec<f64> {
         let hw = mask.map_or(1, |m| m.len());
         let m = |i: usize| mask.map_or(1.0, |m| m[i % hw] as f64);
-        let v0: Vec<f64> = h
-            .iter()
-            .enumerate()
-            .map(|(i, &x)| x as f64 * m(i))
-            .collect();
-        let mut v1: Vec<f64> = hc
-            .iter()
-            .enumerate()
-            .map(|(i, &x)| x as f64 * m(i))
-            .collect();
+        let v0: Vec<f64> = h.iter().enumerate().map(|(i, &x)| x as f64 * m(i)).collect();
+        let mut v1: Vec<f64> = hc.iter().enumerate().map(|(i, &x)| x as f64 * m(i)).collect();
         let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
         if mask.is_none() {
             let (nh, nc) = (norm(&v0), norm(&v1));
-            v1.iter_mut()
-                .for_each(|x| *x = if nc > 0.0 { *x * nh / nc } else { 0.0 });
+            v1.iter_mut().for_each(|x| *x = if nc > 0.0 { *x * nh / nc } else { 0.0 });
         }
         let (n0, n1) = (norm(&v0), norm(&v1));
         let (s0, s1) = if n0 == 0.0 || n1 == 0.0 {
             (1.0 - gamma, gamma)
         } else {
-            let dot = v0
-                .iter()
-                .zip(&v1)
-                .map(|(a, b)| a / n0 * b / n1)
-                .sum::<f64>()
-                .clamp(-1.0, 1.0);
+            let dot = v0.iter().zip(&v1).map(|(a, b)| a / n0 * b / n1).sum::<f64>().clamp(-1.0, 1.0);
             let th = dot.acos();
             if th.sin() < 1e-6 {
                 (1.0 - gamma, gamma)
             } else {
-                (
-                    (th - gamma * th).sin() / th.sin(),
-                    (gamma * th).sin() / th.sin(),
-                )
+                ((th - gamma * th).sin() / th.sin(), (gamma * th).sin() / th.sin())
             }
         };
-        (0..h.len())
-            .map(|i| s0 * v0[i] + s1 * v1[i] + (1.0 - m(i)) * h[i] as f64)
-            .collect()
+        (0..h.len()).map(|i| s0 * v0[i] + s1 * v1[i] + (1.0 - m(i)) * h[i] as f64).collect()
     }
 
     /// Runs the op on a batch whose samples are `(h, hc)` pairs (broadcasting `hc` when
     /// only one is given) and checks it against the reference.
-    fn check(
-        pairs: &[(Vec<f32>, Vec<f32>)],
-        shared_hc: bool,
-        mask: Option<&[f32]>,
-        gamma: f32,
-        hw: (usize, usize),
-    ) {
+    fn check(pairs: &[(Vec<f32>, Vec<f32>)], shared_hc: bool, mask: Option<&[f32]>, gamma: f32, hw: (usize, usize)) {
         let be = CpuBackend::new(1);
         let n = pairs.len();
         let len = pairs[0].0.len();
@@ -146,21 +118,11 @@ mod tests {
         let hd: Vec<f32> = pairs.iter().flat_map(|p| p.0.clone()).collect();
         let nc = if shared_hc { 1 } else { n };
         let cd: Vec<f32> = pairs[..nc].iter().flat_map(|p| p.1.clone()).collect();
-        let (hb, cb, mb) = (
-            place(&be, &hd),
-            place(&be, &cd),
-            place(&be, mask.unwrap_or(&[])),
-        );
+        let (hb, cb, mb) = (place(&be, &hd), place(&be, &cd), place(&be, mask.unwrap_or(&[])));
         let ob = poisoned(&be, n * len);
         let m = mask.map(|_| act(&mb, 1, 1, hw.0, hw.1));
-        be.hspace_mix(
-            act(&hb, n, c, hw.0, hw.1),
-            act(&cb, nc, c, hw.0, hw.1),
-            gamma,
-            m,
-            act(&ob, n, c, hw.0, hw.1),
-        )
-        .unwrap();
+        be.hspace_mix(act(&hb, n, c, hw.0, hw.1), act(&cb, nc, c, hw.0, hw.1), gamma, m, act(&ob, n, c, hw.0, hw.1))
+            .unwrap();
         let got = read(&be, &ob, n * len);
         for (b, p) in pairs.iter().enumerate() {
             let hc = if shared_hc { &pairs[0].1 } else { &p.1 };
@@ -178,9 +140,7 @@ mod tests {
     fn hspace_random_and_broadcast() {
         let (c, hw) = (16, (8, 8));
         let len = c * 64;
-        let pairs: Vec<_> = (0..3)
-            .map(|s| (rand_vec(10 + s, len), rand_vec(20 + s, len)))
-            .collect();
+        let pairs: Vec<_> = (0..3).map(|s| (rand_vec(10 + s, len), rand_vec(20 + s, len))).collect();
         check(&pairs, false, None, 0.3, hw);
         check(&pairs, true, None, 0.7, hw);
         // Very different norms: hc is rescaled to |h|.
@@ -209,20 +169,9 @@ mod tests {
         // Parallel vectors give h back exactly (lerp of two equal vectors).
         let be = CpuBackend::new(1);
         let (hb, ob) = (place(&be, &h), poisoned(&be, len));
-        be.hspace_mix(
-            act(&hb, 1, 5, 3, 4),
-            act(&hb, 1, 5, 3, 4),
-            0.3,
-            None,
-            act(&ob, 1, 5, 3, 4),
-        )
-        .unwrap();
+        be.hspace_mix(act(&hb, 1, 5, 3, 4), act(&hb, 1, 5, 3, 4), 0.3, None, act(&ob, 1, 5, 3, 4)).unwrap();
         let got = read(&be, &ob, len);
-        assert_close(
-            &got,
-            &h.iter().map(|&v| v as f64).collect::<Vec<_>>(),
-            "parallel",
-        );
+        assert_close(&got, &h.iter().map(|&v| v as f64).collect::<Vec<_>>(), "parallel");
     }
 
     #[test]
@@ -235,9 +184,7 @@ mod tests {
                 mask[y * 8 + x] = 1.0;
             }
         }
-        let pairs: Vec<_> = (0..2)
-            .map(|s| (rand_vec(30 + s, len), rand_vec(40 + s, len)))
-            .collect();
+        let pairs: Vec<_> = (0..2).map(|s| (rand_vec(30 + s, len), rand_vec(40 + s, len))).collect();
         check(&pairs, false, Some(&mask), 0.3, hw);
         // A soft mask, and a zero mask (output = h).
         let soft: Vec<f32> = rand_vec(50, 64).iter().map(|v| v * 0.5 + 0.5).collect();

@@ -43,10 +43,7 @@ unsafe impl Sync for CpuBuf {}
 impl CpuBuf {
     fn new(len: usize, fill: f32) -> Self {
         let b: Box<[f32]> = vec![fill; len].into_boxed_slice();
-        Self {
-            ptr: Box::into_raw(b) as *mut f32,
-            len,
-        }
+        Self { ptr: Box::into_raw(b) as *mut f32, len }
     }
     /// Length in floats.
     pub fn len(&self) -> usize {
@@ -63,11 +60,7 @@ impl CpuBuf {
 impl Drop for CpuBuf {
     fn drop(&mut self) {
         // SAFETY: `ptr`/`len` came from `Box::into_raw` of a boxed slice in `new`.
-        unsafe {
-            drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(
-                self.ptr, self.len,
-            )))
-        }
+        unsafe { drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.ptr, self.len))) }
     }
 }
 
@@ -101,15 +94,8 @@ pub struct CpuBackend {
 impl CpuBackend {
     /// `threads == 0` uses `std::thread::available_parallelism`.
     pub fn new(threads: usize) -> Self {
-        let threads = if threads == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            threads
-        };
-        Self {
-            threads,
-            pool: Pool::default(),
-        }
+        let threads = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
+        Self { threads, pool: Pool::default() }
     }
     pub fn threads(&self) -> usize {
         self.threads
@@ -128,10 +114,7 @@ type A<'a> = Act<'a, CpuBuf>;
 
 /// `act` lies inside its buffer (with overflow-checked arithmetic).
 fn check_region(a: &A, what: &str) -> Result<()> {
-    let len =
-        a.n.checked_mul(a.c)
-            .and_then(|v| v.checked_mul(a.h))
-            .and_then(|v| v.checked_mul(a.w));
+    let len = a.n.checked_mul(a.c).and_then(|v| v.checked_mul(a.h)).and_then(|v| v.checked_mul(a.w));
     let end = len.and_then(|l| a.off.checked_add(l));
     match end {
         Some(end) if end <= a.buf.len() => Ok(()),
@@ -158,11 +141,7 @@ fn check_input(inp: &A, c: usize, h: usize, w: usize, n_out: usize, what: &str) 
         inp.h,
         inp.w
     );
-    ensure!(
-        inp.n == n_out || (inp.n >= 1 && inp.n < n_out),
-        "{what}: batch {} does not broadcast to {n_out}",
-        inp.n
-    );
+    ensure!(inp.n == n_out || (inp.n >= 1 && inp.n < n_out), "{what}: batch {} does not broadcast to {n_out}", inp.n);
     Ok(())
 }
 
@@ -214,16 +193,8 @@ unsafe fn sample_mut<'a>(a: &A<'a>, b: usize) -> &'a mut [f32] {
 
 /// Checks a vector weight's length.
 fn check_vector(w: &CpuWeight, len: usize, what: &str) -> Result<()> {
-    ensure!(
-        w.kind == WeightKind::Vector,
-        "{what}: expected a vector weight, got {:?}",
-        w.kind
-    );
-    ensure!(
-        w.numel() == len,
-        "{what}: {} elements, expected {len}",
-        w.numel()
-    );
+    ensure!(w.kind == WeightKind::Vector, "{what}: expected a vector weight, got {:?}", w.kind);
+    ensure!(w.numel() == len, "{what}: {} elements, expected {len}", w.numel());
     Ok(())
 }
 
@@ -250,12 +221,7 @@ impl Backend for CpuBackend {
 
     fn upload(&self, dst: A<'_>, data: &[f32]) -> Result<()> {
         check_region(&dst, "upload")?;
-        ensure!(
-            data.len() == dst.len(),
-            "upload: {} floats for a region of {}",
-            data.len(),
-            dst.len()
-        );
+        ensure!(data.len() == dst.len(), "upload: {} floats for a region of {}", data.len(), dst.len());
         // SAFETY: region validated; `data` is host memory, not part of any CpuBuf.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), base(&dst), data.len()) };
         Ok(())
@@ -283,10 +249,7 @@ impl Backend for CpuBackend {
                 conv::pack_weight(&t.data, shape[0], shape[1] * shape[2] * shape[3])
             }
             WeightKind::Linear => {
-                ensure!(
-                    shape.len() == 2,
-                    "upload_weight: linear weight must be [out, in], got {shape:?}"
-                );
+                ensure!(shape.len() == 2, "upload_weight: linear weight must be [out, in], got {shape:?}");
                 t.data.clone()
             }
             WeightKind::Vector => t.data.clone(),
@@ -302,24 +265,11 @@ impl Backend for CpuBackend {
         elementwise::copy(self, src, dst)
     }
 
-    fn timestep_embedding(
-        &self,
-        t: &[f32],
-        flip_sin_to_cos: bool,
-        freq_shift: f32,
-        out: A<'_>,
-    ) -> Result<()> {
+    fn timestep_embedding(&self, t: &[f32], flip_sin_to_cos: bool, freq_shift: f32, out: A<'_>) -> Result<()> {
         elementwise::timestep_embedding(t, flip_sin_to_cos, freq_shift, out)
     }
 
-    fn linear(
-        &self,
-        x: A<'_>,
-        w: &CpuWeight,
-        b: &CpuWeight,
-        silu_input: bool,
-        out: A<'_>,
-    ) -> Result<()> {
+    fn linear(&self, x: A<'_>, w: &CpuWeight, b: &CpuWeight, silu_input: bool, out: A<'_>) -> Result<()> {
         linear::linear(self, x, w, b, silu_input, out)
     }
 
@@ -344,14 +294,7 @@ impl Backend for CpuBackend {
         attention::attention(self, qkv, heads, out)
     }
 
-    fn hspace_mix(
-        &self,
-        h: A<'_>,
-        hc: A<'_>,
-        gamma: f32,
-        mask: Option<A<'_>>,
-        out: A<'_>,
-    ) -> Result<()> {
+    fn hspace_mix(&self, h: A<'_>, hc: A<'_>, gamma: f32, mask: Option<A<'_>>, out: A<'_>) -> Result<()> {
         hspace::hspace_mix(h, hc, gamma, mask, out)
     }
 
@@ -359,15 +302,7 @@ impl Backend for CpuBackend {
         step::ddim_step(self, p)
     }
 
-    fn calibrate(
-        &self,
-        x: A<'_>,
-        eps: A<'_>,
-        eps_mod: A<'_>,
-        a: f32,
-        omega: f32,
-        out: A<'_>,
-    ) -> Result<()> {
+    fn calibrate(&self, x: A<'_>, eps: A<'_>, eps_mod: A<'_>, a: f32, omega: f32, out: A<'_>) -> Result<()> {
         step::calibrate(x, eps, eps_mod, a, omega, out)
     }
 }
@@ -381,11 +316,7 @@ mod tests {
     fn alloc_is_nan_and_roundtrips() {
         let be = CpuBackend::new(1);
         let buf = be.alloc(10).unwrap();
-        assert!(be
-            .download(Act::new(&buf, 0, 1, 10, 1, 1))
-            .unwrap()
-            .iter()
-            .all(|v| v.is_nan()));
+        assert!(be.download(Act::new(&buf, 0, 1, 10, 1, 1)).unwrap().iter().all(|v| v.is_nan()));
         let d = rand_vec(1, 4);
         be.upload(Act::new(&buf, 3, 1, 4, 1, 1), &d).unwrap();
         assert_eq!(be.download(Act::new(&buf, 3, 1, 2, 2, 1)).unwrap(), d);
@@ -399,47 +330,25 @@ mod tests {
     #[test]
     fn weight_shapes_are_checked() {
         let be = CpuBackend::new(1);
-        let t =
-            |shape: Vec<usize>| HostTensor::new(shape.clone(), rand_vec(1, shape.iter().product()));
-        assert!(be
-            .upload_weight(&t(vec![4, 3, 3, 2]), WeightKind::Conv)
-            .is_err());
+        let t = |shape: Vec<usize>| HostTensor::new(shape.clone(), rand_vec(1, shape.iter().product()));
+        assert!(be.upload_weight(&t(vec![4, 3, 3, 2]), WeightKind::Conv).is_err());
         assert!(be.upload_weight(&t(vec![4, 27]), WeightKind::Conv).is_err());
-        assert!(be
-            .upload_weight(&t(vec![4, 3, 1, 1]), WeightKind::Linear)
-            .is_err());
-        let w = be
-            .upload_weight(&t(vec![5, 3, 3, 3]), WeightKind::Conv)
-            .unwrap();
-        assert_eq!(
-            (w.shape(), w.kind(), w.numel()),
-            (&[5, 3, 3, 3][..], WeightKind::Conv, 135)
-        );
+        assert!(be.upload_weight(&t(vec![4, 3, 1, 1]), WeightKind::Linear).is_err());
+        let w = be.upload_weight(&t(vec![5, 3, 3, 3]), WeightKind::Conv).unwrap();
+        assert_eq!((w.shape(), w.kind(), w.numel()), (&[5, 3, 3, 3][..], WeightKind::Conv, 135));
         // A conv weight is not a bias.
         let xb = place(&be, &rand_vec(2, 3));
         let ob = poisoned(&be, 5);
-        assert!(be
-            .linear(act(&xb, 1, 3, 1, 1), &w, &w, false, act(&ob, 1, 5, 1, 1))
-            .is_err());
+        assert!(be.linear(act(&xb, 1, 3, 1, 1), &w, &w, false, act(&ob, 1, 5, 1, 1)).is_err());
     }
 
     #[test]
     fn overlap_is_an_error() {
         let be = CpuBackend::new(1);
         let buf = be.alloc(32).unwrap();
-        be.upload(Act::new(&buf, 0, 1, 32, 1, 1), &rand_vec(2, 32))
-            .unwrap();
-        assert!(be
-            .copy(
-                Act::new(&buf, 0, 1, 16, 1, 1),
-                Act::new(&buf, 8, 1, 16, 1, 1)
-            )
-            .is_err());
-        be.copy(
-            Act::new(&buf, 0, 1, 16, 1, 1),
-            Act::new(&buf, 16, 1, 16, 1, 1),
-        )
-        .unwrap();
+        be.upload(Act::new(&buf, 0, 1, 32, 1, 1), &rand_vec(2, 32)).unwrap();
+        assert!(be.copy(Act::new(&buf, 0, 1, 16, 1, 1), Act::new(&buf, 8, 1, 16, 1, 1)).is_err());
+        be.copy(Act::new(&buf, 0, 1, 16, 1, 1), Act::new(&buf, 16, 1, 16, 1, 1)).unwrap();
     }
 }
 
@@ -456,36 +365,23 @@ mod timing {
     fn cpu_op_timings() {
         let be = CpuBackend::new(0);
         let report = |what: &str, (wall, cpu): (f64, f64)| {
-            println!(
-                "{what:<48} {:>9.3} ms wall {:>9.3} ms cpu",
-                wall * 1e3,
-                cpu * 1e3
-            )
+            println!("{what:<48} {:>9.3} ms wall {:>9.3} ms cpu", wall * 1e3, cpu * 1e3)
         };
         let (c, hw) = (128, 256);
         let xb = place(&be, &rand_vec(1, 2 * c * hw * hw));
         let ob = poisoned(&be, 2 * c * hw * hw);
         let g = weight(&be, &[2 * c], rand_vec(2, 2 * c), WeightKind::Vector);
-        let x = Cat {
-            a: act(&xb, 1, c, hw, hw),
-            b: Some(Act::new(&xb, OFF + c * hw * hw, 1, c, hw, hw)),
-        };
+        let x = Cat { a: act(&xb, 1, c, hw, hw), b: Some(Act::new(&xb, OFF + c * hw * hw, 1, c, hw, hw)) };
         report(
             "group_norm+silu cat 128+128 x 256x256",
-            time_it(3, || {
-                be.group_norm(x, &g, &g, 32, 1e-6, true, act(&ob, 1, 2 * c, hw, hw))
-                    .unwrap()
-            }),
+            time_it(3, || be.group_norm(x, &g, &g, 32, 1e-6, true, act(&ob, 1, 2 * c, hw, hw)).unwrap()),
         );
         for &(c, hw, heads) in &[(256, 16, 1), (512, 32, 8)] {
             let qb = place(&be, &rand_vec(3, 3 * c * hw * hw));
             let ob = poisoned(&be, c * hw * hw);
             report(
                 &format!("attention C {c}, {} tokens, {heads} heads", hw * hw),
-                time_it(3, || {
-                    be.attention(act(&qb, 1, 3 * c, hw, hw), heads, act(&ob, 1, c, hw, hw))
-                        .unwrap()
-                }),
+                time_it(3, || be.attention(act(&qb, 1, 3 * c, hw, hw), heads, act(&ob, 1, c, hw, hw)).unwrap()),
             );
         }
         let n = 3 * 256 * 256;
@@ -502,14 +398,8 @@ mod timing {
             seed: 1,
             stream: 2,
         };
-        report(
-            "ddim_step 2x3x256x256",
-            time_it(5, || be.ddim_step(&step(0.0)).unwrap()),
-        );
-        report(
-            "ddim_step 2x3x256x256 with noise",
-            time_it(5, || be.ddim_step(&step(0.1)).unwrap()),
-        );
+        report("ddim_step 2x3x256x256", time_it(5, || be.ddim_step(&step(0.0)).unwrap()));
+        report("ddim_step 2x3x256x256 with noise", time_it(5, || be.ddim_step(&step(0.1)).unwrap()));
         let hb = place(&be, &rand_vec(5, 2 * 512 * 64));
         let ob = poisoned(&be, 512 * 64);
         report(
@@ -544,32 +434,18 @@ mod timing {
             residual: None,
             out: act(&ob, 1, c, hw, hw),
         };
-        report(
-            "conv3x3 32->32 at 16x16",
-            time_it(200, || be.conv2d(&p).unwrap()),
-        );
+        report("conv3x3 32->32 at 16x16", time_it(200, || be.conv2d(&p).unwrap()));
         report(
             "group_norm+silu 32 x 16x16",
             time_it(200, || {
-                be.group_norm(
-                    act(&xb, 1, c, hw, hw).into(),
-                    &bias,
-                    &bias,
-                    8,
-                    1e-6,
-                    true,
-                    act(&ob, 1, c, hw, hw),
-                )
-                .unwrap()
+                be.group_norm(act(&xb, 1, c, hw, hw).into(), &bias, &bias, 8, 1e-6, true, act(&ob, 1, c, hw, hw))
+                    .unwrap()
             }),
         );
         let qb = place(&be, &rand_vec(9, 3 * c * 64));
         report(
             "attention C 32, 64 tokens",
-            time_it(200, || {
-                be.attention(act(&qb, 1, 3 * c, 8, 8), 1, act(&ob, 1, c, 8, 8))
-                    .unwrap()
-            }),
+            time_it(200, || be.attention(act(&qb, 1, 3 * c, 8, 8), 1, act(&ob, 1, c, 8, 8)).unwrap()),
         );
     }
 }

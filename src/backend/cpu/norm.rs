@@ -5,10 +5,7 @@ use anyhow::{ensure, Result};
 
 use super::elementwise::silu;
 use super::threads::{par_for, workers_for, SyncPtr};
-use super::{
-    base, check_cat, check_disjoint, check_region, check_vector, sample_ptr, CpuBackend, CpuWeight,
-    A,
-};
+use super::{base, check_cat, check_disjoint, check_region, check_vector, sample_ptr, CpuBackend, CpuWeight, A};
 use crate::backend::Cat;
 
 multiversion! {
@@ -76,10 +73,7 @@ pub(super) fn group_norm(
         x.a.h,
         x.a.w
     );
-    ensure!(
-        groups >= 1 && c.is_multiple_of(groups),
-        "group_norm: {c} channels in {groups} groups"
-    );
+    ensure!(groups >= 1 && c.is_multiple_of(groups), "group_norm: {c} channels in {groups} groups");
     check_vector(gamma, c, "group_norm gamma")?;
     check_vector(beta, c, "group_norm beta")?;
     check_disjoint(&out, &[Some(&x.a), x.b.as_ref()], "group_norm")?;
@@ -105,11 +99,7 @@ pub(super) fn group_norm(
         let chans = g * cg..(g + 1) * cg;
         let count = (cg * hw) as f64;
         let mean = chans.clone().map(|ci| sum_f64(chan(ci))).sum::<f64>() / count;
-        let var = chans
-            .clone()
-            .map(|ci| sum_sq_dev(chan(ci), mean))
-            .sum::<f64>()
-            / count;
+        let var = chans.clone().map(|ci| sum_sq_dev(chan(ci), mean)).sum::<f64>() / count;
         let rstd = 1.0 / (var + eps as f64).sqrt();
         let mean32 = mean as f32;
         for ci in chans {
@@ -129,16 +119,7 @@ mod tests {
     use crate::backend::{Backend, WeightKind};
 
     #[allow(clippy::too_many_arguments)]
-    fn run(
-        n: usize,
-        na: usize,
-        ca: usize,
-        nb: usize,
-        cb: usize,
-        hw: (usize, usize),
-        groups: usize,
-        silu_on: bool,
-    ) {
+    fn run(n: usize, na: usize, ca: usize, nb: usize, cb: usize, hw: (usize, usize), groups: usize, silu_on: bool) {
         let be = CpuBackend::new(2);
         let (h, w) = hw;
         let c = ca + cb;
@@ -152,20 +133,8 @@ mod tests {
         let bo = poisoned(&be, n * c * h * w);
         let gamma = weight(&be, &[c], gd.clone(), WeightKind::Vector);
         let beta = weight(&be, &[c], bd.clone(), WeightKind::Vector);
-        let x = Cat {
-            a: act(&ba, na, ca, h, w),
-            b: (cb > 0).then(|| act(&bb, nb, cb, h, w)),
-        };
-        be.group_norm(
-            x,
-            &gamma,
-            &beta,
-            groups,
-            1e-6,
-            silu_on,
-            act(&bo, n, c, h, w),
-        )
-        .unwrap();
+        let x = Cat { a: act(&ba, na, ca, h, w), b: (cb > 0).then(|| act(&bb, nb, cb, h, w)) };
+        be.group_norm(x, &gamma, &beta, groups, 1e-6, silu_on, act(&bo, n, c, h, w)).unwrap();
         let got = read(&be, &bo, n * c * h * w);
 
         let hw = h * w;
@@ -188,10 +157,8 @@ mod tests {
                 let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / vals.len() as f64;
                 for ci in g * cg..(g + 1) * cg {
                     for p in 0..hw {
-                        let y = (val(b, ci, p) - mean) / (var + 1e-6).sqrt() * gd[ci] as f64
-                            + bd[ci] as f64;
-                        want[(b * c + ci) * hw + p] =
-                            if silu_on { y / (1.0 + (-y).exp()) } else { y };
+                        let y = (val(b, ci, p) - mean) / (var + 1e-6).sqrt() * gd[ci] as f64 + bd[ci] as f64;
+                        want[(b * c + ci) * hw + p] = if silu_on { y / (1.0 + (-y).exp()) } else { y };
                     }
                 }
             }
@@ -219,37 +186,8 @@ mod tests {
         let xb = place(&be, &rand_vec(1, 6 * 4));
         let ob = poisoned(&be, 6 * 4);
         let g = weight(&be, &[6], rand_vec(2, 6), WeightKind::Vector);
-        assert!(be
-            .group_norm(
-                act(&xb, 1, 6, 2, 2).into(),
-                &g,
-                &g,
-                4,
-                1e-6,
-                false,
-                act(&ob, 1, 6, 2, 2)
-            )
-            .is_err());
-        assert!(be
-            .group_norm(
-                act(&xb, 1, 6, 2, 2).into(),
-                &g,
-                &g,
-                3,
-                1e-6,
-                false,
-                act(&ob, 1, 6, 4, 1)
-            )
-            .is_err());
-        be.group_norm(
-            act(&xb, 1, 6, 2, 2).into(),
-            &g,
-            &g,
-            3,
-            1e-6,
-            false,
-            act(&ob, 1, 6, 2, 2),
-        )
-        .unwrap();
+        assert!(be.group_norm(act(&xb, 1, 6, 2, 2).into(), &g, &g, 4, 1e-6, false, act(&ob, 1, 6, 2, 2)).is_err());
+        assert!(be.group_norm(act(&xb, 1, 6, 2, 2).into(), &g, &g, 3, 1e-6, false, act(&ob, 1, 6, 4, 1)).is_err());
+        be.group_norm(act(&xb, 1, 6, 2, 2).into(), &g, &g, 3, 1e-6, false, act(&ob, 1, 6, 2, 2)).unwrap();
     }
 }

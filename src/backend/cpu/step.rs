@@ -13,46 +13,20 @@ use crate::diffusion::rng::fill_gaussian;
 pub(super) fn ddim_step(be: &CpuBackend, p: &DdimStep<'_, super::CpuBuf>) -> Result<()> {
     let out = &p.out;
     check_region(out, "ddim_step out")?;
-    for (a, what) in [
-        (&p.x, "ddim_step x"),
-        (&p.eps_x0, "ddim_step eps_x0"),
-        (&p.eps_dir, "ddim_step eps_dir"),
-    ] {
+    for (a, what) in [(&p.x, "ddim_step x"), (&p.eps_x0, "ddim_step eps_x0"), (&p.eps_dir, "ddim_step eps_dir")] {
         check_input(a, out.c, out.h, out.w, out.n, what)?;
     }
-    check_disjoint(
-        out,
-        &[Some(&p.x), Some(&p.eps_x0), Some(&p.eps_dir)],
-        "ddim_step",
-    )?;
-    ensure!(
-        p.a_i > 0.0 && p.a_i <= 1.0 && p.a_j > 0.0 && p.a_j <= 1.0,
-        "ddim_step: alpha_bar ({}, {})",
-        p.a_i,
-        p.a_j
-    );
+    check_disjoint(out, &[Some(&p.x), Some(&p.eps_x0), Some(&p.eps_dir)], "ddim_step")?;
+    ensure!(p.a_i > 0.0 && p.a_i <= 1.0 && p.a_j > 0.0 && p.a_j <= 1.0, "ddim_step: alpha_bar ({}, {})", p.a_i, p.a_j);
     let (sa_i, s1a_i, sa_j) = (p.a_i.sqrt(), (1.0 - p.a_i).sqrt(), p.a_j.sqrt());
     let (c_dir, c_noise) = (p.c_dir, p.c_noise);
     let len = out.sample_len();
     // Noise generation (Philox + f64 Box-Muller) dominates; worth a thread per sample.
-    let workers = workers_for(
-        be.threads,
-        if c_noise != 0.0 {
-            40 * len * out.n
-        } else {
-            len * out.n
-        },
-    );
+    let workers = workers_for(be.threads, if c_noise != 0.0 { 40 * len * out.n } else { len * out.n });
     par_for(workers, out.n, |b| {
         // SAFETY: regions validated and disjoint; one sample per item.
-        let (x, e0, ed, o) = unsafe {
-            (
-                sample(&p.x, b),
-                sample(&p.eps_x0, b),
-                sample(&p.eps_dir, b),
-                sample_mut(out, b),
-            )
-        };
+        let (x, e0, ed, o) =
+            unsafe { (sample(&p.x, b), sample(&p.eps_x0, b), sample(&p.eps_dir, b), sample_mut(out, b)) };
         for (((o, &x), &e0), &ed) in o.iter_mut().zip(x).zip(e0).zip(ed) {
             let x0 = (x - e0 * s1a_i) / sa_i;
             *o = sa_j * x0 + c_dir * ed;
@@ -60,9 +34,7 @@ pub(super) fn ddim_step(be: &CpuBackend, p: &DdimStep<'_, super::CpuBuf>) -> Res
         if c_noise != 0.0 {
             let mut z = be.pool.take(len);
             fill_gaussian(p.seed, p.stream, b as u32, &mut z[..len]);
-            o.iter_mut()
-                .zip(&z[..len])
-                .for_each(|(o, &z)| *o += c_noise * z);
+            o.iter_mut().zip(&z[..len]).for_each(|(o, &z)| *o += c_noise * z);
         }
     });
     Ok(())
@@ -70,11 +42,7 @@ pub(super) fn ddim_step(be: &CpuBackend, p: &DdimStep<'_, super::CpuBuf>) -> Res
 
 pub(super) fn calibrate(x: A, eps: A, eps_mod: A, a: f32, omega: f32, out: A) -> Result<()> {
     check_region(&out, "calibrate out")?;
-    for (t, what) in [
-        (&x, "calibrate x"),
-        (&eps, "calibrate eps"),
-        (&eps_mod, "calibrate eps_mod"),
-    ] {
+    for (t, what) in [(&x, "calibrate x"), (&eps, "calibrate eps"), (&eps_mod, "calibrate eps_mod")] {
         check_input(t, out.c, out.h, out.w, out.n, what)?;
     }
     check_disjoint(&out, &[Some(&x), Some(&eps), Some(&eps_mod)], "calibrate")?;
@@ -85,24 +53,14 @@ pub(super) fn calibrate(x: A, eps: A, eps_mod: A, a: f32, omega: f32, out: A) ->
     let mut pm = vec![0f32; len];
     for b in 0..out.n {
         // SAFETY: regions validated and disjoint from the output.
-        let (xs, es, ms, o) = unsafe {
-            (
-                sample(&x, b),
-                sample(&eps, b),
-                sample(&eps_mod, b),
-                sample_mut(&out, b),
-            )
-        };
+        let (xs, es, ms, o) = unsafe { (sample(&x, b), sample(&eps, b), sample(&eps_mod, b), sample_mut(&out, b)) };
         for i in 0..len {
             p[i] = (xs[i] - s1a * es[i]) / sa;
             pm[i] = (xs[i] - s1a * ms[i]) / sa;
         }
         let n = len as f64;
         let (mean_p, mean_pm) = (sum_f64(&p) / n, sum_f64(&pm) / n);
-        let (std_p, std_pm) = (
-            (sum_sq_dev(&p, mean_p) / n).sqrt(),
-            (sum_sq_dev(&pm, mean_pm) / n).sqrt(),
-        );
+        let (std_p, std_pm) = ((sum_sq_dev(&p, mean_p) / n).sqrt(), (sum_sq_dev(&pm, mean_pm) / n).sqrt());
         let ratio = if std_pm > 0.0 { std_p / std_pm } else { 1.0 };
         for i in 0..len {
             let pm_new = (mean_pm + (pm[i] as f64 - mean_pm) * ratio) as f32;
@@ -150,10 +108,8 @@ mod tests {
                 fill_gaussian(1234, 9, b as u32, &mut z);
                 for i in 0..len {
                     let (ai, aj) = (a_i as f64, a_j as f64);
-                    let x0 = (xd[b * len + i] as f64 - e0[b * len + i] as f64 * (1.0 - ai).sqrt())
-                        / ai.sqrt();
-                    want[b * len + i] =
-                        aj.sqrt() * x0 + c_dir as f64 * ed[i] as f64 + c_noise as f64 * z[i] as f64;
+                    let x0 = (xd[b * len + i] as f64 - e0[b * len + i] as f64 * (1.0 - ai).sqrt()) / ai.sqrt();
+                    want[b * len + i] = aj.sqrt() * x0 + c_dir as f64 * ed[i] as f64 + c_noise as f64 * z[i] as f64;
                 }
             }
             assert_close(&got, &want, "ddim_step");
@@ -171,39 +127,24 @@ mod tests {
         let (xb, eb, mb) = (place(&be, &xd), place(&be, &ed), place(&be, &md));
         let (a, omega) = (0.43f32, 0.8f32);
         let ob = poisoned(&be, n * len);
-        be.calibrate(
-            act(&xb, n, c, h, w),
-            act(&eb, n, c, h, w),
-            act(&mb, n, c, h, w),
-            a,
-            omega,
-            act(&ob, n, c, h, w),
-        )
-        .unwrap();
+        be.calibrate(act(&xb, n, c, h, w), act(&eb, n, c, h, w), act(&mb, n, c, h, w), a, omega, act(&ob, n, c, h, w))
+            .unwrap();
         let got = read(&be, &ob, n * len);
         let a = a as f64;
         let mut want = vec![0f64; n * len];
         for b in 0..n {
             let r = b * len..(b + 1) * len;
-            let p: Vec<f64> = r
-                .clone()
-                .map(|i| (xd[i] as f64 - (1.0 - a).sqrt() * ed[i] as f64) / a.sqrt())
-                .collect();
-            let q: Vec<f64> = r
-                .clone()
-                .map(|i| (xd[i] as f64 - (1.0 - a).sqrt() * md[i] as f64) / a.sqrt())
-                .collect();
+            let p: Vec<f64> = r.clone().map(|i| (xd[i] as f64 - (1.0 - a).sqrt() * ed[i] as f64) / a.sqrt()).collect();
+            let q: Vec<f64> = r.clone().map(|i| (xd[i] as f64 - (1.0 - a).sqrt() * md[i] as f64) / a.sqrt()).collect();
             let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-            let std = |v: &[f64], m: f64| {
-                (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt()
-            };
+            let std =
+                |v: &[f64], m: f64| (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt();
             let (mp, mq) = (mean(&p), mean(&q));
             let ratio = std(&p, mp) / std(&q, mq);
             for (k, i) in r.enumerate() {
                 let qn = mq + (q[k] - mq) * ratio;
-                want[i] = xd[i] as f64
-                    + a.sqrt() * (qn - p[k])
-                    + omega as f64 * (1.0 - a).sqrt() * (md[i] - ed[i]) as f64;
+                want[i] =
+                    xd[i] as f64 + a.sqrt() * (qn - p[k]) + omega as f64 * (1.0 - a).sqrt() * (md[i] - ed[i]) as f64;
             }
         }
         assert_close(&got, &want, "calibrate");
@@ -220,11 +161,7 @@ mod tests {
         )
         .unwrap();
         let got = read(&be, &ob, n * len);
-        assert_close(
-            &got,
-            &xd.iter().map(|&v| v as f64).collect::<Vec<_>>(),
-            "calibrate identity",
-        );
+        assert_close(&got, &xd.iter().map(|&v| v as f64).collect::<Vec<_>>(), "calibrate identity");
 
         // Constant P' (zero spread) must not divide by zero.
         let cx = vec![0.25f32; len];

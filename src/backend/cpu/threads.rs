@@ -61,9 +61,7 @@ impl Pool {
             let mut bufs = self.bufs.lock().unwrap_or_else(|e| e.into_inner());
             // Best fit: the smallest buffer that is large enough, else the largest one
             // (grown below), so big scratch stays reserved for big requests.
-            let fits = (0..bufs.len())
-                .filter(|&i| bufs[i].len() >= len)
-                .min_by_key(|&i| bufs[i].len());
+            let fits = (0..bufs.len()).filter(|&i| bufs[i].len() >= len).min_by_key(|&i| bufs[i].len());
             let pick = fits.or_else(|| (0..bufs.len()).max_by_key(|&i| bufs[i].len()));
             pick.map(|i| bufs.swap_remove(i)).unwrap_or_default()
         };
