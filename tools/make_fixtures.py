@@ -314,6 +314,81 @@ def eps_with_temb64(model, x, t, with_h=False):
         model.time_proj = tp
 
 
+README_HEAD = """# tests/fixtures/unet
+
+U-Net forward goldens. Written by `tools/make_fixtures.py` (do not edit by hand; rerun it).
+Every model is a tiny diffusers `UNet2DModel` (DDPM family: `DownBlock2D` /
+`AttnDownBlock2D`, `UNetMidBlock2D`, `UpBlock2D` / `AttnUpBlock2D`) with deterministic
+random weights: every parameter re-randomised (GroupNorm weights N(1, 0.3), GroupNorm
+biases N(0, 0.3), other biases N(0, 0.2), conv / linear weights N(0, 1) / sqrt(fan_in),
+times 0.5 for `conv2` and `to_out.0`), so that nothing is trivially zero or one and
+activations stay O(1). Every GroupNorm has at least two channels per group (with one
+channel per group the time embedding would cancel out exactly).
+
+`golden.safetensors` in each folder (all float32):
+
+| tensor | shape | |
+|--------|-------|-|
+| `x` | [2, C_in, S, S] | random normal input |
+| `t` | [2] | timesteps (float) |
+| `eps` | [2, C_out, S, S] | `model(x, t).sample` |
+| `h` | [2, C_mid, S/2^(L-1), S/2^(L-1)] | output of `model.mid_block` |
+
+The goldens are computed in float64 (`model.double()`) from the weights as stored (f16 /
+bf16 tensors are loaded back first). diffusers computes the sinusoidal timestep
+embedding in float32 even in a float64 model, and so do the goldens: `exp(-ln(10000) *
+arange(half) / (half - freq_shift))` in float32, times t in float32, sin / cos in
+float32. (Computing that sinusoid in float64 instead moves eps by up to ~3e-6; a float32
+forward of the same weights is within ~3e-6 of the goldens, far inside the 1e-4 bound.)
+
+| folder | format | covers |
+|--------|--------|--------|
+"""
+
+README_TAIL = """
+Formats:
+
+- **diffusers**: `config.json` (as `save_pretrained` writes it) +
+  `diffusion_pytorch_model.safetensors` with the new attention names
+  (`attentions.N.{group_norm,to_q,to_k,to_v,to_out.0}`; q/k/v/out weights are [C, C]).
+- **old attention names**: the same, with `query` / `key` / `value` / `proj_attn` in
+  place of `to_q` / `to_k` / `to_v` / `to_out.0` (`group_norm` unchanged); diffusers
+  itself still loads this layout (checked).
+- **DDPM**: `model.safetensors` with the original DDPM (`pytorch_diffusion`, authors'
+  `models/ddpm/diffusion.py`) names + `config.yml` in the authors' config layout
+  (`data` / `model` / `diffusion` / `sampling`; model.type "simple"). The equivalent
+  diffusers config: `block_out_channels = ch * ch_mult`, `layers_per_block =
+  num_res_blocks`, `Attn*Block2D` where the level's resolution is in `attn_resolutions`,
+  one head, `norm_num_groups` 32, `norm_eps` 1e-6, `downsample_padding` 0,
+  `flip_sin_to_cos` false, `freq_shift` 1. Names, diffusers -> DDPM:
+  `time_embedding.linear_1/2` -> `temb.dense.0/1`; `down_blocks.i.resnets.j.{norm1,
+  conv1, time_emb_proj, norm2, conv2, conv_shortcut}` -> `down.i.block.j.{norm1, conv1,
+  temb_proj, norm2, conv2, nin_shortcut}`; `down_blocks.i.attentions.j.{group_norm, to_q,
+  to_k, to_v, to_out.0}` -> `down.i.attn.j.{norm, q, k, v, proj_out}` with the q/k/v/out
+  weights as [C, C, 1, 1] 1x1 convs; `down_blocks.i.downsamplers.0.conv` ->
+  `down.i.downsample.conv`; `mid_block.resnets.0 / attentions.0 / resnets.1` ->
+  `mid.block_1 / attn_1 / block_2`; `up_blocks.u.{resnets, attentions}.j` and
+  `up_blocks.u.upsamplers.0.conv` -> `up.(L-1-u).{block, attn}.j` and
+  `up.(L-1-u).upsample.conv`; `conv_norm_out` -> `norm_out`; `conv_in`, `conv_out`
+  unchanged. The authors' own DDPM class, fed these weights, gives the golden eps and h
+  to 4e-15 (float64, with the same float64 sinusoid on both sides; their float32 sinusoid
+  formula rounds differently from diffusers' by ~1e-5, which moves eps by ~5e-7).
+- **pipeline**: a `DDPMPipeline.save_pretrained` folder: `model_index.json`,
+  `unet/config.json`, `unet/diffusion_pytorch_model.safetensors`,
+  `scheduler/scheduler_config.json`; `golden.safetensors` at the top.
+"""
+
+
+def write_readme():
+    fmt = {"diffusers": "diffusers", "old_attn": "diffusers, old attention names",
+           "ddpm": "DDPM names + YAML", "pipeline": "pipeline folder"}
+    dt = {"f32": "f32", "f16": "f16", "bf16": "bf16", "mixed": "f32/f16/bf16"}
+    rows = [f"| `{fx['name']}` | {fmt[fx['fmt']]}, {dt[fx['dtype']]}; t = "
+            f"{[int(v) for v in fx['t']]} | {fx['covers']} |" for fx in FIXTURES]
+    with open(os.path.join(OUT, "README.md"), "w") as f:
+        f.write(README_HEAD + "\n".join(rows) + "\n" + README_TAIL)
+
+
 def main():
     torch.set_num_threads(1)
     os.makedirs(OUT, exist_ok=True)
@@ -363,6 +438,7 @@ def main():
                 print(f"  ... with a float64 sinusoid on both sides: eps max|diff| "
                       f"{(r[0] - e_d).abs().max().item():.3e}, h max|diff| "
                       f"{(r[1] - h_d).abs().max().item():.3e}")
+    write_readme()
     print(f"total {total / 1e6:.2f} MB")
 
 

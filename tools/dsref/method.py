@@ -86,6 +86,11 @@ class Coeffs:
         c2 = ((1 - an) - c1 ** 2).clamp(min=0).sqrt()
         self.c1, self.c2 = c(c1), c(c2)
         self.c1_f32 = float(c1)
+        self._one_minus_at_sqrt_f32 = (1 - at).sqrt()
+
+    def omega_coeff(self, omega: float):
+        """omega * sqrt(1 - a_i), a float32 product as in the authors' code."""
+        return (omega * self._one_minus_at_sqrt_f32).to(self.sqrt_at.dtype)
 
     def x0(self, x, eps):
         return (x - eps * self.sqrt_1mat) / self.sqrt_at
@@ -178,7 +183,7 @@ def generate(net, table, style_xT: torch.Tensor, content_h: dict, st: Settings,
         vPn = Pn - mPn
         ratio = vP.std(dim=dims, keepdim=True) / vPn.std(dim=dims, keepdim=True)
         Pn = mPn + vPn * ratio
-        x = x + co.sqrt_at * (Pn - P) + st.omega * co.sqrt_1mat * (eps_m - eps)
+        x = x + co.sqrt_at * (Pn - P) + co.omega_coeff(st.omega) * (eps_m - eps)
         eps2, _ = net.eps(x, i)
         stats.forwards += 1
         x = ddim_step(co, co.x0(x, eps2), eps2, eta, z_fn)
