@@ -57,7 +57,6 @@ CASES = {
     "replace_zero": dict(replace_steps=0, gen_steps=60),
     "inv_ne_gen": dict(inv_steps=30, gen_steps=80),
     "harmonize": dict(gamma=0.4, inv_steps=100, gen_steps=100, replace_steps=100, t_boost=0),
-    "no_edit": dict(t_edit=1000, gen_steps=100, replace_steps=100),
     "edit_999": dict(t_edit=999, gen_steps=100, replace_steps=100),
     # Inversion + plain DDIM of the content: style = content, no mixing, eta 0 throughout.
     "roundtrip": dict(inv_steps=50, gen_steps=50, replace_steps=0, t_edit=1000, t_boost=-1,
