@@ -544,6 +544,22 @@ fn out_of_memory_invert_and_sample() {
     assert_nothing_written(&sb);
 }
 
+#[test]
+fn info_on_absurd_architectures() {
+    let sb = Sandbox::new();
+    // `info` only plans: it reports the arena an architecture would need ...
+    let out = diffstyle(&[OsStr::new("info"), OsStr::new("--model"), huge_model(&sb).as_os_str()]);
+    assert_success(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("GFLOP per forward") && stdout.contains("activation arena"), "{stdout}");
+    // ... and refuses one whose sizes do not even fit in the address arithmetic.
+    let dir = model_copy(&sb, "beyond", |_| {}, |c| c["sample_size"] = (1u64 << 40).into());
+    let out = diffstyle(&[OsStr::new("info"), OsStr::new("--model"), dir.as_os_str()]);
+    assert_error(&out, &["too large to address"]);
+    let needles = ["beyond", "too large to address"];
+    transfer_fails(&sb, &dir, &content_png(), &style_png(), &[], &needles);
+}
+
 // ---------------------------------------------------------------------------------
 // Bad input 9: no GPU backend
 
