@@ -80,6 +80,13 @@ fn backend(c: &Common) -> Result<CpuBackend> {
     }
 }
 
+/// The engine (activation arena, latent slots) for `unet`. Built before any input is
+/// decoded at the model's resolution, so that an architecture too large for memory is
+/// an error naming the model rather than an abort in the image code.
+fn engine<'a>(be: &'a CpuBackend, unet: &'a UNet<CpuBackend>, m: &'a LoadedModel) -> Result<Engine<'a, CpuBackend>> {
+    Engine::new(be, unet, &m.schedule).with_context(|| format!("model {}", m.source))
+}
+
 fn model(m: &ModelArgs) -> Result<LoadedModel> {
     let path = m.model.as_deref().context("--model is required")?;
     load_model(path, m.config.as_deref(), m.arch.as_deref())
@@ -177,6 +184,8 @@ pub fn transfer(
     if let Some(d) = dump {
         check_parent(d)?;
     }
+    let unet = UNet::new(&be, &model, c.precision)?;
+    let mut eng = engine(&be, &unet, &model)?;
     let key = cache_key(&model, c.precision, s.inv_steps);
     // Every input is read and checked before any compute.
     let mut inputs: HashMap<PathBuf, Input> = HashMap::new();
@@ -189,8 +198,6 @@ pub fn transfer(
     let mask = mask.map(|p| crate::io::mask::load_mask(p, hs)).transpose()?;
 
     let t0 = Instant::now();
-    let unet = UNet::new(&be, &model, c.precision)?;
-    let mut eng = Engine::new(&be, &unet, &model.schedule)?;
     let mut inverted: HashMap<PathBuf, Inversion> = HashMap::new();
     for (p, input) in inputs {
         let inv = match input {
@@ -265,9 +272,9 @@ pub fn invert(c: &Common, m: &ModelArgs, image: &Path, out: &Path, inv_steps: us
     let s = Settings { inv_steps, ..Settings::default() };
     s.validate(&model.schedule)?;
     check_parent(out)?;
-    let x0 = crate::io::image::load_image(image, model.arch.sample_size)?.data;
     let unet = UNet::new(&be, &model, c.precision)?;
-    let mut eng = Engine::new(&be, &unet, &model.schedule)?;
+    let mut eng = engine(&be, &unet, &model)?;
+    let x0 = crate::io::image::load_image(image, model.arch.sample_size)?.data;
     let bar = Progress::new(c, inv_steps - 1, &format!("invert {}", stem(image)));
     let inv = eng.invert(&x0, inv_steps, &mut || bar.tick())?;
     drop(bar);
@@ -283,7 +290,7 @@ pub fn sample(c: &Common, m: &ModelArgs, n: usize, steps: usize, seed: u64, out:
     s.validate(&model.schedule)?;
     check_parent(out)?;
     let unet = UNet::new(&be, &model, c.precision)?;
-    let mut eng = Engine::new(&be, &unet, &model.schedule)?;
+    let mut eng = engine(&be, &unet, &model)?;
     let mut imgs = vec![];
     for k in 0..n {
         let bar = Progress::new(c, steps, &format!("sample {}/{n}", k + 1));

@@ -58,16 +58,18 @@ struct ModelOpts {
     arch: Option<String>,
 }
 
+// Signed knobs accept negative numbers (`--gamma -0.1`), so that the range check
+// names the knob instead of the parser reporting an unknown argument.
 #[derive(Args, Clone)]
 struct KnobOpts {
     /// Start from a preset (explicit knobs below override it).
     #[arg(long, value_enum, default_value = "in-domain")]
     preset: Preset,
     /// Content weight of the h-space slerp, in [0, 1] (authors: --hs_coeff / h_gamma).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     gamma: Option<f32>,
     /// Mix h only at t >= t_edit (authors: --user_defined_t_edit). Preset: 400.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     t_edit: Option<i64>,
     /// DDIM inversion steps (authors: --n_inv_step). Preset: 50.
     #[arg(long)]
@@ -81,16 +83,16 @@ struct KnobOpts {
     replace_steps: Option<usize>,
     /// Stochastic (eta = 1) injection steps at t <= t_boost (authors: --t_noise).
     /// Preset: 200.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     t_boost: Option<i64>,
     /// Scale of the DDIM direction term at t >= dt_end (authors: --dt_lambda). Preset: 1.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     dt_lambda: Option<f32>,
     /// See --dt-lambda (authors: --dt_end). Preset: 950.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     dt_end: Option<i64>,
     /// Style calibration strength; 0 = off (authors: --omega). Preset: 0.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     omega: Option<f32>,
     /// Seed of the noise of the stochastic steps. Preset: 1234.
     #[arg(long)]
@@ -147,6 +149,7 @@ enum Cmd {
         /// DDIM steps.
         #[arg(long, default_value_t = 50)]
         steps: usize,
+        /// Seed of the initial noise.
         #[arg(long, default_value_t = 1234)]
         seed: u64,
         /// The grid PNG to write.
@@ -158,8 +161,11 @@ enum Cmd {
         /// A model (optional when --config or --arch describe the architecture).
         #[arg(long)]
         model: Option<PathBuf>,
+        /// Architecture of a single .safetensors file, or on its own: the authors' config
+        /// or a diffusers config.json.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Built-in architecture, for a single .safetensors file or on its own: ddpm-256.
         #[arg(long)]
         arch: Option<String>,
         /// Also list every planned activation buffer.

@@ -371,24 +371,23 @@ impl Graph {
     }
 
     /// Floating-point operations of op `i` for one sample (multiply-add = 2).
+    /// Sizes are multiplied in f64: `info` reports absurd architectures too, whose
+    /// element counts overflow usize.
     pub fn op_flops(&self, i: usize) -> f64 {
         let v = |id: ValueId| &self.values[id];
+        let numel = |o: &Value| o.c as f64 * o.h as f64 * o.w as f64;
         match &self.ops[i] {
             Op::Conv { w, out, .. } => {
-                let o = v(*out);
                 let k: usize = self.params[*w].shape()[1..].iter().product();
-                2.0 * (o.c * o.h * o.w) as f64 * k as f64
+                2.0 * numel(v(*out)) * k as f64
             }
             Op::Linear { w, .. } => 2.0 * self.params[*w].numel() as f64,
             Op::Attention { out, .. } => {
                 let o = v(*out);
-                let tokens = (o.h * o.w) as f64;
+                let tokens = o.h as f64 * o.w as f64;
                 4.0 * tokens * tokens * o.c as f64
             }
-            Op::GroupNorm { out, .. } => {
-                let o = v(*out);
-                8.0 * (o.c * o.h * o.w) as f64
-            }
+            Op::GroupNorm { out, .. } => 8.0 * numel(v(*out)),
             Op::TimeEmbed { out } => 4.0 * v(*out).c as f64,
         }
     }

@@ -628,7 +628,8 @@ pub fn load_model(path: &Path, config: Option<&Path>, preset_name: Option<&str>)
     let mc: ModelConfig = match (config, preset_name) {
         (Some(_), Some(_)) => bail!("pass either --config or --arch, not both"),
         (Some(c), None) => load_config_file(c)?,
-        (None, Some(p)) => preset(p)?,
+        // name the weights file the unknown --arch was meant for
+        (None, Some(p)) => preset(p).with_context(|| format!("architecture of {}", path.display()))?,
         (None, None) => {
             let mut msg = format!(
                 "{} is a single weights file: pass --config FILE (the authors' YAML/JSON config \

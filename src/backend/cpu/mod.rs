@@ -41,9 +41,14 @@ unsafe impl Send for CpuBuf {}
 unsafe impl Sync for CpuBuf {}
 
 impl CpuBuf {
-    fn new(len: usize, fill: f32) -> Self {
-        let b: Box<[f32]> = vec![fill; len].into_boxed_slice();
-        Self { ptr: Box::into_raw(b) as *mut f32, len }
+    /// Fallible: an arena too large for memory is an error, not an abort.
+    fn new(len: usize, fill: f32) -> Result<Self> {
+        let mut v: Vec<f32> = Vec::new();
+        v.try_reserve_exact(len)
+            .map_err(|e| anyhow::anyhow!("out of memory ({:.1} MiB requested: {e})", len as f64 * 4.0 / 1048576.0))?;
+        v.resize(len, fill);
+        let b: Box<[f32]> = v.into_boxed_slice();
+        Ok(Self { ptr: Box::into_raw(b) as *mut f32, len })
     }
     /// Length in floats.
     pub fn len(&self) -> usize {
@@ -216,7 +221,7 @@ impl Backend for CpuBackend {
     }
 
     fn alloc(&self, len: usize) -> Result<CpuBuf> {
-        Ok(CpuBuf::new(len, f32::NAN))
+        CpuBuf::new(len, f32::NAN)
     }
 
     fn upload(&self, dst: A<'_>, data: &[f32]) -> Result<()> {
@@ -325,6 +330,14 @@ mod tests {
         assert!(be.download(Act::new(&buf, usize::MAX, 1, 4, 1, 1)).is_err());
         assert_eq!(be.name(), "cpu");
         be.sync().unwrap();
+    }
+
+    #[test]
+    fn alloc_failure_is_an_error() {
+        let be = CpuBackend::new(1);
+        // More than the address space: refused up front, never an abort.
+        let e = be.alloc(usize::MAX / 2).err().expect("absurd allocation must fail");
+        assert!(e.to_string().contains("out of memory"), "{e}");
     }
 
     #[test]
