@@ -117,6 +117,7 @@ def their_run(du, model, betas, logvar, x_content, x_style, st: Settings, use_ma
     return x, cxT, sxT, chd
 
 
+@torch.no_grad()
 def main():
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message="To copy construct")
@@ -126,7 +127,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         du = load_module(tmp, "utils/diffusion_utils.py", "authors_diffusion_utils")
         dd = load_module(tmp, "models/ddpm/diffusion.py", "authors_ddpm")
-        net = SplitUNet(mg.load_model(torch.float64))
+        net = SplitUNet(mg.load_model(torch.float64).requires_grad_(False))
         sc = mg.SCHED
         betas = torch.from_numpy(du.get_beta_schedule(
             beta_start=sc["beta_start"], beta_end=sc["beta_end"],

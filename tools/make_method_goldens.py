@@ -232,6 +232,7 @@ def write_readme(report):
         f.write(text)
 
 
+@torch.no_grad()
 def main():
     torch.set_num_threads(1)
     t_start = time.time()
