@@ -141,7 +141,7 @@ def main():
         cases = sys.argv[1:]
         for case, use_mask in [("omega", False), ("dt_lambda", False), ("replace_lt_gen", False),
                                ("inv_ne_gen", False), ("harmonize", False), ("edit_999", False),
-                               ("no_edit", False), ("replace_zero", False), ("roundtrip", False),
+                               ("replace_zero", False), ("roundtrip", False),
                                ("mask", True), ("defaults", False)]:
             if cases and case not in cases:
                 continue
