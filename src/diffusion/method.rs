@@ -90,8 +90,8 @@ impl Settings {
             sched.len()
         );
         ensure!(
-            self.replace_steps != 1 && self.replace_steps <= sched.len(),
-            "--replace-steps must be 0 (every step) or in [2, {}], got {}",
+            self.replace_steps <= sched.len(),
+            "--replace-steps must be 0 (every step) or at most {}, got {}",
             sched.len(),
             self.replace_steps
         );
@@ -373,9 +373,8 @@ impl<'a, B: Backend> Engine<'a, B> {
             } else {
                 (dir, 0.0)
             };
-            if noisy && c_noise != 0.0 {
-                self.counts.noisy_steps += 1;
-            }
+            let dt_override = s.omega == 0.0 && s.dt_lambda != 1.0 && i >= s.dt_end;
+            self.counts.noisy_steps += usize::from(c_noise != 0.0 && !dt_override);
             if s.omega != 0.0 {
                 if mixed {
                     // Calibrate x_i, rerun the plain U-Net there, take an ordinary step.
@@ -388,7 +387,8 @@ impl<'a, B: Backend> Engine<'a, B> {
                     // would return eps again; the ordinary step has no dt_lambda.
                     self.step(cur, nxt, eps, eps, i, j, c_dir, c_noise, s.seed)?;
                 }
-            } else if s.dt_lambda != 1.0 && i >= s.dt_end {
+            } else if dt_override {
+                // The authors overwrite the (possibly noisy) update here.
                 self.step(cur, nxt, eps_mod, eps, i, j, dir * s.dt_lambda, 0.0, s.seed)?;
             } else {
                 self.step(cur, nxt, eps_mod, eps, i, j, c_dir, c_noise, s.seed)?;
