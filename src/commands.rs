@@ -103,9 +103,12 @@ impl Progress {
             let b = indicatif::ProgressBar::new(len as u64);
             b.set_style(
                 indicatif::ProgressStyle::with_template(
-                    "{msg:>24} [{bar:30}] {pos}/{len} steps  {elapsed_precise}  {per_sec}  eta {eta}",
+                    "{msg:>24} [{bar:30}] {pos}/{len} steps  {elapsed_precise}  {rate}  eta {eta}",
                 )
                 .expect("valid template")
+                .with_key("rate", |st: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.1} steps/s", st.per_sec());
+                })
                 .progress_chars("=> "),
             );
             b
