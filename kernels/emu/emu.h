@@ -1,0 +1,265 @@
+// Host emulation of the CUDA dialect the kernels use, so that kernels/*.cu compile as
+// C++17 on a machine without a GPU and run in `cargo test`. Each CUDA thread is a
+// fiber; a block's fibers run round-robin on one OS thread and switch only at
+// barriers; blocks of one launch are spread over a pool of OS threads. Included only
+// on the host (common.cuh picks it when __CUDACC__ is not defined).
+//
+// Rules for kernel code, so that it compiles both ways:
+// - static shared memory: `__shared__` arrays of trivial types (no initialisers);
+//   dynamic shared memory only through DS_DYN_SMEM(type, name);
+// - __half / __nv_bfloat16 only through the conversion functions below (no arithmetic
+//   operators, no constructors from float);
+// - warp-level primitives with the full-warp mask; tensor-core / async-copy
+//   instructions only through the wrappers of mma.cuh.
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <type_traits>
+
+struct dim3 {
+    unsigned x = 1, y = 1, z = 1;
+};
+
+namespace emu {
+
+struct ThreadCtx {
+    dim3 tid;
+    unsigned linear;  // x + y*bx + z*bx*by
+    unsigned lane;    // linear % 32
+    unsigned warp;    // linear / 32
+};
+
+struct BlockCtx {
+    dim3 bid, bdim, gdim;
+    unsigned char* dyn_smem;
+};
+
+extern thread_local ThreadCtx* g_thread;
+extern thread_local BlockCtx* g_block;
+
+// Barrier over the block's live threads (threads that returned count as arrived).
+void syncthreads();
+// Barrier over the live threads of the caller's warp.
+void syncwarp();
+// Each lane of the warp contributes `bytes` (<= 128) from `mine`; afterwards `all`
+// holds the 32 contributions, lane after lane (`all` must have 32*bytes). Lanes that
+// have exited leave stale data.
+void warp_exchange(const void* mine, void* all, size_t bytes);
+[[noreturn]] void trap(const char* what);
+
+}  // namespace emu
+
+#define threadIdx (::emu::g_thread->tid)
+#define blockIdx (::emu::g_block->bid)
+#define blockDim (::emu::g_block->bdim)
+#define gridDim (::emu::g_block->gdim)
+#define warpSize 32
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __noinline__
+#define __restrict__ __restrict
+#define __launch_bounds__(...)
+#define __align__(n) alignas(n)
+// Per OS thread = per running block (blocks on one OS thread run one after another).
+#define __shared__ static thread_local
+#define __syncthreads() ::emu::syncthreads()
+#define __syncwarp(...) ::emu::syncwarp()
+#define __threadfence() __atomic_thread_fence(__ATOMIC_SEQ_CST)
+#define __trap() ::emu::trap("__trap()")
+#define DS_DYN_SMEM(T, name) T* name = reinterpret_cast<T*>(::emu::g_block->dyn_smem)
+
+// ---- warp primitives (full-warp participation assumed) ----
+template <class T>
+inline T ds_emu_shfl(T v, int src_lane) {
+    static_assert(sizeof(T) <= 16, "shuffle of a large type");
+    T all[32];
+    ::emu::warp_exchange(&v, all, sizeof(T));
+    return all[src_lane & 31];
+}
+template <class T>
+inline T __shfl_sync(unsigned, T v, int src, int width = 32) {
+    int lane = (int)::emu::g_thread->lane;
+    int base = lane & ~(width - 1);
+    return ds_emu_shfl(v, base + (src & (width - 1)));
+}
+template <class T>
+inline T __shfl_xor_sync(unsigned, T v, int lane_mask, int width = 32) {
+    int lane = (int)::emu::g_thread->lane;
+    int base = lane & ~(width - 1);
+    int src = lane ^ lane_mask;
+    if (src < base || src >= base + width) src = lane;
+    return ds_emu_shfl(v, src);
+}
+template <class T>
+inline T __shfl_down_sync(unsigned, T v, unsigned delta, int width = 32) {
+    int lane = (int)::emu::g_thread->lane;
+    int base = lane & ~(width - 1);
+    int src = lane + (int)delta;
+    if (src >= base + width) src = lane;
+    return ds_emu_shfl(v, src);
+}
+template <class T>
+inline T __shfl_up_sync(unsigned, T v, unsigned delta, int width = 32) {
+    int lane = (int)::emu::g_thread->lane;
+    int base = lane & ~(width - 1);
+    int src = lane - (int)delta;
+    if (src < base) src = lane;
+    return ds_emu_shfl(v, src);
+}
+inline unsigned __ballot_sync(unsigned, int pred) {
+    int all[32];
+    int mine = pred != 0;
+    ::emu::warp_exchange(&mine, all, sizeof(int));
+    unsigned r = 0;
+    for (int i = 0; i < 32; i++) r |= (unsigned)(all[i] != 0) << i;
+    return r;
+}
+inline int __any_sync(unsigned m, int pred) { return __ballot_sync(m, pred) != 0; }
+inline int __all_sync(unsigned, int pred) {
+    // Only live lanes matter; a partial warp's missing lanes hold stale zeros, so
+    // count against the number of lanes that contributed.
+    int all[32];
+    int mine = pred != 0 ? 1 : 2;
+    ::emu::warp_exchange(&mine, all, sizeof(int));
+    for (int i = 0; i < 32; i++)
+        if (all[i] == 2) return 0;
+    return 1;
+}
+
+// ---- math ----
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+inline double rsqrt(double x) { return 1.0 / std::sqrt(x); }
+inline float __expf(float x) { return std::exp(x); }
+inline float __logf(float x) { return std::log(x); }
+inline float __sinf(float x) { return std::sin(x); }
+inline float __cosf(float x) { return std::cos(x); }
+inline float __fdividef(float a, float b) { return a / b; }
+inline float __frcp_rn(float x) { return 1.0f / x; }
+inline float __fsqrt_rn(float x) { return std::sqrt(x); }
+inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __saturatef(float x) { return x < 0.f ? 0.f : (x > 1.f ? 1.f : x); }
+inline void sincosf(float x, float* s, float* c) { *s = std::sin(x); *c = std::cos(x); }
+inline void sincos(double x, double* s, double* c) { *s = std::sin(x); *c = std::cos(x); }
+inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
+inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
+inline int __float_as_int(float f) { int u; std::memcpy(&u, &f, 4); return u; }
+inline float __int_as_float(int u) { float f; std::memcpy(&f, &u, 4); return f; }
+inline unsigned __umulhi(unsigned a, unsigned b) { return (unsigned)(((uint64_t)a * b) >> 32); }
+inline unsigned long long __umul64hi(unsigned long long a, unsigned long long b) {
+    return (unsigned long long)(((__uint128_t)a * b) >> 64);
+}
+template <class T> inline T __ldg(const T* p) { return *p; }
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
+inline unsigned min(unsigned a, unsigned b) { return a < b ? a : b; }
+inline unsigned max(unsigned a, unsigned b) { return a > b ? a : b; }
+inline long long min(long long a, long long b) { return a < b ? a : b; }
+inline long long max(long long a, long long b) { return a > b ? a : b; }
+inline float min(float a, float b) { return std::fmin(a, b); }
+inline float max(float a, float b) { return std::fmax(a, b); }
+
+// ---- atomics (blocks of one launch may run on different OS threads) ----
+inline float atomicAdd(float* p, float v) {
+    unsigned* u = reinterpret_cast<unsigned*>(p);
+    unsigned old = __atomic_load_n(u, __ATOMIC_RELAXED);
+    while (!__atomic_compare_exchange_n(u, &old, __float_as_uint(__uint_as_float(old) + v), true, __ATOMIC_SEQ_CST,
+                                        __ATOMIC_RELAXED)) {
+    }
+    return __uint_as_float(old);
+}
+inline int atomicAdd(int* p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+inline unsigned atomicAdd(unsigned* p, unsigned v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+inline int atomicMax(int* p, int v) {
+    int old = __atomic_load_n(p, __ATOMIC_RELAXED);
+    while (old < v && !__atomic_compare_exchange_n(p, &old, v, true, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED)) {
+    }
+    return old;
+}
+inline int atomicCAS(int* p, int cmp, int v) {
+    __atomic_compare_exchange_n(p, &cmp, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+    return cmp;
+}
+
+// ---- 16-bit float storage types (conversions round to nearest even, as the GPU) ----
+struct __half {
+    uint16_t bits_;
+};
+struct __nv_bfloat16 {
+    uint16_t bits_;
+};
+struct __half2 {
+    __half x, y;
+};
+struct __nv_bfloat162 {
+    __nv_bfloat16 x, y;
+};
+
+inline float __bfloat162float(__nv_bfloat16 h) { return __uint_as_float((unsigned)h.bits_ << 16); }
+inline __nv_bfloat16 __float2bfloat16(float f) {
+    unsigned u = __float_as_uint(f);
+    __nv_bfloat16 r;
+    if ((u & 0x7fffffffu) > 0x7f800000u) {
+        r.bits_ = (uint16_t)((u >> 16) | 0x40);  // quiet NaN
+    } else {
+        r.bits_ = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    }
+    return r;
+}
+inline __nv_bfloat16 __float2bfloat16_rn(float f) { return __float2bfloat16(f); }
+
+inline float __half2float(__half h) {
+    unsigned s = (unsigned)(h.bits_ & 0x8000u) << 16;
+    unsigned e = (h.bits_ >> 10) & 0x1fu;
+    unsigned m = h.bits_ & 0x3ffu;
+    if (e == 0x1f) return __uint_as_float(s | 0x7f800000u | (m << 13));
+    if (e == 0) {
+        float v = std::ldexp((float)m, -24);
+        return s ? -v : v;
+    }
+    return __uint_as_float(s | ((e + 112u) << 23) | (m << 13));
+}
+inline __half __float2half(float f) {
+    unsigned u = __float_as_uint(f);
+    unsigned s = (u >> 16) & 0x8000u;
+    unsigned a = u & 0x7fffffffu;
+    __half r;
+    if (a > 0x7f800000u) {
+        r.bits_ = (uint16_t)(s | 0x7e00u);
+    } else if (a >= 0x477ff000u) {  // rounds to >= 65520: infinity
+        r.bits_ = (uint16_t)(s | 0x7c00u);
+    } else if (a < 0x38800000u) {  // below the smallest normal: subnormal or zero
+        // value / 2^-24, rounded to nearest even, is the subnormal mantissa.
+        float v = __uint_as_float(a) * 16777216.0f;  // exact (power of two scaling)
+        float rv = std::nearbyint(v);                 // default rounding mode: even
+        r.bits_ = (uint16_t)(s | (unsigned)rv);
+    } else {
+        unsigned m = a + 0xfffu + ((a >> 13) & 1u);
+        r.bits_ = (uint16_t)(s | ((m - 0x38000000u) >> 13));
+    }
+    return r;
+}
+inline __half __float2half_rn(float f) { return __float2half(f); }
+inline __half2 __floats2half2_rn(float a, float b) { return {__float2half(a), __float2half(b)}; }
+inline __nv_bfloat162 __floats2bfloat162_rn(float a, float b) { return {__float2bfloat16(a), __float2bfloat16(b)}; }
+
+// ---- kernel registry: DS_REGISTER(name, Params) after each `extern "C" __global__`
+// kernel taking one `const Params` argument makes it launchable by name ----
+namespace emu {
+using Invoker = void (*)(const void* params);
+struct Registrar {
+    Registrar(const char* name, Invoker f, size_t param_size);
+};
+}  // namespace emu
+#define DS_REGISTER(name, P)                                                           \
+    static ::emu::Registrar ds_emu_reg_##name(                                         \
+        #name, [](const void* p) { name(*reinterpret_cast<const P*>(p)); }, sizeof(P));

@@ -1,0 +1,2 @@
+// The kernels, compiled for the host against the emulation runtime.
+#include "../all.cu"

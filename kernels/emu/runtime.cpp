@@ -1,0 +1,403 @@
+// The emulation runtime: fibers, barriers, the block scheduler, the worker pool and
+// the C entry points that src/backend/gpu/emu.rs calls. See emu.h.
+#include "emu.h"
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#if !defined(__x86_64__)
+#include <ucontext.h>
+#endif
+
+namespace emu {
+
+thread_local ThreadCtx* g_thread = nullptr;
+thread_local BlockCtx* g_block = nullptr;
+
+namespace {
+
+constexpr size_t kStack = 64 * 1024;  // per CUDA thread
+constexpr size_t kPage = 4096;
+constexpr unsigned kMaxThreads = 1024;
+constexpr size_t kMaxSmem = 227 * 1024;
+constexpr size_t kXchg = 128;  // bytes per lane in warp_exchange
+
+struct Kernel {
+    Invoker fn;
+    size_t param_size;
+};
+std::map<std::string, Kernel>& registry() {
+    static std::map<std::string, Kernel> r;
+    return r;
+}
+
+// ---------------------------------------------------------------- context switch
+#if defined(__x86_64__)
+// Saves the callee-saved registers on the current stack, stores the stack pointer in
+// *save, switches to `load` and restores from there.
+extern "C" void ds_emu_switch(void** save, void* load);
+asm(R"(
+.text
+.p2align 4
+.type ds_emu_switch,@function
+ds_emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+.size ds_emu_switch,.-ds_emu_switch
+)");
+#endif
+
+struct Fiber {
+#if defined(__x86_64__)
+    void* sp = nullptr;
+#else
+    ucontext_t ctx;
+#endif
+    bool done = false;
+};
+
+struct WarpSync {
+    unsigned live = 0, count = 0, gen = 0;
+    alignas(16) unsigned char xchg[32 * kXchg];
+};
+
+struct Worker {
+    unsigned char* stacks = nullptr;  // kMaxThreads * (guard page + kStack)
+    std::vector<Fiber> fibers;
+    std::vector<ThreadCtx> threads;
+    WarpSync warps[kMaxThreads / 32];
+    std::vector<unsigned char> smem;
+    BlockCtx block;
+    unsigned live = 0, count = 0, gen = 0;  // block barrier
+    unsigned cur = 0;
+    const Kernel* kernel = nullptr;
+    const void* params = nullptr;
+    unsigned long long progress = 0;  // barrier arrivals, for deadlock detection
+#if defined(__x86_64__)
+    void* sched_sp = nullptr;
+#else
+    ucontext_t sched;
+#endif
+    Worker() : fibers(kMaxThreads), threads(kMaxThreads) {
+        size_t total = kMaxThreads * (kPage + kStack);
+        void* p = mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (p == MAP_FAILED) trap("cannot map fiber stacks");
+        stacks = static_cast<unsigned char*>(p);
+        // A guard page below each stack turns an overflow into a fault, not corruption.
+        for (unsigned i = 0; i < kMaxThreads; i++) mprotect(stacks + i * (kPage + kStack), kPage, PROT_NONE);
+    }
+    ~Worker() { munmap(stacks, kMaxThreads * (kPage + kStack)); }
+    unsigned char* stack_top(unsigned i) { return stacks + i * (kPage + kStack) + kPage + kStack; }
+};
+
+thread_local Worker* t_worker = nullptr;
+Worker& worker() {
+    if (!t_worker) t_worker = new Worker();  // lives as long as its OS thread's pool
+    return *t_worker;
+}
+
+void yield_to_scheduler() {
+    Worker& w = *t_worker;
+#if defined(__x86_64__)
+    ds_emu_switch(&w.fibers[w.cur].sp, w.sched_sp);
+#else
+    swapcontext(&w.fibers[w.cur].ctx, &w.sched);
+#endif
+}
+
+void release_block_barrier_if_complete(Worker& w) {
+    if (w.count > 0 && w.count == w.live) {
+        w.count = 0;
+        w.gen++;
+    }
+}
+void release_warp_barrier_if_complete(WarpSync& s) {
+    if (s.count > 0 && s.count == s.live) {
+        s.count = 0;
+        s.gen++;
+    }
+}
+
+extern "C" void ds_emu_fiber_entry() {
+    Worker& w = *t_worker;
+    w.kernel->fn(w.params);
+    // The thread has returned: it no longer takes part in barriers.
+    unsigned me = w.cur;
+    w.fibers[me].done = true;
+    w.live--;
+    release_block_barrier_if_complete(w);
+    WarpSync& ws = w.warps[w.threads[me].warp];
+    ws.live--;
+    release_warp_barrier_if_complete(ws);
+    w.progress++;
+    yield_to_scheduler();
+    trap("a finished fiber was resumed");
+}
+
+#if !defined(__x86_64__)
+void fiber_entry_ucontext() { ds_emu_fiber_entry(); }
+#endif
+
+void init_fiber(Worker& w, unsigned i) {
+    Fiber& f = w.fibers[i];
+    f.done = false;
+#if defined(__x86_64__)
+    // At the trampoline's entry (reached by `ret`) rsp must be 8 mod 16, as after a call.
+    uintptr_t top = reinterpret_cast<uintptr_t>(w.stack_top(i));
+    top = (top & ~uintptr_t(15)) - 8;
+    void** sp = reinterpret_cast<void**>(top);
+    *--sp = reinterpret_cast<void*>(&ds_emu_fiber_entry);
+    for (int r = 0; r < 6; r++) *--sp = nullptr;  // rbp rbx r12 r13 r14 r15
+    f.sp = sp;
+#else
+    getcontext(&f.ctx);
+    f.ctx.uc_stack.ss_sp = w.stack_top(i) - kStack;
+    f.ctx.uc_stack.ss_size = kStack;
+    f.ctx.uc_link = nullptr;
+    makecontext(&f.ctx, fiber_entry_ucontext, 0);
+#endif
+}
+
+void run_block(Worker& w, const Kernel& k, const void* params, dim3 bid, dim3 bdim, dim3 gdim, size_t smem) {
+    unsigned nt = bdim.x * bdim.y * bdim.z;
+    w.kernel = &k;
+    w.params = params;
+    w.block.bid = bid;
+    w.block.bdim = bdim;
+    w.block.gdim = gdim;
+    if (w.smem.size() < smem + 16) w.smem.resize(smem + 16);
+    // Poison dynamic shared memory (NaN bit patterns), as outputs are poisoned.
+    std::memset(w.smem.data(), 0xff, smem + 16);
+    uintptr_t s = reinterpret_cast<uintptr_t>(w.smem.data());
+    w.block.dyn_smem = reinterpret_cast<unsigned char*>((s + 15) & ~uintptr_t(15));
+    w.live = nt;
+    w.count = 0;
+    w.gen = 0;
+    for (unsigned i = 0; i < (nt + 31) / 32; i++) {
+        w.warps[i].live = (i + 1) * 32 <= nt ? 32 : nt - i * 32;
+        w.warps[i].count = 0;
+        w.warps[i].gen = 0;
+    }
+    for (unsigned i = 0; i < nt; i++) {
+        ThreadCtx& t = w.threads[i];
+        t.linear = i;
+        t.tid.x = i % bdim.x;
+        t.tid.y = (i / bdim.x) % bdim.y;
+        t.tid.z = i / (bdim.x * bdim.y);
+        t.lane = i % 32;
+        t.warp = i / 32;
+        init_fiber(w, i);
+    }
+    g_block = &w.block;
+    unsigned remaining = nt;
+    while (remaining > 0) {
+        unsigned long long before = w.progress;
+        remaining = 0;
+        for (unsigned i = 0; i < nt; i++) {
+            if (w.fibers[i].done) continue;
+            w.cur = i;
+            g_thread = &w.threads[i];
+#if defined(__x86_64__)
+            ds_emu_switch(&w.sched_sp, w.fibers[i].sp);
+#else
+            swapcontext(&w.sched, &w.fibers[i].ctx);
+#endif
+            if (!w.fibers[i].done) remaining++;
+        }
+        if (remaining > 0 && w.progress == before) {
+            std::fprintf(stderr,
+                         "emu: deadlock in block (%u,%u,%u): threads wait at barriers that can never complete "
+                         "(divergent __syncthreads or warp primitives)\n",
+                         bid.x, bid.y, bid.z);
+            std::abort();
+        }
+    }
+    g_thread = nullptr;
+    g_block = nullptr;
+}
+
+// ---------------------------------------------------------------- worker pool
+class Pool {
+public:
+    static Pool& get() {
+        // Never destroyed: detached workers wait on its condition variables at exit.
+        static Pool* p = new Pool();
+        return *p;
+    }
+    // Runs job(block_index) for every index in [0, n), spread over the pool; returns
+    // when all are done.
+    template <class F>
+    void run(unsigned long long n, F&& job) {
+        std::lock_guard<std::mutex> launch_lock(launch_mu_);
+        std::function<void(unsigned long long)> f = job;
+        {
+            std::lock_guard<std::mutex> g(mu_);
+            job_ = &f;
+            n_ = n;
+            next_.store(0);
+            active_ = (unsigned)workers_.size();
+            epoch_++;
+        }
+        cv_.notify_all();
+        work(f, n);  // the caller works too
+        std::unique_lock<std::mutex> g(mu_);
+        done_cv_.wait(g, [&] { return active_ == 0; });
+        job_ = nullptr;
+    }
+
+private:
+    Pool() {
+        unsigned n = std::thread::hardware_concurrency();
+        if (const char* e = std::getenv("DS_EMU_THREADS")) n = (unsigned)std::atoi(e);
+        if (n < 1) n = 1;
+        for (unsigned i = 1; i < n; i++) workers_.emplace_back([this] { loop(); });
+        for (auto& t : workers_) t.detach();
+    }
+    void work(const std::function<void(unsigned long long)>& f, unsigned long long n) {
+        for (;;) {
+            unsigned long long i = next_.fetch_add(1);
+            if (i >= n) break;
+            f(i);
+        }
+    }
+    void loop() {
+        unsigned long long seen = 0;
+        for (;;) {
+            const std::function<void(unsigned long long)>* f;
+            unsigned long long n;
+            {
+                std::unique_lock<std::mutex> g(mu_);
+                cv_.wait(g, [&] { return epoch_ != seen; });
+                seen = epoch_;
+                f = job_;
+                n = n_;
+            }
+            work(*f, n);
+            std::lock_guard<std::mutex> g(mu_);
+            if (--active_ == 0) done_cv_.notify_all();
+        }
+    }
+    std::vector<std::thread> workers_;
+    std::mutex launch_mu_, mu_;
+    std::condition_variable cv_, done_cv_;
+    const std::function<void(unsigned long long)>* job_ = nullptr;
+    unsigned long long n_ = 0, epoch_ = 0;
+    unsigned active_ = 0;
+    std::atomic<unsigned long long> next_{0};
+};
+
+}  // namespace
+
+Registrar::Registrar(const char* name, Invoker f, size_t param_size) { registry()[name] = Kernel{f, param_size}; }
+
+void syncthreads() {
+    Worker& w = *t_worker;
+    unsigned g = w.gen;
+    w.progress++;
+    if (++w.count == w.live) {
+        w.count = 0;
+        w.gen++;
+        return;
+    }
+    while (w.gen == g) yield_to_scheduler();
+}
+
+void syncwarp() {
+    Worker& w = *t_worker;
+    WarpSync& s = w.warps[g_thread->warp];
+    unsigned g = s.gen;
+    w.progress++;
+    if (++s.count == s.live) {
+        s.count = 0;
+        s.gen++;
+        return;
+    }
+    while (s.gen == g) yield_to_scheduler();
+}
+
+void warp_exchange(const void* mine, void* all, size_t bytes) {
+    if (bytes > kXchg) trap("warp_exchange: more than 128 bytes per lane");
+    Worker& w = *t_worker;
+    WarpSync& s = w.warps[g_thread->warp];
+    std::memcpy(s.xchg + g_thread->lane * kXchg, mine, bytes);
+    syncwarp();
+    for (unsigned l = 0; l < 32; l++)
+        std::memcpy(static_cast<unsigned char*>(all) + l * bytes, s.xchg + l * kXchg, bytes);
+    syncwarp();  // nobody overwrites the exchange before every lane has read it
+}
+
+void trap(const char* what) {
+    std::fprintf(stderr, "emu: %s\n", what);
+    std::abort();
+}
+
+}  // namespace emu
+
+// ---------------------------------------------------------------- C entry points
+extern "C" {
+
+// Launches `name` over grid x block with `smem` bytes of dynamic shared memory and
+// one parameter struct; returns 0, or non-zero with a message in err.
+int ds_emu_launch(const char* name, const unsigned grid[3], const unsigned block[3], unsigned smem,
+                  const void* params, size_t params_size, char* err, size_t err_len) {
+    auto fail = [&](const std::string& m) {
+        std::snprintf(err, err_len, "%s", m.c_str());
+        return 1;
+    };
+    auto& reg = emu::registry();
+    auto it = reg.find(name);
+    if (it == reg.end()) return fail(std::string("no kernel named ") + name + " in the emulated build");
+    const emu::Kernel& k = it->second;
+    if (params_size != k.param_size)
+        return fail(std::string(name) + ": parameter block of " + std::to_string(params_size) +
+                    " bytes, the kernel takes " + std::to_string(k.param_size));
+    unsigned long long nt = (unsigned long long)block[0] * block[1] * block[2];
+    if (nt == 0 || nt > emu::kMaxThreads || block[2] > 64)
+        return fail(std::string(name) + ": invalid block shape");
+    if (grid[0] == 0 || grid[1] == 0 || grid[2] == 0 || grid[1] > 65535 || grid[2] > 65535)
+        return fail(std::string(name) + ": invalid grid shape");
+    if (smem > emu::kMaxSmem) return fail(std::string(name) + ": too much dynamic shared memory");
+    // Copy the parameters: the kernel may outlive nothing, but keep the caller's bytes
+    // immutable during the launch as on a GPU.
+    std::vector<unsigned char> pbuf((const unsigned char*)params, (const unsigned char*)params + params_size);
+    dim3 g{grid[0], grid[1], grid[2]};
+    dim3 b{block[0], block[1], block[2]};
+    unsigned long long nblocks = (unsigned long long)g.x * g.y * g.z;
+    emu::Pool::get().run(nblocks, [&](unsigned long long i) {
+        dim3 bid{(unsigned)(i % g.x), (unsigned)((i / g.x) % g.y), (unsigned)(i / ((unsigned long long)g.x * g.y))};
+        emu::run_block(emu::worker(), k, pbuf.data(), bid, b, g, smem);
+    });
+    return 0;
+}
+
+// Parameter-block size of a kernel (0 when unknown), so the host side can check its
+// #[repr(C)] mirrors against the C structs.
+size_t ds_emu_param_size(const char* name) {
+    auto& reg = emu::registry();
+    auto it = reg.find(name);
+    return it == reg.end() ? 0 : it->second.param_size;
+}
+
+}  // extern "C"

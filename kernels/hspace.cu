@@ -1,0 +1,1 @@
+// hspace kernels (being written).

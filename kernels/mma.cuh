@@ -1,0 +1,145 @@
+// Tensor-core and async-copy instructions, only through these wrappers: an inline-PTX
+// body on the GPU and an exact emulated body on the host (warp-cooperative through
+// emu::warp_exchange). Fragment layouts follow the PTX ISA for mma.m16n8k16 with
+// .row.col f16/bf16 operands and f32 accumulators:
+//   g = lane / 4, t = lane % 4
+//   A (16x16, 4 regs of 2 halves): a0 = A[g][2t..2t+1], a1 = A[g+8][2t..2t+1],
+//                                  a2 = A[g][2t+8..2t+9], a3 = A[g+8][2t+8..2t+9]
+//   B (16x8, 2 regs):              b0 = B[2t..2t+1][g], b1 = B[2t+8..2t+9][g]
+//   C/D (16x8 f32):                d0,d1 = D[g][2t], D[g][2t+1]; d2,d3 = D[g+8][2t..2t+1]
+// In a packed register the lower 16 bits hold the element with the lower index.
+#pragma once
+#include "common.cuh"
+
+// d += A * B for one m16n8k16 tile. T is __half or __nv_bfloat16.
+template <class T>
+DS_DEV void mma_16816(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+#ifdef __CUDA_ARCH__
+    if constexpr (std::is_same<T, __half>::value) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    } else {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    }
+#else
+    struct Frag {
+        uint32_t a[4], b[2];
+    } mine, all[32];
+    for (int i = 0; i < 4; i++) mine.a[i] = a[i];
+    for (int i = 0; i < 2; i++) mine.b[i] = b[i];
+    emu::warp_exchange(&mine, all, sizeof(Frag));
+    auto half_at = [](uint32_t r, int hi) {
+        T v;
+        uint16_t u = (uint16_t)(hi ? r >> 16 : r & 0xffff);
+        memcpy(&v, &u, 2);
+        return ds_to_f32<T>(v);
+    };
+    // A[r][k] and B[k][c] looked up in the lanes that hold them.
+    auto A = [&](int r, int k) {
+        int lane = (r % 8) * 4 + (k % 8) / 2;
+        int reg = (r >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0);
+        return half_at(all[lane].a[reg], k % 2);
+    };
+    auto B = [&](int k, int c) {
+        int lane = c * 4 + (k % 8) / 2;
+        return half_at(all[lane].b[k >= 8 ? 1 : 0], k % 2);
+    };
+    int lane = (int)emu::g_thread->lane, g = lane / 4, t = lane % 4;
+    for (int i = 0; i < 4; i++) {
+        int r = g + (i >= 2 ? 8 : 0), c = 2 * t + (i % 2);
+        float acc = d[i];
+        for (int k = 0; k < 16; k++) acc = std::fma(A(r, k), B(k, c), acc);
+        d[i] = acc;
+    }
+#endif
+}
+
+// ldmatrix: lanes 8m..8m+7 give the row addresses (16 bytes each, shared memory) of
+// 8x8 matrix m; register m of every lane receives row lane/4, columns 2(lane%4) and
+// 2(lane%4)+1 of matrix m (with TRANS: column lane/4, rows 2(lane%4), 2(lane%4)+1).
+template <int N, bool TRANS>
+DS_DEV void ldmatrix(uint32_t r[N], const void* row_addr) {
+    static_assert(N == 1 || N == 2 || N == 4, "ldmatrix loads 1, 2 or 4 matrices");
+#ifdef __CUDA_ARCH__
+    unsigned s = (unsigned)__cvta_generic_to_shared(row_addr);
+    if constexpr (N == 4 && !TRANS)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(s));
+    else if constexpr (N == 4 && TRANS)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(s));
+    else if constexpr (N == 2 && !TRANS)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(s));
+    else if constexpr (N == 2 && TRANS)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
+                     : "=r"(r[0]), "=r"(r[1])
+                     : "r"(s));
+    else if constexpr (N == 1 && !TRANS)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x1.shared.b16 {%0}, [%1];\n" : "=r"(r[0]) : "r"(s));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16 {%0}, [%1];\n" : "=r"(r[0]) : "r"(s));
+#else
+    const unsigned char* all[32];
+    const unsigned char* mine = static_cast<const unsigned char*>(row_addr);
+    emu::warp_exchange(&mine, all, sizeof(mine));
+    int lane = (int)emu::g_thread->lane;
+    for (int m = 0; m < N; m++) {
+        uint16_t e[2];
+        for (int i = 0; i < 2; i++) {
+            int row = TRANS ? 2 * (lane % 4) + i : lane / 4;
+            int col = TRANS ? lane / 4 : 2 * (lane % 4) + i;
+            memcpy(&e[i], all[m * 8 + row] + 2 * col, 2);
+        }
+        r[m] = (uint32_t)e[0] | ((uint32_t)e[1] << 16);
+    }
+#endif
+}
+
+// cp.async of 16 bytes global -> shared; when !valid the 16 bytes are zero-filled
+// (the source is not read). The host body copies at once.
+DS_DEV void cp_async_16(void* smem, const void* gmem, bool valid = true) {
+#ifdef __CUDA_ARCH__
+    unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    int n = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
+#else
+    if (valid)
+        memcpy(smem, gmem, 16);
+    else
+        memset(smem, 0, 16);
+#endif
+}
+// 4-byte variant (cp.async.ca), for sources without 16-byte alignment.
+DS_DEV void cp_async_4(void* smem, const void* gmem, bool valid = true) {
+#ifdef __CUDA_ARCH__
+    unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    int n = valid ? 4 : 0;
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
+#else
+    if (valid)
+        memcpy(smem, gmem, 4);
+    else
+        memset(smem, 0, 4);
+#endif
+}
+DS_DEV void cp_async_commit() {
+#ifdef __CUDA_ARCH__
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+// Waits until at most N committed groups are still in flight.
+template <int N>
+DS_DEV void cp_async_wait() {
+#ifdef __CUDA_ARCH__
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}

@@ -1,0 +1,106 @@
+// Parameter blocks: every kernel takes exactly one of these by value. Mirrored by
+// #[repr(C)] structs in src/backend/gpu/params.rs; a test checks the sizes against
+// the emulated build. Layout rule: pointers first, then 32-bit fields, so that the C
+// and Rust layouts agree without padding games.
+//
+// Conventions: activations are NCHW f32; `n` is the output batch; an input with a
+// smaller batch `xn` is broadcast (output sample b reads input sample b % xn).
+// Launch shapes are chosen by the Rust launcher of each family
+// (src/backend/gpu/<family>.rs), next to the kernel's reference test.
+#pragma once
+
+#define DS_MAX_T 64  // timesteps per timestep_embedding launch
+
+// conv2d_{f32,f16,bf16}: out = conv(up2?(cat(xa, xb)), w) + bias + temb + residual.
+struct ConvParams {
+    const float* xa;        // [na][ca][h][w]
+    const float* xb;        // [nb][cb][h][w] or null (cb = 0)
+    const void* w;          // [cout][ca+cb][k][k], storage type by kernel name
+    const float* bias;      // [cout]
+    const float* temb;      // [temb_n][cout] or null
+    const float* residual;  // [res_n][cout][ho][wo] or null
+    float* out;             // [n][cout][ho][wo]
+    int n, na, nb, ca, cb;
+    int h, w_;              // input spatial size, before up-sampling
+    int cout, ho, wo;
+    int k, stride, pad_t, pad_l, upsample;
+    int temb_n, res_n;
+};
+
+// group_norm_f32: GroupNorm over cat(xa, xb) (biased variance, affine), SiLU if silu.
+struct GroupNormParams {
+    const float* xa;
+    const float* xb;  // or null (cb = 0)
+    const float* gamma;
+    const float* beta;
+    float* out;  // [n][ca+cb][hw]
+    int n, na, nb, ca, cb, hw, groups, silu;
+    float eps;
+};
+
+// linear_f32: out[b][o] = sum_i w[o][i] * silu?(x[b % xn][i]) + bias[o].
+struct LinearParams {
+    const float* x;
+    const float* w;  // [out_f][in_f], f32
+    const float* bias;
+    float* out;
+    int n, xn, in_f, out_f, silu;
+};
+
+// timestep_embedding_f32: out[b] = [sin(t_b f), cos(t_b f)] (cos first when flip),
+// f_k = exp(-ln(10000) k / (dim/2 - shift)); odd dim: last column 0.
+struct TembParams {
+    float* out;  // [n][dim]
+    int n, dim, flip;
+    float shift;
+    float t[DS_MAX_T];
+};
+
+// attention_f32: qkv [n][3c][p]; head j uses channels [j d, (j+1) d) of q, k and v,
+// d = c / heads; out[b][ch][i] = sum_s softmax_s(q_i . k_s * scale) v[ch][s].
+struct AttentionParams {
+    const float* qkv;
+    float* out;  // [n][c][p]
+    int n, c, heads, p;
+    float scale;
+};
+
+// hspace_mix_f32: per sample over c*hw elements (method.md's mix); mask [hw] or null.
+struct HspaceParams {
+    const float* h;   // [hn][c][hw]
+    const float* hc;  // [hcn][c][hw]
+    const float* mask;
+    float* out;  // [n][c][hw]
+    int n, hn, hcn, c, hw;
+    float gamma;
+};
+
+// ddim_step_f32: x0 = (x - eps_x0 sqrt(1-a_i)) / sqrt(a_i);
+// out = sqrt(a_j) x0 + c_dir eps_dir + c_noise z, z = Philox noise(seed, stream, b, e).
+struct StepParams {
+    const float* x;
+    const float* eps_x0;
+    const float* eps_dir;
+    float* out;
+    unsigned long long seed;
+    int n, len, xn, e0n, edn;  // len: elements per sample
+    unsigned stream;
+    float a_i, a_j, c_dir, c_noise;
+};
+
+// calibrate_f32: method.md step 5, per sample (see Backend::calibrate).
+struct CalibrateParams {
+    const float* x;
+    const float* eps;
+    const float* eps_mod;
+    float* out;
+    int n, len;
+    float a, omega;
+};
+
+// copy_f32: dst[b][e] = src[b % src_n][e].
+struct CopyParams {
+    const float* src;
+    float* dst;
+    int n, len, src_n;
+};

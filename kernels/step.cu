@@ -1,0 +1,1 @@
+// step kernels (being written).
