@@ -1,6 +1,8 @@
 //! Attention launcher (kernels/attention.cu): one fused flash-style kernel per call
 //! (online softmax, no score matrix in memory), checked against the CPU oracle
-//! (src/backend/cpu/attention.rs).
+//! (src/backend/cpu/attention.rs). f32 runs use the SIMT `attention_f32`; f16 / bf16
+//! runs the tensor-core `attention_f16` / `attention_bf16`, which round q, k, v and the
+//! probabilities to that type (f32 softmax and accumulation).
 
 use anyhow::{ensure, Result};
 
@@ -25,6 +27,17 @@ pub(super) const MAX_HEAD_DIM: usize = 512;
 fn smem_bytes(d: usize) -> u32 {
     let dp = d.div_ceil(DC) * DC;
     (4 * (dp * BQ + DC * (BK + 1) + BQ * (BK + 1) + 2 * BQ)) as u32
+}
+
+/// Dynamic shared memory of the tensor-core kernels (attn::tc_smem_bytes), in 32-bit
+/// words of packed pairs: Q `[BQ][d up to 64 + 8 halves]`, a K/V chunk and the
+/// probabilities (`[64][64 + 8 halves]`, `[BQ][64 + 8 halves]`), f32 scores
+/// `[BQ][64 + 8]` and two per-row vectors.
+fn tc_smem_bytes(d: usize) -> u32 {
+    const TC: usize = 64;
+    let qw = d.div_ceil(TC) * TC / 2 + 4;
+    let tw = TC / 2 + 4;
+    (4 * (BQ * qw + 64 * tw + BQ * tw + BQ * (64 + 8) + 2 * BQ)) as u32
 }
 
 pub(super) fn attention<D: Device>(
@@ -58,16 +71,20 @@ pub(super) fn attention<D: Device>(
     };
     i32_of(3 * c * t, "attention sample size")?;
     let grid = |n: usize| [t.div_ceil(BQ) as u32, heads as u32, n as u32];
-    let smem = smem_bytes(d);
+    let (kernel, smem) = match be.suffix() {
+        "f32" => ("attention_f32", smem_bytes(d)),
+        "f16" => ("attention_f16", tc_smem_bytes(d)),
+        _ => ("attention_bf16", tc_smem_bytes(d)),
+    };
     if qkv.n == out.n {
-        return be.launch("attention_f32", grid(out.n), [THREADS, 1, 1], smem, &p);
+        return be.launch(kernel, grid(out.n), [THREADS, 1, 1], smem, &p);
     }
     // Broadcast batch: the kernel reads qkv sample b, so launch per output sample.
     p.n = 1;
     for b in 0..out.n {
         p.qkv = pq + 4 * ((b % qkv.n) * qkv.sample_len()) as u64;
         p.out = po + 4 * (b * out.sample_len()) as u64;
-        be.launch("attention_f32", grid(1), [THREADS, 1, 1], smem, &p)?;
+        be.launch(kernel, grid(1), [THREADS, 1, 1], smem, &p)?;
     }
     Ok(())
 }
@@ -81,7 +98,11 @@ mod tests {
     /// GPU (emulated) vs CPU on `(n, 3c, h, w)` random qkv (scaled up so the softmax is
     /// far from uniform) with a batch of `nq` broadcast to `n`.
     fn run(n: usize, nq: usize, c: usize, (h, w): (usize, usize), heads: usize, amp: f32) -> f64 {
-        let (gpu, cpu) = (emu(Precision::F32), cpu());
+        run_at(Precision::F32, n, nq, c, (h, w), heads, amp)
+    }
+
+    fn run_at(pr: Precision, n: usize, nq: usize, c: usize, (h, w): (usize, usize), heads: usize, amp: f32) -> f64 {
+        let (gpu, cpu) = (emu(pr), cpu());
         let t = h * w;
         let qd: Vec<f32> = rand_vec(7 + c as u64, nq * 3 * c * t).iter().map(|v| v * amp).collect();
         let mut outs = Vec::new();
@@ -97,7 +118,7 @@ mod tests {
         go!(&gpu);
         go!(&cpu);
         let e = rel_l2(&outs[0], &outs[1]);
-        assert!(e < bound(Precision::F32), "attention n={n} nq={nq} c={c} {h}x{w} heads={heads}: rel L2 {e:.3e}");
+        assert!(e < bound(pr), "attention {pr:?} n={n} nq={nq} c={c} {h}x{w} heads={heads}: rel L2 {e:.3e}");
         e
     }
 
@@ -119,10 +140,33 @@ mod tests {
     #[test]
     fn attention_unet_shapes() {
         // The U-Net's shapes, batch 1: head dim 512 at 64 tokens, 256 at 256 tokens,
-        // multi-head d = 64 at 1024 tokens.
-        for (c, hw, heads) in [(512, (8, 8), 1), (256, (16, 16), 1), (128, (32, 32), 2)] {
+        // d = 64 at 1024 tokens (one head: the emulator is slow).
+        for (c, hw, heads) in [(512, (8, 8), 1), (256, (16, 16), 1), (64, (32, 32), 1)] {
             let e = run(1, 1, c, hw, heads, 1.0);
             eprintln!("attention c={c} {}x{} heads={heads}: rel L2 {e:.3e}", hw.0, hw.1);
+        }
+    }
+
+    #[test]
+    fn attention_tensor_cores() {
+        // Ragged token counts, head dims below / across the 64-channel chunk, broadcast.
+        for pr in [Precision::F16, Precision::Bf16] {
+            for (n, nq, c, hw, heads) in [(2, 1, 24, (7, 7), 3), (1, 1, 96, (3, 4), 1), (1, 1, 128, (9, 10), 2)] {
+                let e = run_at(pr, n, nq, c, hw, heads, 3.0);
+                eprintln!("attention {pr:?} c={c} {}x{} heads={heads}: rel L2 {e:.3e}", hw.0, hw.1);
+            }
+        }
+    }
+
+    #[test]
+    fn attention_tensor_cores_unet_shapes() {
+        // Head dim 512 at 64 tokens; d = 64 over several key tiles (1024 tokens would
+        // take seconds in the emulator).
+        for pr in [Precision::F16, Precision::Bf16] {
+            for (c, hw, heads) in [(512, (8, 8), 1), (128, (16, 16), 2)] {
+                let e = run_at(pr, 1, 1, c, hw, heads, 1.0);
+                eprintln!("attention {pr:?} c={c} {}x{} heads={heads}: rel L2 {e:.3e}", hw.0, hw.1);
+            }
         }
     }
 
