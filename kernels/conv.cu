@@ -9,16 +9,18 @@
 // 2x up-sampling and zero padding.
 //
 // Launch contract (src/backend/gpu/conv.rs): block (256, 1, 1), grid
-// (ceil(N / 64), ceil(cout / 64), 1), no dynamic shared memory. Each block computes a
-// 64 (cout) x 64 (pixels) output tile; edges are zero-padded in shared memory and
+// (ceil(N / 64), ceil(cout / BM), 1) with BM = 64 for conv2d_f32 and 128 for
+// conv2d_f16 / conv2d_bf16, no dynamic shared memory. Each block computes a
+// BM (cout) x 64 (pixels) output tile; edges are zero-padded in shared memory and
 // masked at the store.
 //
 // f32 weights: SIMT GEMM, 4x4 outputs per thread. f16/bf16 weights: tensor cores
-// (mma m16n8k16, f32 accumulation), 8 warps as 2 (m) x 4 (n), each a 32x16 tile;
+// (mma m16n8k16, f32 accumulation), 8 warps as 4 (m) x 2 (n), each a 32x32 tile;
 // activations are rounded to the weight type when staged into shared memory.
 // Both paths prefetch the next K slice into registers while computing the current one.
 
-#define CONV_BM 64
+#define CONV_BM 64       // f32 path
+#define CONV_BM_MMA 128  // f16 / bf16 path
 #define CONV_BN 64
 #define CONV_BK 32
 #define CONV_THREADS 256
@@ -150,22 +152,23 @@ DS_DEV void conv_simt_f32(const ConvParams& p) {
 
 template <class T, int KS>
 DS_DEV void conv_mma(const ConvParams& p) {
-    __align__(16) __shared__ uint16_t As[CONV_BM][CONV_LDK];
+    __align__(16) __shared__ uint16_t As[CONV_BM_MMA][CONV_LDK];
     __align__(16) __shared__ uint16_t Bs[CONV_BN][CONV_LDK];
     const int tid = threadIdx.x;
     const int M = p.cout, K = (p.ca + p.cb) * KS * KS, npix = p.n * p.ho * p.wo;
-    const int m0 = blockIdx.y * CONV_BM, n0 = blockIdx.x * CONV_BN;
+    const int m0 = blockIdx.y * CONV_BM_MMA, n0 = blockIdx.x * CONV_BN;
     const uint16_t* w = static_cast<const uint16_t*>(p.w);  // raw T bits
 
-    // Loader roles. B: one pixel column, k pairs 2(kq + 4i), packed into one 32-bit
-    // store; A: one k column, cout rows ma + 8i (weights copied as stored).
+    // Loader roles. B: one pixel column, k pairs 2(kq + 4i); A: k pair 2 kp, cout rows
+    // ma + 16i (weights copied as stored). Pairs are packed into one 32-bit register
+    // and store (global loads stay 16-bit: a weight row need not be 4-byte aligned).
     const int bn = tid % CONV_BN, kq = tid / CONV_BN;  // kq in 0..3
-    const int ka = tid % CONV_BK, ma = tid / CONV_BK;  // ma in 0..7
+    const int kp = tid % (CONV_BK / 2), ma = tid / (CONV_BK / 2);  // ma in 0..15
     const ConvPix pc = conv_pix(p, n0 + bn, npix);
     constexpr int NB = CONV_BK * CONV_BN / CONV_THREADS / 2;  // k pairs per thread
-    constexpr int NA = CONV_BK * CONV_BM / CONV_THREADS;
+    constexpr int NA = CONV_BK * CONV_BM_MMA / CONV_THREADS / 2;  // k pairs per thread
     uint32_t rb[NB];
-    uint16_t ra[NA];
+    uint32_t ra[NA];
     auto load = [&](int k0) {
 #pragma unroll
         for (int i = 0; i < NB; i++) {
@@ -174,18 +177,20 @@ DS_DEV void conv_mma(const ConvParams& p) {
         }
 #pragma unroll
         for (int i = 0; i < NA; i++) {
-            int m = m0 + ma + 8 * i, k = k0 + ka;
-            ra[i] = (m < M && k < K) ? w[(size_t)m * K + k] : (uint16_t)0;
+            int m = m0 + ma + 16 * i, k = k0 + 2 * kp;
+            const uint16_t* src = w + (size_t)m * K + k;
+            uint32_t lo = (m < M && k < K) ? src[0] : 0u, hi = (m < M && k + 1 < K) ? src[1] : 0u;
+            ra[i] = lo | (hi << 16);
         }
     };
 
     const int warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
-    const int wm = (warp / 4) * 32, wn = (warp % 4) * 16;  // warp tile origin
-    float acc[2][2][4];
+    const int wm = (warp / 2) * 32, wn = (warp % 2) * 32;  // warp tile origin
+    float acc[2][4][4];
 #pragma unroll
     for (int i = 0; i < 2; i++)
 #pragma unroll
-        for (int j = 0; j < 2; j++)
+        for (int j = 0; j < 4; j++)
 #pragma unroll
             for (int r = 0; r < 4; r++) acc[i][j][r] = 0.f;
 
@@ -194,12 +199,12 @@ DS_DEV void conv_mma(const ConvParams& p) {
 #pragma unroll
         for (int i = 0; i < NB; i++) *reinterpret_cast<uint32_t*>(&Bs[bn][2 * (kq + 4 * i)]) = rb[i];
 #pragma unroll
-        for (int i = 0; i < NA; i++) As[ma + 8 * i][ka] = ra[i];
+        for (int i = 0; i < NA; i++) *reinterpret_cast<uint32_t*>(&As[ma + 16 * i][2 * kp]) = ra[i];
         __syncthreads();
         if (k0 + CONV_BK < K) load(k0 + CONV_BK);  // overlaps the math below
 #pragma unroll
         for (int ks = 0; ks < CONV_BK; ks += 16) {
-            uint32_t af[2][4], bf[2][2];
+            uint32_t af[2][4], bf[4][2];
 #pragma unroll
             for (int i = 0; i < 2; i++) {
                 const uint16_t* r0 = &As[wm + 16 * i + g][ks + 2 * t];
@@ -210,7 +215,7 @@ DS_DEV void conv_mma(const ConvParams& p) {
                 af[i][3] = *reinterpret_cast<const uint32_t*>(r1 + 8);
             }
 #pragma unroll
-            for (int j = 0; j < 2; j++) {
+            for (int j = 0; j < 4; j++) {
                 const uint16_t* c0 = &Bs[wn + 8 * j + g][ks + 2 * t];
                 bf[j][0] = *reinterpret_cast<const uint32_t*>(c0);
                 bf[j][1] = *reinterpret_cast<const uint32_t*>(c0 + 8);
@@ -218,7 +223,7 @@ DS_DEV void conv_mma(const ConvParams& p) {
 #pragma unroll
             for (int i = 0; i < 2; i++)
 #pragma unroll
-                for (int j = 0; j < 2; j++) mma_16816<T>(acc[i][j], af[i], bf[j]);
+                for (int j = 0; j < 4; j++) mma_16816<T>(acc[i][j], af[i], bf[j]);
         }
         __syncthreads();
     }
@@ -226,7 +231,7 @@ DS_DEV void conv_mma(const ConvParams& p) {
 #pragma unroll
     for (int i = 0; i < 2; i++)
 #pragma unroll
-        for (int j = 0; j < 2; j++)
+        for (int j = 0; j < 4; j++)
 #pragma unroll
             for (int r = 0; r < 4; r++) {
                 int co = m0 + wm + 16 * i + g + (r >= 2 ? 8 : 0);
@@ -255,7 +260,7 @@ DS_DEV void conv2d_impl(const ConvParams& p) {
 }
 
 #define DS_CONV2D(NAME, T)                                                                       \
-    extern "C" __global__ void __launch_bounds__(CONV_THREADS) NAME(const ConvParams p) {        \
+    extern "C" __global__ void __launch_bounds__(CONV_THREADS, 2) NAME(const ConvParams p) {        \
         conv2d_impl<T>(p);                                                                       \
     }                                                                                            \
     DS_REGISTER(NAME, ConvParams)
