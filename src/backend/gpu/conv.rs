@@ -275,6 +275,15 @@ mod tests {
     }
 
     #[test]
+    fn conv_other_paddings() {
+        // Unpadded 3x3, 1x1 stride 2, and stride 2 over an up-sampled input with uneven
+        // padding (everything the CPU op accepts, though the U-Net does not use it).
+        check(Case { pad: [0; 4], ca: 5, cout: 7, h: 9, w: 12, ..BASE }, 50);
+        check(Case { k: 1, stride: 2, pad: [0; 4], ca: 6, nb: 1, cb: 3, cout: 5, h: 9, w: 8, ..BASE }, 51);
+        check(Case { stride: 2, pad: [2, 0, 1, 3], up: true, h: 5, w: 7, ..BASE }, 52);
+    }
+
+    #[test]
     fn conv_cat_broadcast_temb_residual() {
         // Skip concat, the first source broadcast over the batch (na = 1, n = 2).
         check(Case { n: 2, na: 1, ca: 4, nb: 2, cb: 3, cout: 9, temb_n: 2, res_n: 2, ..BASE }, 30);
