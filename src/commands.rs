@@ -8,6 +8,10 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context, Result};
 
 use crate::backend::cpu::CpuBackend;
+use crate::backend::gpu::cuda::CudaDevice;
+use crate::backend::gpu::emu::EmuDevice;
+use crate::backend::gpu::GpuBackend;
+use crate::backend::Backend;
 use crate::diffusion::method::{Engine, Inversion, Preset, Settings};
 use crate::io::cache::{self, CacheKey};
 use crate::model::graph::Graph;
@@ -17,8 +21,13 @@ use crate::model::weights::{load_model, LoadedModel};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum DeviceChoice {
+    /// The f32 CPU backend.
     Cpu,
+    /// An NVIDIA GPU (compute capability 8.0+) through the hand-written kernels.
     Cuda,
+    /// The same kernels run by the host emulator: slow, for checking kernels without a GPU.
+    Emu,
+    /// A GPU when one is usable, else the CPU.
     Auto,
 }
 
@@ -69,22 +78,65 @@ impl Knobs {
     }
 }
 
-/// The CPU is the only backend in this build.
-fn backend(c: &Common) -> Result<CpuBackend> {
-    match c.device {
-        DeviceChoice::Cuda => bail!(
-            "--device cuda: the GPU backend is not in this build yet (it is being written); \
-             use --device cpu (or auto)"
-        ),
-        DeviceChoice::Cpu | DeviceChoice::Auto => Ok(CpuBackend::new(c.threads)),
-    }
+/// The backend `--device` asks for.
+enum Picked {
+    Cpu(CpuBackend),
+    Emu(GpuBackend<EmuDevice>),
+    Cuda(GpuBackend<CudaDevice>),
+}
+
+fn pick(c: &Common) -> Result<Picked> {
+    Ok(match c.device {
+        DeviceChoice::Cpu => Picked::Cpu(CpuBackend::new(c.threads)),
+        DeviceChoice::Emu => Picked::Emu(GpuBackend::new(EmuDevice::new(), c.precision)),
+        DeviceChoice::Cuda => Picked::Cuda(GpuBackend::new(CudaDevice::new(0).context("--device cuda")?, c.precision)),
+        DeviceChoice::Auto => match CudaDevice::new(0) {
+            Ok(d) => Picked::Cuda(GpuBackend::new(d, c.precision)),
+            Err(e) => {
+                if c.verbose {
+                    eprintln!("--device auto: using the CPU ({e:#})");
+                }
+                Picked::Cpu(CpuBackend::new(c.threads))
+            }
+        },
+    })
+}
+
+/// Runs `$body` with `$be` bound to the picked backend (each arm is monomorphised).
+macro_rules! on_backend {
+    ($c:expr, |$be:ident| $body:expr) => {
+        match pick($c)? {
+            Picked::Cpu(b) => {
+                let $be = &b;
+                $body
+            }
+            Picked::Emu(b) => {
+                let $be = &b;
+                $body
+            }
+            Picked::Cuda(b) => {
+                let $be = &b;
+                $body
+            }
+        }
+    };
 }
 
 /// The engine (activation arena, latent slots) for `unet`. Built before any input is
 /// decoded at the model's resolution, so that an architecture too large for memory is
 /// an error naming the model rather than an abort in the image code.
-fn engine<'a>(be: &'a CpuBackend, unet: &'a UNet<CpuBackend>, m: &'a LoadedModel) -> Result<Engine<'a, CpuBackend>> {
+fn engine<'a, B: Backend>(be: &'a B, unet: &'a UNet<B>, m: &'a LoadedModel) -> Result<Engine<'a, B>> {
     Engine::new(be, unet, &m.schedule).with_context(|| format!("model {}", m.source))
+}
+
+/// `--verbose`: where the run happened and, on a GPU, its peak device memory.
+fn report_device<B: Backend>(c: &Common, be: &B) {
+    if c.verbose {
+        match be.peak_device_bytes() {
+            Some(b) => eprintln!("device: {}; peak device memory {:.1} MiB", be.describe(), b as f64 / 1048576.0),
+            None => eprintln!("device: {}", be.describe()),
+        }
+    }
 }
 
 fn model(m: &ModelArgs) -> Result<LoadedModel> {
@@ -173,7 +225,21 @@ pub fn transfer(
     dump: Option<&Path>,
     knobs: &Knobs,
 ) -> Result<()> {
-    let be = backend(c)?;
+    on_backend!(c, |be| transfer_on(be, c, m, contents, styles, out, mask, dump, knobs))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn transfer_on<B: Backend>(
+    be: &B,
+    c: &Common,
+    m: &ModelArgs,
+    contents: &[PathBuf],
+    styles: &[PathBuf],
+    out: &Path,
+    mask: Option<&Path>,
+    dump: Option<&Path>,
+    knobs: &Knobs,
+) -> Result<()> {
     let s = knobs.settings();
     let model = model(m)?;
     s.validate(&model.schedule)?;
@@ -187,8 +253,8 @@ pub fn transfer(
     if let Some(d) = dump {
         check_parent(d)?;
     }
-    let unet = UNet::new(&be, &model, c.precision)?;
-    let mut eng = engine(&be, &unet, &model)?;
+    let unet = UNet::new(be, &model, c.precision)?;
+    let mut eng = engine(be, &unet, &model)?;
     let key = cache_key(&model, c.precision, s.inv_steps);
     // Every input is read and checked before any compute.
     let mut inputs: HashMap<PathBuf, Input> = HashMap::new();
@@ -257,6 +323,7 @@ pub fn transfer(
             cnt.noisy_steps
         );
     }
+    report_device(c, be);
     Ok(())
 }
 
@@ -270,30 +337,47 @@ fn write_latent(path: &Path, x: &[f32], shape: [usize; 4]) -> Result<()> {
 }
 
 pub fn invert(c: &Common, m: &ModelArgs, image: &Path, out: &Path, inv_steps: usize) -> Result<()> {
-    let be = backend(c)?;
+    on_backend!(c, |be| invert_on(be, c, m, image, out, inv_steps))
+}
+
+fn invert_on<B: Backend>(be: &B, c: &Common, m: &ModelArgs, image: &Path, out: &Path, inv_steps: usize) -> Result<()> {
     let model = model(m)?;
     let s = Settings { inv_steps, ..Settings::default() };
     s.validate(&model.schedule)?;
     check_parent(out)?;
-    let unet = UNet::new(&be, &model, c.precision)?;
-    let mut eng = engine(&be, &unet, &model)?;
+    let unet = UNet::new(be, &model, c.precision)?;
+    let mut eng = engine(be, &unet, &model)?;
     let x0 = crate::io::image::load_image(image, model.arch.sample_size)?.data;
     let bar = Progress::new(c, inv_steps - 1, &format!("invert {}", stem(image)));
     let inv = eng.invert(&x0, inv_steps, &mut || bar.tick())?;
     drop(bar);
     let (shape, h_shape) = shapes(&model);
-    cache::save(out, &inv, &cache_key(&model, c.precision, inv_steps), &image.display().to_string(), shape, h_shape)
+    cache::save(out, &inv, &cache_key(&model, c.precision, inv_steps), &image.display().to_string(), shape, h_shape)?;
+    report_device(c, be);
+    Ok(())
 }
 
 pub fn sample(c: &Common, m: &ModelArgs, n: usize, steps: usize, seed: u64, out: &Path) -> Result<()> {
-    let be = backend(c)?;
+    on_backend!(c, |be| sample_on(be, c, m, n, steps, seed, out))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sample_on<B: Backend>(
+    be: &B,
+    c: &Common,
+    m: &ModelArgs,
+    n: usize,
+    steps: usize,
+    seed: u64,
+    out: &Path,
+) -> Result<()> {
     let model = model(m)?;
     ensure!(n >= 1, "-n must be at least 1");
     let s = Settings { gen_steps: steps, ..Settings::default() };
     s.validate(&model.schedule)?;
     check_parent(out)?;
-    let unet = UNet::new(&be, &model, c.precision)?;
-    let mut eng = engine(&be, &unet, &model)?;
+    let unet = UNet::new(be, &model, c.precision)?;
+    let mut eng = engine(be, &unet, &model)?;
     let mut imgs = vec![];
     for k in 0..n {
         let bar = Progress::new(c, steps, &format!("sample {}/{n}", k + 1));
@@ -304,14 +388,16 @@ pub fn sample(c: &Common, m: &ModelArgs, n: usize, steps: usize, seed: u64, out:
     let refs: Vec<&[f32]> = imgs.iter().map(|v| v.as_slice()).collect();
     let nrow = (n as f64).sqrt().ceil() as usize;
     let (grid, gh, gw) = crate::io::grid::make_grid(&refs, size, nrow, 1);
-    crate::io::image::save_png(out, &grid, gh, gw)
+    crate::io::image::save_png(out, &grid, gh, gw)?;
+    report_device(c, be);
+    Ok(())
 }
 
 pub fn info(c: &Common, m: &ModelArgs, show_plan: bool) -> Result<()> {
-    let (arch, params, hash) = if m.model.is_some() {
-        let model = model(m)?;
+    let loaded = m.model.is_some().then(|| model(m)).transpose()?;
+    let (arch, params, hash, betas) = if let Some(model) = &loaded {
         let params: usize = model.tensors.values().map(|t| t.numel()).sum();
-        (model.arch.clone(), params, Some(model.hash.clone()))
+        (model.arch.clone(), params, Some(model.hash.clone()), None)
     } else {
         let cfg = match (&m.config, &m.arch) {
             (Some(path), None) => crate::model::config::load_config_file(path)?,
@@ -321,7 +407,7 @@ pub fn info(c: &Common, m: &ModelArgs, show_plan: bool) -> Result<()> {
         let arch = cfg.arch;
         let params =
             crate::model::weights::expected_tensors(&arch).iter().map(|(_, s)| s.iter().product::<usize>()).sum();
-        (arch, params, None)
+        (arch, params, None, cfg.betas)
     };
     let g = Graph::build(&arch);
     let (enc, dec) = g.flops();
@@ -367,5 +453,40 @@ pub fn info(c: &Common, m: &ModelArgs, show_plan: bool) -> Result<()> {
     // The CPU backend computes in f32; a GPU keeps f16/bf16 weights at 2 bytes.
     let bytes = if c.precision == Precision::F32 { 4.0 } else { 2.0 };
     println!("weights: {:.1} MiB as {:?}", params as f64 * bytes / 1048576.0, c.precision);
+    let on_gpu = match c.device {
+        DeviceChoice::Cpu => false,
+        DeviceChoice::Emu | DeviceChoice::Cuda => true,
+        DeviceChoice::Auto => CudaDevice::new(0).is_ok(),
+    };
+    if on_gpu {
+        // Measured, not estimated: upload the weights (random ones for a bare
+        // architecture) and allocate the engine on the device.
+        let model = match loaded {
+            Some(model) => model,
+            None => {
+                let sched = crate::diffusion::schedule::Schedule::from_betas(
+                    &betas.unwrap_or_else(|| crate::diffusion::schedule::linear_betas(1e-4, 0.02, 1000)),
+                );
+                LoadedModel::random(&arch, sched, 0)
+            }
+        };
+        on_backend!(c, |be| device_memory(be, &model, c.precision))?;
+    }
+    Ok(())
+}
+
+/// Peak device memory of the weights plus an engine (arena for one encoder and two
+/// decoders, latent slots), as `transfer` allocates them before its first step.
+fn device_memory<B: Backend>(be: &B, model: &LoadedModel, precision: Precision) -> Result<()> {
+    let unet = UNet::new(be, model, precision)?;
+    let _eng = engine(be, &unet, model)?;
+    if let Some(bytes) = be.peak_device_bytes() {
+        println!(
+            "device memory on {}: {:.1} MiB peak (weights + activation arena + latents; the content trajectory adds {:.1} MiB per 50 inversion steps)",
+            be.describe(),
+            bytes as f64 / 1048576.0,
+            (49 * model.arch.h_channels() * model.arch.h_size() * model.arch.h_size() * 4) as f64 / 1048576.0
+        );
+    }
     Ok(())
 }

@@ -21,12 +21,15 @@ diffusers UNet2DModel folders, or single .safetensors files with the original DD
 described by --config or --arch."
 )]
 struct Cli {
-    /// Where to run: `cpu`, `cuda` (hand-written kernels; not in this build yet) or
-    /// `auto` (a GPU when available, else the CPU).
+    /// Where to run: `cpu` (f32, multi-threaded), `cuda` (an NVIDIA GPU, compute
+    /// capability 8.0+, through the hand-written kernels), `emu` (the same kernels run by
+    /// a host emulator: very slow, for checking kernels on a machine without a GPU) or
+    /// `auto` (a usable GPU when there is one, else the CPU).
     #[arg(long, global = true, value_enum, default_value = "auto")]
     device: DeviceChoice,
     /// Weight storage precision (activations, latents and the h-space mix stay f32).
-    /// On the CPU, f16/bf16 round the weights through that format.
+    /// On the CPU, f16/bf16 round the weights through that format; on a GPU the
+    /// convolution weights are stored in it and run on tensor cores (f32 accumulation).
     #[arg(long, global = true, value_enum, default_value = "f32")]
     precision: Precision,
     /// No progress bars (they are also off when stderr is not a terminal).

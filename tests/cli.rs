@@ -561,14 +561,25 @@ fn info_on_absurd_architectures() {
 }
 
 // ---------------------------------------------------------------------------------
-// Bad input 9: no GPU backend
+// Bad input 9: no GPU, no driver or no kernels in the build
 
 #[test]
-fn device_cuda() {
+fn device_cuda_without_a_gpu() {
+    if let Ok(dev) = diffstyle::backend::gpu::cuda::CudaDevice::new(0) {
+        use diffstyle::backend::gpu::device::Device;
+        eprintln!("skipped: a usable GPU is present ({}), so --device cuda does not fail here", dev.describe());
+        return;
+    }
     let sb = Sandbox::new();
     let mut args = os(&["--device", "cuda"]);
     args.extend(transfer_args(&model_dir(), &content_png(), &style_png(), &sb.out(), &[]));
-    assert_error(&diffstyle(&args), &["--device cuda", "not in this build"]);
+    let run = diffstyle(&args);
+    assert_error(&run, &["--device cuda"]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        ["no GPU kernels", "no NVIDIA driver", "no GPU", "compute capability"].iter().any(|n| stderr.contains(n)),
+        "the error does not say why there is no GPU:\n{stderr}"
+    );
     assert_nothing_written(&sb);
 }
 

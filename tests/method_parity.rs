@@ -1,99 +1,18 @@
 //! Whole-method parity: the engine (CPU backend, f32) against goldens from the PyTorch
 //! reference of method.md (`tools/dsref`, float64), case by case.
 
-use std::path::{Path, PathBuf};
+mod common;
 
+use common::{fixtures, run_case_on, tensor};
 use diffstyle::backend::cpu::CpuBackend;
 use diffstyle::diffusion::method::{Engine, Settings};
-use diffstyle::diffusion::schedule::seq;
 use diffstyle::model::unet::{Precision, UNet};
 use diffstyle::model::weights::load_model;
-use diffstyle::tensor::{psnr_model_space, rel_l2};
+use diffstyle::tensor::psnr_model_space;
 use safetensors::SafeTensors;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/method")
-}
-
-fn tensor(st: &SafeTensors, name: &str) -> Vec<f32> {
-    let t = st.tensor(name).unwrap_or_else(|_| panic!("golden has no `{name}`"));
-    t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
-}
-
-#[derive(serde::Deserialize)]
-struct CaseSettings {
-    gamma: f32,
-    t_edit: i64,
-    inv_steps: usize,
-    gen_steps: usize,
-    replace_steps: usize,
-    t_boost: i64,
-    dt_lambda: f32,
-    dt_end: i64,
-    omega: f32,
-    seed: u64,
-    mask: Option<String>,
-}
-
-/// Runs one case; returns the PSNR of the output against the golden.
 fn run_case(name: &str) -> f64 {
-    let dir = fixtures().join(name);
-    let cs: CaseSettings = serde_json::from_str(&std::fs::read_to_string(dir.join("settings.json")).unwrap()).unwrap();
-    let s = Settings {
-        gamma: cs.gamma,
-        t_edit: cs.t_edit,
-        inv_steps: cs.inv_steps,
-        gen_steps: cs.gen_steps,
-        replace_steps: cs.replace_steps,
-        t_boost: cs.t_boost,
-        dt_lambda: cs.dt_lambda,
-        dt_end: cs.dt_end,
-        omega: cs.omega,
-        seed: cs.seed,
-    };
-    let model = load_model(&fixtures().join("model"), None, None).unwrap();
-    s.validate(&model.schedule).unwrap();
-    let size = model.arch.sample_size;
-    let be = CpuBackend::new(0);
-    let unet = UNet::new(&be, &model, Precision::F32).unwrap();
-    let mut eng = Engine::new(&be, &unet, &model.schedule).unwrap();
-    let content = diffstyle::io::image::load_image(&dir.join("content.png"), size).unwrap().data;
-    let style = diffstyle::io::image::load_image(&dir.join("style.png"), size).unwrap().data;
-    let mask = cs.mask.map(|m| diffstyle::io::mask::load_mask(&dir.join(m), model.arch.h_size()).unwrap());
-
-    let bytes = std::fs::read(dir.join("expected.safetensors")).unwrap();
-    let gold = SafeTensors::deserialize(&bytes).unwrap();
-
-    let ci = eng.invert(&content, s.inv_steps, &mut || {}).unwrap();
-    let si = eng.invert(&style, s.inv_steps, &mut || {}).unwrap();
-    let keys: Vec<i64> = tensor(&gold, "content_h_keys").iter().map(|&k| k as i64).collect();
-    assert_eq!(ci.keys, keys, "{name}: h keys");
-    let e_h = rel_l2(&ci.h, &tensor(&gold, "content_h"));
-    let e_c = rel_l2(&ci.x_t, &tensor(&gold, "content_xT"));
-    let e_s = rel_l2(&si.x_t, &tensor(&gold, "style_xT"));
-    assert!(
-        e_h < 1e-4 && e_c < 1e-4 && e_s < 1e-4,
-        "{name}: inversion rel. L2 h {e_h:e}, content {e_c:e}, style {e_s:e}"
-    );
-
-    let x = eng.transfer(&si.x_t, &ci, &s, mask.as_deref(), &mut || {}).unwrap();
-    let want = tensor(&gold, "x0");
-    let psnr = psnr_model_space(&x, &want);
-    eprintln!("{name}: PSNR {psnr:.1} dB, rel. L2 {:.2e}, counts {:?}", rel_l2(&x, &want), eng.counts);
-    assert!(psnr >= 40.0, "{name}: PSNR {psnr:.1} dB < 40 dB against the PyTorch reference");
-
-    // The work done: one encoder per U-Net evaluation, a second decoder only where h
-    // is mixed (the authors run it at every injection-capable step), and with omega the
-    // calibrated rerun at mixed steps only.
-    let gen = seq(s.gen_steps);
-    let replace = if s.replace_steps == 0 { gen.clone() } else { seq(s.replace_steps) };
-    let mixed = gen.iter().filter(|i| replace.contains(i) && **i >= s.t_edit).count();
-    let reruns = if s.omega != 0.0 { mixed } else { 0 };
-    let encoders = 2 * (s.inv_steps - 1) + s.gen_steps + reruns;
-    assert_eq!(eng.counts.mixed_steps, mixed, "{name}: mixed steps");
-    assert_eq!(eng.counts.encoder, encoders, "{name}: encoder passes");
-    assert_eq!(eng.counts.decoder, encoders + mixed, "{name}: decoder passes");
-    psnr
+    run_case_on(&CpuBackend::new(0), Precision::F32, name, 40.0)
 }
 
 macro_rules! cases {

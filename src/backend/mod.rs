@@ -138,6 +138,27 @@ pub trait Backend {
 
     fn name(&self) -> &'static str;
 
+    /// Where ops run, for messages (`cpu`, the GPU's name).
+    fn describe(&self) -> String {
+        self.name().to_string()
+    }
+
+    /// Peak device memory held so far (weights and buffers), for backends with device
+    /// memory of their own.
+    fn peak_device_bytes(&self) -> Option<usize> {
+        None
+    }
+
+    /// Brackets one sampler step: a backend may record the ops in between and run them
+    /// as one replayable graph at `end_step` (the GPU does; the CPU runs ops at once).
+    /// Host copies (`upload`, `download`) inside the bracket are allowed and ordered.
+    fn begin_step(&self) -> Result<()> {
+        Ok(())
+    }
+    fn end_step(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// A buffer of `len` f32, filled with NaN so that an op that forgets to write shows.
     fn alloc(&self, len: usize) -> Result<Self::Buf>;
     fn upload(&self, dst: Act<'_, Self::Buf>, data: &[f32]) -> Result<()>;

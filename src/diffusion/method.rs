@@ -244,20 +244,28 @@ impl<'a, B: Backend> Engine<'a, B> {
         self.check_latent(x0, "the image")?;
         let times = seq(n);
         self.be.upload(self.slot(0), x0)?;
+        // The trajectory is gathered on the backend and read back once at the end, so a
+        // step is pure backend work (one graph on a GPU).
+        let h1 = self.unet.h(&self.ws, 1);
+        let hlen = h1.len();
+        let hbuf = self.be.alloc((times.len() - 1) * hlen)?;
         let mut keys = vec![];
-        let mut h = vec![];
         let (mut cur, mut nxt) = (0, 1);
-        for w in times.windows(2) {
+        for (k, w) in times.windows(2).enumerate() {
             let (i, j) = (w[0], w[1]);
+            self.be.begin_step()?;
             self.forward(cur, i)?;
             keys.push(i);
-            h.extend(self.be.download(self.unet.h(&self.ws, 1))?);
+            let h = self.unet.h(&self.ws, 1);
+            self.be.copy(h, Act::new(&hbuf, k * hlen, 1, h.c, h.h, h.w))?;
             let eps = self.unet.eps(&self.ws, 1);
             let c_dir = (1.0 - self.sched.alpha_bar(j)).sqrt();
             self.step(cur, nxt, eps, eps, i, j, c_dir, 0.0, 0)?;
+            self.be.end_step()?;
             std::mem::swap(&mut cur, &mut nxt);
             progress();
         }
+        let h = self.be.download(Act::new(&hbuf, 0, 1, keys.len() * hlen, 1, 1))?;
         let x_t = self.be.download(self.slot(cur))?;
         ensure!(x_t.iter().all(|v| v.is_finite()), "inversion produced non-finite values");
         Ok(Inversion { x0: x0.to_vec(), x_t, keys, h })
@@ -271,10 +279,12 @@ impl<'a, B: Backend> Engine<'a, B> {
         let (mut cur, mut nxt) = (0, 1);
         for k in (0..times.len()).rev() {
             let (i, j) = (times[k], if k == 0 { -1 } else { times[k - 1] });
+            self.be.begin_step()?;
             self.forward(cur, i)?;
             let eps = self.unet.eps(&self.ws, 1);
             let c_dir = (1.0 - self.sched.alpha_bar(j)).sqrt();
             self.step(cur, nxt, eps, eps, i, j, c_dir, 0.0, 0)?;
+            self.be.end_step()?;
             std::mem::swap(&mut cur, &mut nxt);
             progress();
         }
@@ -335,10 +345,12 @@ impl<'a, B: Backend> Engine<'a, B> {
             let (i, j) = (times[k], if k == 0 { -1 } else { times[k - 1] });
             let (a_i, a_j) = (self.sched.alpha_bar(i), self.sched.alpha_bar(j));
             let dir = (1.0 - a_j).sqrt();
+            self.be.begin_step()?;
             if !replace.contains(&i) {
                 self.forward(cur, i)?;
                 let eps = self.unet.eps(&self.ws, 1);
                 self.step(cur, nxt, eps, eps, i, j, dir, 0.0, 0)?;
+                self.be.end_step()?;
                 std::mem::swap(&mut cur, &mut nxt);
                 progress();
                 continue;
@@ -393,6 +405,7 @@ impl<'a, B: Backend> Engine<'a, B> {
             } else {
                 self.step(cur, nxt, eps_mod, eps, i, j, c_dir, c_noise, s.seed)?;
             }
+            self.be.end_step()?;
             std::mem::swap(&mut cur, &mut nxt);
             progress();
         }

@@ -42,6 +42,29 @@ impl LoadedModel {
     pub fn tensor(&self, name: &str) -> Result<&HostTensor> {
         self.tensors.get(name).ok_or_else(|| anyhow!("model has no tensor {name}"))
     }
+
+    /// Seeded random weights for `arch` (uniform in +-1/sqrt(fan_in), norm scales near
+    /// 1): a stand-in for a checkpoint in benchmarks and large-size device tests.
+    pub fn random(arch: &UNetArch, schedule: Schedule, seed: u64) -> Self {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        };
+        let mut tensors = BTreeMap::new();
+        for (name, shape) in expected_tensors(arch) {
+            let n: usize = shape.iter().product();
+            let fan_in: usize = shape.iter().skip(1).product::<usize>().max(1);
+            let scale = 1.0 / (fan_in as f32).sqrt();
+            let is_norm_scale = shape.len() == 1 && name.ends_with(".weight");
+            let data = (0..n).map(|_| if is_norm_scale { 1.0 + 0.1 * next() } else { scale * next() }).collect();
+            tensors.insert(name, HostTensor::new(shape, data));
+        }
+        let hash = model_hash(&tensors, &schedule);
+        Self { arch: arch.clone(), schedule, tensors, hash, source: format!("random weights (seed {seed})") }
+    }
 }
 
 // ---------------------------------------------------------------------------------

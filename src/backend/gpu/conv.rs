@@ -1,11 +1,350 @@
-//! Convolution launcher (kernels/conv.cu). Being written.
+//! Convolution launcher (kernels/conv.cu): one implicit-GEMM launch per conv with
+//! M = cout, N = n*ho*wo output pixels, K = cin*k*k. The im2col operand is gathered
+//! by the kernel from the (concatenated, broadcast, up-sampled, zero-padded) input;
+//! bias, temb and residual are added in its epilogue.
+//!
+//! Launch contract: block (256, 1, 1), grid (ceil(N / 64), ceil(cout / BM), 1), no
+//! dynamic shared memory; BM = 64 for `conv2d_f32` (SIMT) and 128 for `conv2d_f16` /
+//! `conv2d_bf16` (tensor cores).
 
-use anyhow::{bail, Result};
+use anyhow::{ensure, Context, Result};
 
 use super::device::Device;
-use super::GpuBackend;
-use crate::backend::Conv2d;
+use super::params::ConvParams;
+use super::{GpuBackend, GpuBuf};
+use crate::backend::{Act, Conv2d, WeightKind};
+use crate::model::unet::Precision;
 
-pub(super) fn conv2d<D: Device>(_be: &GpuBackend<D>, _p: &Conv2d<'_, GpuBackend<D>>) -> Result<()> {
-    bail!("conv2d: the GPU kernel is not in this build yet")
+/// Threads per block (kernels/conv.cu `CONV_THREADS`).
+const THREADS: u32 = 256;
+/// Output pixels per block (`CONV_BN`).
+const BLOCK_N: usize = 64;
+
+/// Output channels per block: `CONV_BM` (f32) or `CONV_BM_MMA` (f16 / bf16).
+fn block_m(p: Precision) -> usize {
+    match p {
+        Precision::F32 => 64,
+        Precision::F16 | Precision::Bf16 => 128,
+    }
+}
+
+fn int(v: usize, what: &str) -> Result<i32> {
+    i32::try_from(v).ok().with_context(|| format!("conv2d: {what} = {v} exceeds the kernel's 32-bit indexing"))
+}
+
+/// `a` lies inside its buffer (overflow-checked), has per-sample shape `(c, h, w)`
+/// and a batch that broadcasts to `n_out` (equal, or smaller and non-zero).
+fn check_input(a: &Act<'_, GpuBuf>, c: usize, h: usize, w: usize, n_out: usize, what: &str) -> Result<()> {
+    let end = a.n.checked_mul(a.c).and_then(|v| v.checked_mul(a.h)).and_then(|v| v.checked_mul(a.w));
+    ensure!(
+        end.and_then(|l| a.off.checked_add(l)).is_some_and(|e| e <= a.buf.len()),
+        "{what}: region off {} shape ({}, {}, {}, {}) exceeds its buffer of {} floats",
+        a.off,
+        a.n,
+        a.c,
+        a.h,
+        a.w,
+        a.buf.len()
+    );
+    ensure!(
+        (a.c, a.h, a.w) == (c, h, w),
+        "{what}: per-sample shape ({}, {}, {}) != expected ({c}, {h}, {w})",
+        a.c,
+        a.h,
+        a.w
+    );
+    ensure!(a.n == n_out || (a.n >= 1 && a.n < n_out), "{what}: batch {} does not broadcast to {n_out}", a.n);
+    Ok(())
+}
+
+pub(super) fn conv2d<D: Device>(be: &GpuBackend<D>, p: &Conv2d<'_, GpuBackend<D>>) -> Result<()> {
+    let out = &p.out;
+    check_input(out, out.c, out.h, out.w, out.n, "conv2d out")?;
+    let (xa, xb) = (&p.x.a, p.x.b.as_ref());
+    check_input(xa, xa.c, xa.h, xa.w, out.n, "conv2d x")?;
+    if let Some(b) = xb {
+        check_input(b, b.c, xa.h, xa.w, out.n, "conv2d x (second source)")?;
+    }
+    let wt = p.w;
+    ensure!(wt.kind == WeightKind::Conv, "conv2d: weight uploaded as {:?}", wt.kind);
+    ensure!(
+        wt.shape.len() == 4 && wt.shape[2] == wt.shape[3],
+        "conv2d: weight shape {:?} is not [cout, cin, k, k]",
+        wt.shape
+    );
+    let (cout, cin, k) = (wt.shape[0], wt.shape[1], wt.shape[2]);
+    ensure!(p.k == k, "conv2d: k = {} but the weight is {:?}", p.k, wt.shape);
+    ensure!(k == 1 || k == 3, "conv2d: the GPU kernel supports k = 1 or 3, got {k}");
+    ensure!(cin == p.x.channels(), "conv2d: weight expects {cin} input channels, got {}", p.x.channels());
+    ensure!(out.c == cout, "conv2d: weight has {cout} output channels, out has {}", out.c);
+    ensure!(
+        p.bias.kind == WeightKind::Vector && p.bias.numel() == cout,
+        "conv2d bias: a {:?} weight of shape {:?}, expected a vector of {cout}",
+        p.bias.kind,
+        p.bias.shape
+    );
+    ensure!(p.stride >= 1, "conv2d: stride 0");
+    ensure!(p.pad.iter().all(|&v| v < 1 << 20), "conv2d: absurd padding {:?}", p.pad);
+    let up = p.upsample as usize;
+    ensure!(xa.h < 1 << 20 && xa.w < 1 << 20, "conv2d: absurd input size {}x{}", xa.h, xa.w);
+    let (hu, wu) = (xa.h << up, xa.w << up);
+    let [pt, pl, pb, pr] = p.pad;
+    ensure!(
+        hu + pt + pb >= k && wu + pl + pr >= k,
+        "conv2d: kernel {k} larger than the padded input {}x{}",
+        hu + pt + pb,
+        wu + pl + pr
+    );
+    let ho = (hu + pt + pb - k) / p.stride + 1;
+    let wo = (wu + pl + pr - k) / p.stride + 1;
+    ensure!((out.h, out.w) == (ho, wo), "conv2d: output is {}x{}, the conv gives {ho}x{wo}", out.h, out.w);
+    if let Some(t) = &p.temb {
+        check_input(t, cout, 1, 1, out.n, "conv2d temb")?;
+    }
+    if let Some(r) = &p.residual {
+        check_input(r, cout, ho, wo, out.n, "conv2d residual")?;
+    }
+    for inp in [Some(xa), xb, p.temb.as_ref(), p.residual.as_ref()].into_iter().flatten() {
+        if std::ptr::eq(out.buf, inp.buf) && !out.is_empty() && !inp.is_empty() {
+            ensure!(
+                out.off + out.len() <= inp.off || inp.off + inp.len() <= out.off,
+                "conv2d: output [{}, {}) overlaps an input [{}, {})",
+                out.off,
+                out.off + out.len(),
+                inp.off,
+                inp.off + inp.len()
+            );
+        }
+    }
+    if out.is_empty() {
+        return Ok(());
+    }
+
+    // The kernel indexes pixels, the K dimension and planes with 32-bit ints.
+    let npix = int(out.n * ho * wo, "n*ho*wo")?;
+    int(cin * k * k, "cin*k*k")?;
+    int(hu * wu, "up-sampled input plane")?;
+    let bm = block_m(be.precision());
+    let grid_y = cout.div_ceil(bm);
+    ensure!(grid_y <= 65535, "conv2d: {cout} output channels exceed the launch grid");
+    let params = ConvParams {
+        xa: be.addr(xa, "conv2d x")?,
+        xb: xb.map(|b| be.addr(b, "conv2d x (second source)")).transpose()?.unwrap_or(0),
+        w: be.wptr(wt),
+        bias: be.wptr(p.bias),
+        temb: p.temb.as_ref().map(|t| be.addr(t, "conv2d temb")).transpose()?.unwrap_or(0),
+        residual: p.residual.as_ref().map(|r| be.addr(r, "conv2d residual")).transpose()?.unwrap_or(0),
+        out: be.addr(out, "conv2d out")?,
+        n: int(out.n, "n")?,
+        na: int(xa.n, "na")?,
+        nb: int(xb.map_or(1, |b| b.n), "nb")?,
+        ca: int(xa.c, "ca")?,
+        cb: int(xb.map_or(0, |b| b.c), "cb")?,
+        h: int(xa.h, "h")?,
+        w_: int(xa.w, "w")?,
+        cout: int(cout, "cout")?,
+        ho: int(ho, "ho")?,
+        wo: int(wo, "wo")?,
+        k: k as i32,
+        stride: int(p.stride, "stride")?,
+        pad_t: pt as i32,
+        pad_l: pl as i32,
+        upsample: up as i32,
+        temb_n: int(p.temb.as_ref().map_or(1, |t| t.n), "temb batch")?,
+        res_n: int(p.residual.as_ref().map_or(1, |r| r.n), "residual batch")?,
+        _pad: 0,
+    };
+    let grid = [(npix as usize).div_ceil(BLOCK_N) as u32, grid_y as u32, 1];
+    be.launch(&format!("conv2d_{}", be.suffix()), grid, [THREADS, 1, 1], 0, &params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::*;
+    use crate::backend::{Act, Backend, Cat, Conv2d, WeightKind};
+    use crate::model::unet::Precision;
+
+    /// One conv configuration; batch sizes of 0 mean "absent".
+    #[derive(Clone, Copy)]
+    struct Case {
+        n: usize,
+        na: usize,
+        ca: usize,
+        nb: usize,
+        cb: usize,
+        h: usize,
+        w: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        pad: [usize; 4],
+        up: bool,
+        temb_n: usize,
+        res_n: usize,
+    }
+
+    const BASE: Case = Case {
+        n: 1,
+        na: 1,
+        ca: 3,
+        nb: 0,
+        cb: 0,
+        h: 7,
+        w: 9,
+        cout: 5,
+        k: 3,
+        stride: 1,
+        pad: [1, 1, 1, 1],
+        up: false,
+        temb_n: 0,
+        res_n: 0,
+    };
+
+    /// Runs `cs` on one backend with the data of `seed` (weights rounded through
+    /// `prec`, as `UNet::new` does) and returns the output.
+    fn conv_on<B: Backend>(be: &B, cs: Case, seed: u64, prec: Precision) -> Vec<f32> {
+        let cin = cs.ca + cs.cb;
+        let (k, s) = (cs.k, cs.stride);
+        let u = if cs.up { 2 } else { 1 };
+        let ho = (cs.h * u + cs.pad[0] + cs.pad[2] - k) / s + 1;
+        let wo = (cs.w * u + cs.pad[1] + cs.pad[3] - k) / s + 1;
+        let hw = cs.h * cs.w;
+        let ba = place(be, &rand_vec(seed, cs.na * cs.ca * hw));
+        let bb = place(be, &rand_vec(seed + 1, cs.nb * cs.cb * hw));
+        let bt = place(be, &rand_vec(seed + 4, cs.temb_n * cs.cout));
+        let br = place(be, &rand_vec(seed + 5, cs.res_n * cs.cout * ho * wo));
+        let wt = weight(be, &[cs.cout, cin, k, k], &rand_vec(seed + 2, cs.cout * cin * k * k), WeightKind::Conv, prec);
+        let bias = weight(be, &[cs.cout], &rand_vec(seed + 3, cs.cout), WeightKind::Vector, prec);
+        let olen = cs.n * cs.cout * ho * wo;
+        let bo = poisoned(be, olen);
+        let x =
+            Cat { a: act(&ba, cs.na, cs.ca, cs.h, cs.w), b: (cs.cb > 0).then(|| act(&bb, cs.nb, cs.cb, cs.h, cs.w)) };
+        be.conv2d(&Conv2d::<B> {
+            x,
+            w: &wt,
+            bias: &bias,
+            k,
+            stride: s,
+            pad: cs.pad,
+            upsample: cs.up,
+            temb: (cs.temb_n > 0).then(|| act(&bt, cs.temb_n, cs.cout, 1, 1)),
+            residual: (cs.res_n > 0).then(|| act(&br, cs.res_n, cs.cout, ho, wo)),
+            out: act(&bo, cs.n, cs.cout, ho, wo),
+        })
+        .unwrap();
+        read(be, &bo, olen)
+    }
+
+    /// The emulated kernel against the CPU oracle at every storage precision.
+    fn check(cs: Case, seed: u64) {
+        for prec in [Precision::F32, Precision::F16, Precision::Bf16] {
+            let want = conv_on(&cpu(), cs, seed, prec);
+            let got = conv_on(&emu(prec), cs, seed, prec);
+            let e = rel_l2(&got, &want);
+            eprintln!("conv seed {seed} {prec:?}: rel L2 {e:.2e}");
+            assert!(e < bound(prec), "seed {seed} {prec:?}: rel L2 {e:e} >= {:e}", bound(prec));
+        }
+    }
+
+    #[test]
+    fn conv_odd_sizes() {
+        // cout 5, cin 3, 7x9 input: every tile edge is partial, K = 27.
+        check(BASE, 1);
+    }
+
+    #[test]
+    fn conv_1x1() {
+        check(Case { k: 1, pad: [0; 4], ca: 33, cout: 17, h: 6, w: 5, res_n: 1, ..BASE }, 2);
+        check(Case { k: 1, pad: [0; 4], n: 2, na: 1, ca: 3, nb: 2, cb: 5, cout: 6, h: 9, w: 8, ..BASE }, 3);
+    }
+
+    #[test]
+    fn conv_3x3_stride2_both_paddings() {
+        for (i, &(h, w)) in [(9, 9), (8, 10)].iter().enumerate() {
+            let seed = 10 + 2 * i as u64;
+            // DDPM down-sampling: pad (0, 1) on each axis, i.e. pad_t = pad_l = 0.
+            check(Case { stride: 2, pad: [0, 0, 1, 1], h, w, ca: 5, cout: 6, ..BASE }, seed);
+            check(Case { stride: 2, pad: [1, 1, 1, 1], h, w, ca: 3, cout: 7, ..BASE }, seed + 1);
+        }
+    }
+
+    #[test]
+    fn conv_upsample() {
+        check(Case { up: true, h: 5, w: 6, ca: 5, cout: 7, ..BASE }, 20);
+        check(Case { up: true, h: 6, w: 5, ca: 3, nb: 1, cb: 2, cout: 9, res_n: 1, ..BASE }, 21);
+    }
+
+    #[test]
+    fn conv_other_paddings() {
+        // Unpadded 3x3, 1x1 stride 2, and stride 2 over an up-sampled input with uneven
+        // padding (everything the CPU op accepts, though the U-Net does not use it).
+        check(Case { pad: [0; 4], ca: 5, cout: 7, h: 9, w: 12, ..BASE }, 50);
+        check(Case { k: 1, stride: 2, pad: [0; 4], ca: 6, nb: 1, cb: 3, cout: 5, h: 9, w: 8, ..BASE }, 51);
+        check(Case { stride: 2, pad: [2, 0, 1, 3], up: true, h: 5, w: 7, ..BASE }, 52);
+    }
+
+    #[test]
+    fn conv_cat_broadcast_temb_residual() {
+        // Skip concat, the first source broadcast over the batch (na = 1, n = 2).
+        check(Case { n: 2, na: 1, ca: 4, nb: 2, cb: 3, cout: 9, temb_n: 2, res_n: 2, ..BASE }, 30);
+        // temb and residual broadcast.
+        check(Case { n: 3, na: 3, ca: 5, nb: 1, cb: 2, cout: 6, h: 5, w: 6, temb_n: 1, res_n: 1, ..BASE }, 31);
+    }
+
+    #[test]
+    fn conv_several_blocks() {
+        // Several blocks along M (cout > 128) and N, K over several 32-wide slices, a
+        // channel split (ca = 64 + cb = 32) not aligned to the K slices.
+        check(Case { ca: 64, nb: 1, cb: 32, cout: 130, h: 9, w: 10, temb_n: 1, res_n: 1, ..BASE }, 40);
+    }
+
+    #[test]
+    fn conv_rejects_bad_shapes() {
+        let be = emu(Precision::F16);
+        let xb = place(&be, &rand_vec(1, 3 * 16));
+        let ob = poisoned(&be, 5 * 16 + 4);
+        let tb = place(&be, &rand_vec(4, 10));
+        let wt = weight(&be, &[5, 3, 3, 3], &rand_vec(2, 135), WeightKind::Conv, Precision::F16);
+        let w5 = weight(&be, &[5, 3, 5, 5], &rand_vec(2, 375), WeightKind::Conv, Precision::F16);
+        let bias = weight(&be, &[5], &rand_vec(3, 5), WeightKind::Vector, Precision::F16);
+        let mk = |out: Act<'_, _>, k: usize, temb: Option<Act<'_, _>>| {
+            let w = if k == 5 { &w5 } else { &wt };
+            be.conv2d(&Conv2d::<_> {
+                x: act(&xb, 1, 3, 4, 4).into(),
+                w,
+                bias: &bias,
+                k,
+                stride: 1,
+                pad: [1; 4],
+                upsample: false,
+                temb,
+                residual: None,
+                out,
+            })
+        };
+        mk(act(&ob, 1, 5, 4, 4), 3, None).unwrap();
+        mk(act(&ob, 1, 5, 4, 4), 3, Some(act(&tb, 1, 5, 1, 1))).unwrap();
+        assert!(mk(act(&ob, 1, 5, 3, 4), 3, None).is_err(), "wrong output size");
+        assert!(mk(act(&ob, 1, 4, 4, 4), 3, None).is_err(), "wrong cout");
+        assert!(mk(act(&ob, 1, 5, 4, 4), 1, None).is_err(), "k does not match the weight");
+        assert!(mk(act(&ob, 1, 5, 2, 2), 5, None).is_err(), "k = 5 is not supported");
+        assert!(mk(Act::new(&ob, 20, 1, 5, 4, 4), 3, None).is_err(), "output past its buffer");
+        assert!(mk(act(&ob, 1, 5, 4, 4), 3, Some(act(&tb, 2, 5, 1, 1))).is_err(), "temb batch 2 > n 1");
+        assert!(mk(act(&ob, 1, 5, 4, 4), 3, Some(act(&tb, 1, 4, 1, 1))).is_err(), "temb channels");
+        // The output overlapping the input.
+        let big = place(&be, &rand_vec(9, 100));
+        let r = be.conv2d(&Conv2d::<_> {
+            x: act(&big, 1, 3, 4, 4).into(),
+            w: &wt,
+            bias: &bias,
+            k: 3,
+            stride: 1,
+            pad: [1; 4],
+            upsample: false,
+            temb: None,
+            residual: None,
+            out: Act::new(&big, OFF + 10, 1, 5, 4, 4),
+        });
+        assert!(r.is_err(), "output overlapping the input");
+    }
 }

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use anyhow::{anyhow, bail, Result};
 use cudarc::driver::sys::{self, CUresult};
 
-use super::device::{DevPtr, Device};
+use super::device::{DevPtr, Device, GraphId, Launch};
 
 /// The kernels compiled by nvcc at build time (empty when nvcc was not found).
 static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kernels.fatbin"));
@@ -40,10 +40,71 @@ fn check(r: CUresult, what: &str) -> Result<()> {
     }
 }
 
+/// An instantiated graph and its kernel nodes, in launch order.
+struct Graph {
+    graph: sys::CUgraph,
+    exec: sys::CUgraphExec,
+    nodes: Vec<(sys::CUgraphNode, Launch, sys::CUfunction)>,
+}
+
 struct Raw {
     ctx: sys::CUcontext,
     module: sys::CUmodule,
     funcs: HashMap<String, (sys::CUfunction, u32)>,
+    graphs: HashMap<GraphId, Graph>,
+    next_graph: GraphId,
+}
+
+impl Raw {
+    /// The kernel's handle, allowed `smem` bytes of dynamic shared memory.
+    fn function(&mut self, kernel: &str, smem: u32) -> Result<sys::CUfunction> {
+        let (f, allowed) = match self.funcs.get(kernel) {
+            Some(f) => *f,
+            None => {
+                let c = CString::new(kernel).map_err(|_| anyhow!("bad kernel name {kernel:?}"))?;
+                let mut f: sys::CUfunction = std::ptr::null_mut();
+                // SAFETY: valid module and NUL-terminated name.
+                check(unsafe { sys::cuModuleGetFunction(&mut f, self.module, c.as_ptr()) }, "cuModuleGetFunction")
+                    .map_err(|e| anyhow!("kernel {kernel} is not in this build's fatbin: {e}"))?;
+                (f, DEFAULT_SMEM)
+            }
+        };
+        let allowed = if smem > allowed {
+            // Opt in to more than 48 KiB of dynamic shared memory.
+            // SAFETY: valid function handle.
+            let r = unsafe {
+                sys::cuFuncSetAttribute(
+                    f,
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    smem as c_int,
+                )
+            };
+            check(r, &format!("allowing {smem} bytes of shared memory for {kernel}"))?;
+            smem
+        } else {
+            allowed
+        };
+        self.funcs.insert(kernel.to_string(), (f, allowed));
+        Ok(f)
+    }
+}
+
+fn node_params(f: sys::CUfunction, l: &Launch, args: &mut [*mut c_void; 1]) -> sys::CUDA_KERNEL_NODE_PARAMS {
+    args[0] = l.params.as_ptr() as *mut c_void;
+    sys::CUDA_KERNEL_NODE_PARAMS {
+        func: f,
+        gridDimX: l.grid[0],
+        gridDimY: l.grid[1],
+        gridDimZ: l.grid[2],
+        blockDimX: l.block[0],
+        blockDimY: l.block[1],
+        blockDimZ: l.block[2],
+        sharedMemBytes: l.smem,
+        kernelParams: args.as_mut_ptr(),
+        extra: std::ptr::null_mut(),
+        kern: std::ptr::null_mut(),
+        ctx: std::ptr::null_mut(),
+    }
 }
 
 pub struct CudaDevice {
@@ -112,7 +173,8 @@ impl CudaDevice {
             let mut module: sys::CUmodule = std::ptr::null_mut();
             check(sys::cuModuleLoadData(&mut module, image.as_ptr() as *const c_void), "loading the kernels")
                 .map_err(|e| anyhow!("{e} (the embedded kernels do not run on {name}, sm_{}{})", cc.0, cc.1))?;
-            Ok(Self { raw: Mutex::new(Raw { ctx, module, funcs: HashMap::new() }), name, cc })
+            let raw = Raw { ctx, module, funcs: HashMap::new(), graphs: HashMap::new(), next_graph: 0 };
+            Ok(Self { raw: Mutex::new(raw), name, cc })
         }
     }
 
@@ -189,33 +251,7 @@ impl Device for CudaDevice {
 
     fn launch(&self, kernel: &str, grid: [u32; 3], block: [u32; 3], smem: u32, params: &[u8]) -> Result<()> {
         let mut raw = self.lock()?;
-        let module = raw.module;
-        let entry = match raw.funcs.get(kernel) {
-            Some(f) => *f,
-            None => {
-                let c = CString::new(kernel).map_err(|_| anyhow!("bad kernel name {kernel:?}"))?;
-                let mut f: sys::CUfunction = std::ptr::null_mut();
-                // SAFETY: valid module and NUL-terminated name.
-                check(unsafe { sys::cuModuleGetFunction(&mut f, module, c.as_ptr()) }, "cuModuleGetFunction")
-                    .map_err(|e| anyhow!("kernel {kernel} is not in this build's fatbin: {e}"))?;
-                raw.funcs.insert(kernel.to_string(), (f, DEFAULT_SMEM));
-                (f, DEFAULT_SMEM)
-            }
-        };
-        let (f, allowed) = entry;
-        if smem > allowed {
-            // Opt in to more than 48 KiB of dynamic shared memory, once per size.
-            let r = unsafe {
-                // SAFETY: valid function handle.
-                sys::cuFuncSetAttribute(
-                    f,
-                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    smem as c_int,
-                )
-            };
-            check(r, &format!("allowing {smem} bytes of shared memory for {kernel}"))?;
-            raw.funcs.insert(kernel.to_string(), (f, smem));
-        }
+        let f = raw.function(kernel, smem)?;
         let mut args = [params.as_ptr() as *mut c_void];
         // SAFETY: the kernel takes exactly one parameter block of this layout
         // (params.rs, checked against the emulated build by a test).
@@ -241,5 +277,71 @@ impl Device for CudaDevice {
         let _g = self.lock()?;
         // SAFETY: plain driver call.
         check(unsafe { sys::cuCtxSynchronize() }, "a GPU kernel (reported at synchronisation)")
+    }
+
+    fn graph_create(&self, launches: &[Launch]) -> Result<GraphId> {
+        let mut raw = self.lock()?;
+        let mut graph: sys::CUgraph = std::ptr::null_mut();
+        // SAFETY: valid out-pointer.
+        check(unsafe { sys::cuGraphCreate(&mut graph, 0) }, "cuGraphCreate")?;
+        let mut g = Graph { graph, exec: std::ptr::null_mut(), nodes: Vec::with_capacity(launches.len()) };
+        let built = (|| -> Result<()> {
+            for l in launches {
+                let f = raw.function(&l.kernel, l.smem)?;
+                let mut args = [std::ptr::null_mut(); 1];
+                let p = node_params(f, l, &mut args);
+                let mut node: sys::CUgraphNode = std::ptr::null_mut();
+                let prev = g.nodes.last().map(|n| n.0);
+                let deps = prev.as_slice();
+                // SAFETY: the parameters are copied by the driver during the call.
+                let r = unsafe { sys::cuGraphAddKernelNode_v2(&mut node, graph, deps.as_ptr(), deps.len(), &p) };
+                check(r, &format!("adding {} to a graph", l.kernel))?;
+                g.nodes.push((node, l.clone(), f));
+            }
+            // SAFETY: a complete graph; valid out-pointer.
+            check(unsafe { sys::cuGraphInstantiateWithFlags(&mut g.exec, graph, 0) }, "cuGraphInstantiate")
+        })();
+        if let Err(e) = built {
+            // SAFETY: the graph was created above and is not used again.
+            unsafe { sys::cuGraphDestroy(graph) };
+            return Err(e);
+        }
+        let id = raw.next_graph;
+        raw.next_graph += 1;
+        raw.graphs.insert(id, g);
+        Ok(id)
+    }
+
+    fn graph_set_params(&self, id: GraphId, index: usize, params: &[u8]) -> Result<()> {
+        let mut raw = self.lock()?;
+        let g = raw.graphs.get_mut(&id).ok_or_else(|| anyhow!("no graph {id}"))?;
+        let exec = g.exec;
+        let (node, l, f) = g.nodes.get_mut(index).ok_or_else(|| anyhow!("no launch {index} in graph {id}"))?;
+        anyhow::ensure!(l.params.len() == params.len(), "graph {id} launch {index}: parameter block size changed");
+        l.params.copy_from_slice(params);
+        let mut args = [std::ptr::null_mut(); 1];
+        let p = node_params(*f, l, &mut args);
+        // SAFETY: same kernel and shape as the node was created with; params copied.
+        check(unsafe { sys::cuGraphExecKernelNodeSetParams_v2(exec, *node, &p) }, "updating a graph node")
+    }
+
+    fn graph_launch(&self, id: GraphId) -> Result<()> {
+        let raw = self.lock()?;
+        let g = raw.graphs.get(&id).ok_or_else(|| anyhow!("no graph {id}"))?;
+        // SAFETY: an instantiated graph, launched on the legacy default stream so it is
+        // ordered with the synchronous copies.
+        check(unsafe { sys::cuGraphLaunch(g.exec, std::ptr::null_mut()) }, "cuGraphLaunch")
+    }
+
+    fn graph_destroy(&self, id: GraphId) {
+        if let Ok(mut raw) = self.lock() {
+            if let Some(g) = raw.graphs.remove(&id) {
+                // SAFETY: created by graph_create; not used after this.
+                unsafe {
+                    sys::cuGraphExecDestroy(g.exec);
+                    sys::cuGraphDestroy(g.graph);
+                }
+            }
+        }
     }
 }

@@ -8,6 +8,27 @@ use anyhow::Result;
 /// A device address.
 pub type DevPtr = u64;
 
+/// Handle of an instantiated launch graph.
+pub type GraphId = u64;
+
+/// One kernel launch, as recorded for a graph.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Launch {
+    pub kernel: String,
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    pub smem: u32,
+    pub params: Vec<u8>,
+}
+
+impl Launch {
+    /// Everything but the parameter values: two launches with the same shape can share
+    /// a graph node whose parameters are updated.
+    pub fn same_shape(&self, o: &Launch) -> bool {
+        self.kernel == o.kernel && self.grid == o.grid && self.block == o.block && self.smem == o.smem
+    }
+}
+
 pub trait Device: Send + Sync + 'static {
     /// What this device is, for messages (`emu`, `NVIDIA H100 80GB HBM3 (sm_90)`).
     fn describe(&self) -> String;
@@ -26,4 +47,12 @@ pub trait Device: Send + Sync + 'static {
     fn launch(&self, kernel: &str, grid: [u32; 3], block: [u32; 3], smem: u32, params: &[u8]) -> Result<()>;
     /// Waits for every launch and copy issued so far; reports asynchronous errors.
     fn sync(&self) -> Result<()>;
+
+    /// Instantiates `launches` as one graph (a chain: each launch after the previous).
+    fn graph_create(&self, launches: &[Launch]) -> Result<GraphId>;
+    /// Replaces the parameters of launch `index` of graph `g` (same shape).
+    fn graph_set_params(&self, g: GraphId, index: usize, params: &[u8]) -> Result<()>;
+    /// Runs graph `g`, ordered after everything issued before.
+    fn graph_launch(&self, g: GraphId) -> Result<()>;
+    fn graph_destroy(&self, g: GraphId);
 }

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 use anyhow::{anyhow, bail, Result};
 
-use super::device::{DevPtr, Device};
+use super::device::{DevPtr, Device, GraphId, Launch};
 
 extern "C" {
     fn ds_emu_launch(
@@ -38,6 +38,9 @@ pub fn kernel_param_size(name: &str) -> Option<usize> {
 pub struct EmuDevice {
     /// Live allocations (address -> layout), to free them and to reject bad frees.
     allocs: Mutex<HashMap<DevPtr, Layout>>,
+    /// Graphs: their launch lists, replayed in order.
+    graphs: Mutex<HashMap<GraphId, Vec<Launch>>>,
+    next_graph: std::sync::atomic::AtomicU64,
 }
 
 impl EmuDevice {
@@ -119,5 +122,34 @@ impl Device for EmuDevice {
 
     fn sync(&self) -> Result<()> {
         Ok(())
+    }
+
+    fn graph_create(&self, launches: &[Launch]) -> Result<GraphId> {
+        let id = self.next_graph.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.graphs.lock().unwrap_or_else(|e| e.into_inner()).insert(id, launches.to_vec());
+        Ok(id)
+    }
+
+    fn graph_set_params(&self, g: GraphId, index: usize, params: &[u8]) -> Result<()> {
+        let mut graphs = self.graphs.lock().unwrap_or_else(|e| e.into_inner());
+        let l = graphs
+            .get_mut(&g)
+            .and_then(|v| v.get_mut(index))
+            .ok_or_else(|| anyhow!("no launch {index} in graph {g}"))?;
+        anyhow::ensure!(l.params.len() == params.len(), "graph {g} launch {index}: parameter block size changed");
+        l.params.copy_from_slice(params);
+        Ok(())
+    }
+
+    fn graph_launch(&self, g: GraphId) -> Result<()> {
+        let launches = self.graphs.lock().unwrap_or_else(|e| e.into_inner()).get(&g).cloned();
+        for l in launches.ok_or_else(|| anyhow!("no graph {g}"))? {
+            self.launch(&l.kernel, l.grid, l.block, l.smem, &l.params)?;
+        }
+        Ok(())
+    }
+
+    fn graph_destroy(&self, g: GraphId) {
+        self.graphs.lock().unwrap_or_else(|e| e.into_inner()).remove(&g);
     }
 }

@@ -22,8 +22,9 @@ mod step;
 #[cfg(test)]
 pub(crate) mod testutil;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::{ensure, Context, Result};
 use bytemuck::Pod;
@@ -31,7 +32,7 @@ use bytemuck::Pod;
 use super::{Act, Backend, Cat, Conv2d, DdimStep, WeightKind};
 use crate::model::unet::Precision;
 use crate::tensor::HostTensor;
-use device::{DevPtr, Device};
+use device::{DevPtr, Device, GraphId, Launch};
 
 /// Allocation statistics of one backend (device bytes, all buffers and weights).
 #[derive(Default)]
@@ -96,15 +97,93 @@ impl GpuWeight {
     }
 }
 
+/// Graph counters (tests and `--verbose`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GraphStats {
+    /// Graphs instantiated (one per distinct step shape).
+    pub created: usize,
+    /// Steps run by replaying an existing graph.
+    pub replayed: usize,
+    /// Node parameter blocks rewritten before a replay.
+    pub updated_nodes: usize,
+}
+
+/// Steps recorded as launch lists and run as graphs: one graph per distinct sequence of
+/// launch shapes, replayed with only the changed parameter blocks rewritten.
+#[derive(Default)]
+struct Graphs {
+    recording: Option<Vec<Launch>>,
+    cache: Vec<(GraphId, Vec<Launch>)>,
+    stats: GraphStats,
+}
+
+/// Most distinct step shapes kept (plain, injecting, mixing, calibrating, ...).
+const MAX_GRAPHS: usize = 16;
+
 pub struct GpuBackend<D: Device> {
     dev: Arc<D>,
     precision: Precision,
     stats: Arc<Stats>,
+    graphs: Mutex<Graphs>,
+    use_graphs: bool,
 }
 
 impl<D: Device> GpuBackend<D> {
     pub fn new(dev: D, precision: Precision) -> Self {
-        Self { dev: Arc::new(dev), precision, stats: Arc::default() }
+        Self { dev: Arc::new(dev), precision, stats: Arc::default(), graphs: Mutex::default(), use_graphs: true }
+    }
+
+    /// Runs every op as a direct launch, never as a graph (for comparisons).
+    pub fn without_graphs(mut self) -> Self {
+        self.use_graphs = false;
+        self
+    }
+
+    pub fn graph_stats(&self) -> GraphStats {
+        self.lock_graphs().stats
+    }
+
+    fn lock_graphs(&self) -> MutexGuard<'_, Graphs> {
+        self.graphs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs what has been recorded so far of the current step (as a graph), so that a
+    /// host copy in the middle of a step sees its results; recording goes on.
+    fn flush(&self) -> Result<()> {
+        let mut g = self.lock_graphs();
+        let Some(rec) = g.recording.take() else { return Ok(()) };
+        g.recording = Some(Vec::new());
+        self.run_graph(&mut g, rec)
+    }
+
+    fn run_graph(&self, g: &mut Graphs, rec: Vec<Launch>) -> Result<()> {
+        if rec.is_empty() {
+            return Ok(());
+        }
+        let same =
+            |cached: &[Launch]| cached.len() == rec.len() && cached.iter().zip(&rec).all(|(a, b)| a.same_shape(b));
+        if let Some(k) = g.cache.iter().position(|(_, c)| same(c)) {
+            let id = g.cache[k].0;
+            let mut updated = 0;
+            for (i, l) in rec.iter().enumerate() {
+                if g.cache[k].1[i].params != l.params {
+                    self.dev.graph_set_params(id, i, &l.params)?;
+                    updated += 1;
+                }
+            }
+            g.cache[k].1 = rec;
+            g.stats.replayed += 1;
+            g.stats.updated_nodes += updated;
+            return self.dev.graph_launch(id);
+        }
+        let id = self.dev.graph_create(&rec)?;
+        if g.cache.len() == MAX_GRAPHS {
+            let (old, _) = g.cache.remove(0);
+            self.dev.graph_destroy(old);
+        }
+        g.cache.push((id, rec));
+        g.stats.created += 1;
+        self.dev.graph_launch(id)
     }
 
     pub fn device(&self) -> &D {
@@ -158,9 +237,22 @@ impl<D: Device> GpuBackend<D> {
         w.mem.ptr
     }
 
-    /// Launches `kernel` with one parameter block.
+    /// Launches `kernel` with one parameter block (or records it inside a step).
     pub(crate) fn launch<P: Pod>(&self, kernel: &str, grid: [u32; 3], block: [u32; 3], smem: u32, p: &P) -> Result<()> {
-        self.dev.launch(kernel, grid, block, smem, bytemuck::bytes_of(p))
+        let params = bytemuck::bytes_of(p);
+        if let Some(rec) = self.lock_graphs().recording.as_mut() {
+            rec.push(Launch { kernel: kernel.to_string(), grid, block, smem, params: params.to_vec() });
+            return Ok(());
+        }
+        self.dev.launch(kernel, grid, block, smem, params)
+    }
+}
+
+impl<D: Device> Drop for GpuBackend<D> {
+    fn drop(&mut self) {
+        for (id, _) in self.lock_graphs().cache.drain(..) {
+            self.dev.graph_destroy(id);
+        }
     }
 }
 
@@ -172,6 +264,14 @@ impl<D: Device> Backend for GpuBackend<D> {
         self.dev.kind()
     }
 
+    fn describe(&self) -> String {
+        format!("{}, {:?} weights", self.dev.describe(), self.precision)
+    }
+
+    fn peak_device_bytes(&self) -> Option<usize> {
+        Some(self.peak_bytes())
+    }
+
     fn alloc(&self, len: usize) -> Result<GpuBuf> {
         let bytes = len.checked_mul(4).context("out of memory: buffer size overflows")?;
         let mem = self.raw_alloc(bytes)?;
@@ -181,12 +281,14 @@ impl<D: Device> Backend for GpuBackend<D> {
     }
 
     fn upload(&self, dst: Act<'_, GpuBuf>, data: &[f32]) -> Result<()> {
+        self.flush()?;
         ensure!(data.len() == dst.len(), "upload: {} values for a region of {}", data.len(), dst.len());
         let p = self.addr(&dst, "upload")?;
         self.dev.htod(p, bytemuck::cast_slice(data))
     }
 
     fn download(&self, src: Act<'_, GpuBuf>) -> Result<Vec<f32>> {
+        self.flush()?;
         let p = self.addr(&src, "download")?;
         let mut v = vec![0f32; src.len()];
         self.dev.dtoh(p, bytemuck::cast_slice_mut(&mut v))?;
@@ -194,6 +296,7 @@ impl<D: Device> Backend for GpuBackend<D> {
     }
 
     fn upload_weight(&self, t: &HostTensor, kind: WeightKind) -> Result<GpuWeight> {
+        self.flush()?;
         // Only conv weights are stored reduced (the bulk of the bytes and the tensor-core
         // operand); the host already rounded every weight through the precision.
         let bytes: Vec<u8> = match (kind, self.precision) {
@@ -211,7 +314,23 @@ impl<D: Device> Backend for GpuBackend<D> {
     }
 
     fn sync(&self) -> Result<()> {
+        self.flush()?;
         self.dev.sync()
+    }
+
+    fn begin_step(&self) -> Result<()> {
+        // A recording left over from a step that failed part-way never ran; its error
+        // has been reported, so it is dropped.
+        self.lock_graphs().recording = self.use_graphs.then(Vec::new);
+        Ok(())
+    }
+
+    fn end_step(&self) -> Result<()> {
+        let mut g = self.lock_graphs();
+        match g.recording.take() {
+            Some(rec) => self.run_graph(&mut g, rec),
+            None => Ok(()),
+        }
     }
 
     fn copy(&self, src: Act<'_, GpuBuf>, dst: Act<'_, GpuBuf>) -> Result<()> {
