@@ -121,9 +121,42 @@ mod tests {
     use crate::backend::{Act, Backend, Cat, WeightKind};
     use crate::model::unet::Precision;
 
-    /// GPU (emulated) vs CPU on the same data: `xa` gets values `mean + std * r`.
+    /// `data` at `off` in a fresh NaN buffer (testutil's `place` uses the unaligned `OFF`).
+    fn put<B: Backend>(be: &B, data: &[f32], off: usize) -> B::Buf {
+        let buf = be.alloc(off + data.len() + 3).unwrap();
+        be.upload(Act::new(&buf, off, 1, data.len(), 1, 1), data).unwrap();
+        buf
+    }
+
+    /// The `len` floats at `off`, checking the NaN guards and that all were written.
+    fn get<B: Backend>(be: &B, buf: &B::Buf, off: usize, len: usize) -> Vec<f32> {
+        let all = be.download(Act::new(buf, 0, 1, off + len + 3, 1, 1)).unwrap();
+        assert!(all[..off].iter().chain(&all[off + len..]).all(|v| v.is_nan()), "write outside the output");
+        let v = all[off..off + len].to_vec();
+        assert!(v.iter().all(|x| x.is_finite()), "output not fully written");
+        v
+    }
+
+    /// GPU (emulated) vs CPU on the same data: `xa` gets values `mean + std * r`; every
+    /// region at offset `OFF` (not 16-byte aligned: the kernel's scalar paths).
     #[allow(clippy::too_many_arguments)]
     fn run(
+        n: usize,
+        a: (usize, usize),
+        b: (usize, usize),
+        hw: (usize, usize),
+        groups: usize,
+        silu: bool,
+        mean: f32,
+        std: f32,
+    ) -> f64 {
+        run_at(OFF, n, a, b, hw, groups, silu, mean, std)
+    }
+
+    /// As `run`, with the regions at `off` (a multiple of 4: the float4 paths).
+    #[allow(clippy::too_many_arguments)]
+    fn run_at(
+        off: usize,
         n: usize,
         (na, ca): (usize, usize),
         (nb, cb): (usize, usize),
@@ -144,13 +177,14 @@ mod tests {
         macro_rules! go {
             ($be:expr) => {{
                 let be = $be;
-                let (ba, bb) = (place(be, &xa), place(be, &xb));
-                let bo = poisoned(be, n * c * h * w);
+                let (ba, bb) = (put(be, &xa, off), put(be, &xb, off));
+                let bo = put(be, &vec![f32::NAN; n * c * h * w], off);
                 let g = weight(be, &[c], &gd, WeightKind::Vector, Precision::F32);
                 let b = weight(be, &[c], &bd, WeightKind::Vector, Precision::F32);
-                let x = Cat { a: act(&ba, na, ca, h, w), b: (cb > 0).then(|| act(&bb, nb, cb, h, w)) };
-                be.group_norm(x, &g, &b, groups, 1e-6, silu, act(&bo, n, c, h, w)).unwrap();
-                outs.push(read(be, &bo, n * c * h * w));
+                let a = Act::new(&ba, off, na, ca, h, w);
+                let x = Cat { a, b: (cb > 0).then(|| Act::new(&bb, off, nb, cb, h, w)) };
+                be.group_norm(x, &g, &b, groups, 1e-6, silu, Act::new(&bo, off, n, c, h, w)).unwrap();
+                outs.push(get(be, &bo, off, n * c * h * w));
             }};
         }
         go!(&gpu);
@@ -185,6 +219,17 @@ mod tests {
         let e = run(2, (1, 16), (2, 16), (16, 16), 4, false, 10.0, 0.1);
         eprintln!("group_norm mean 10 std 0.1: rel L2 {e:.3e}");
         run(1, (1, 32), (1, 0), (8, 8), 1, true, -10.0, 0.1);
+    }
+
+    #[test]
+    fn group_norm_aligned_vector_path() {
+        // 16-byte aligned regions: float4 sweeps (h*w % 4 == 0) and, for h*w odd,
+        // float4 statistics with the scalar normalise.
+        run_at(8, 2, (1, 64), (2, 64), (8, 8), 32, true, 1.0, 1.0);
+        run_at(4, 3, (1, 5), (3, 4), (4, 6), 3, false, 10.0, 0.1);
+        run_at(8, 1, (1, 32), (1, 0), (5, 5), 4, true, 0.0, 1.0);
+        let e = run_at(0, 1, (1, 32), (1, 32), (32, 32), 8, false, -10.0, 0.1);
+        eprintln!("group_norm aligned, mean -10 std 0.1: rel L2 {e:.3e}");
     }
 
     #[test]
