@@ -4,8 +4,9 @@
 // keys in tiles with an online softmax, so no score matrix goes to global memory.
 //
 // attention_f32: grid (ceil(p / 32), heads, n), block 256, dynamic smem
-// attn::smem_bytes(d) (d = c / heads <= 512; 82 KiB at d = 512, so the launch needs the
-// max-dynamic-smem attribute above 48 KiB).
+// 4 * attn::smem_floats(d) bytes (d = c / heads <= 512; 82 KiB at d = 512, so the
+// launch needs the max-dynamic-smem attribute above 48 KiB). attention_f32_d128: the
+// same for d <= 128 with fewer registers (two blocks per SM).
 //
 // Tiling (BQ = 32 queries, BK = 64 keys, head dim in chunks of DC = 32 channels):
 // - the block's queries stay in shared memory for the whole kernel, [d][BQ];
@@ -25,7 +26,6 @@ constexpr int BQ = 32;   // queries per block (= lanes: one query per lane in P 
 constexpr int BK = 64;   // keys per tile
 constexpr int DC = 32;   // head-dim channels per staged chunk
 constexpr int MAXD = 512;
-constexpr int MAXCH = MAXD / DC;
 constexpr int SP = BK + 1;  // padded row pitch of the K/V and score tiles
 
 // Dynamic shared memory of attention_f32 for head dim d (the launcher mirrors this).
@@ -34,13 +34,13 @@ constexpr int smem_floats(int d) {
     return dp * BQ + DC * SP + BQ * SP + 2 * BQ;
 }
 
-}  // namespace attn
-
-extern "C" __global__ void __launch_bounds__(256) attention_f32(const AttentionParams p) {
-    using namespace attn;
+// MAXC: head-dim chunks the output registers cover (head dim <= MAXC * DC).
+template <int MAXC>
+DS_DEV void attention_simt(const AttentionParams& p) {
     DS_DYN_SMEM(float, sm);
     const int P = p.p, C = p.c, d = C / p.heads;
     const int nch = (d + DC - 1) / DC, dp = nch * DC;
+    if (nch > MAXC) __trap();  // the launcher picked a variant too small for d
     float* q_s = sm;                 // [dp][BQ], zero beyond d and beyond the last token
     float* kv_s = q_s + dp * BQ;     // [DC][SP]: a K or V chunk
     float* s_s = kv_s + DC * SP;     // [BQ][SP]: scores, then probabilities
@@ -67,9 +67,9 @@ extern "C" __global__ void __launch_bounds__(256) attention_f32(const AttentionP
         m_run[r] = -INFINITY;
         l_run[r] = 0.f;
     }
-    float o[MAXCH][4];
+    float o[MAXC][4];
 #pragma unroll
-    for (int c = 0; c < MAXCH; c++)
+    for (int c = 0; c < MAXC; c++)
 #pragma unroll
         for (int r = 0; r < 4; r++) o[c][r] = 0.f;
 
@@ -131,7 +131,7 @@ extern "C" __global__ void __launch_bounds__(256) attention_f32(const AttentionP
         const float al = alpha_s[lane];
         const float* prow = s_s + lane * SP;
 #pragma unroll
-        for (int c = 0; c < MAXCH; c++) {
+        for (int c = 0; c < MAXC; c++) {
             if (c < nch) {
 #pragma unroll
                 for (int r = 0; r < 4; r++) o[c][r] *= al;
@@ -160,7 +160,7 @@ extern "C" __global__ void __launch_bounds__(256) attention_f32(const AttentionP
         const float inv = 1.f / l_s[lane];
         float* og = p.out + ((long long)b * C + (long long)hd * d) * PL + q0 + lane;
 #pragma unroll
-        for (int c = 0; c < MAXCH; c++) {
+        for (int c = 0; c < MAXC; c++) {
             if (c < nch) {
 #pragma unroll
                 for (int r = 0; r < 4; r++) {
@@ -171,7 +171,8 @@ extern "C" __global__ void __launch_bounds__(256) attention_f32(const AttentionP
         }
     }
 }
-DS_REGISTER(attention_f32, AttentionParams)
+
+}  // namespace attn
 
 // ---------------------------------------------------------------------------------
 // attention_bf16 / attention_f16: the same algorithm on tensor cores, for runs whose
@@ -180,7 +181,7 @@ DS_REGISTER(attention_f32, AttentionParams)
 // stays f32 (probabilities rounded to T only as the A operand of P V^T).
 //
 // grid (ceil(p / 32), heads, n), block 256, dynamic smem attn::tc_smem_bytes(d)
-// (57 KiB at d = 512).
+// (57 KiB at d = 512); the _d128 variants for d <= 128 hold fewer registers.
 //
 // Tiles: 32 queries x 64 keys, head dim in chunks of 64. Shared memory holds T pairs
 // as 32-bit words, rows padded by 16 bytes (ldmatrix rows stay 16-byte aligned and
@@ -199,7 +200,6 @@ constexpr int TK = 64;           // keys per tile
 constexpr int TC = 64;           // channels per chunk
 constexpr int TW = TC / 2 + 4;   // words per K / V / P row (64 halves + 16 bytes pad)
 constexpr int TSP = TK + 8;      // floats per score row (conflict-free float2 stores)
-constexpr int TMAXCH = MAXD / TC;
 static_assert(TK == TC, "K, V and P tiles share the row pitch TW");
 
 constexpr int tc_smem_bytes(int d) {
@@ -207,11 +207,13 @@ constexpr int tc_smem_bytes(int d) {
     return 4 * (TQ * qw + TK * TW + TQ * TW + TQ * TSP + 2 * TQ);
 }
 
-template <class T>
+// MAXC: head-dim chunks the output registers cover (head dim <= MAXC * TC).
+template <class T, int MAXC>
 DS_DEV void attention_tc(const AttentionParams& p) {
     DS_DYN_SMEM(uint32_t, sm);
     const int P = p.p, C = p.c, d = C / p.heads;
     const int nch = (d + TC - 1) / TC, qw = nch * TC / 2 + 4;
+    if (nch > MAXC) __trap();  // the launcher picked a variant too small for d
     uint32_t* q_w = sm;                           // [TQ][qw]
     uint32_t* kv_w = q_w + TQ * qw;               // [64][TW]: K chunk [key][ch] or V chunk [ch][key]
     uint32_t* p_w = kv_w + TK * TW;               // [TQ][TW]
@@ -249,9 +251,9 @@ DS_DEV void attention_tc(const AttentionParams& p) {
         m_run[r] = -INFINITY;
         l_run[r] = 0.f;
     }
-    float o[TMAXCH][2][4];
+    float o[MAXC][2][4];
 #pragma unroll
-    for (int c = 0; c < TMAXCH; c++)
+    for (int c = 0; c < MAXC; c++)
 #pragma unroll
         for (int j = 0; j < 2; j++)
 #pragma unroll
@@ -316,7 +318,7 @@ DS_DEV void attention_tc(const AttentionParams& p) {
         // ---- O = alpha O + P V^T, chunk by chunk of 64 channels ----
         const float al0 = alpha_s[mt * 16 + g], al1 = alpha_s[mt * 16 + g + 8];
 #pragma unroll
-        for (int c = 0; c < TMAXCH; c++) {
+        for (int c = 0; c < MAXC; c++) {
             if (c < nch) {
 #pragma unroll
                 for (int j = 0; j < 2; j++) {
@@ -355,7 +357,7 @@ DS_DEV void attention_tc(const AttentionParams& p) {
     const float inv0 = 1.f / l_s[i0], inv1 = 1.f / l_s[i1];
     float* og = p.out + ((long long)b * C + (long long)hd * d) * PL + q0;
 #pragma unroll
-    for (int c = 0; c < TMAXCH; c++) {
+    for (int c = 0; c < MAXC; c++) {
         if (c < nch) {
 #pragma unroll
             for (int j = 0; j < 2; j++) {
@@ -373,12 +375,17 @@ DS_DEV void attention_tc(const AttentionParams& p) {
 
 }  // namespace attn
 
-extern "C" __global__ void __launch_bounds__(256) attention_bf16(const AttentionParams p) {
-    attn::attention_tc<__nv_bfloat16>(p);
-}
-DS_REGISTER(attention_bf16, AttentionParams)
+// Entry points: the general kernels (head dim <= 512) and, for head dim <= 128, variants
+// with a quarter of the output registers, so that several blocks fit on an SM.
+#define DS_ATTN_KERNEL(name, min_blocks, ...)                                                      \
+    extern "C" __global__ void __launch_bounds__(attn::NT, min_blocks) name(const AttentionParams p) { \
+        __VA_ARGS__(p);                                                                            \
+    }                                                                                              \
+    DS_REGISTER(name, AttentionParams)
 
-extern "C" __global__ void __launch_bounds__(256) attention_f16(const AttentionParams p) {
-    attn::attention_tc<__half>(p);
-}
-DS_REGISTER(attention_f16, AttentionParams)
+DS_ATTN_KERNEL(attention_f32, 1, attn::attention_simt<attn::MAXD / attn::DC>)
+DS_ATTN_KERNEL(attention_f32_d128, 2, attn::attention_simt<128 / attn::DC>)
+DS_ATTN_KERNEL(attention_bf16, 1, attn::attention_tc<__nv_bfloat16, attn::MAXD / attn::TC>)
+DS_ATTN_KERNEL(attention_bf16_d128, 2, attn::attention_tc<__nv_bfloat16, 128 / attn::TC>)
+DS_ATTN_KERNEL(attention_f16, 1, attn::attention_tc<__half, attn::MAXD / attn::TC>)
+DS_ATTN_KERNEL(attention_f16_d128, 2, attn::attention_tc<__half, 128 / attn::TC>)

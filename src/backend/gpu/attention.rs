@@ -20,6 +20,8 @@ const DC: usize = 32;
 const BK: usize = 64;
 /// Largest head dimension (the output tile lives in registers).
 pub(super) const MAX_HEAD_DIM: usize = 512;
+/// Largest head dimension of the `_d128` kernels.
+const SMALL_HEAD_DIM: usize = 128;
 
 /// Dynamic shared memory of `attention_f32` (attn::smem_floats): the query tile
 /// `[d rounded up to DC][BQ]`, a K/V chunk and the score tile (rows padded to BK + 1),
@@ -71,11 +73,11 @@ pub(super) fn attention<D: Device>(
     };
     i32_of(3 * c * t, "attention sample size")?;
     let grid = |n: usize| [t.div_ceil(BQ) as u32, heads as u32, n as u32];
-    let (kernel, smem) = match be.suffix() {
-        "f32" => ("attention_f32", smem_bytes(d)),
-        "f16" => ("attention_f16", tc_smem_bytes(d)),
-        _ => ("attention_bf16", tc_smem_bytes(d)),
-    };
+    let smem = if be.suffix() == "f32" { smem_bytes(d) } else { tc_smem_bytes(d) };
+    // Head dims up to 128 (multi-head layers) get the variant with fewer output
+    // registers: two blocks per SM instead of one.
+    let kernel = format!("attention_{}{}", be.suffix(), if d <= SMALL_HEAD_DIM { "_d128" } else { "" });
+    let kernel = kernel.as_str();
     if qkv.n == out.n {
         return be.launch(kernel, grid(out.n), [THREADS, 1, 1], smem, &p);
     }
@@ -127,6 +129,7 @@ mod tests {
         run(1, 1, 8, (4, 4), 1, 3.0);
         run(2, 2, 33, (3, 5), 1, 3.0); // head dim not a multiple of the chunk
         run(1, 1, 48, (7, 7), 1, 3.0); // 49 tokens
+        run(2, 1, 160, (3, 3), 1, 3.0); // the general kernel (head dim > 128), ragged chunk
     }
 
     #[test]
@@ -151,7 +154,9 @@ mod tests {
     fn attention_tensor_cores() {
         // Ragged token counts, head dims below / across the 64-channel chunk, broadcast.
         for pr in [Precision::F16, Precision::Bf16] {
-            for (n, nq, c, hw, heads) in [(2, 1, 24, (7, 7), 3), (1, 1, 96, (3, 4), 1), (1, 1, 128, (9, 10), 2)] {
+            for (n, nq, c, hw, heads) in
+                [(2, 1, 24, (7, 7), 3), (1, 1, 96, (3, 4), 1), (1, 1, 128, (9, 10), 2), (2, 1, 200, (3, 3), 1)]
+            {
                 let e = run_at(pr, n, nq, c, hw, heads, 3.0);
                 eprintln!("attention {pr:?} c={c} {}x{} heads={heads}: rel L2 {e:.3e}", hw.0, hw.1);
             }
