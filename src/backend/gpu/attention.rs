@@ -93,7 +93,10 @@ pub(super) fn attention<D: Device>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::cuda::CudaDevice;
+    use super::super::device::Device;
     use super::super::testutil::*;
+    use super::super::GpuBackend;
     use crate::backend::{Act, Backend};
     use crate::model::unet::Precision;
 
@@ -103,8 +106,21 @@ mod tests {
         run_at(Precision::F32, n, nq, c, (h, w), heads, amp)
     }
 
-    fn run_at(pr: Precision, n: usize, nq: usize, c: usize, (h, w): (usize, usize), heads: usize, amp: f32) -> f64 {
-        let (gpu, cpu) = (emu(pr), cpu());
+    fn run_at(pr: Precision, n: usize, nq: usize, c: usize, hw: (usize, usize), heads: usize, amp: f32) -> f64 {
+        check(&emu(pr), n, nq, c, hw, heads, amp)
+    }
+
+    /// `gpu` vs the CPU oracle, against the bound of `gpu`'s precision.
+    fn check<D: Device>(
+        gpu: &GpuBackend<D>,
+        n: usize,
+        nq: usize,
+        c: usize,
+        (h, w): (usize, usize),
+        heads: usize,
+        amp: f32,
+    ) -> f64 {
+        let (pr, cpu) = (gpu.precision(), cpu());
         let t = h * w;
         let qd: Vec<f32> = rand_vec(7 + c as u64, nq * 3 * c * t).iter().map(|v| v * amp).collect();
         let mut outs = Vec::new();
@@ -117,7 +133,7 @@ mod tests {
                 outs.push(read(be, &bo, n * c * t));
             }};
         }
-        go!(&gpu);
+        go!(gpu);
         go!(&cpu);
         let e = rel_l2(&outs[0], &outs[1]);
         assert!(e < bound(pr), "attention {pr:?} n={n} nq={nq} c={c} {h}x{w} heads={heads}: rel L2 {e:.3e}");
@@ -187,5 +203,28 @@ mod tests {
         let ob = poisoned(&be, 520);
         assert!(be.attention(act(&big, 1, 3 * 520, 1, 1), 1, act(&ob, 1, 520, 1, 1)).is_err()); // d > 512
         be.attention(act(&q, 1, 24, 2, 2), 2, act(&o, 1, 8, 2, 2)).unwrap();
+    }
+
+    /// On a real GPU (skipped without one): the U-Net's attention shapes at batch 2,
+    /// in every precision, including the kernels' large shared-memory configurations.
+    #[test]
+    fn cuda_unet_shapes() {
+        for pr in [Precision::F32, Precision::F16, Precision::Bf16] {
+            let dev = match CudaDevice::new(0) {
+                Ok(d) => d,
+                Err(e) => return eprintln!("skipped: no usable GPU ({e:#})"),
+            };
+            let gpu = GpuBackend::new(dev, pr);
+            for (n, nq, c, hw, heads) in [
+                (2, 2, 512, (8, 8), 1),
+                (2, 1, 256, (16, 16), 1),
+                (2, 2, 256, (32, 32), 4),
+                (1, 1, 512, (16, 16), 8),
+                (2, 2, 96, (7, 9), 1),
+            ] {
+                let e = check(&gpu, n, nq, c, hw, heads, 1.0);
+                eprintln!("cuda attention {pr:?} n={n} c={c} {}x{} heads={heads}: rel L2 {e:.3e}", hw.0, hw.1);
+            }
+        }
     }
 }

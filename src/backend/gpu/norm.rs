@@ -117,7 +117,10 @@ pub(super) fn group_norm<D: Device>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::cuda::CudaDevice;
+    use super::super::device::Device;
     use super::super::testutil::*;
+    use super::super::GpuBackend;
     use crate::backend::{Act, Backend, Cat, WeightKind};
     use crate::model::unet::Precision;
 
@@ -166,7 +169,24 @@ mod tests {
         mean: f32,
         std: f32,
     ) -> f64 {
-        let (gpu, cpu) = (emu(Precision::F32), cpu());
+        check(&emu(Precision::F32), off, n, (na, ca), (nb, cb), hw, groups, silu, mean, std)
+    }
+
+    /// `gpu` vs the CPU oracle.
+    #[allow(clippy::too_many_arguments)]
+    fn check<D: Device>(
+        gpu: &GpuBackend<D>,
+        off: usize,
+        n: usize,
+        (na, ca): (usize, usize),
+        (nb, cb): (usize, usize),
+        hw: (usize, usize),
+        groups: usize,
+        silu: bool,
+        mean: f32,
+        std: f32,
+    ) -> f64 {
+        let cpu = cpu();
         let (h, w) = hw;
         let c = ca + cb;
         let xa: Vec<f32> = rand_vec(11, na * ca * h * w).iter().map(|v| mean + std * v).collect();
@@ -187,7 +207,7 @@ mod tests {
                 outs.push(get(be, &bo, off, n * c * h * w));
             }};
         }
-        go!(&gpu);
+        go!(gpu);
         go!(&cpu);
         let e = rel_l2(&outs[0], &outs[1]);
         assert!(
@@ -246,5 +266,27 @@ mod tests {
         assert!(be.group_norm(x(6, 2, 2), &g, &g, 3, 1e-6, false, Act::new(&xb, 2, 1, 6, 2, 2)).is_err());
         be.group_norm(x(6, 2, 2), &g, &g, 3, 1e-6, false, act(&ob, 1, 6, 2, 2)).unwrap();
         assert!(read(&be, &ob, 24).iter().all(|v| v.is_finite()));
+    }
+
+    /// On a real GPU (skipped without one): the U-Net's group norms at batch 2, 256x256
+    /// down to 8x8, decoder concats, a large mean, aligned and unaligned regions.
+    #[test]
+    fn cuda_unet_shapes() {
+        let gpu = match CudaDevice::new(0) {
+            Ok(d) => GpuBackend::new(d, Precision::F32),
+            Err(e) => return eprintln!("skipped: no usable GPU ({e:#})"),
+        };
+        for (off, n, a, b, hw, groups, mean, std) in [
+            (0, 2, (2, 128), (2, 0), (256, 256), 32, 0.0, 1.0),
+            (OFF, 2, (2, 128), (2, 128), (128, 128), 32, 1.0, 2.0),
+            (0, 2, (1, 256), (2, 256), (64, 64), 32, 10.0, 0.1),
+            (0, 1, (1, 512), (1, 512), (8, 8), 32, 0.0, 1.0),
+            (OFF, 2, (2, 33), (2, 31), (17, 9), 8, 0.0, 1.0),
+        ] {
+            for silu in [false, true] {
+                let e = check(&gpu, off, n, a, b, hw, groups, silu, mean, std);
+                eprintln!("cuda group_norm n={n} a={a:?} b={b:?} {hw:?} g={groups} silu={silu}: rel L2 {e:.3e}");
+            }
+        }
     }
 }
