@@ -176,48 +176,81 @@ DS_DEV void attention_simt(const AttentionParams& p) {
 
 // ---------------------------------------------------------------------------------
 // attention_bf16 / attention_f16: the same algorithm on tensor cores, for runs whose
-// weights are stored in 16 bits. q, k, v are rounded to T when staged into shared
-// memory; S = Q^T K and O += P V^T are mma.m16n8k16 with f32 accumulation; the softmax
-// stays f32 (probabilities rounded to T only as the A operand of P V^T).
+// weights are stored in 16 bits. S = Q^T K and O += P V^T are mma.m16n8k16 with f32
+// accumulation; the softmax stays f32. q is rounded to T once, k and v when their
+// fragments are built, the probabilities when stored as the A operand of P V^T.
 //
 // grid (ceil(p / 32), heads, n), block 256, dynamic smem attn::tc_smem_bytes(d)
-// (57 KiB at d = 512); the _d128 variants for d <= 128 hold fewer registers.
+// (84 KiB at d = 512, under the 99 KiB of sm_86 / sm_89); the _d128 variants (d <= 128)
+// hold fewer output registers.
 //
-// Tiles: 32 queries x 64 keys, head dim in chunks of 64. Shared memory holds T pairs
-// as 32-bit words, rows padded by 16 bytes (ldmatrix rows stay 16-byte aligned and
-// the 8 rows of one 8x8 matrix fall in distinct banks):
-//   Q  [32 queries][d]     A operand of S (row = query, k = channel)
-//   K  [64 keys][64 ch]    B operand of S (ldmatrix rows = keys, k = channel)
-//   V  [64 ch][64 keys]    B operand of O (rows = channels, k = key): V's own layout
-//   P  [32 queries][64 keys] A operand of O
-// Warp w owns m-tile (w & 1) (16 queries) and 16 columns at (w >> 1) * 16: keys of
-// the score tile, channels of every output chunk (2 n-tiles of 8).
+// The block walks a fixed sequence of stages, per tile of 64 keys: K in chunks of 32
+// channels, then V in chunks of 32 channels. Every stage is one f32 tile [32 ch][64
+// keys] (the layout of qkv itself), brought in by cp.async into a ring of NST buffers,
+// NST - 1 stages ahead, so global latency hides behind the tensor-core work of the
+// stages before it (the d = 512, few-token shapes are otherwise latency-bound).
+// One barrier per stage: it publishes the landed stage and frees the buffer refilled
+// next. Shared memory:
+//   Q  [32 queries][d] T pairs    A operand of S (ldmatrix; rows padded by 16 bytes)
+//   ring NST x [32 ch][KP or VP]  f32 K / V stages (pitches chosen conflict-free for the
+//                                 fragment reads: K by channel pairs, V by key pairs)
+//   S  [32][64 + 8] f32, P [32][64 + 8 halves] T pairs, alpha, l.
+// Warp w: m-tile (w & 1) of 16 queries; in S the keys (w >> 1) * 16 + [0, 16) (2
+// n-tiles); in O the channels (w >> 1) * 8 + [0, 8) of every 32-channel chunk.
 
 namespace attn {
 
-constexpr int TQ = 32;           // queries per block
-constexpr int TK = 64;           // keys per tile
-constexpr int TC = 64;           // channels per chunk
-constexpr int TW = TC / 2 + 4;   // words per K / V / P row (64 halves + 16 bytes pad)
-constexpr int TSP = TK + 8;      // floats per score row (conflict-free float2 stores)
-static_assert(TK == TC, "K, V and P tiles share the row pitch TW");
+constexpr int TQ = 32;          // queries per block
+constexpr int TK = 64;          // keys per tile
+constexpr int TCH = 32;         // channels per stage
+constexpr int NST = 4;          // stage ring (NST - 1 in flight)
+constexpr int KP = TK + 4;      // floats per K stage row: channel pairs 2t, 2t+1 land in distinct banks
+constexpr int VP = TK + 8;      // floats per V stage row: 64-bit key pairs conflict-free per half-warp
+constexpr int STAGE = TCH * VP; // floats per ring buffer
+constexpr int TW = TK / 2 + 4;  // words per P row (64 halves + 16 bytes pad)
+constexpr int TSP = TK + 8;     // floats per score row (conflict-free float2 stores)
 
 constexpr int tc_smem_bytes(int d) {
-    const int qw = (d + TC - 1) / TC * TC / 2 + 4;  // words per Q row
-    return 4 * (TQ * qw + TK * TW + TQ * TW + TQ * TSP + 2 * TQ);
+    const int qw = (d + TCH - 1) / TCH * TCH / 2 + 4;  // words per Q row
+    return 4 * (TQ * qw + NST * STAGE + TQ * TW + TQ * TSP + 2 * TQ);
 }
 
-// MAXC: head-dim chunks the output registers cover (head dim <= MAXC * TC).
+struct __align__(8) F2 {
+    float x, y;
+};
+
+// Issues the copies of one stage: channels [c * TCH, c * TCH + TCH) of `src` ([d][P]
+// rows of the head) over keys [s0, s0 + TK), into `buf` with row pitch `pitch`; zero
+// beyond d and beyond the last key. `vec`: rows are 16-byte aligned (p % 4 == 0).
+DS_DEV void issue_stage(float* buf, int pitch, const float* src, int c, int s0, int d, int P, bool vec) {
+    const long long PL = P;
+    for (int e = threadIdx.x; e < TCH * (TK / 4); e += NT) {
+        const int r = e / (TK / 4), seg = e % (TK / 4), dd = c * TCH + r, s = s0 + 4 * seg;
+        float* dst = buf + r * pitch + 4 * seg;
+        const float* g = src + (dd < d ? dd * PL : 0);
+        if (vec) {
+            const bool ok = dd < d && s < P;  // p % 4 == 0: the whole segment is in
+            cp_async_16(dst, ok ? g + s : src, ok);
+        } else {
+            for (int i = 0; i < 4; i++) {
+                const bool ok = dd < d && s + i < P;
+                cp_async_4(dst + i, ok ? g + s + i : src, ok);
+            }
+        }
+    }
+}
+
+// MAXC: 32-channel chunks the output registers cover (head dim <= MAXC * TCH).
 template <class T, int MAXC>
 DS_DEV void attention_tc(const AttentionParams& p) {
     DS_DYN_SMEM(uint32_t, sm);
     const int P = p.p, C = p.c, d = C / p.heads;
-    const int nch = (d + TC - 1) / TC, qw = nch * TC / 2 + 4;
-    if (nch > MAXC) __trap();  // the launcher picked a variant too small for d
-    uint32_t* q_w = sm;                           // [TQ][qw]
-    uint32_t* kv_w = q_w + TQ * qw;               // [64][TW]: K chunk [key][ch] or V chunk [ch][key]
-    uint32_t* p_w = kv_w + TK * TW;               // [TQ][TW]
-    float* s_s = reinterpret_cast<float*>(p_w + TQ * TW);  // [TQ][TSP]
+    const int nck = (d + TCH - 1) / TCH, qw = nck * TCH / 2 + 4;
+    if (nck > MAXC) __trap();  // the launcher picked a variant too small for d
+    uint32_t* q_w = sm;                                         // [TQ][qw]
+    float* ring = reinterpret_cast<float*>(q_w + TQ * qw);      // NST x STAGE
+    uint32_t* p_w = reinterpret_cast<uint32_t*>(ring + NST * STAGE);  // [TQ][TW]
+    float* s_s = reinterpret_cast<float*>(p_w + TQ * TW);       // [TQ][TSP]
     float* alpha_s = s_s + TQ * TSP;
     float* l_s = alpha_s + TQ;
 
@@ -227,9 +260,25 @@ DS_DEV void attention_tc(const AttentionParams& p) {
     const float* qg = p.qkv + ((long long)b * 3 * C + (long long)hd * d) * PL;
     const float* kg = qg + (long long)C * PL;
     const float* vg = kg + (long long)C * PL;
+    const bool vec = P % 4 == 0 && ((unsigned long long)p.qkv & 15) == 0;
+
+    const int ntile = (P + TK - 1) / TK, per_tile = 2 * nck, total = ntile * per_tile;
+    // Stage st: tile st / per_tile; K chunk k < nck, else V chunk k - nck.
+    auto issue = [&](int st) {
+        if (st < total) {
+            const int k = st % per_tile, s0 = st / per_tile * TK;
+            float* buf = ring + (st % NST) * STAGE;
+            if (k < nck)
+                issue_stage(buf, KP, kg, k, s0, d, P, vec);
+            else
+                issue_stage(buf, VP, vg, k - nck, s0, d, P, vec);
+        }
+        cp_async_commit();  // also when empty: one group per stage keeps the count simple
+    };
+    for (int st = 0; st < NST - 1; st++) issue(st);
 
     // Q^T, channel pairs packed; zero beyond d and beyond the last token.
-    for (int e = tid; e < nch * TC / 2 * TQ; e += NT) {
+    for (int e = tid; e < nck * TCH / 2 * TQ; e += NT) {
         const int w2 = e / TQ, i = e % TQ, dd = 2 * w2;
         const bool ok = q0 + i < P;
         const float lo = ok && dd < d ? qg[dd * PL + q0 + i] : 0.f;
@@ -238,11 +287,9 @@ DS_DEV void attention_tc(const AttentionParams& p) {
     }
 
     const int g = lane >> 2, t = lane & 3;
-    const int mt = warp & 1, nb = (warp >> 1) * 16;
-    // ldmatrix x4 row addresses: A operand (rows m, k halves) and B operand (two
-    // n-tiles of 8 rows, k halves), as offsets of (row, column-in-halves).
+    const int mt = warp & 1, nb = (warp >> 1) * 16, n0 = (warp >> 1) * 8;
+    // ldmatrix x4 row address of the A operand (rows m, k halves), in (row, half) units.
     const int a_row = mt * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, a_col = (lane >> 4) * 8;
-    const int b_row = nb + (lane >> 4) * 8 + (lane & 7), b_col = ((lane >> 3) & 1) * 8;
 
     const float sl2 = p.scale * 1.4426950408889634f;
     float m_run[4], l_run[4];
@@ -251,102 +298,100 @@ DS_DEV void attention_tc(const AttentionParams& p) {
         m_run[r] = -INFINITY;
         l_run[r] = 0.f;
     }
-    float o[MAXC][2][4];
+    float o[MAXC][4];
 #pragma unroll
     for (int c = 0; c < MAXC; c++)
 #pragma unroll
-        for (int j = 0; j < 2; j++)
-#pragma unroll
-            for (int r = 0; r < 4; r++) o[c][j][r] = 0.f;
+        for (int r = 0; r < 4; r++) o[c][r] = 0.f;
+    float acc[2][4] = {};
 
-    for (int s0 = 0; s0 < P; s0 += TK) {
-        // ---- S = Q^T K for this key tile ----
-        float acc[2][4] = {};
-        for (int c = 0; c < nch; c++) {
-            __syncthreads();  // previous readers of kv_w are done (and q_w is written)
-            for (int e = tid; e < TK * TC / 2; e += NT) {
-                const int s = e % TK, w2 = e / TK, dd = c * TC + 2 * w2, key = s0 + s;
-                const bool ok = key < P;
-                const float lo = ok && dd < d ? kg[dd * PL + key] : 0.f;
-                const float hi = ok && dd + 1 < d ? kg[(dd + 1) * PL + key] : 0.f;
-                kv_w[s * TW + w2] = ds_pack2<T>(lo, hi);
+    for (int st = 0; st < total; st++) {
+        cp_async_wait<NST - 2>();  // this thread's copies of stage st have landed
+        __syncthreads();           // everyone's have; stage st - 1 is done with its buffer
+        issue(st + NST - 1);       // refills that buffer
+        const float* buf = ring + (st % NST) * STAGE;
+        const int k = st % per_tile, s0 = st / per_tile * TK;
+        if (k < nck) {
+            // ---- S += Q^T K over channels [32k, 32k + 32) ----
+            if (k == 0) {
+#pragma unroll
+                for (int j = 0; j < 2; j++)
+#pragma unroll
+                    for (int r = 0; r < 4; r++) acc[j][r] = 0.f;
             }
-            __syncthreads();
 #pragma unroll
-            for (int ks = 0; ks < TC / 16; ks++) {
-                uint32_t a[4], bf[4];
-                ldmatrix<4, false>(a, q_w + a_row * qw + (c * TC + ks * 16 + a_col) / 2);
-                ldmatrix<4, false>(bf, kv_w + b_row * TW + (ks * 16 + b_col) / 2);
-                mma_16816<T>(acc[0], a, bf);
-                mma_16816<T>(acc[1], a, bf + 2);
-            }
-        }
-#pragma unroll
-        for (int j = 0; j < 2; j++) {
-            const int col = nb + 8 * j + 2 * t;
-            const bool v0 = s0 + col < P, v1 = s0 + col + 1 < P;
-            float* r0 = s_s + (mt * 16 + g) * TSP + col;
-            float* r1 = r0 + 8 * TSP;
-            r0[0] = v0 ? acc[j][0] : -INFINITY;
-            r0[1] = v1 ? acc[j][1] : -INFINITY;
-            r1[0] = v0 ? acc[j][2] : -INFINITY;
-            r1[1] = v1 ? acc[j][3] : -INFINITY;
-        }
-        __syncthreads();
-
-        // ---- online softmax, warp w owns rows 4w..4w+3; lane owns keys 2 lane, +1 ----
-#pragma unroll
-        for (int r = 0; r < 4; r++) {
-            const int row = warp * 4 + r;
-            const float v0 = s_s[row * TSP + 2 * lane], v1 = s_s[row * TSP + 2 * lane + 1];
-            float mx = fmaxf(v0, v1);
-#pragma unroll
-            for (int o2 = 16; o2 > 0; o2 >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o2));
-            const float m_new = fmaxf(m_run[r], mx);
-            const float p0 = exp2f((v0 - m_new) * sl2), p1 = exp2f((v1 - m_new) * sl2);
-            p_w[row * TW + lane] = ds_pack2<T>(p0, p1);
-            float sum = p0 + p1;
-#pragma unroll
-            for (int o2 = 16; o2 > 0; o2 >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o2);
-            const float alpha = exp2f((m_run[r] - m_new) * sl2);
-            l_run[r] = l_run[r] * alpha + sum;
-            m_run[r] = m_new;
-            if (lane == 0) alpha_s[row] = alpha;
-        }
-        __syncthreads();
-
-        // ---- O = alpha O + P V^T, chunk by chunk of 64 channels ----
-        const float al0 = alpha_s[mt * 16 + g], al1 = alpha_s[mt * 16 + g + 8];
-#pragma unroll
-        for (int c = 0; c < MAXC; c++) {
-            if (c < nch) {
+            for (int ks = 0; ks < TCH / 16; ks++) {
+                uint32_t a[4];
+                ldmatrix<4, false>(a, q_w + a_row * qw + (k * TCH + ks * 16 + a_col) / 2);
+                const float* kr = buf + (ks * 16 + 2 * t) * KP + nb + g;
 #pragma unroll
                 for (int j = 0; j < 2; j++) {
-                    o[c][j][0] *= al0;
-                    o[c][j][1] *= al0;
-                    o[c][j][2] *= al1;
-                    o[c][j][3] *= al1;
+                    // B[k][n] = K[channel k][key n]: b0 = channels 2t, 2t+1; b1 = +8.
+                    const uint32_t bf[2] = {ds_pack2<T>(kr[8 * j], kr[KP + 8 * j]),
+                                            ds_pack2<T>(kr[8 * KP + 8 * j], kr[9 * KP + 8 * j])};
+                    mma_16816<T>(acc[j], a, bf);
                 }
-                if (c > 0) __syncthreads();  // readers of the previous V chunk are done
-                for (int e = tid; e < TC * TK / 2; e += NT) {
-                    const int w2 = e % (TK / 2), r = e / (TK / 2), dd = c * TC + r, s = s0 + 2 * w2;
-                    const bool ok = dd < d;
-                    const float lo = ok && s < P ? vg[dd * PL + s] : 0.f;
-                    const float hi = ok && s + 1 < P ? vg[dd * PL + s + 1] : 0.f;
-                    kv_w[r * TW + w2] = ds_pack2<T>(lo, hi);
+            }
+            if (k == nck - 1) {
+#pragma unroll
+                for (int j = 0; j < 2; j++) {
+                    const int col = nb + 8 * j + 2 * t;
+                    const bool v0 = s0 + col < P, v1 = s0 + col + 1 < P;
+                    float* r0 = s_s + (mt * 16 + g) * TSP + col;
+                    float* r1 = r0 + 8 * TSP;
+                    r0[0] = v0 ? acc[j][0] : -INFINITY;
+                    r0[1] = v1 ? acc[j][1] : -INFINITY;
+                    r1[0] = v0 ? acc[j][2] : -INFINITY;
+                    r1[1] = v1 ? acc[j][3] : -INFINITY;
                 }
                 __syncthreads();
+                // ---- online softmax, warp w owns rows 4w..4w+3; lane owns keys 2 lane, +1 ----
+#pragma unroll
+                for (int r = 0; r < 4; r++) {
+                    const int row = warp * 4 + r;
+                    const float v0 = s_s[row * TSP + 2 * lane], v1 = s_s[row * TSP + 2 * lane + 1];
+                    float mx = fmaxf(v0, v1);
+#pragma unroll
+                    for (int o2 = 16; o2 > 0; o2 >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o2));
+                    const float m_new = fmaxf(m_run[r], mx);  // finite: every tile has a real key
+                    const float p0 = exp2f((v0 - m_new) * sl2), p1 = exp2f((v1 - m_new) * sl2);
+                    p_w[row * TW + lane] = ds_pack2<T>(p0, p1);
+                    float sum = p0 + p1;
+#pragma unroll
+                    for (int o2 = 16; o2 > 0; o2 >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o2);
+                    const float alpha = exp2f((m_run[r] - m_new) * sl2);  // 0 on the first tile
+                    l_run[r] = l_run[r] * alpha + sum;
+                    m_run[r] = m_new;
+                    if (lane == 0) alpha_s[row] = alpha;
+                }
+                __syncthreads();
+            }
+        } else {
+            // ---- O[:, chunk] = alpha O + P V^T over channels [32c, 32c + 32) ----
+            const int c = k - nck;
+            const float al0 = alpha_s[mt * 16 + g], al1 = alpha_s[mt * 16 + g + 8];
+            // B[k][n] = V[channel n][key k]: b0 = keys 2t, 2t+1 of channel n0 + g; b1 = +8.
+            const float* vr = buf + (n0 + g) * VP + 2 * t;
+#pragma unroll
+            for (int cc = 0; cc < MAXC; cc++) {
+                if (cc != c) continue;  // register arrays need constant indices
+                o[cc][0] *= al0;
+                o[cc][1] *= al0;
+                o[cc][2] *= al1;
+                o[cc][3] *= al1;
 #pragma unroll
                 for (int ks = 0; ks < TK / 16; ks++) {
-                    uint32_t a[4], bf[4];
+                    uint32_t a[4];
                     ldmatrix<4, false>(a, p_w + a_row * TW + (ks * 16 + a_col) / 2);
-                    ldmatrix<4, false>(bf, kv_w + b_row * TW + (ks * 16 + b_col) / 2);
-                    mma_16816<T>(o[c][0], a, bf);
-                    mma_16816<T>(o[c][1], a, bf + 2);
+                    const F2 lo = *reinterpret_cast<const F2*>(vr + ks * 16);
+                    const F2 hi = *reinterpret_cast<const F2*>(vr + ks * 16 + 8);
+                    const uint32_t bf[2] = {ds_pack2<T>(lo.x, lo.y), ds_pack2<T>(hi.x, hi.y)};
+                    mma_16816<T>(o[cc], a, bf);
                 }
             }
         }
     }
+    cp_async_wait<0>();
 
     if (lane == 0) {
 #pragma unroll
@@ -358,16 +403,13 @@ DS_DEV void attention_tc(const AttentionParams& p) {
     float* og = p.out + ((long long)b * C + (long long)hd * d) * PL + q0;
 #pragma unroll
     for (int c = 0; c < MAXC; c++) {
-        if (c < nch) {
+        if (c < nck) {
 #pragma unroll
-            for (int j = 0; j < 2; j++) {
-#pragma unroll
-                for (int h = 0; h < 2; h++) {
-                    const int dd = c * TC + nb + 8 * j + 2 * t + h;
-                    if (dd >= d) continue;
-                    if (q0 + i0 < P) og[dd * PL + i0] = o[c][j][h] * inv0;
-                    if (q0 + i1 < P) og[dd * PL + i1] = o[c][j][2 + h] * inv1;
-                }
+            for (int h = 0; h < 2; h++) {
+                const int dd = c * TCH + n0 + 2 * t + h;
+                if (dd >= d) continue;
+                if (q0 + i0 < P) og[dd * PL + i0] = o[c][h] * inv0;
+                if (q0 + i1 < P) og[dd * PL + i1] = o[c][2 + h] * inv1;
             }
         }
     }
@@ -385,7 +427,7 @@ DS_DEV void attention_tc(const AttentionParams& p) {
 
 DS_ATTN_KERNEL(attention_f32, 1, attn::attention_simt<attn::MAXD / attn::DC>)
 DS_ATTN_KERNEL(attention_f32_d128, 2, attn::attention_simt<128 / attn::DC>)
-DS_ATTN_KERNEL(attention_bf16, 1, attn::attention_tc<__nv_bfloat16, attn::MAXD / attn::TC>)
-DS_ATTN_KERNEL(attention_bf16_d128, 2, attn::attention_tc<__nv_bfloat16, 128 / attn::TC>)
-DS_ATTN_KERNEL(attention_f16, 1, attn::attention_tc<__half, attn::MAXD / attn::TC>)
-DS_ATTN_KERNEL(attention_f16_d128, 2, attn::attention_tc<__half, 128 / attn::TC>)
+DS_ATTN_KERNEL(attention_bf16, 1, attn::attention_tc<__nv_bfloat16, attn::MAXD / attn::TCH>)
+DS_ATTN_KERNEL(attention_bf16_d128, 2, attn::attention_tc<__nv_bfloat16, 128 / attn::TCH>)
+DS_ATTN_KERNEL(attention_f16, 1, attn::attention_tc<__half, attn::MAXD / attn::TCH>)
+DS_ATTN_KERNEL(attention_f16_d128, 2, attn::attention_tc<__half, 128 / attn::TCH>)

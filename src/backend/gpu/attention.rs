@@ -31,15 +31,13 @@ fn smem_bytes(d: usize) -> u32 {
     (4 * (dp * BQ + DC * (BK + 1) + BQ * (BK + 1) + 2 * BQ)) as u32
 }
 
-/// Dynamic shared memory of the tensor-core kernels (attn::tc_smem_bytes), in 32-bit
-/// words of packed pairs: Q `[BQ][d up to 64 + 8 halves]`, a K/V chunk and the
-/// probabilities (`[64][64 + 8 halves]`, `[BQ][64 + 8 halves]`), f32 scores
-/// `[BQ][64 + 8]` and two per-row vectors.
+/// Dynamic shared memory of the tensor-core kernels (attn::tc_smem_bytes): Q as
+/// 16-bit pairs `[BQ][d up to 32 + 8 halves]`, a ring of 4 f32 K/V stages `[32][64 + 8]`,
+/// the probabilities `[BQ][64 + 8 halves]`, f32 scores `[BQ][64 + 8]` and two per-row
+/// vectors.
 fn tc_smem_bytes(d: usize) -> u32 {
-    const TC: usize = 64;
-    let qw = d.div_ceil(TC) * TC / 2 + 4;
-    let tw = TC / 2 + 4;
-    (4 * (BQ * qw + 64 * tw + BQ * tw + BQ * (64 + 8) + 2 * BQ)) as u32
+    let qw = d.div_ceil(32) * 32 / 2 + 4;
+    (4 * (BQ * qw + 4 * 32 * (BK + 8) + BQ * (BK / 2 + 4) + BQ * (BK + 8) + 2 * BQ)) as u32
 }
 
 pub(super) fn attention<D: Device>(
