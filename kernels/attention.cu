@@ -3,229 +3,44 @@
 // per head, flash-attention style: one block per (query tile, head, sample) walks the
 // keys in tiles with an online softmax, so no score matrix goes to global memory.
 //
-// attention_f32: grid (ceil(p / 32), heads, n), block 256, dynamic smem
-// 4 * attn::smem_floats(d) bytes (d = c / heads <= 512; 82 KiB at d = 512, so the
-// launch needs the max-dynamic-smem attribute above 48 KiB). attention_f32_d128: the
-// same for d <= 128 with fewer registers (two blocks per SM).
+// Kernels (all: grid (ceil(p / 32), heads, n), block 256, d = c / heads <= 512):
+//   attention_f32            SIMT f32; dynamic smem 4 * attn::smem_floats(d) (97 KiB at
+//                            d = 512: the launch needs the max-dynamic-smem attribute)
+//   attention_bf16 / _f16    tensor cores (mma.m16n8k16, f32 accumulation); dynamic
+//                            smem attn::tc_smem_bytes(d) (84 KiB at d = 512)
+//   ..._d128                 the same for d <= 128 with a quarter of the output
+//                            registers, so two blocks fit on an SM
+// Both fit the 99 KiB of sm_86 / sm_89 at d = 512.
 //
-// Tiling (BQ = 32 queries, BK = 64 keys, head dim in chunks of DC = 32 channels):
-// - the block's queries stay in shared memory for the whole kernel, [d][BQ];
-// - scores: K is staged chunk by chunk, [DC][BK]; thread (tq, tk) accumulates the 2 x 4
-//   scores of queries {tq, tq+16} and keys {tk + 16j};
-// - softmax: warp w owns rows 4w..4w+3 (running max and sum in registers of every lane),
-//   turns the score tile into probabilities in place and publishes the rescale factor;
-// - P V: V is staged chunk by chunk, [DC][BK]; lane = query, so the final store is
-//   coalesced along tokens; warp w accumulates channels {w + 8r} of every chunk. The
-//   output tile (BQ x d) lives in registers: 4 per thread per chunk, 64 at d = 512.
-// Row pitch BK + 1 keeps the column-wise reads of the score and V tiles conflict-free.
+// Common structure. A block owns 32 queries (their q stays in shared memory) and walks
+// a fixed sequence of stages, per tile of 64 keys: K in chunks of 32 channels, then V
+// in chunks of 32 channels. Every stage is one f32 tile [32 ch][64 keys] (the layout of
+// qkv itself), brought in by cp.async into a ring of buffers, several stages ahead, so
+// global latency hides behind the work of the stages before it (the d = 512 shapes
+// with few tokens have few blocks and are otherwise latency-bound). One barrier per
+// stage publishes the landed stage and frees the buffer refilled next. After the last
+// K stage of a tile: scores to shared memory, online softmax (warp w owns rows
+// 4w..4w+3, running max and sum in registers of all its lanes), probabilities and the
+// per-row rescale factor published for the V stages, which rescale and accumulate the
+// output tile (BQ x d) held in registers.
 
 namespace attn {
 
-constexpr int NT = 256;  // threads per block
-constexpr int BQ = 32;   // queries per block (= lanes: one query per lane in P V)
-constexpr int BK = 64;   // keys per tile
-constexpr int DC = 32;   // head-dim channels per staged chunk
-constexpr int MAXD = 512;
-constexpr int SP = BK + 1;  // padded row pitch of the K/V and score tiles
+constexpr int NT = 256;    // threads per block
+constexpr int BQ = 32;     // queries per block
+constexpr int BK = 64;     // keys per tile
+constexpr int DC = 32;     // channels per stage
+constexpr int MAXD = 512;  // largest head dim
+constexpr int SEGS = DC * (BK / 4);  // 16-byte segments per stage
 
-// Dynamic shared memory of attention_f32 for head dim d (the launcher mirrors this).
-constexpr int smem_floats(int d) {
-    const int dp = (d + DC - 1) / DC * DC;
-    return dp * BQ + DC * SP + BQ * SP + 2 * BQ;
-}
-
-// MAXC: head-dim chunks the output registers cover (head dim <= MAXC * DC).
-template <int MAXC>
-DS_DEV void attention_simt(const AttentionParams& p) {
-    DS_DYN_SMEM(float, sm);
-    const int P = p.p, C = p.c, d = C / p.heads;
-    const int nch = (d + DC - 1) / DC, dp = nch * DC;
-    if (nch > MAXC) __trap();  // the launcher picked a variant too small for d
-    float* q_s = sm;                 // [dp][BQ], zero beyond d and beyond the last token
-    float* kv_s = q_s + dp * BQ;     // [DC][SP]: a K or V chunk
-    float* s_s = kv_s + DC * SP;     // [BQ][SP]: scores, then probabilities
-    float* alpha_s = s_s + BQ * SP;  // [BQ]: per-row rescale of this tile
-    float* l_s = alpha_s + BQ;       // [BQ]: final row sums
-
-    const int q0 = blockIdx.x * BQ, hd = blockIdx.y, b = blockIdx.z;
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const long long PL = P;
-    const float* qg = p.qkv + ((long long)b * 3 * C + (long long)hd * d) * PL;
-    const float* kg = qg + (long long)C * PL;
-    const float* vg = kg + (long long)C * PL;
-
-    for (int e = tid; e < dp * BQ; e += NT) {
-        const int r = e / BQ, i = e % BQ;
-        q_s[e] = (r < d && q0 + i < P) ? qg[r * PL + q0 + i] : 0.f;
-    }
-
-    // exp(scale (x - m)) = exp2(sl2 (x - m)); the max is taken over unscaled scores.
-    const float sl2 = p.scale * 1.4426950408889634f;
-    float m_run[4], l_run[4];
-#pragma unroll
-    for (int r = 0; r < 4; r++) {
-        m_run[r] = -INFINITY;
-        l_run[r] = 0.f;
-    }
-    float o[MAXC][4];
-#pragma unroll
-    for (int c = 0; c < MAXC; c++)
-#pragma unroll
-        for (int r = 0; r < 4; r++) o[c][r] = 0.f;
-
-    const int tk = tid & 15, tq = tid >> 4;
-    for (int s0 = 0; s0 < P; s0 += BK) {
-        // ---- scores of this key tile ----
-        float acc[2][4] = {};
-        for (int c = 0; c < nch; c++) {
-            __syncthreads();  // the previous readers of kv_s are done (and q_s is written)
-            for (int e = tid; e < DC * BK; e += NT) {
-                const int r = e / BK, col = e % BK, dd = c * DC + r, s = s0 + col;
-                kv_s[r * SP + col] = (dd < d && s < P) ? kg[dd * PL + s] : 0.f;
-            }
-            __syncthreads();
-#pragma unroll 8
-            for (int r = 0; r < DC; r++) {
-                const float qa = q_s[(c * DC + r) * BQ + tq], qb = q_s[(c * DC + r) * BQ + tq + 16];
-                const float* kr = kv_s + r * SP + tk;
-#pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    const float kv = kr[16 * j];
-                    acc[0][j] = fmaf(qa, kv, acc[0][j]);
-                    acc[1][j] = fmaf(qb, kv, acc[1][j]);
-                }
-            }
-        }
-#pragma unroll
-        for (int a = 0; a < 2; a++)
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                const int col = tk + 16 * j;
-                s_s[(tq + 16 * a) * SP + col] = s0 + col < P ? acc[a][j] : -INFINITY;
-            }
-        __syncthreads();
-
-        // ---- online softmax, warp w owns rows 4w..4w+3 ----
-#pragma unroll
-        for (int r = 0; r < 4; r++) {
-            float* row = s_s + (warp * 4 + r) * SP;
-            const float v0 = row[lane], v1 = row[lane + 32];
-            float mx = fmaxf(v0, v1);
-#pragma unroll
-            for (int o2 = 16; o2 > 0; o2 >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o2));
-            const float m_new = fmaxf(m_run[r], mx);  // finite: every tile has a real key
-            const float p0 = exp2f((v0 - m_new) * sl2), p1 = exp2f((v1 - m_new) * sl2);
-            row[lane] = p0;
-            row[lane + 32] = p1;
-            float sum = p0 + p1;
-#pragma unroll
-            for (int o2 = 16; o2 > 0; o2 >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o2);
-            const float alpha = exp2f((m_run[r] - m_new) * sl2);  // 0 on the first tile
-            l_run[r] = l_run[r] * alpha + sum;
-            m_run[r] = m_new;
-            if (lane == 0) alpha_s[warp * 4 + r] = alpha;
-        }
-        __syncthreads();
-
-        // ---- O = alpha O + P V, lane = query ----
-        const float al = alpha_s[lane];
-        const float* prow = s_s + lane * SP;
-#pragma unroll
-        for (int c = 0; c < MAXC; c++) {
-            if (c < nch) {
-#pragma unroll
-                for (int r = 0; r < 4; r++) o[c][r] *= al;
-                if (c > 0) __syncthreads();  // readers of the previous V chunk are done
-                for (int e = tid; e < DC * BK; e += NT) {
-                    const int r = e / BK, col = e % BK, dd = c * DC + r, s = s0 + col;
-                    kv_s[r * SP + col] = (dd < d && s < P) ? vg[dd * PL + s] : 0.f;
-                }
-                __syncthreads();
-#pragma unroll 4
-                for (int s = 0; s < BK; s++) {
-                    const float pv = prow[s];
-#pragma unroll
-                    for (int r = 0; r < 4; r++) o[c][r] = fmaf(pv, kv_s[(warp + 8 * r) * SP + s], o[c][r]);
-                }
-            }
-        }
-    }
-
-    if (lane == 0) {
-#pragma unroll
-        for (int r = 0; r < 4; r++) l_s[warp * 4 + r] = l_run[r];
-    }
-    __syncthreads();
-    if (q0 + lane < P) {
-        const float inv = 1.f / l_s[lane];
-        float* og = p.out + ((long long)b * C + (long long)hd * d) * PL + q0 + lane;
-#pragma unroll
-        for (int c = 0; c < MAXC; c++) {
-            if (c < nch) {
-#pragma unroll
-                for (int r = 0; r < 4; r++) {
-                    const int dd = c * DC + warp + 8 * r;
-                    if (dd < d) og[dd * PL] = o[c][r] * inv;
-                }
-            }
-        }
-    }
-}
-
-}  // namespace attn
-
-// ---------------------------------------------------------------------------------
-// attention_bf16 / attention_f16: the same algorithm on tensor cores, for runs whose
-// weights are stored in 16 bits. S = Q^T K and O += P V^T are mma.m16n8k16 with f32
-// accumulation; the softmax stays f32. q is rounded to T once, k and v when their
-// fragments are built, the probabilities when stored as the A operand of P V^T.
-//
-// grid (ceil(p / 32), heads, n), block 256, dynamic smem attn::tc_smem_bytes(d)
-// (84 KiB at d = 512, under the 99 KiB of sm_86 / sm_89); the _d128 variants (d <= 128)
-// hold fewer output registers.
-//
-// The block walks a fixed sequence of stages, per tile of 64 keys: K in chunks of 32
-// channels, then V in chunks of 32 channels. Every stage is one f32 tile [32 ch][64
-// keys] (the layout of qkv itself), brought in by cp.async into a ring of NST buffers,
-// NST - 1 stages ahead, so global latency hides behind the tensor-core work of the
-// stages before it (the d = 512, few-token shapes are otherwise latency-bound).
-// One barrier per stage: it publishes the landed stage and frees the buffer refilled
-// next. Shared memory:
-//   Q  [32 queries][d] T pairs    A operand of S (ldmatrix; rows padded by 16 bytes)
-//   ring NST x [32 ch][KP or VP]  f32 K / V stages (pitches chosen conflict-free for the
-//                                 fragment reads: K by channel pairs, V by key pairs)
-//   S  [32][64 + 8] f32, P [32][64 + 8 halves] T pairs, alpha, l.
-// Warp w: m-tile (w & 1) of 16 queries; in S the keys (w >> 1) * 16 + [0, 16) (2
-// n-tiles); in O the channels (w >> 1) * 8 + [0, 8) of every 32-channel chunk.
-
-namespace attn {
-
-constexpr int TQ = 32;          // queries per block
-constexpr int TK = 64;          // keys per tile
-constexpr int TCH = 32;         // channels per stage
-constexpr int NST = 4;          // stage ring (NST - 1 in flight)
-constexpr int KP = TK + 4;      // floats per K stage row: channel pairs 2t, 2t+1 land in distinct banks
-constexpr int VP = TK + 8;      // floats per V stage row: 64-bit key pairs conflict-free per half-warp
-constexpr int STAGE = TCH * VP; // floats per ring buffer
-constexpr int TW = TK / 2 + 4;  // words per P row (64 halves + 16 bytes pad)
-constexpr int TSP = TK + 8;     // floats per score row (conflict-free float2 stores)
-
-constexpr int tc_smem_bytes(int d) {
-    const int qw = (d + TCH - 1) / TCH * TCH / 2 + 4;  // words per Q row
-    return 4 * (TQ * qw + NST * STAGE + TQ * TW + TQ * TSP + 2 * TQ);
-}
-
-struct __align__(8) F2 {
-    float x, y;
-};
-
-// Issues the copies of one stage: channels [c * TCH, c * TCH + TCH) of `src` ([d][P]
-// rows of the head) over keys [s0, s0 + TK), into `buf` with row pitch `pitch`; zero
-// beyond d and beyond the last key. `vec`: rows are 16-byte aligned (p % 4 == 0).
+// Issues the copies of one stage: channels [c * DC, c * DC + DC) of `src` ([d][P] rows
+// of the head) over keys [s0, s0 + BK), into `buf` with row pitch `pitch` floats (a
+// multiple of 4); zero beyond d and beyond the last key. `vec`: rows are 16-byte
+// aligned (p % 4 == 0 and qkv aligned), else 4-byte copies.
 DS_DEV void issue_stage(float* buf, int pitch, const float* src, int c, int s0, int d, int P, bool vec) {
     const long long PL = P;
-    for (int e = threadIdx.x; e < TCH * (TK / 4); e += NT) {
-        const int r = e / (TK / 4), seg = e % (TK / 4), dd = c * TCH + r, s = s0 + 4 * seg;
+    for (int e = threadIdx.x; e < SEGS; e += NT) {
+        const int r = e / (BK / 4), seg = e % (BK / 4), dd = c * DC + r, s = s0 + 4 * seg;
         float* dst = buf + r * pitch + 4 * seg;
         const float* g = src + (dd < d ? dd * PL : 0);
         if (vec) {
@@ -239,6 +54,220 @@ DS_DEV void issue_stage(float* buf, int pitch, const float* src, int c, int s0, 
         }
     }
 }
+
+// One step of the online softmax for rows 4w..4w+3 of the score tile `s_s` (pitch
+// `sp`, masked keys -inf): lane owns keys 2 lane, 2 lane + 1. `put(row, lane, p0, p1)`
+// stores the probabilities; alpha_s[row] gets the rescale factor of the old state.
+template <class Put>
+DS_DEV void softmax_rows(const float* s_s, int sp, float sl2, float m_run[4], float l_run[4], float* alpha_s,
+                         Put put) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int r = 0; r < 4; r++) {
+        const int row = warp * 4 + r;
+        const float v0 = s_s[row * sp + 2 * lane], v1 = s_s[row * sp + 2 * lane + 1];
+        float mx = fmaxf(v0, v1);
+#pragma unroll
+        for (int o2 = 16; o2 > 0; o2 >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o2));
+        const float m_new = fmaxf(m_run[r], mx);  // finite: every tile has a real key
+        // exp(scale (x - m)) = exp2(sl2 (x - m)); the max is taken over unscaled scores.
+        const float p0 = exp2f((v0 - m_new) * sl2), p1 = exp2f((v1 - m_new) * sl2);
+        put(row, lane, p0, p1);
+        float sum = p0 + p1;
+#pragma unroll
+        for (int o2 = 16; o2 > 0; o2 >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o2);
+        const float alpha = exp2f((m_run[r] - m_new) * sl2);  // 0 on the first tile
+        l_run[r] = l_run[r] * alpha + sum;
+        m_run[r] = m_new;
+        if (lane == 0) alpha_s[row] = alpha;
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// attention_f32: SIMT. Shared memory: q [d][BQ] f32; a ring of NST_F32 stages
+// [DC][BK] (pitch BK: every read below is consecutive or a broadcast); scores /
+// probabilities [BQ][BK + 1]; alpha, l.
+// - K stage: thread (tq, tk) accumulates the 2 x 4 scores of queries {tq, tq + 16} and
+//   keys {tk + 16j} over the stage's 32 channels;
+// - V stage: lane = query (so the final store is coalesced along tokens), warp w
+//   accumulates channels {w + 8r} of the chunk: 4 registers per thread per chunk, 64 at
+//   d = 512.
+
+constexpr int NST_F32 = 3;  // ring depth (3 keeps d = 512 under 99 KiB)
+constexpr int SP = BK + 1;  // score row pitch: column-wise reads conflict-free
+
+constexpr int smem_floats(int d) {
+    const int dp = (d + DC - 1) / DC * DC;
+    return dp * BQ + NST_F32 * DC * BK + BQ * SP + 2 * BQ;
+}
+
+// MAXC: 32-channel chunks the output registers cover (head dim <= MAXC * DC).
+template <int MAXC>
+DS_DEV void attention_simt(const AttentionParams& p) {
+    constexpr int NST = NST_F32;
+    DS_DYN_SMEM(float, sm);
+    const int P = p.p, C = p.c, d = C / p.heads;
+    const int nck = (d + DC - 1) / DC, dp = nck * DC;
+    if (nck > MAXC) __trap();  // the launcher picked a variant too small for d
+    float* q_s = sm;                          // [dp][BQ], zero beyond d and the last token
+    float* ring = q_s + dp * BQ;              // NST x [DC][BK]
+    float* s_s = ring + NST * DC * BK;        // [BQ][SP]: scores, then probabilities
+    float* alpha_s = s_s + BQ * SP;           // [BQ]: per-row rescale of this tile
+    float* l_s = alpha_s + BQ;                // [BQ]: final row sums
+
+    const int q0 = blockIdx.x * BQ, hd = blockIdx.y, b = blockIdx.z;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const long long PL = P;
+    const float* qg = p.qkv + ((long long)b * 3 * C + (long long)hd * d) * PL;
+    const float* kg = qg + (long long)C * PL;
+    const float* vg = kg + (long long)C * PL;
+    const bool vec = P % 4 == 0 && ((unsigned long long)p.qkv & 15) == 0;
+
+    const int ntile = (P + BK - 1) / BK, per_tile = 2 * nck, total = ntile * per_tile;
+    // Stage st: tile st / per_tile; K chunk k < nck, else V chunk k - nck.
+    auto issue = [&](int st) {
+        if (st < total) {
+            const int k = st % per_tile, s0 = st / per_tile * BK;
+            float* buf = ring + (st % NST) * DC * BK;
+            issue_stage(buf, BK, k < nck ? kg : vg, k < nck ? k : k - nck, s0, d, P, vec);
+        }
+        cp_async_commit();  // also when empty: one group per stage keeps the count simple
+    };
+    for (int st = 0; st < NST - 1; st++) issue(st);
+
+    for (int e = tid; e < dp * BQ; e += NT) {
+        const int r = e / BQ, i = e % BQ;
+        q_s[e] = (r < d && q0 + i < P) ? qg[r * PL + q0 + i] : 0.f;
+    }
+
+    const float sl2 = p.scale * 1.4426950408889634f;
+    float m_run[4], l_run[4];
+#pragma unroll
+    for (int r = 0; r < 4; r++) {
+        m_run[r] = -INFINITY;
+        l_run[r] = 0.f;
+    }
+    float o[MAXC][4];
+#pragma unroll
+    for (int c = 0; c < MAXC; c++)
+#pragma unroll
+        for (int r = 0; r < 4; r++) o[c][r] = 0.f;
+    float acc[2][4] = {};
+
+    const int tk = tid & 15, tq = tid >> 4;
+    for (int st = 0; st < total; st++) {
+        cp_async_wait<NST - 2>();  // this thread's copies of stage st have landed
+        __syncthreads();           // everyone's have; stage st - 1 is done with its buffer
+        issue(st + NST - 1);       // refills that buffer
+        const float* buf = ring + (st % NST) * DC * BK;
+        const int k = st % per_tile, s0 = st / per_tile * BK;
+        if (k < nck) {
+            // ---- scores over channels [32k, 32k + 32) ----
+            if (k == 0) {
+#pragma unroll
+                for (int a = 0; a < 2; a++)
+#pragma unroll
+                    for (int j = 0; j < 4; j++) acc[a][j] = 0.f;
+            }
+            const float* qc = q_s + k * DC * BQ;
+#pragma unroll 8
+            for (int r = 0; r < DC; r++) {
+                const float qa = qc[r * BQ + tq], qb = qc[r * BQ + tq + 16];
+                const float* kr = buf + r * BK + tk;
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    const float kv = kr[16 * j];
+                    acc[0][j] = fmaf(qa, kv, acc[0][j]);
+                    acc[1][j] = fmaf(qb, kv, acc[1][j]);
+                }
+            }
+            if (k == nck - 1) {
+#pragma unroll
+                for (int a = 0; a < 2; a++)
+#pragma unroll
+                    for (int j = 0; j < 4; j++) {
+                        const int col = tk + 16 * j;
+                        s_s[(tq + 16 * a) * SP + col] = s0 + col < P ? acc[a][j] : -INFINITY;
+                    }
+                __syncthreads();
+                float* s_w = s_s;
+                softmax_rows(s_s, SP, sl2, m_run, l_run, alpha_s, [&](int row, int ln, float p0, float p1) {
+                    s_w[row * SP + 2 * ln] = p0;  // in place: each lane rewrites what it read
+                    s_w[row * SP + 2 * ln + 1] = p1;
+                });
+                __syncthreads();
+            }
+        } else {
+            // ---- O[:, chunk] = alpha O + P V, lane = query ----
+            const int c = k - nck;
+            const float al = alpha_s[lane];
+            const float* prow = s_s + lane * SP;
+#pragma unroll
+            for (int cc = 0; cc < MAXC; cc++) {
+                if (cc != c) continue;  // register arrays need constant indices
+#pragma unroll
+                for (int r = 0; r < 4; r++) o[cc][r] *= al;
+#pragma unroll 4
+                for (int s = 0; s < BK; s++) {
+                    const float pv = prow[s];
+#pragma unroll
+                    for (int r = 0; r < 4; r++) o[cc][r] = fmaf(pv, buf[(warp + 8 * r) * BK + s], o[cc][r]);
+                }
+            }
+        }
+    }
+    cp_async_wait<0>();
+
+    if (lane == 0) {
+#pragma unroll
+        for (int r = 0; r < 4; r++) l_s[warp * 4 + r] = l_run[r];
+    }
+    __syncthreads();
+    if (q0 + lane < P) {
+        const float inv = 1.f / l_s[lane];
+        float* og = p.out + ((long long)b * C + (long long)hd * d) * PL + q0 + lane;
+#pragma unroll
+        for (int c = 0; c < MAXC; c++) {
+            if (c < nck) {
+#pragma unroll
+                for (int r = 0; r < 4; r++) {
+                    const int dd = c * DC + warp + 8 * r;
+                    if (dd < d) og[dd * PL] = o[c][r] * inv;
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// attention_bf16 / attention_f16: tensor cores. q is rounded to T once, k and v when
+// their fragments are built, the probabilities when stored as the A operand of P V^T.
+// Shared memory:
+//   Q  [32 queries][d] T pairs    A operand of S (ldmatrix; rows padded by 16 bytes)
+//   ring NST_TC x [32 ch][KP or VP]  f32 K / V stages (pitches chosen conflict-free for
+//                                 the fragment reads: K by channel pairs, V by key pairs)
+//   S  [32][64 + 8] f32, P [32][64 + 8 halves] T pairs, alpha, l.
+// Warp w: m-tile (w & 1) of 16 queries; in S the keys (w >> 1) * 16 + [0, 16) (2
+// n-tiles); in O the channels (w >> 1) * 8 + [0, 8) of every 32-channel chunk.
+
+constexpr int TQ = BQ;
+constexpr int TK = BK;
+constexpr int TCH = DC;
+constexpr int NST = 4;           // ring depth (NST - 1 stages in flight)
+constexpr int KP = TK + 4;       // floats per K stage row: channel pairs 2t, 2t+1 in distinct banks
+constexpr int VP = TK + 8;       // floats per V stage row: 64-bit key pairs conflict-free per half-warp
+constexpr int STAGE = TCH * VP;  // floats per ring buffer
+constexpr int TW = TK / 2 + 4;   // words per P row (64 halves + 16 bytes pad)
+constexpr int TSP = TK + 8;      // floats per score row (conflict-free float2 stores)
+
+constexpr int tc_smem_bytes(int d) {
+    const int qw = (d + TCH - 1) / TCH * TCH / 2 + 4;  // words per Q row
+    return 4 * (TQ * qw + NST * STAGE + TQ * TW + TQ * TSP + 2 * TQ);
+}
+
+struct __align__(8) F2 {
+    float x, y;
+};
 
 // MAXC: 32-channel chunks the output registers cover (head dim <= MAXC * TCH).
 template <class T, int MAXC>
@@ -345,25 +374,9 @@ DS_DEV void attention_tc(const AttentionParams& p) {
                     r1[1] = v1 ? acc[j][3] : -INFINITY;
                 }
                 __syncthreads();
-                // ---- online softmax, warp w owns rows 4w..4w+3; lane owns keys 2 lane, +1 ----
-#pragma unroll
-                for (int r = 0; r < 4; r++) {
-                    const int row = warp * 4 + r;
-                    const float v0 = s_s[row * TSP + 2 * lane], v1 = s_s[row * TSP + 2 * lane + 1];
-                    float mx = fmaxf(v0, v1);
-#pragma unroll
-                    for (int o2 = 16; o2 > 0; o2 >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o2));
-                    const float m_new = fmaxf(m_run[r], mx);  // finite: every tile has a real key
-                    const float p0 = exp2f((v0 - m_new) * sl2), p1 = exp2f((v1 - m_new) * sl2);
-                    p_w[row * TW + lane] = ds_pack2<T>(p0, p1);
-                    float sum = p0 + p1;
-#pragma unroll
-                    for (int o2 = 16; o2 > 0; o2 >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o2);
-                    const float alpha = exp2f((m_run[r] - m_new) * sl2);  // 0 on the first tile
-                    l_run[r] = l_run[r] * alpha + sum;
-                    m_run[r] = m_new;
-                    if (lane == 0) alpha_s[row] = alpha;
-                }
+                softmax_rows(s_s, TSP, sl2, m_run, l_run, alpha_s, [&](int row, int ln, float p0, float p1) {
+                    p_w[row * TW + ln] = ds_pack2<T>(p0, p1);
+                });
                 __syncthreads();
             }
         } else {

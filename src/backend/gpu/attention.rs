@@ -24,11 +24,11 @@ pub(super) const MAX_HEAD_DIM: usize = 512;
 const SMALL_HEAD_DIM: usize = 128;
 
 /// Dynamic shared memory of `attention_f32` (attn::smem_floats): the query tile
-/// `[d rounded up to DC][BQ]`, a K/V chunk and the score tile (rows padded to BK + 1),
-/// and two per-row vectors.
+/// `[d rounded up to DC][BQ]`, a ring of 3 K/V stages `[DC][BK]`, the score tile
+/// `[BQ][BK + 1]` and two per-row vectors.
 fn smem_bytes(d: usize) -> u32 {
     let dp = d.div_ceil(DC) * DC;
-    (4 * (dp * BQ + DC * (BK + 1) + BQ * (BK + 1) + 2 * BQ)) as u32
+    (4 * (dp * BQ + 3 * DC * BK + BQ * (BK + 1) + 2 * BQ)) as u32
 }
 
 /// Dynamic shared memory of the tensor-core kernels (attn::tc_smem_bytes): Q as
@@ -36,8 +36,8 @@ fn smem_bytes(d: usize) -> u32 {
 /// the probabilities `[BQ][64 + 8 halves]`, f32 scores `[BQ][64 + 8]` and two per-row
 /// vectors.
 fn tc_smem_bytes(d: usize) -> u32 {
-    let qw = d.div_ceil(32) * 32 / 2 + 4;
-    (4 * (BQ * qw + 4 * 32 * (BK + 8) + BQ * (BK / 2 + 4) + BQ * (BK + 8) + 2 * BQ)) as u32
+    let qw = d.div_ceil(DC) * DC / 2 + 4;
+    (4 * (BQ * qw + 4 * DC * (BK + 8) + BQ * (BK / 2 + 4) + BQ * (BK + 8) + 2 * BQ)) as u32
 }
 
 pub(super) fn attention<D: Device>(
@@ -187,6 +187,15 @@ mod tests {
                 eprintln!("attention {pr:?} c={c} {}x{} heads={heads}: rel L2 {e:.3e}", hw.0, hw.1);
             }
         }
+    }
+
+    #[test]
+    fn shared_memory_sizes() {
+        // The values of attn::smem_floats(d) * 4 and attn::tc_smem_bytes(d) in
+        // kernels/attention.cu; d = 512 must stay within sm_86 / sm_89's 99 KiB.
+        assert_eq!((super::smem_bytes(33), super::tc_smem_bytes(33)), (41344, 55552));
+        assert_eq!((super::smem_bytes(512), super::tc_smem_bytes(512)), (98688, 84224));
+        assert!(super::smem_bytes(512).max(super::tc_smem_bytes(512)) <= 99 * 1024);
     }
 
     #[test]
