@@ -358,6 +358,8 @@ void trap(const char* what) {
 // ---------------------------------------------------------------- C entry points
 extern "C" {
 
+int ds_emu_kernels_anchor();
+
 // Launches `name` over grid x block with `smem` bytes of dynamic shared memory and
 // one parameter struct; returns 0, or non-zero with a message in err.
 int ds_emu_launch(const char* name, const unsigned grid[3], const unsigned block[3], unsigned smem,
@@ -366,6 +368,7 @@ int ds_emu_launch(const char* name, const unsigned grid[3], const unsigned block
         std::snprintf(err, err_len, "%s", m.c_str());
         return 1;
     };
+    ds_emu_kernels_anchor();
     auto& reg = emu::registry();
     auto it = reg.find(name);
     if (it == reg.end()) return fail(std::string("no kernel named ") + name + " in the emulated build");
@@ -395,6 +398,7 @@ int ds_emu_launch(const char* name, const unsigned grid[3], const unsigned block
 // Parameter-block size of a kernel (0 when unknown), so the host side can check its
 // #[repr(C)] mirrors against the C structs.
 size_t ds_emu_param_size(const char* name) {
+    ds_emu_kernels_anchor();
     auto& reg = emu::registry();
     auto it = reg.find(name);
     return it == reg.end() ? 0 : it->second.param_size;

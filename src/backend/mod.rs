@@ -11,6 +11,7 @@
 //! - outputs never overlap inputs (the memory planner guarantees it).
 
 pub mod cpu;
+pub mod gpu;
 
 use anyhow::Result;
 

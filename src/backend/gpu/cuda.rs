@@ -1,0 +1,245 @@
+//! The real GPU through the CUDA driver API (cudarc's raw bindings, libcuda loaded at
+//! run time). Kernels come from the fatbin that build.rs embedded; nothing is compiled
+//! at run time. Every call is checked and turned into a message that says what to do.
+
+use std::collections::HashMap;
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::sync::Mutex;
+
+use anyhow::{anyhow, bail, Result};
+use cudarc::driver::sys::{self, CUresult};
+
+use super::device::{DevPtr, Device};
+
+/// The kernels compiled by nvcc at build time (empty when nvcc was not found).
+static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kernels.fatbin"));
+
+/// How this binary's kernels were built, for error messages and `info`.
+pub const KERNELS_STATUS: &str = env!("DS_KERNELS_STATUS");
+
+/// Dynamic shared memory a kernel may use without opting in.
+const DEFAULT_SMEM: u32 = 48 * 1024;
+
+fn err_name(r: CUresult) -> String {
+    let mut p: *const c_char = std::ptr::null();
+    // SAFETY: cuGetErrorString writes a pointer to a static string (or leaves it null).
+    unsafe { sys::cuGetErrorString(r, &mut p) };
+    if p.is_null() {
+        format!("{r:?}")
+    } else {
+        // SAFETY: non-null results point at static NUL-terminated strings.
+        format!("{r:?}: {}", unsafe { CStr::from_ptr(p) }.to_string_lossy())
+    }
+}
+
+fn check(r: CUresult, what: &str) -> Result<()> {
+    if r == CUresult::CUDA_SUCCESS {
+        Ok(())
+    } else {
+        Err(anyhow!("CUDA error in {what}: {}", err_name(r)))
+    }
+}
+
+struct Raw {
+    ctx: sys::CUcontext,
+    module: sys::CUmodule,
+    funcs: HashMap<String, (sys::CUfunction, u32)>,
+}
+
+pub struct CudaDevice {
+    raw: Mutex<Raw>,
+    name: String,
+    cc: (i32, i32),
+}
+
+// SAFETY: the driver's handles may be used from any thread once the context is made
+// current there; every use goes through the mutex and sets the context first.
+unsafe impl Send for CudaDevice {}
+unsafe impl Sync for CudaDevice {}
+
+impl CudaDevice {
+    /// Opens GPU `ordinal`, or explains why there is none to use.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        if FATBIN.is_empty() {
+            bail!(
+                "this build has no GPU kernels ({KERNELS_STATUS}); install the pinned CUDA compiler with \
+                 `tools/install_nvcc.sh` (or set NVCC / CUDA_HOME), then rebuild: cargo build --release"
+            );
+        }
+        // SAFETY: only probes for the library; cudarc panics if a call is made without it.
+        if !unsafe { sys::is_culib_present() } {
+            bail!("no NVIDIA driver found (libcuda could not be loaded): this machine has no usable GPU; use --device cpu");
+        }
+        // SAFETY: plain driver calls with valid out-pointers.
+        unsafe {
+            check(sys::cuInit(0), "cuInit (is an NVIDIA GPU present and the driver loaded?)")?;
+            let mut count: c_int = 0;
+            check(sys::cuDeviceGetCount(&mut count), "cuDeviceGetCount")?;
+            if count <= 0 {
+                bail!("the NVIDIA driver reports no GPU; use --device cpu");
+            }
+            if ordinal >= count as usize {
+                bail!("GPU {ordinal} requested, this machine has {count}");
+            }
+            let mut dev: sys::CUdevice = 0;
+            check(sys::cuDeviceGet(&mut dev, ordinal as c_int), "cuDeviceGet")?;
+            let attr = |a: sys::CUdevice_attribute| -> Result<i32> {
+                let mut v: c_int = 0;
+                check(sys::cuDeviceGetAttribute(&mut v, a, dev), "cuDeviceGetAttribute")?;
+                Ok(v)
+            };
+            let cc = (
+                attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
+                attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
+            );
+            let mut buf = [0 as c_char; 256];
+            check(sys::cuDeviceGetName(buf.as_mut_ptr(), buf.len() as c_int, dev), "cuDeviceGetName")?;
+            let name = CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned();
+            if cc.0 < 8 {
+                bail!(
+                    "{name} has compute capability {}.{}; diffstyle's kernels need 8.0 or newer (A100, RTX 30xx, \
+                     H100 and later); use --device cpu",
+                    cc.0,
+                    cc.1
+                );
+            }
+            let mut ctx: sys::CUcontext = std::ptr::null_mut();
+            check(sys::cuDevicePrimaryCtxRetain(&mut ctx, dev), "cuDevicePrimaryCtxRetain")?;
+            check(sys::cuCtxSetCurrent(ctx), "cuCtxSetCurrent")?;
+            // The driver wants the image suitably aligned; include_bytes! gives no guarantee.
+            let mut image = vec![0u64; FATBIN.len().div_ceil(8)];
+            bytemuck::cast_slice_mut::<u64, u8>(&mut image)[..FATBIN.len()].copy_from_slice(FATBIN);
+            let mut module: sys::CUmodule = std::ptr::null_mut();
+            check(sys::cuModuleLoadData(&mut module, image.as_ptr() as *const c_void), "loading the kernels")
+                .map_err(|e| anyhow!("{e} (the embedded kernels do not run on {name}, sm_{}{})", cc.0, cc.1))?;
+            Ok(Self { raw: Mutex::new(Raw { ctx, module, funcs: HashMap::new() }), name, cc })
+        }
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Raw>> {
+        let raw = self.raw.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: the context was created in `new` and lives as long as the device.
+        check(unsafe { sys::cuCtxSetCurrent(raw.ctx) }, "cuCtxSetCurrent")?;
+        Ok(raw)
+    }
+
+    /// Free and total device memory in bytes.
+    pub fn mem_info(&self) -> Result<(usize, usize)> {
+        let _g = self.lock()?;
+        let (mut free, mut total) = (0usize, 0usize);
+        // SAFETY: valid out-pointers.
+        check(unsafe { sys::cuMemGetInfo_v2(&mut free, &mut total) }, "cuMemGetInfo")?;
+        Ok((free, total))
+    }
+}
+
+impl Device for CudaDevice {
+    fn describe(&self) -> String {
+        format!("{} (sm_{}{})", self.name, self.cc.0, self.cc.1)
+    }
+    fn kind(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn alloc(&self, bytes: usize) -> Result<DevPtr> {
+        let _g = self.lock()?;
+        let mut p: sys::CUdeviceptr = 0;
+        // SAFETY: valid out-pointer.
+        let r = unsafe { sys::cuMemAlloc_v2(&mut p, bytes.max(1)) };
+        if r == CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+            let (mut free, mut total) = (0usize, 0usize);
+            // SAFETY: valid out-pointers.
+            unsafe { sys::cuMemGetInfo_v2(&mut free, &mut total) };
+            bail!(
+                "out of GPU memory: {:.1} MiB requested, {:.1} of {:.1} MiB free on {}",
+                bytes as f64 / 1048576.0,
+                free as f64 / 1048576.0,
+                total as f64 / 1048576.0,
+                self.name
+            );
+        }
+        check(r, "cuMemAlloc")?;
+        Ok(p)
+    }
+
+    fn free(&self, ptr: DevPtr) {
+        if let Ok(_g) = self.lock() {
+            // SAFETY: `ptr` came from `alloc`; errors cannot be reported from Drop.
+            unsafe { sys::cuMemFree_v2(ptr) };
+        }
+    }
+
+    fn htod(&self, dst: DevPtr, src: &[u8]) -> Result<()> {
+        let _g = self.lock()?;
+        // SAFETY: the backend checked that the destination lies inside an allocation.
+        check(unsafe { sys::cuMemcpyHtoD_v2(dst, src.as_ptr() as *const c_void, src.len()) }, "copy to the GPU")
+    }
+
+    fn dtoh(&self, src: DevPtr, dst: &mut [u8]) -> Result<()> {
+        let _g = self.lock()?;
+        // SAFETY: as in `htod`.
+        check(unsafe { sys::cuMemcpyDtoH_v2(dst.as_mut_ptr() as *mut c_void, src, dst.len()) }, "copy from the GPU")
+    }
+
+    fn fill_u32(&self, dst: DevPtr, value: u32, count: usize) -> Result<()> {
+        let _g = self.lock()?;
+        // SAFETY: as in `htod`.
+        check(unsafe { sys::cuMemsetD32_v2(dst, value, count) }, "cuMemsetD32")
+    }
+
+    fn launch(&self, kernel: &str, grid: [u32; 3], block: [u32; 3], smem: u32, params: &[u8]) -> Result<()> {
+        let mut raw = self.lock()?;
+        let module = raw.module;
+        let entry = match raw.funcs.get(kernel) {
+            Some(f) => *f,
+            None => {
+                let c = CString::new(kernel).map_err(|_| anyhow!("bad kernel name {kernel:?}"))?;
+                let mut f: sys::CUfunction = std::ptr::null_mut();
+                // SAFETY: valid module and NUL-terminated name.
+                check(unsafe { sys::cuModuleGetFunction(&mut f, module, c.as_ptr()) }, "cuModuleGetFunction")
+                    .map_err(|e| anyhow!("kernel {kernel} is not in this build's fatbin: {e}"))?;
+                raw.funcs.insert(kernel.to_string(), (f, DEFAULT_SMEM));
+                (f, DEFAULT_SMEM)
+            }
+        };
+        let (f, allowed) = entry;
+        if smem > allowed {
+            // Opt in to more than 48 KiB of dynamic shared memory, once per size.
+            let r = unsafe {
+                // SAFETY: valid function handle.
+                sys::cuFuncSetAttribute(
+                    f,
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    smem as c_int,
+                )
+            };
+            check(r, &format!("allowing {smem} bytes of shared memory for {kernel}"))?;
+            raw.funcs.insert(kernel.to_string(), (f, smem));
+        }
+        let mut args = [params.as_ptr() as *mut c_void];
+        // SAFETY: the kernel takes exactly one parameter block of this layout
+        // (params.rs, checked against the emulated build by a test).
+        let r = unsafe {
+            sys::cuLaunchKernel(
+                f,
+                grid[0],
+                grid[1],
+                grid[2],
+                block[0],
+                block[1],
+                block[2],
+                smem,
+                std::ptr::null_mut(),
+                args.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        };
+        check(r, &format!("launching {kernel} (grid {grid:?}, block {block:?}, {smem} B shared)"))
+    }
+
+    fn sync(&self) -> Result<()> {
+        let _g = self.lock()?;
+        // SAFETY: plain driver call.
+        check(unsafe { sys::cuCtxSynchronize() }, "a GPU kernel (reported at synchronisation)")
+    }
+}

@@ -1,0 +1,283 @@
+//! The GPU backend: every op of the `Backend` trait is one launch of a hand-written
+//! kernel from `kernels/*.cu`, on a `Device` that is either a real GPU (`cuda.rs`) or
+//! the host emulation of the same kernels (`emu.rs`, what CI tests).
+//!
+//! Memory: activations are f32 buffers poisoned with NaN on allocation; conv weights
+//! are stored in the run's precision (f32 / f16 / bf16, `[cout][cin*k*k]`), linear and
+//! vector weights in f32. Allocations are counted so tests can assert that the step
+//! loop allocates nothing. Each op family's launcher and its reference tests live in
+//! the file named after it, next to the kernel of the same name in `kernels/`.
+
+pub mod cuda;
+pub mod device;
+pub mod emu;
+pub mod params;
+
+mod attention;
+mod conv;
+mod elementwise;
+mod hspace;
+mod norm;
+mod step;
+#[cfg(test)]
+pub(crate) mod testutil;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use anyhow::{ensure, Context, Result};
+use bytemuck::Pod;
+
+use super::{Act, Backend, Cat, Conv2d, DdimStep, WeightKind};
+use crate::model::unet::Precision;
+use crate::tensor::HostTensor;
+use device::{DevPtr, Device};
+
+/// Allocation statistics of one backend (device bytes, all buffers and weights).
+#[derive(Default)]
+struct Stats {
+    allocs: AtomicUsize,
+    live: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl Stats {
+    fn add(&self, bytes: usize) {
+        self.allocs.fetch_add(1, Ordering::Relaxed);
+        let live = self.live.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.peak.fetch_max(live, Ordering::Relaxed);
+    }
+    fn sub(&self, bytes: usize) {
+        self.live.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
+/// One device allocation, freed on drop.
+struct Alloc {
+    dev: Arc<dyn Device>,
+    stats: Arc<Stats>,
+    ptr: DevPtr,
+    bytes: usize,
+}
+
+impl Drop for Alloc {
+    fn drop(&mut self) {
+        self.dev.free(self.ptr);
+        self.stats.sub(self.bytes);
+    }
+}
+
+/// An f32 device buffer.
+pub struct GpuBuf {
+    mem: Alloc,
+    len: usize,
+}
+
+impl GpuBuf {
+    /// Length in floats.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// An uploaded weight: conv weights in the backend's storage type, the rest f32.
+pub struct GpuWeight {
+    mem: Alloc,
+    pub(crate) shape: Vec<usize>,
+    pub(crate) kind: WeightKind,
+}
+
+impl GpuWeight {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+pub struct GpuBackend<D: Device> {
+    dev: Arc<D>,
+    precision: Precision,
+    stats: Arc<Stats>,
+}
+
+impl<D: Device> GpuBackend<D> {
+    pub fn new(dev: D, precision: Precision) -> Self {
+        Self { dev: Arc::new(dev), precision, stats: Arc::default() }
+    }
+
+    pub fn device(&self) -> &D {
+        &self.dev
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Storage type of conv weights, as the kernels' name suffix.
+    pub fn suffix(&self) -> &'static str {
+        match self.precision {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    /// Device allocations made so far (buffers and weights).
+    pub fn alloc_count(&self) -> usize {
+        self.stats.allocs.load(Ordering::Relaxed)
+    }
+
+    /// Largest number of device bytes held at once so far.
+    pub fn peak_bytes(&self) -> usize {
+        self.stats.peak.load(Ordering::Relaxed)
+    }
+
+    fn raw_alloc(&self, bytes: usize) -> Result<Alloc> {
+        let ptr = self.dev.alloc(bytes)?;
+        self.stats.add(bytes);
+        Ok(Alloc { dev: self.dev.clone(), stats: self.stats.clone(), ptr, bytes })
+    }
+
+    /// Device address of `a`'s first element, after checking that `a` lies inside its
+    /// buffer.
+    pub(crate) fn addr(&self, a: &Act<'_, GpuBuf>, what: &str) -> Result<u64> {
+        ensure!(
+            a.off.checked_add(a.len()).is_some_and(|end| end <= a.buf.len),
+            "{what}: region [{}, {}) outside its buffer of {} floats",
+            a.off,
+            a.off + a.len(),
+            a.buf.len
+        );
+        Ok(a.buf.mem.ptr + 4 * a.off as u64)
+    }
+
+    /// Device address of a weight.
+    pub(crate) fn wptr(&self, w: &GpuWeight) -> u64 {
+        w.mem.ptr
+    }
+
+    /// Launches `kernel` with one parameter block.
+    pub(crate) fn launch<P: Pod>(&self, kernel: &str, grid: [u32; 3], block: [u32; 3], smem: u32, p: &P) -> Result<()> {
+        self.dev.launch(kernel, grid, block, smem, bytemuck::bytes_of(p))
+    }
+}
+
+impl<D: Device> Backend for GpuBackend<D> {
+    type Buf = GpuBuf;
+    type Weight = GpuWeight;
+
+    fn name(&self) -> &'static str {
+        self.dev.kind()
+    }
+
+    fn alloc(&self, len: usize) -> Result<GpuBuf> {
+        let bytes = len.checked_mul(4).context("out of memory: buffer size overflows")?;
+        let mem = self.raw_alloc(bytes)?;
+        // Poison: an op that forgets to write an element leaves a NaN that tests see.
+        self.dev.fill_u32(mem.ptr, f32::NAN.to_bits(), len)?;
+        Ok(GpuBuf { mem, len })
+    }
+
+    fn upload(&self, dst: Act<'_, GpuBuf>, data: &[f32]) -> Result<()> {
+        ensure!(data.len() == dst.len(), "upload: {} values for a region of {}", data.len(), dst.len());
+        let p = self.addr(&dst, "upload")?;
+        self.dev.htod(p, bytemuck::cast_slice(data))
+    }
+
+    fn download(&self, src: Act<'_, GpuBuf>) -> Result<Vec<f32>> {
+        let p = self.addr(&src, "download")?;
+        let mut v = vec![0f32; src.len()];
+        self.dev.dtoh(p, bytemuck::cast_slice_mut(&mut v))?;
+        Ok(v)
+    }
+
+    fn upload_weight(&self, t: &HostTensor, kind: WeightKind) -> Result<GpuWeight> {
+        // Only conv weights are stored reduced (the bulk of the bytes and the tensor-core
+        // operand); the host already rounded every weight through the precision.
+        let bytes: Vec<u8> = match (kind, self.precision) {
+            (WeightKind::Conv, Precision::F16) => {
+                t.data.iter().flat_map(|&v| half::f16::from_f32(v).to_bits().to_le_bytes()).collect()
+            }
+            (WeightKind::Conv, Precision::Bf16) => {
+                t.data.iter().flat_map(|&v| half::bf16::from_f32(v).to_bits().to_le_bytes()).collect()
+            }
+            _ => bytemuck::cast_slice(&t.data).to_vec(),
+        };
+        let mem = self.raw_alloc(bytes.len())?;
+        self.dev.htod(mem.ptr, &bytes)?;
+        Ok(GpuWeight { mem, shape: t.shape.clone(), kind })
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.dev.sync()
+    }
+
+    fn copy(&self, src: Act<'_, GpuBuf>, dst: Act<'_, GpuBuf>) -> Result<()> {
+        elementwise::copy(self, src, dst)
+    }
+
+    fn timestep_embedding(&self, t: &[f32], flip: bool, shift: f32, out: Act<'_, GpuBuf>) -> Result<()> {
+        elementwise::timestep_embedding(self, t, flip, shift, out)
+    }
+
+    fn linear(
+        &self,
+        x: Act<'_, GpuBuf>,
+        w: &GpuWeight,
+        b: &GpuWeight,
+        silu_input: bool,
+        out: Act<'_, GpuBuf>,
+    ) -> Result<()> {
+        elementwise::linear(self, x, w, b, silu_input, out)
+    }
+
+    fn group_norm(
+        &self,
+        x: Cat<'_, GpuBuf>,
+        gamma: &GpuWeight,
+        beta: &GpuWeight,
+        groups: usize,
+        eps: f32,
+        silu: bool,
+        out: Act<'_, GpuBuf>,
+    ) -> Result<()> {
+        norm::group_norm(self, x, gamma, beta, groups, eps, silu, out)
+    }
+
+    fn conv2d(&self, p: &Conv2d<'_, Self>) -> Result<()> {
+        conv::conv2d(self, p)
+    }
+
+    fn attention(&self, qkv: Act<'_, GpuBuf>, heads: usize, out: Act<'_, GpuBuf>) -> Result<()> {
+        attention::attention(self, qkv, heads, out)
+    }
+
+    fn hspace_mix(
+        &self,
+        h: Act<'_, GpuBuf>,
+        hc: Act<'_, GpuBuf>,
+        gamma: f32,
+        mask: Option<Act<'_, GpuBuf>>,
+        out: Act<'_, GpuBuf>,
+    ) -> Result<()> {
+        hspace::hspace_mix(self, h, hc, gamma, mask, out)
+    }
+
+    fn ddim_step(&self, p: &DdimStep<'_, GpuBuf>) -> Result<()> {
+        step::ddim_step(self, p)
+    }
+
+    fn calibrate(
+        &self,
+        x: Act<'_, GpuBuf>,
+        eps: Act<'_, GpuBuf>,
+        eps_mod: Act<'_, GpuBuf>,
+        a: f32,
+        omega: f32,
+        out: Act<'_, GpuBuf>,
+    ) -> Result<()> {
+        step::calibrate(self, x, eps, eps_mod, a, omega, out)
+    }
+}

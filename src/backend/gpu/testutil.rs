@@ -1,0 +1,84 @@
+//! Test helpers shared by the GPU families' reference tests: the emulated backend, the
+//! CPU oracle, seeded random data placed at an offset inside NaN-guarded buffers (so
+//! stray writes and unwritten outputs both show), and error measures.
+
+use crate::backend::cpu::CpuBackend;
+use crate::backend::{Act, Backend, WeightKind};
+use crate::model::unet::Precision;
+use crate::tensor::HostTensor;
+
+use super::emu::EmuDevice;
+use super::GpuBackend;
+
+/// Offset of every test region inside its buffer (exercises `off`).
+pub const OFF: usize = 5;
+/// NaN floats after every test region.
+const GUARD: usize = 7;
+
+pub fn emu(precision: Precision) -> GpuBackend<EmuDevice> {
+    GpuBackend::new(EmuDevice::new(), precision)
+}
+
+pub fn cpu() -> CpuBackend {
+    CpuBackend::new(2)
+}
+
+/// Uniform values in [-1, 1) from xorshift64 (seeded, never all zero).
+pub fn rand_vec(seed: u64, n: usize) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(0x1234_5678) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// A fresh NaN buffer holding `data` at `OFF`.
+pub fn place<B: Backend>(be: &B, data: &[f32]) -> B::Buf {
+    let buf = be.alloc(OFF + data.len() + GUARD).unwrap();
+    be.upload(Act::new(&buf, OFF, 1, data.len(), 1, 1), data).unwrap();
+    buf
+}
+
+/// A fresh all-NaN buffer for an output of `len` floats at `OFF`.
+pub fn poisoned<B: Backend>(be: &B, len: usize) -> B::Buf {
+    be.alloc(OFF + len + GUARD).unwrap()
+}
+
+pub fn act<B>(buf: &B, n: usize, c: usize, h: usize, w: usize) -> Act<'_, B> {
+    Act::new(buf, OFF, n, c, h, w)
+}
+
+/// Downloads the `len` floats at `OFF`, asserting the guards around them stayed NaN
+/// and the region was fully written.
+pub fn read<B: Backend>(be: &B, buf: &B::Buf, len: usize) -> Vec<f32> {
+    let all = be.download(Act::new(buf, 0, 1, OFF + len + GUARD, 1, 1)).unwrap();
+    assert!(all[..OFF].iter().chain(&all[OFF + len..]).all(|v| v.is_nan()), "write outside the output region");
+    let v = all[OFF..OFF + len].to_vec();
+    assert!(v.iter().all(|x| x.is_finite()), "output not fully written (NaN/inf left)");
+    v
+}
+
+/// Uploads a weight, rounded through `precision` first (as `UNet::new` does), so the
+/// CPU oracle and the GPU compute with the same values.
+pub fn weight<B: Backend>(be: &B, shape: &[usize], data: &[f32], kind: WeightKind, precision: Precision) -> B::Weight {
+    let d = data.iter().map(|&v| precision.round(v)).collect();
+    be.upload_weight(&HostTensor::new(shape.to_vec(), d), kind).unwrap()
+}
+
+/// Relative L2 error of `got` against `want`.
+pub fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
+    crate::tensor::rel_l2(got, want)
+}
+
+/// The design's bound for one op at a storage precision (design.md).
+pub fn bound(p: Precision) -> f64 {
+    match p {
+        Precision::F32 => 1e-5,
+        Precision::F16 => 3e-3,
+        Precision::Bf16 => 1e-2,
+    }
+}
