@@ -83,7 +83,7 @@ extern "C" __global__ void ddim_step_f32(const StepParams p) {
 }
 DS_REGISTER(ddim_step_f32, StepParams)
 
-// ---- calibrate_f32: grid (n), block (256), one block per sample ----
+// ---- calibrate_f32: grid (n), block (1024; any multiple of 32), one block per sample ----
 // P = (x - sqrt(1-a) eps) / sqrt(a) and P' likewise from eps_mod (f32, recomputed in
 // each pass); means and biased stds in f64 (two passes); then
 // P'n = mean(P') + (P' - mean(P')) std(P) / std(P') (f64, rounded) and

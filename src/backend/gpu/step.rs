@@ -44,7 +44,7 @@ pub(super) fn ddim_step<D: Device>(be: &GpuBackend<D>, p: &DdimStep<'_, GpuBuf>)
     be.launch("ddim_step_f32", [gx, grid_y(out.n, "ddim_step")?, 1], [256, 1, 1], 0, &params)
 }
 
-/// Launch contract of `calibrate_f32`: grid (n), block 256, one block per sample (two
+/// Launch contract of `calibrate_f32`: grid (n), block 1024, one block per sample (two
 /// reduction passes in f64, then the elementwise update). The kernel reads inputs of
 /// the output's batch; broadcast inputs are handled by one launch per sample.
 pub(super) fn calibrate<'a, D: Device>(
@@ -78,7 +78,7 @@ pub(super) fn calibrate<'a, D: Device>(
             a,
             omega,
         };
-        be.launch("calibrate_f32", [o.n as u32, 1, 1], [256, 1, 1], 0, &p)
+        be.launch("calibrate_f32", [o.n as u32, 1, 1], [1024, 1, 1], 0, &p)
     };
     if x.n == out.n && eps.n == out.n && eps_mod.n == out.n {
         return launch(&x, &eps, &eps_mod, &out);
