@@ -279,6 +279,7 @@ fn transfer_on<B: Backend>(
         inverted.insert(p, inv);
     }
     let t_inv = t0.elapsed();
+    let inv_forwards = eng.counts.encoder;
     if pairs > 1 {
         std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create the output folder", out.display()))?;
     }
@@ -312,12 +313,20 @@ fn transfer_on<B: Backend>(
     }
     if c.verbose {
         let cnt = &eng.counts;
+        // An inversion step is one U-Net forward plus a DDIM update: close to the
+        // forward's own time.
+        let per_fwd = if inv_forwards > 0 {
+            format!(" ({:.2} ms per step)", t_inv.as_secs_f64() * 1e3 / inv_forwards as f64)
+        } else {
+            String::new()
+        };
         eprintln!(
-            "inversions {:.2} s, generation {:.2} s ({:.2} s per pair); encoder passes {}, decoder passes {}, mixed steps {}, noisy steps {}",
+            "inversions {:.2} s{per_fwd}, generation {:.2} s ({:.2} s per pair); encoder passes {} ({} in inversions), decoder passes {}, mixed steps {}, noisy steps {}",
             t_inv.as_secs_f64(),
             t1.elapsed().as_secs_f64(),
             t1.elapsed().as_secs_f64() / pairs as f64,
             cnt.encoder,
+            inv_forwards,
             cnt.decoder,
             cnt.mixed_steps,
             cnt.noisy_steps
@@ -393,17 +402,46 @@ fn sample_on<B: Backend>(
     Ok(())
 }
 
+/// The architecture and schedule that --config / --arch describe.
+fn described_arch(m: &ModelArgs) -> Result<crate::model::config::ModelConfig> {
+    match (&m.config, &m.arch) {
+        (Some(path), None) => crate::model::config::load_config_file(path),
+        (None, Some(name)) => crate::model::config::preset(name),
+        _ => bail!("give exactly one of --config / --arch"),
+    }
+}
+
+pub fn random_model(m: &ModelArgs, seed: u64, out: &Path) -> Result<()> {
+    use safetensors::tensor::{Dtype, TensorView};
+    check_parent(out)?;
+    let cfg = described_arch(m)?;
+    let betas = cfg.betas.unwrap_or_else(|| crate::diffusion::schedule::linear_betas(1e-4, 0.02, 1000));
+    let model = LoadedModel::random(&cfg.arch, crate::diffusion::schedule::Schedule::from_betas(&betas), seed);
+    let views = model
+        .tensors
+        .iter()
+        .map(|(name, t)| {
+            Ok((name.as_str(), TensorView::new(Dtype::F32, t.shape.clone(), bytemuck::cast_slice(&t.data))?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let data = safetensors::serialize(views, &None)?;
+    crate::io::atomic::write_atomic(out, &data)?;
+    println!(
+        "{}: {} parameters of random weights (seed {seed}) for {}",
+        out.display(),
+        model.param_count(),
+        cfg.source
+    );
+    Ok(())
+}
+
 pub fn info(c: &Common, m: &ModelArgs, show_plan: bool) -> Result<()> {
     let loaded = m.model.is_some().then(|| model(m)).transpose()?;
     let (arch, params, hash, betas) = if let Some(model) = &loaded {
         let params: usize = model.tensors.values().map(|t| t.numel()).sum();
         (model.arch.clone(), params, Some(model.hash.clone()), None)
     } else {
-        let cfg = match (&m.config, &m.arch) {
-            (Some(path), None) => crate::model::config::load_config_file(path)?,
-            (None, Some(name)) => crate::model::config::preset(name)?,
-            _ => bail!("info needs --model, or exactly one of --config / --arch"),
-        };
+        let cfg = described_arch(m).context("info needs --model, or exactly one of --config / --arch")?;
         let arch = cfg.arch;
         let params =
             crate::model::weights::expected_tensors(&arch).iter().map(|(_, s)| s.iter().product::<usize>()).sum();

@@ -175,6 +175,23 @@ enum Cmd {
         #[arg(long)]
         plan: bool,
     },
+    /// Write a checkpoint of seeded random weights for an architecture (a stand-in for
+    /// a real checkpoint in benchmarks and GPU checks; load it with the same --arch or
+    /// --config).
+    RandomModel {
+        /// Built-in architecture (ddpm-256).
+        #[arg(long, conflicts_with = "config", required_unless_present = "config")]
+        arch: Option<String>,
+        /// Or an architecture from a config file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Seed of the weights.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// The .safetensors file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 impl From<ModelOpts> for ModelArgs {
@@ -226,6 +243,9 @@ fn main() -> ExitCode {
         }
         Cmd::Sample { model, n, steps, seed, out } => commands::sample(&common, &model.into(), n, steps, seed, &out),
         Cmd::Info { model, config, arch, plan } => commands::info(&common, &ModelArgs { model, config, arch }, plan),
+        Cmd::RandomModel { arch, config, seed, out } => {
+            commands::random_model(&ModelArgs { model: None, config, arch }, seed, &out)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

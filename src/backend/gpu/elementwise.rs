@@ -1,32 +1,275 @@
-//! Elementwise launchers (kernels/elementwise.cu). Being written.
+//! Elementwise launchers (kernels/elementwise.cu): broadcast copy, timestep embedding,
+//! linear. Also the shape checks shared by this family, hspace.rs and step.rs (the
+//! CPU backend's rules: validated regions, batch broadcast, output disjoint from the
+//! inputs), so that a bad call is an error and never an out-of-bounds launch.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 use super::device::Device;
+use super::params::{CopyParams, LinearParams, TembParams, MAX_T};
 use super::{GpuBackend, GpuBuf, GpuWeight};
-use crate::backend::Act;
+use crate::backend::{Act, WeightKind};
 
-pub(super) fn copy<D: Device>(_be: &GpuBackend<D>, _src: Act<'_, GpuBuf>, _dst: Act<'_, GpuBuf>) -> Result<()> {
-    bail!("copy: the GPU kernel is not in this build yet")
+type A<'a> = Act<'a, GpuBuf>;
+
+/// `a` lies inside its buffer (with overflow-checked sizes).
+pub(super) fn check_region(a: &A, what: &str) -> Result<()> {
+    let len = a.n.checked_mul(a.c).and_then(|v| v.checked_mul(a.h)).and_then(|v| v.checked_mul(a.w));
+    match len.and_then(|l| a.off.checked_add(l)) {
+        Some(end) if end <= a.buf.len() => Ok(()),
+        _ => bail!(
+            "{what}: region off {} shape ({}, {}, {}, {}) exceeds its buffer of {} floats",
+            a.off,
+            a.n,
+            a.c,
+            a.h,
+            a.w,
+            a.buf.len()
+        ),
+    }
 }
 
+/// `inp` is a valid region of per-sample shape `(c, h, w)` whose batch broadcasts to
+/// `n_out` (equal, or smaller and non-zero: output sample `b` reads `b % n`).
+pub(super) fn check_input(inp: &A, c: usize, h: usize, w: usize, n_out: usize, what: &str) -> Result<()> {
+    check_region(inp, what)?;
+    ensure!(
+        (inp.c, inp.h, inp.w) == (c, h, w),
+        "{what}: per-sample shape ({}, {}, {}) != expected ({c}, {h}, {w})",
+        inp.c,
+        inp.h,
+        inp.w
+    );
+    ensure!(inp.n == n_out || (inp.n >= 1 && inp.n < n_out), "{what}: batch {} does not broadcast to {n_out}", inp.n);
+    Ok(())
+}
+
+/// The output region overlaps no input region of the same buffer.
+pub(super) fn check_disjoint(out: &A, inputs: &[Option<&A>], what: &str) -> Result<()> {
+    for inp in inputs.iter().flatten() {
+        if std::ptr::eq(out.buf, inp.buf) && !out.is_empty() && !inp.is_empty() {
+            ensure!(
+                out.off + out.len() <= inp.off || inp.off + inp.len() <= out.off,
+                "{what}: output [{}, {}) overlaps an input [{}, {})",
+                out.off,
+                out.off + out.len(),
+                inp.off,
+                inp.off + inp.len()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A size as the kernels' `int`.
+pub(super) fn int(v: usize, what: &str) -> Result<i32> {
+    i32::try_from(v).ok().with_context(|| format!("{what}: {v} does not fit the kernel's 32-bit int"))
+}
+
+/// Samples go on grid.y (at most 65535).
+pub(super) fn grid_y(n: usize, what: &str) -> Result<u32> {
+    ensure!(n <= 65535, "{what}: batch {n} exceeds 65535");
+    Ok(n as u32)
+}
+
+/// Launch contract of `copy_f32`: grid (min(ceil(len / 256), 1024), n), block 256,
+/// grid-stride over the sample.
+pub(super) fn copy<D: Device>(be: &GpuBackend<D>, src: A, dst: A) -> Result<()> {
+    check_region(&dst, "copy dst")?;
+    check_input(&src, dst.c, dst.h, dst.w, dst.n, "copy src")?;
+    check_disjoint(&dst, &[Some(&src)], "copy")?;
+    if dst.is_empty() {
+        return Ok(());
+    }
+    let len = dst.sample_len();
+    let p = CopyParams {
+        src: be.addr(&src, "copy src")?,
+        dst: be.addr(&dst, "copy dst")?,
+        n: int(dst.n, "copy n")?,
+        len: int(len, "copy len")?,
+        src_n: int(src.n, "copy src n")?,
+        _pad: 0,
+    };
+    let gx = len.div_ceil(256).min(1024) as u32;
+    be.launch("copy_f32", [gx, grid_y(dst.n, "copy")?, 1], [256, 1, 1], 0, &p)
+}
+
+/// Launch contract of `timestep_embedding_f32`: grid (n <= MAX_T), block 128; larger
+/// batches go in chunks of MAX_T samples.
 pub(super) fn timestep_embedding<D: Device>(
-    _be: &GpuBackend<D>,
-    _t: &[f32],
-    _flip: bool,
-    _shift: f32,
-    _out: Act<'_, GpuBuf>,
+    be: &GpuBackend<D>,
+    t: &[f32],
+    flip: bool,
+    shift: f32,
+    out: A,
 ) -> Result<()> {
-    bail!("timestep_embedding: the GPU kernel is not in this build yet")
+    check_region(&out, "timestep_embedding out")?;
+    ensure!(
+        t.len() == out.n && out.h == 1 && out.w == 1,
+        "timestep_embedding: {} timesteps for an output of shape ({}, {}, {}, {})",
+        t.len(),
+        out.n,
+        out.c,
+        out.h,
+        out.w
+    );
+    let dim = int(out.c, "timestep_embedding dim")?;
+    for (k, ts) in t.chunks(MAX_T).enumerate() {
+        let o = out.samples(k * MAX_T, ts.len());
+        let mut p = TembParams {
+            out: be.addr(&o, "timestep_embedding out")?,
+            n: ts.len() as i32,
+            dim,
+            flip: flip as i32,
+            shift,
+            t: [0.0; MAX_T],
+        };
+        p.t[..ts.len()].copy_from_slice(ts);
+        be.launch("timestep_embedding_f32", [ts.len() as u32, 1, 1], [128, 1, 1], 0, &p)?;
+    }
+    Ok(())
 }
 
+/// Launch contract of `linear_f32`: grid (ceil(out_f / 8), n), block 256: one warp per
+/// output row.
 pub(super) fn linear<D: Device>(
-    _be: &GpuBackend<D>,
-    _x: Act<'_, GpuBuf>,
-    _w: &GpuWeight,
-    _b: &GpuWeight,
-    _silu_input: bool,
-    _out: Act<'_, GpuBuf>,
+    be: &GpuBackend<D>,
+    x: A,
+    w: &GpuWeight,
+    b: &GpuWeight,
+    silu_input: bool,
+    out: A,
 ) -> Result<()> {
-    bail!("linear: the GPU kernel is not in this build yet")
+    ensure!(
+        w.kind == WeightKind::Linear && w.shape.len() == 2,
+        "linear: weight uploaded as {:?} {:?}",
+        w.kind,
+        w.shape
+    );
+    let (o, i) = (w.shape[0], w.shape[1]);
+    check_region(&out, "linear out")?;
+    ensure!((out.c, out.h, out.w) == (o, 1, 1), "linear: out ({}, {}, {}) for W {o}x{i}", out.c, out.h, out.w);
+    check_input(&x, i, 1, 1, out.n, "linear x")?;
+    ensure!(b.kind == WeightKind::Vector, "linear bias: expected a vector weight, got {:?}", b.kind);
+    ensure!(b.numel() == o, "linear bias: {} elements, expected {o}", b.numel());
+    check_disjoint(&out, &[Some(&x)], "linear")?;
+    if out.is_empty() {
+        return Ok(());
+    }
+    let p = LinearParams {
+        x: be.addr(&x, "linear x")?,
+        w: be.wptr(w),
+        bias: be.wptr(b),
+        out: be.addr(&out, "linear out")?,
+        n: int(out.n, "linear n")?,
+        xn: int(x.n, "linear x n")?,
+        in_f: int(i, "linear in")?,
+        out_f: int(o, "linear out")?,
+        silu: silu_input as i32,
+        _pad: 0,
+    };
+    be.launch("linear_f32", [o.div_ceil(8) as u32, grid_y(out.n, "linear")?, 1], [256, 1, 1], 0, &p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::*;
+    use crate::backend::{Backend, WeightKind};
+    use crate::model::unet::Precision;
+
+    #[test]
+    fn copy_broadcasts() {
+        let (g, c) = (emu(Precision::F32), cpu());
+        let src = rand_vec(3, 3 * 60);
+        for (n, sn) in [(5usize, 2usize), (3, 3), (4, 1)] {
+            let sd = &src[..sn * 60];
+            let want = {
+                let (sb, ob) = (place(&c, sd), poisoned(&c, n * 60));
+                c.copy(act(&sb, sn, 3, 4, 5), act(&ob, n, 3, 4, 5)).unwrap();
+                read(&c, &ob, n * 60)
+            };
+            let (sb, ob) = (place(&g, sd), poisoned(&g, n * 60));
+            g.copy(act(&sb, sn, 3, 4, 5), act(&ob, n, 3, 4, 5)).unwrap();
+            assert_eq!(read(&g, &ob, n * 60), want, "copy n {n} from {sn}");
+        }
+        // A sample longer than the grid (grid-stride loop).
+        let big = rand_vec(4, 300_000);
+        let (sb, ob) = (place(&g, &big), poisoned(&g, 2 * 300_000));
+        g.copy(act(&sb, 1, 3, 100, 1000), act(&ob, 2, 3, 100, 1000)).unwrap();
+        let got = read(&g, &ob, 600_000);
+        assert!(got[..300_000] == big[..] && got[300_000..] == big[..]);
+        let (sb, ob) = (place(&g, &src[..120]), poisoned(&g, 5 * 60));
+        assert!(g.copy(act(&sb, 2, 3, 4, 5), act(&ob, 1, 3, 4, 5)).is_err());
+        assert!(g.copy(act(&sb, 1, 3, 4, 5), act(&ob, 2, 3, 5, 4)).is_err());
+        assert!(g.copy(act(&sb, 1, 3, 4, 5), act(&sb, 1, 3, 4, 5)).is_err(), "overlap");
+    }
+
+    fn max_abs(a: &[f32], b: &[f32]) -> f32 {
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    }
+
+    fn temb<B: Backend>(be: &B, t: &[f32], dim: usize, flip: bool, shift: f32) -> Vec<f32> {
+        let ob = poisoned(be, t.len() * dim);
+        be.timestep_embedding(t, flip, shift, act(&ob, t.len(), dim, 1, 1)).unwrap();
+        read(be, &ob, t.len() * dim)
+    }
+
+    #[test]
+    fn timestep_embedding_matches_cpu() {
+        let (g, c) = (emu(Precision::F32), cpu());
+        let t = [0.0f32, 1.0, 37.0, 999.0, 500.5];
+        for &(dim, flip, shift) in &[(128usize, true, 0.0f32), (33, false, 1.0), (8, false, 0.5), (320, true, 1.0)] {
+            let (got, want) = (temb(&g, &t, dim, flip, shift), temb(&c, &t, dim, flip, shift));
+            let e = rel_l2(&got, &want);
+            eprintln!("timestep_embedding dim {dim}: rel l2 {e:e}, max abs {:e}", max_abs(&got, &want));
+            assert!(e < 1e-6, "dim {dim} flip {flip} shift {shift}: rel l2 {e:e}");
+        }
+        // More timesteps than one launch holds.
+        let many: Vec<f32> = (0..150).map(|i| (i * 7) as f32).collect();
+        let (got, want) = (temb(&g, &many, 32, false, 1.0), temb(&c, &many, 32, false, 1.0));
+        assert!(rel_l2(&got, &want) < 1e-6);
+        let ob = poisoned(&g, 8);
+        assert!(g.timestep_embedding(&t[..3], false, 0.0, act(&ob, 4, 2, 1, 1)).is_err());
+    }
+
+    fn lin<B: Backend>(
+        be: &B,
+        xd: &[f32],
+        wd: &[f32],
+        bd: &[f32],
+        dims: (usize, usize, usize, usize),
+        s: bool,
+    ) -> Vec<f32> {
+        let (n, nx, i, o) = dims;
+        let xb = place(be, xd);
+        let ob = poisoned(be, n * o);
+        let w = weight(be, &[o, i], wd, WeightKind::Linear, Precision::F32);
+        let b = weight(be, &[o], bd, WeightKind::Vector, Precision::F32);
+        be.linear(act(&xb, nx, i, 1, 1), &w, &b, s, act(&ob, n, o, 1, 1)).unwrap();
+        assert!(be.linear(act(&xb, nx, i, 1, 1), &w, &b, s, act(&ob, n, o - 1, 1, 1)).is_err());
+        assert!(be.linear(act(&xb, nx, i, 1, 1), &b, &b, s, act(&ob, n, o, 1, 1)).is_err());
+        read(be, &ob, n * o)
+    }
+
+    #[test]
+    fn linear_matches_cpu() {
+        // The linear kernel reads f32 weights at every precision of the run.
+        for prec in [Precision::F32, Precision::Bf16] {
+            let (g, c) = (emu(prec), cpu());
+            for &(n, nx, i, o, s) in &[
+                (1usize, 1usize, 128usize, 512usize, false),
+                (3, 3, 37, 5, true),
+                (2, 1, 512, 33, true),
+                (2, 2, 1280, 9, false),
+            ] {
+                let (xd, wd, bd) = (rand_vec(1, nx * i), rand_vec(2, o * i), rand_vec(3, o));
+                let xd: Vec<f32> = xd.iter().map(|v| v * 4.0).collect(); // SiLU's curved range
+                let got = lin(&g, &xd, &wd, &bd, (n, nx, i, o), s);
+                let want = lin(&c, &xd, &wd, &bd, (n, nx, i, o), s);
+                let e = rel_l2(&got, &want);
+                eprintln!("linear {prec:?} {n} {nx} {i} {o} {s}: rel l2 {e:e}");
+                assert!(e < bound(Precision::F32), "linear {n} {nx} {i} {o} {s}: rel l2 {e:e}");
+            }
+        }
+    }
 }

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs on a lent GPU machine, from the repository root, with target/gpu-check/ carried
+# (made by tools/prepare_gpu_check.sh): the real-GPU tests, then the authors' in-domain
+# defaults and the fast preset end to end on a DDPM-256-shaped model (113 M random
+# weights), in f32 and bf16, with timings. Writes its log and images under $OUT.
+set -uo pipefail
+OUT=${OUT:-/tmp/gpu-check}
+mkdir -p "$OUT"
+B=target/gpu-check
+log() { echo "== $*" | tee -a "$OUT/log.txt"; }
+run() { log "$*"; "$@" 2>&1 | tee -a "$OUT/log.txt"; }
+run nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+run date -u
+run git log -1 --format=%H
+run "$B/tests/gpu_cuda" --test-threads 1 --nocapture
+run "$B/diffstyle" random-model --arch ddpm-256 --out /tmp/ddpm256.safetensors
+run "$B/diffstyle" --device cuda info --model /tmp/ddpm256.safetensors --arch ddpm-256
+for p in f32 bf16; do
+  run /usr/bin/time -v "$B/diffstyle" --device cuda --precision $p --verbose --quiet transfer \
+    --model /tmp/ddpm256.safetensors --arch ddpm-256 --content examples/content.png --style examples/style.png \
+    --out "$OUT/ddpm256_fast_$p.png" --preset fast
+  run "$B/diffstyle" --device cuda --precision $p --verbose --quiet transfer \
+    --model /tmp/ddpm256.safetensors --arch ddpm-256 --content examples/content.png --style examples/style.png \
+    --out "$OUT/ddpm256_indomain_$p.png"
+done
