@@ -904,3 +904,60 @@ fn parity_replace_lt_gen() {
 fn parity_mask() {
     cli_parity("mask");
 }
+
+// ---------------------------------------------------------------------------------
+// The GPU kernels through the emulator, from the command line
+
+/// `--device emu` (the GPU kernels in the host emulator) gives what `--device cpu`
+/// gives, in f32 and, within the reduced-precision bound, with bf16 weights.
+#[test]
+fn device_emu_matches_cpu() {
+    let sb = Sandbox::new();
+    let run = |device: &str, precision: &str, name: &str| {
+        let dump = sb.path(name);
+        let mut args = os(&["--device", device, "--precision", precision]);
+        let knobs = ["--dump-tensor", dump.to_str().unwrap(), "--inv-steps", "4", "--gen-steps", "6"];
+        args.extend(transfer_args(&model_dir(), &content_png(), &style_png(), &sb.out(), &knobs));
+        let out = diffstyle(&args);
+        assert!(out.status.success(), "{device}: {}", String::from_utf8_lossy(&out.stderr));
+        dumped_x0(&dump)
+    };
+    let cpu = run("cpu", "f32", "cpu.safetensors");
+    let emu = run("emu", "f32", "emu.safetensors");
+    let emu_bf16 = run("emu", "bf16", "emu_bf16.safetensors");
+    let (p32, p16) =
+        (diffstyle::tensor::psnr_model_space(&emu, &cpu), diffstyle::tensor::psnr_model_space(&emu_bf16, &cpu));
+    eprintln!("emu vs cpu: f32 {p32:.1} dB, bf16 weights {p16:.1} dB");
+    assert!(p32 >= 40.0, "emu f32 vs cpu: {p32:.1} dB");
+    assert!(p16 >= 30.0, "emu bf16 vs cpu f32: {p16:.1} dB");
+}
+
+/// `random-model` writes a checkpoint that loads with the same architecture.
+#[test]
+fn random_model_loads() {
+    let sb = Sandbox::new();
+    let file = sb.out_dir().join("random.safetensors");
+    let config = model_dir().join("config.json");
+    let made = diffstyle(&os(&[
+        OsStr::new("random-model"),
+        OsStr::new("--config"),
+        config.as_os_str(),
+        OsStr::new("--seed"),
+        OsStr::new("3"),
+        OsStr::new("--out"),
+        file.as_os_str(),
+    ]));
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let info = diffstyle(&os(&[
+        OsStr::new("--device"),
+        OsStr::new("cpu"),
+        OsStr::new("info"),
+        OsStr::new("--model"),
+        file.as_os_str(),
+        OsStr::new("--config"),
+        config.as_os_str(),
+    ]));
+    let stdout = String::from_utf8_lossy(&info.stdout);
+    assert!(info.status.success(), "{}", String::from_utf8_lossy(&info.stderr));
+    assert!(stdout.contains("parameters: 927139"), "{stdout}");
+}
