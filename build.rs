@@ -20,8 +20,8 @@ fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
 
     // The emulated kernels are always optimised: at -O0 the fibers are far too slow.
-    cc::Build::new()
-        .cpp(true)
+    let mut emu = cc::Build::new();
+    emu.cpp(true)
         .std("c++17")
         .opt_level(2)
         .include("kernels")
@@ -29,7 +29,16 @@ fn main() {
         .file("kernels/emu/kernels.cpp")
         .warnings(false)
         .flag_if_supported("-Wno-unknown-pragmas")
-        .compile("ds_emu");
+        // No contraction of a*b+c: the emulated kernels keep the f32 rounding of each
+        // operation as written (the CPU oracle's order).
+        .flag_if_supported("-ffp-contract=off");
+    // The kernels call fmaf() as the GPU's FMA; without the instruction it is a slow
+    // library routine. Enabled when the build machine has it (the emulator runs where
+    // it was built: tests, --device emu).
+    if host_has_fma() {
+        emu.flag("-mfma");
+    }
+    emu.compile("ds_emu");
 
     let fatbin = out.join("kernels.fatbin");
     let status = match find_nvcc() {
@@ -51,6 +60,17 @@ fn main() {
         }
     };
     println!("cargo:rustc-env=DS_KERNELS_STATUS={status}");
+}
+
+fn host_has_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        env::var("CARGO_CFG_TARGET_ARCH").as_deref() == Ok("x86_64") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 fn find_nvcc() -> Option<PathBuf> {

@@ -31,31 +31,44 @@ DS_DEV void mma_16816(float d[4], const uint32_t a[4], const uint32_t b[2]) {
 #else
     struct Frag {
         uint32_t a[4], b[2];
-    } mine, all[32];
+    } mine;
     for (int i = 0; i < 4; i++) mine.a[i] = a[i];
     for (int i = 0; i < 2; i++) mine.b[i] = b[i];
-    emu::warp_exchange(&mine, all, sizeof(Frag));
+    const unsigned char* base = emu::warp_publish(&mine, sizeof(Frag));
+    auto frag = [&](int lane) {
+        Frag f;
+        memcpy(&f, base + lane * emu::kWarpSlot, sizeof(Frag));
+        return f;
+    };
     auto half_at = [](uint32_t r, int hi) {
         T v;
         uint16_t u = (uint16_t)(hi ? r >> 16 : r & 0xffff);
         memcpy(&v, &u, 2);
         return ds_to_f32<T>(v);
     };
-    // A[r][k] and B[k][c] looked up in the lanes that hold them.
-    auto A = [&](int r, int k) {
-        int lane = (r % 8) * 4 + (k % 8) / 2;
-        int reg = (r >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0);
-        return half_at(all[lane].a[reg], k % 2);
-    };
-    auto B = [&](int k, int c) {
-        int lane = c * 4 + (k % 8) / 2;
-        return half_at(all[lane].b[k >= 8 ? 1 : 0], k % 2);
-    };
+    // This lane's rows g and g+8 of A and columns 2t, 2t+1 of B, gathered from the
+    // lanes that hold them (A[r][k]: lane (r%8)*4 + (k%8)/2, register (r>=8) + 2(k>=8);
+    // B[k][c]: lane c*4 + (k%8)/2, register (k>=8)).
     int lane = (int)emu::g_thread->lane, g = lane / 4, t = lane % 4;
+    float A[2][16], B[16][2];
+    for (int q = 0; q < 4; q++) {
+        Frag fa = frag(g * 4 + q);
+        for (int k2 = 0; k2 < 2; k2++)
+            for (int h = 0; h < 2; h++) {
+                int k = 2 * q + 8 * k2 + h;
+                A[0][k] = half_at(fa.a[2 * k2], h);
+                A[1][k] = half_at(fa.a[2 * k2 + 1], h);
+            }
+        for (int c = 0; c < 2; c++) {
+            Frag fb = frag((2 * t + c) * 4 + q);
+            for (int k2 = 0; k2 < 2; k2++)
+                for (int h = 0; h < 2; h++) B[2 * q + 8 * k2 + h][c] = half_at(fb.b[k2], h);
+        }
+    }
+    emu::warp_done();
     for (int i = 0; i < 4; i++) {
-        int r = g + (i >= 2 ? 8 : 0), c = 2 * t + (i % 2);
         float acc = d[i];
-        for (int k = 0; k < 16; k++) acc = std::fma(A(r, k), B(k, c), acc);
+        for (int k = 0; k < 16; k++) acc = std::fma(A[i / 2][k], B[k][i % 2], acc);
         d[i] = acc;
     }
 #endif
@@ -88,19 +101,21 @@ DS_DEV void ldmatrix(uint32_t r[N], const void* row_addr) {
     else
         asm volatile("ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16 {%0}, [%1];\n" : "=r"(r[0]) : "r"(s));
 #else
-    const unsigned char* all[32];
     const unsigned char* mine = static_cast<const unsigned char*>(row_addr);
-    emu::warp_exchange(&mine, all, sizeof(mine));
+    const unsigned char* base = emu::warp_publish(&mine, sizeof(mine));
     int lane = (int)emu::g_thread->lane;
     for (int m = 0; m < N; m++) {
         uint16_t e[2];
         for (int i = 0; i < 2; i++) {
             int row = TRANS ? 2 * (lane % 4) + i : lane / 4;
             int col = TRANS ? lane / 4 : 2 * (lane % 4) + i;
-            memcpy(&e[i], all[m * 8 + row] + 2 * col, 2);
+            const unsigned char* addr;
+            memcpy(&addr, base + (m * 8 + row) * emu::kWarpSlot, sizeof(addr));
+            memcpy(&e[i], addr + 2 * col, 2);
         }
         r[m] = (uint32_t)e[0] | ((uint32_t)e[1] << 16);
     }
+    emu::warp_done();
 #endif
 }
 

@@ -50,6 +50,12 @@ void syncwarp();
 // holds the 32 contributions, lane after lane (`all` must have 32*bytes). Lanes that
 // have exited leave stale data.
 void warp_exchange(const void* mine, void* all, size_t bytes);
+// The cheaper form: publishes this lane's bytes and returns the warp's exchange area
+// (lane l's bytes at l * kWarpSlot), readable until warp_done(), which every lane must
+// call before the next exchange.
+constexpr size_t kWarpSlot = 128;
+const unsigned char* warp_publish(const void* mine, size_t bytes);
+void warp_done();
 [[noreturn]] void trap(const char* what);
 
 }  // namespace emu
@@ -80,9 +86,11 @@ void warp_exchange(const void* mine, void* all, size_t bytes);
 template <class T>
 inline T ds_emu_shfl(T v, int src_lane) {
     static_assert(sizeof(T) <= 16, "shuffle of a large type");
-    T all[32];
-    ::emu::warp_exchange(&v, all, sizeof(T));
-    return all[src_lane & 31];
+    const unsigned char* base = ::emu::warp_publish(&v, sizeof(T));
+    T r;
+    std::memcpy(&r, base + (src_lane & 31) * ::emu::kWarpSlot, sizeof(T));
+    ::emu::warp_done();
+    return r;
 }
 template <class T>
 inline T __shfl_sync(unsigned, T v, int src, int width = 32) {
@@ -115,11 +123,15 @@ inline T __shfl_up_sync(unsigned, T v, unsigned delta, int width = 32) {
     return ds_emu_shfl(v, src);
 }
 inline unsigned __ballot_sync(unsigned, int pred) {
-    int all[32];
     int mine = pred != 0;
-    ::emu::warp_exchange(&mine, all, sizeof(int));
+    const unsigned char* base = ::emu::warp_publish(&mine, sizeof(int));
     unsigned r = 0;
-    for (int i = 0; i < 32; i++) r |= (unsigned)(all[i] != 0) << i;
+    for (int i = 0; i < 32; i++) {
+        int v;
+        std::memcpy(&v, base + i * ::emu::kWarpSlot, sizeof(int));
+        r |= (unsigned)(v != 0) << i;
+    }
+    ::emu::warp_done();
     return r;
 }
 inline int __any_sync(unsigned m, int pred) { return __ballot_sync(m, pred) != 0; }

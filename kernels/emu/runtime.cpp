@@ -29,7 +29,7 @@ constexpr size_t kStack = 64 * 1024;  // per CUDA thread
 constexpr size_t kPage = 4096;
 constexpr unsigned kMaxThreads = 1024;
 constexpr size_t kMaxSmem = 227 * 1024;
-constexpr size_t kXchg = 128;  // bytes per lane in warp_exchange
+constexpr size_t kXchg = kWarpSlot;  // bytes per lane in warp exchanges
 
 struct Kernel {
     Invoker fn;
@@ -76,6 +76,7 @@ struct Fiber {
     ucontext_t ctx;
 #endif
     bool done = false;
+    unsigned next = 0, prev = 0;  // neighbours in the ring of the block's live fibers
 };
 
 struct WarpSync {
@@ -94,7 +95,9 @@ struct Worker {
     unsigned cur = 0;
     const Kernel* kernel = nullptr;
     const void* params = nullptr;
-    unsigned long long progress = 0;  // barrier arrivals, for deadlock detection
+    unsigned long long progress = 0;  // barrier arrivals and exits
+    unsigned long long idle = 0;      // consecutive wake-ups that found their barrier closed
+    unsigned nt = 0;                  // block size
 #if defined(__x86_64__)
     void* sched_sp = nullptr;
 #else
@@ -118,13 +121,42 @@ Worker& worker() {
     return *t_worker;
 }
 
-void yield_to_scheduler() {
+// Fibers pass control round robin among themselves (one stack switch per hand-over);
+// the scheduler gets it back only when the block's last fiber returns.
+void switch_fiber(unsigned from, unsigned to) {
     Worker& w = *t_worker;
+    w.cur = to;
+    g_thread = &w.threads[to];
 #if defined(__x86_64__)
-    ds_emu_switch(&w.fibers[w.cur].sp, w.sched_sp);
+    ds_emu_switch(&w.fibers[from].sp, w.fibers[to].sp);
 #else
-    swapcontext(&w.fibers[w.cur].ctx, &w.sched);
+    swapcontext(&w.fibers[from].ctx, &w.fibers[to].ctx);
 #endif
+}
+
+[[noreturn]] void deadlock() {
+    Worker& w = *t_worker;
+    std::fprintf(stderr,
+                 "emu: deadlock in block (%u,%u,%u): threads wait at barriers that can never complete "
+                 "(divergent __syncthreads or warp primitives)\n",
+                 w.block.bid.x, w.block.bid.y, w.block.bid.z);
+    std::abort();
+}
+
+// Called by a fiber whose barrier is still closed: lets the next live fiber run.
+void wait_turn() {
+    Worker& w = *t_worker;
+    // Every live fiber woke up once more without any barrier opening: nothing can change.
+    if (++w.idle > 2ull * w.nt + 2) deadlock();
+    unsigned me = w.cur;
+    if (w.fibers[me].next == me) deadlock();  // the only live fiber waits for others
+    switch_fiber(me, w.fibers[me].next);
+}
+
+void note_progress() {
+    Worker& w = *t_worker;
+    w.progress++;
+    w.idle = 0;
 }
 
 void release_block_barrier_if_complete(Worker& w) {
@@ -151,8 +183,19 @@ extern "C" void ds_emu_fiber_entry() {
     WarpSync& ws = w.warps[w.threads[me].warp];
     ws.live--;
     release_warp_barrier_if_complete(ws);
-    w.progress++;
-    yield_to_scheduler();
+    note_progress();
+    unsigned next = w.fibers[me].next, prev = w.fibers[me].prev;
+    if (w.live == 0) {
+#if defined(__x86_64__)
+        ds_emu_switch(&w.fibers[me].sp, w.sched_sp);
+#else
+        swapcontext(&w.fibers[me].ctx, &w.sched);
+#endif
+    } else {
+        w.fibers[prev].next = next;
+        w.fibers[next].prev = prev;
+        switch_fiber(me, next);
+    }
     trap("a finished fiber was resumed");
 }
 
@@ -210,30 +253,21 @@ void run_block(Worker& w, const Kernel& k, const void* params, dim3 bid, dim3 bd
         t.warp = i / 32;
         init_fiber(w, i);
     }
-    g_block = &w.block;
-    unsigned remaining = nt;
-    while (remaining > 0) {
-        unsigned long long before = w.progress;
-        remaining = 0;
-        for (unsigned i = 0; i < nt; i++) {
-            if (w.fibers[i].done) continue;
-            w.cur = i;
-            g_thread = &w.threads[i];
-#if defined(__x86_64__)
-            ds_emu_switch(&w.sched_sp, w.fibers[i].sp);
-#else
-            swapcontext(&w.sched, &w.fibers[i].ctx);
-#endif
-            if (!w.fibers[i].done) remaining++;
-        }
-        if (remaining > 0 && w.progress == before) {
-            std::fprintf(stderr,
-                         "emu: deadlock in block (%u,%u,%u): threads wait at barriers that can never complete "
-                         "(divergent __syncthreads or warp primitives)\n",
-                         bid.x, bid.y, bid.z);
-            std::abort();
-        }
+    for (unsigned i = 0; i < nt; i++) {
+        w.fibers[i].next = (i + 1) % nt;
+        w.fibers[i].prev = (i + nt - 1) % nt;
     }
+    w.nt = nt;
+    w.idle = 0;
+    g_block = &w.block;
+    // Control comes back here when the last fiber returns.
+    w.cur = 0;
+    g_thread = &w.threads[0];
+#if defined(__x86_64__)
+    ds_emu_switch(&w.sched_sp, w.fibers[0].sp);
+#else
+    swapcontext(&w.sched, &w.fibers[0].ctx);
+#endif
     g_thread = nullptr;
     g_block = nullptr;
 }
@@ -315,27 +349,37 @@ Registrar::Registrar(const char* name, Invoker f, size_t param_size) { registry(
 void syncthreads() {
     Worker& w = *t_worker;
     unsigned g = w.gen;
-    w.progress++;
+    note_progress();
     if (++w.count == w.live) {
         w.count = 0;
         w.gen++;
         return;
     }
-    while (w.gen == g) yield_to_scheduler();
+    while (w.gen == g) wait_turn();
 }
 
 void syncwarp() {
     Worker& w = *t_worker;
     WarpSync& s = w.warps[g_thread->warp];
     unsigned g = s.gen;
-    w.progress++;
+    note_progress();
     if (++s.count == s.live) {
         s.count = 0;
         s.gen++;
         return;
     }
-    while (s.gen == g) yield_to_scheduler();
+    while (s.gen == g) wait_turn();
 }
+
+const unsigned char* warp_publish(const void* mine, size_t bytes) {
+    if (bytes > kXchg) trap("warp_publish: more than 128 bytes per lane");
+    WarpSync& s = t_worker->warps[g_thread->warp];
+    std::memcpy(s.xchg + g_thread->lane * kXchg, mine, bytes);
+    syncwarp();
+    return s.xchg;
+}
+
+void warp_done() { syncwarp(); }
 
 void warp_exchange(const void* mine, void* all, size_t bytes) {
     if (bytes > kXchg) trap("warp_exchange: more than 128 bytes per lane");

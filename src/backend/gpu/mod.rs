@@ -22,7 +22,6 @@ mod step;
 #[cfg(test)]
 pub(crate) mod testutil;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
