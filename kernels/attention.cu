@@ -244,7 +244,7 @@ DS_DEV void attention_simt(const AttentionParams& p) {
 // their fragments are built, the probabilities when stored as the A operand of P V^T.
 // Shared memory:
 //   Q  [32 queries][d] T pairs    A operand of S (ldmatrix; rows padded by 16 bytes)
-//   ring NST_TC x [32 ch][KP or VP]  f32 K / V stages (pitches chosen conflict-free for
+//   ring NST x [32 ch][KP or VP]  f32 K / V stages (pitches chosen conflict-free for
 //                                 the fragment reads: K by channel pairs, V by key pairs)
 //   S  [32][64 + 8] f32, P [32][64 + 8 halves] T pairs, alpha, l.
 // Warp w: m-tile (w & 1) of 16 queries; in S the keys (w >> 1) * 16 + [0, 16) (2
