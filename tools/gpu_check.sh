@@ -13,6 +13,7 @@ run nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --form
 run date -u
 run git log -1 --format=%H
 run "$B/tests/gpu_cuda" --test-threads 1 --nocapture
+run "$B/tests/diffstyle" cuda --test-threads 1 --nocapture
 run "$B/diffstyle" random-model --arch ddpm-256 --out /tmp/ddpm256.safetensors
 run "$B/diffstyle" --device cuda info --model /tmp/ddpm256.safetensors --arch ddpm-256
 for p in f32 bf16; do

@@ -12,8 +12,15 @@ use diffstyle::model::weights::load_model;
 use diffstyle::tensor::{psnr_model_space, rel_l2};
 use safetensors::SafeTensors;
 
+/// The method fixtures: under the crate that built this test, or, for a test binary
+/// carried to another machine (tools/gpu_check.sh), under the current directory.
 pub fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/method")
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/method");
+    if built.is_dir() {
+        built
+    } else {
+        PathBuf::from("tests/fixtures/method")
+    }
 }
 
 pub fn tensor(st: &SafeTensors, name: &str) -> Vec<f32> {

@@ -121,15 +121,15 @@ unsafe impl Sync for CudaDevice {}
 impl CudaDevice {
     /// Opens GPU `ordinal`, or explains why there is none to use.
     pub fn new(ordinal: usize) -> Result<Self> {
+        // SAFETY: only probes for the library; cudarc panics if a call is made without it.
+        if !unsafe { sys::is_culib_present() } {
+            bail!("no NVIDIA driver found (libcuda could not be loaded): this machine has no usable GPU; use --device cpu");
+        }
         if FATBIN.is_empty() {
             bail!(
                 "this build has no GPU kernels ({KERNELS_STATUS}); install the pinned CUDA compiler with \
                  `tools/install_nvcc.sh` (or set NVCC / CUDA_HOME), then rebuild: cargo build --release"
             );
-        }
-        // SAFETY: only probes for the library; cudarc panics if a call is made without it.
-        if !unsafe { sys::is_culib_present() } {
-            bail!("no NVIDIA driver found (libcuda could not be loaded): this machine has no usable GPU; use --device cpu");
         }
         // SAFETY: plain driver calls with valid out-pointers.
         unsafe {
