@@ -91,7 +91,6 @@ pub(super) fn attention<D: Device>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::cuda::CudaDevice;
     use super::super::device::Device;
     use super::super::testutil::*;
     use super::super::GpuBackend;
@@ -118,7 +117,7 @@ mod tests {
         heads: usize,
         amp: f32,
     ) -> f64 {
-        let (pr, cpu) = (gpu.precision(), cpu());
+        let (pr, cpu) = (gpu.precision(), cpu_for(gpu));
         let t = h * w;
         let qd: Vec<f32> = rand_vec(7 + c as u64, nq * 3 * c * t).iter().map(|v| v * amp).collect();
         let mut outs = Vec::new();
@@ -217,11 +216,7 @@ mod tests {
     #[test]
     fn cuda_unet_shapes() {
         for pr in [Precision::F32, Precision::F16, Precision::Bf16] {
-            let dev = match CudaDevice::new(0) {
-                Ok(d) => d,
-                Err(e) => return eprintln!("skipped: no usable GPU ({e:#})"),
-            };
-            let gpu = GpuBackend::new(dev, pr);
+            let Some(gpu) = cuda(pr) else { return };
             for (n, nq, c, hw, heads) in [
                 (2, 2, 512, (8, 8), 1),
                 (2, 1, 256, (16, 16), 1),

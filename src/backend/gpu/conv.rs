@@ -160,7 +160,9 @@ pub(super) fn conv2d<D: Device>(be: &GpuBackend<D>, p: &Conv2d<'_, GpuBackend<D>
 
 #[cfg(test)]
 mod tests {
+    use super::super::device::Device;
     use super::super::testutil::*;
+    use super::super::GpuBackend;
     use crate::backend::{Act, Backend, Cat, Conv2d, WeightKind};
     use crate::model::unet::Precision;
 
@@ -235,67 +237,126 @@ mod tests {
         read(be, &bo, olen)
     }
 
+    /// `gpu` against the CPU oracle at `gpu`'s storage precision.
+    fn check_on<D: Device>(gpu: &GpuBackend<D>, cs: Case, seed: u64) -> f64 {
+        let prec = gpu.precision();
+        let want = conv_on(&cpu_for(gpu), cs, seed, prec);
+        let got = conv_on(gpu, cs, seed, prec);
+        let e = rel_l2(&got, &want);
+        eprintln!("conv {} seed {seed} {prec:?}: rel L2 {e:.2e}", gpu.device().kind());
+        assert!(e < bound(prec), "seed {seed} {prec:?}: rel L2 {e:e} >= {:e}", bound(prec));
+        e
+    }
+
     /// The emulated kernel against the CPU oracle at every storage precision.
-    fn check(cs: Case, seed: u64) {
+    fn check(cases: &[(Case, u64)]) {
         for prec in [Precision::F32, Precision::F16, Precision::Bf16] {
-            let want = conv_on(&cpu(), cs, seed, prec);
-            let got = conv_on(&emu(prec), cs, seed, prec);
-            let e = rel_l2(&got, &want);
-            eprintln!("conv seed {seed} {prec:?}: rel L2 {e:.2e}");
-            assert!(e < bound(prec), "seed {seed} {prec:?}: rel L2 {e:e} >= {:e}", bound(prec));
+            let gpu = emu(prec);
+            for &(cs, seed) in cases {
+                check_on(&gpu, cs, seed);
+            }
         }
     }
 
+    /// cout 5, cin 3, 7x9 input: every tile edge is partial, K = 27.
+    const ODD_SIZES: &[(Case, u64)] = &[(BASE, 1)];
+
+    const ONE_BY_ONE: &[(Case, u64)] = &[
+        (Case { k: 1, pad: [0; 4], ca: 33, cout: 17, h: 6, w: 5, res_n: 1, ..BASE }, 2),
+        (Case { k: 1, pad: [0; 4], n: 2, na: 1, ca: 3, nb: 2, cb: 5, cout: 6, h: 9, w: 8, ..BASE }, 3),
+    ];
+
+    /// DDPM down-sampling: pad (0, 1) on each axis, i.e. pad_t = pad_l = 0; and pad 1.
+    const STRIDE2: &[(Case, u64)] = &[
+        (Case { stride: 2, pad: [0, 0, 1, 1], h: 9, w: 9, ca: 5, cout: 6, ..BASE }, 10),
+        (Case { stride: 2, pad: [1, 1, 1, 1], h: 9, w: 9, ca: 3, cout: 7, ..BASE }, 11),
+        (Case { stride: 2, pad: [0, 0, 1, 1], h: 8, w: 10, ca: 5, cout: 6, ..BASE }, 12),
+        (Case { stride: 2, pad: [1, 1, 1, 1], h: 8, w: 10, ca: 3, cout: 7, ..BASE }, 13),
+    ];
+
+    const UPSAMPLE: &[(Case, u64)] = &[
+        (Case { up: true, h: 5, w: 6, ca: 5, cout: 7, ..BASE }, 20),
+        (Case { up: true, h: 6, w: 5, ca: 3, nb: 1, cb: 2, cout: 9, res_n: 1, ..BASE }, 21),
+    ];
+
+    /// Unpadded 3x3, 1x1 stride 2, and stride 2 over an up-sampled input with uneven
+    /// padding (everything the CPU op accepts, though the U-Net does not use it).
+    const OTHER_PADDINGS: &[(Case, u64)] = &[
+        (Case { pad: [0; 4], ca: 5, cout: 7, h: 9, w: 12, ..BASE }, 50),
+        (Case { k: 1, stride: 2, pad: [0; 4], ca: 6, nb: 1, cb: 3, cout: 5, h: 9, w: 8, ..BASE }, 51),
+        (Case { stride: 2, pad: [2, 0, 1, 3], up: true, h: 5, w: 7, ..BASE }, 52),
+    ];
+
+    const CAT_BROADCAST: &[(Case, u64)] = &[
+        // Skip concat, the first source broadcast over the batch (na = 1, n = 2).
+        (Case { n: 2, na: 1, ca: 4, nb: 2, cb: 3, cout: 9, temb_n: 2, res_n: 2, ..BASE }, 30),
+        // temb and residual broadcast.
+        (Case { n: 3, na: 3, ca: 5, nb: 1, cb: 2, cout: 6, h: 5, w: 6, temb_n: 1, res_n: 1, ..BASE }, 31),
+    ];
+
+    /// Several blocks along M (cout > 128) and N, K over several 32-wide slices, a
+    /// channel split (ca = 64 + cb = 32) not aligned to the K slices.
+    const SEVERAL_BLOCKS: &[(Case, u64)] =
+        &[(Case { ca: 64, nb: 1, cb: 32, cout: 130, h: 9, w: 10, temb_n: 1, res_n: 1, ..BASE }, 40)];
+
+    /// The U-Net's convolutions at DDPM-256 sizes (too slow for the emulator): the
+    /// 256x256 3x3 with temb, a 1x1 skip with cin 1024, the stride-2 down-sampling at
+    /// 256x256, the 128 -> 256 up-sampling, and a decoder cat of 512 + 256 at 16x16
+    /// with temb and residual (batch 2, the first source broadcast).
+    const UNET: &[(Case, u64)] = &[
+        (Case { ca: 128, cout: 128, h: 256, w: 256, temb_n: 1, ..BASE }, 60),
+        (Case { k: 1, pad: [0; 4], n: 2, na: 2, ca: 1024, cout: 512, h: 16, w: 16, res_n: 2, ..BASE }, 61),
+        (Case { stride: 2, pad: [0, 0, 1, 1], ca: 128, cout: 128, h: 256, w: 256, ..BASE }, 62),
+        (Case { up: true, ca: 128, cout: 128, h: 128, w: 128, ..BASE }, 63),
+        (Case { n: 2, na: 1, ca: 512, nb: 2, cb: 256, cout: 512, h: 16, w: 16, temb_n: 2, res_n: 2, ..BASE }, 64),
+    ];
+
     #[test]
     fn conv_odd_sizes() {
-        // cout 5, cin 3, 7x9 input: every tile edge is partial, K = 27.
-        check(BASE, 1);
+        check(ODD_SIZES);
     }
 
     #[test]
     fn conv_1x1() {
-        check(Case { k: 1, pad: [0; 4], ca: 33, cout: 17, h: 6, w: 5, res_n: 1, ..BASE }, 2);
-        check(Case { k: 1, pad: [0; 4], n: 2, na: 1, ca: 3, nb: 2, cb: 5, cout: 6, h: 9, w: 8, ..BASE }, 3);
+        check(ONE_BY_ONE);
     }
 
     #[test]
     fn conv_3x3_stride2_both_paddings() {
-        for (i, &(h, w)) in [(9, 9), (8, 10)].iter().enumerate() {
-            let seed = 10 + 2 * i as u64;
-            // DDPM down-sampling: pad (0, 1) on each axis, i.e. pad_t = pad_l = 0.
-            check(Case { stride: 2, pad: [0, 0, 1, 1], h, w, ca: 5, cout: 6, ..BASE }, seed);
-            check(Case { stride: 2, pad: [1, 1, 1, 1], h, w, ca: 3, cout: 7, ..BASE }, seed + 1);
-        }
+        check(STRIDE2);
     }
 
     #[test]
     fn conv_upsample() {
-        check(Case { up: true, h: 5, w: 6, ca: 5, cout: 7, ..BASE }, 20);
-        check(Case { up: true, h: 6, w: 5, ca: 3, nb: 1, cb: 2, cout: 9, res_n: 1, ..BASE }, 21);
+        check(UPSAMPLE);
     }
 
     #[test]
     fn conv_other_paddings() {
-        // Unpadded 3x3, 1x1 stride 2, and stride 2 over an up-sampled input with uneven
-        // padding (everything the CPU op accepts, though the U-Net does not use it).
-        check(Case { pad: [0; 4], ca: 5, cout: 7, h: 9, w: 12, ..BASE }, 50);
-        check(Case { k: 1, stride: 2, pad: [0; 4], ca: 6, nb: 1, cb: 3, cout: 5, h: 9, w: 8, ..BASE }, 51);
-        check(Case { stride: 2, pad: [2, 0, 1, 3], up: true, h: 5, w: 7, ..BASE }, 52);
+        check(OTHER_PADDINGS);
     }
 
     #[test]
     fn conv_cat_broadcast_temb_residual() {
-        // Skip concat, the first source broadcast over the batch (na = 1, n = 2).
-        check(Case { n: 2, na: 1, ca: 4, nb: 2, cb: 3, cout: 9, temb_n: 2, res_n: 2, ..BASE }, 30);
-        // temb and residual broadcast.
-        check(Case { n: 3, na: 3, ca: 5, nb: 1, cb: 2, cout: 6, h: 5, w: 6, temb_n: 1, res_n: 1, ..BASE }, 31);
+        check(CAT_BROADCAST);
     }
 
     #[test]
     fn conv_several_blocks() {
-        // Several blocks along M (cout > 128) and N, K over several 32-wide slices, a
-        // channel split (ca = 64 + cb = 32) not aligned to the K slices.
-        check(Case { ca: 64, nb: 1, cb: 32, cout: 130, h: 9, w: 10, temb_n: 1, res_n: 1, ..BASE }, 40);
+        check(SEVERAL_BLOCKS);
+    }
+
+    /// On a real GPU (skipped without one): every emulated case, then the U-Net-sized
+    /// ones, in f32 / f16 / bf16 against the CPU oracle with the design's bounds.
+    #[test]
+    fn cuda_conv() {
+        let all = [ODD_SIZES, ONE_BY_ONE, STRIDE2, UPSAMPLE, OTHER_PADDINGS, CAT_BROADCAST, SEVERAL_BLOCKS, UNET];
+        for prec in [Precision::F32, Precision::F16, Precision::Bf16] {
+            let Some(gpu) = cuda(prec) else { return };
+            for &(cs, seed) in all.concat().iter() {
+                check_on(&gpu, cs, seed);
+            }
+        }
     }
 
     #[test]

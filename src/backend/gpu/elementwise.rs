@@ -173,35 +173,50 @@ pub(super) fn linear<D: Device>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::device::Device;
     use super::super::testutil::*;
+    use super::super::GpuBackend;
     use crate::backend::{Backend, WeightKind};
     use crate::model::unet::Precision;
 
-    #[test]
-    fn copy_broadcasts() {
-        let (g, c) = (emu(Precision::F32), cpu());
-        let src = rand_vec(3, 3 * 60);
-        for (n, sn) in [(5usize, 2usize), (3, 3), (4, 1)] {
-            let sd = &src[..sn * 60];
+    /// Broadcast copies of `(c, h, w)` samples, `n` out of `sn`, on `g` and the CPU:
+    /// bit-exact.
+    fn check_copy<D: Device>(g: &GpuBackend<D>, (c, h, w): (usize, usize, usize), cases: &[(usize, usize)]) {
+        let cp = cpu_for(g);
+        let len = c * h * w;
+        let src = rand_vec(3, 3 * len);
+        for &(n, sn) in cases {
+            let sd = &src[..sn * len];
             let want = {
-                let (sb, ob) = (place(&c, sd), poisoned(&c, n * 60));
-                c.copy(act(&sb, sn, 3, 4, 5), act(&ob, n, 3, 4, 5)).unwrap();
-                read(&c, &ob, n * 60)
+                let (sb, ob) = (place(&cp, sd), poisoned(&cp, n * len));
+                cp.copy(act(&sb, sn, c, h, w), act(&ob, n, c, h, w)).unwrap();
+                read(&cp, &ob, n * len)
             };
-            let (sb, ob) = (place(&g, sd), poisoned(&g, n * 60));
-            g.copy(act(&sb, sn, 3, 4, 5), act(&ob, n, 3, 4, 5)).unwrap();
-            assert_eq!(read(&g, &ob, n * 60), want, "copy n {n} from {sn}");
+            let (sb, ob) = (place(g, sd), poisoned(g, n * len));
+            g.copy(act(&sb, sn, c, h, w), act(&ob, n, c, h, w)).unwrap();
+            assert_eq!(read(g, &ob, n * len), want, "copy n {n} from {sn} of ({c}, {h}, {w})");
         }
+    }
+
+    /// The emulated checks: broadcast, a sample longer than the grid, bad shapes.
+    fn copy_checks<D: Device>(g: &GpuBackend<D>) {
+        check_copy(g, (3, 4, 5), &[(5, 2), (3, 3), (4, 1)]);
         // A sample longer than the grid (grid-stride loop).
         let big = rand_vec(4, 300_000);
-        let (sb, ob) = (place(&g, &big), poisoned(&g, 2 * 300_000));
+        let (sb, ob) = (place(g, &big), poisoned(g, 2 * 300_000));
         g.copy(act(&sb, 1, 3, 100, 1000), act(&ob, 2, 3, 100, 1000)).unwrap();
-        let got = read(&g, &ob, 600_000);
+        let got = read(g, &ob, 600_000);
         assert!(got[..300_000] == big[..] && got[300_000..] == big[..]);
-        let (sb, ob) = (place(&g, &src[..120]), poisoned(&g, 5 * 60));
+        let src = rand_vec(3, 120);
+        let (sb, ob) = (place(g, &src), poisoned(g, 5 * 60));
         assert!(g.copy(act(&sb, 2, 3, 4, 5), act(&ob, 1, 3, 4, 5)).is_err());
         assert!(g.copy(act(&sb, 1, 3, 4, 5), act(&ob, 2, 3, 5, 4)).is_err());
         assert!(g.copy(act(&sb, 1, 3, 4, 5), act(&sb, 1, 3, 4, 5)).is_err(), "overlap");
+    }
+
+    #[test]
+    fn copy_broadcasts() {
+        copy_checks(&emu(Precision::F32));
     }
 
     fn max_abs(a: &[f32], b: &[f32]) -> f32 {
@@ -214,22 +229,30 @@ mod tests {
         read(be, &ob, t.len() * dim)
     }
 
-    #[test]
-    fn timestep_embedding_matches_cpu() {
-        let (g, c) = (emu(Precision::F32), cpu());
-        let t = [0.0f32, 1.0, 37.0, 999.0, 500.5];
-        for &(dim, flip, shift) in &[(128usize, true, 0.0f32), (33, false, 1.0), (8, false, 0.5), (320, true, 1.0)] {
-            let (got, want) = (temb(&g, &t, dim, flip, shift), temb(&c, &t, dim, flip, shift));
+    /// The embedding of timesteps `t` at each `(dim, flip, shift)` on `g` against the CPU.
+    fn check_temb<D: Device>(g: &GpuBackend<D>, t: &[f32], cases: &[(usize, bool, f32)]) {
+        let c = cpu_for(g);
+        for &(dim, flip, shift) in cases {
+            let (got, want) = (temb(g, t, dim, flip, shift), temb(&c, t, dim, flip, shift));
             let e = rel_l2(&got, &want);
-            eprintln!("timestep_embedding dim {dim}: rel l2 {e:e}, max abs {:e}", max_abs(&got, &want));
+            eprintln!("timestep_embedding n {} dim {dim}: rel l2 {e:e}, max abs {:e}", t.len(), max_abs(&got, &want));
             assert!(e < 1e-6, "dim {dim} flip {flip} shift {shift}: rel l2 {e:e}");
         }
+    }
+
+    fn temb_checks<D: Device>(g: &GpuBackend<D>) {
+        let t = [0.0f32, 1.0, 37.0, 999.0, 500.5];
+        check_temb(g, &t, &[(128, true, 0.0), (33, false, 1.0), (8, false, 0.5), (320, true, 1.0)]);
         // More timesteps than one launch holds.
         let many: Vec<f32> = (0..150).map(|i| (i * 7) as f32).collect();
-        let (got, want) = (temb(&g, &many, 32, false, 1.0), temb(&c, &many, 32, false, 1.0));
-        assert!(rel_l2(&got, &want) < 1e-6);
-        let ob = poisoned(&g, 8);
+        check_temb(g, &many, &[(32, false, 1.0)]);
+        let ob = poisoned(g, 8);
         assert!(g.timestep_embedding(&t[..3], false, 0.0, act(&ob, 4, 2, 1, 1)).is_err());
+    }
+
+    #[test]
+    fn timestep_embedding_matches_cpu() {
+        temb_checks(&emu(Precision::F32));
     }
 
     fn lin<B: Backend>(
@@ -251,25 +274,49 @@ mod tests {
         read(be, &ob, n * o)
     }
 
+    /// `linear` on `g` against the CPU for each `(n, nx, in, out, silu)`: the kernel
+    /// reads f32 weights at every precision of the run, so the f32 bound applies.
+    fn check_linear<D: Device>(g: &GpuBackend<D>, cases: &[(usize, usize, usize, usize, bool)]) {
+        let (prec, c) = (g.precision(), cpu_for(g));
+        for &(n, nx, i, o, s) in cases {
+            let (xd, wd, bd) = (rand_vec(1, nx * i), rand_vec(2, o * i), rand_vec(3, o));
+            let xd: Vec<f32> = xd.iter().map(|v| v * 4.0).collect(); // SiLU's curved range
+            let got = lin(g, &xd, &wd, &bd, (n, nx, i, o), s);
+            let want = lin(&c, &xd, &wd, &bd, (n, nx, i, o), s);
+            let e = rel_l2(&got, &want);
+            eprintln!("linear {} {prec:?} {n} {nx} {i} {o} {s}: rel l2 {e:e}", g.device().kind());
+            assert!(e < bound(Precision::F32), "linear {n} {nx} {i} {o} {s}: rel l2 {e:e}");
+        }
+    }
+
+    const LINEAR: &[(usize, usize, usize, usize, bool)] =
+        &[(1, 1, 128, 512, false), (3, 3, 37, 5, true), (2, 1, 512, 33, true), (2, 2, 1280, 9, false)];
+
     #[test]
     fn linear_matches_cpu() {
-        // The linear kernel reads f32 weights at every precision of the run.
         for prec in [Precision::F32, Precision::Bf16] {
-            let (g, c) = (emu(prec), cpu());
-            for &(n, nx, i, o, s) in &[
-                (1usize, 1usize, 128usize, 512usize, false),
-                (3, 3, 37, 5, true),
-                (2, 1, 512, 33, true),
-                (2, 2, 1280, 9, false),
-            ] {
-                let (xd, wd, bd) = (rand_vec(1, nx * i), rand_vec(2, o * i), rand_vec(3, o));
-                let xd: Vec<f32> = xd.iter().map(|v| v * 4.0).collect(); // SiLU's curved range
-                let got = lin(&g, &xd, &wd, &bd, (n, nx, i, o), s);
-                let want = lin(&c, &xd, &wd, &bd, (n, nx, i, o), s);
-                let e = rel_l2(&got, &want);
-                eprintln!("linear {prec:?} {n} {nx} {i} {o} {s}: rel l2 {e:e}");
-                assert!(e < bound(Precision::F32), "linear {n} {nx} {i} {o} {s}: rel l2 {e:e}");
+            check_linear(&emu(prec), LINEAR);
+        }
+    }
+
+    /// On a real GPU (skipped without one): the emulated checks, then DDPM-256 sizes:
+    /// copies of the 3x256x256 latent and the 512x8x8 h, the embedding of a batch of
+    /// timesteps at the U-Net's widths, and its time-MLP / per-block projections.
+    #[test]
+    fn cuda_elementwise() {
+        for prec in [Precision::F32, Precision::F16, Precision::Bf16] {
+            let Some(g) = cuda(prec) else { return };
+            if prec == Precision::F32 {
+                copy_checks(&g);
+                check_copy(&g, (3, 256, 256), &[(2, 1), (2, 2), (1, 1)]);
+                check_copy(&g, (512, 8, 8), &[(2, 1), (2, 2)]);
+                temb_checks(&g);
+                let t: Vec<f32> = (0..200).map(|i| (i * 5) as f32).collect();
+                check_temb(&g, &t, &[(128, true, 0.0), (256, false, 1.0), (512, true, 1.0)]);
             }
+            check_linear(&g, LINEAR);
+            check_linear(&g, &[(2, 2, 128, 512, false), (2, 2, 512, 512, true), (2, 1, 512, 1024, true)]);
+            check_linear(&g, &[(2, 2, 1024, 1024, true), (4, 2, 1024, 2048, true), (2, 2, 2048, 7, false)]);
         }
     }
 }

@@ -64,7 +64,9 @@ pub(super) fn hspace_mix<'a, D: Device>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::device::Device;
     use super::super::testutil::*;
+    use super::super::GpuBackend;
     use crate::backend::Backend;
     use crate::model::unet::Precision;
 
@@ -95,7 +97,8 @@ mod tests {
     /// GPU against CPU: the f64 scalars agree to rounding, so allow 1e-6 (rel. L2) and
     /// demand exact zeros where the CPU gives them.
     #[allow(clippy::too_many_arguments)]
-    fn check(
+    fn check<D: Device>(
+        g: &GpuBackend<D>,
         hs: &[f32],
         hcs: &[f32],
         mask: Option<(&[f32], usize)>,
@@ -104,8 +107,8 @@ mod tests {
         hw: (usize, usize),
         gamma: f32,
     ) {
-        let (g, cp) = (emu(Precision::F32), cpu());
-        let got = mix(&g, hs, hcs, mask, n, c, hw, gamma);
+        let cp = cpu_for(g);
+        let got = mix(g, hs, hcs, mask, n, c, hw, gamma);
         let want = mix(&cp, hs, hcs, mask, n, c, hw, gamma);
         let len = c * hw.0 * hw.1;
         for b in 0..n {
@@ -114,33 +117,35 @@ mod tests {
                 assert!(gs.iter().all(|&v| v == 0.0), "sample {b}: expected zeros");
             } else {
                 let e = rel_l2(gs, ws);
-                eprintln!("hspace_mix n {n} c {c} gamma {gamma} mask {}: sample {b} rel l2 {e:e}", mask.is_some());
+                eprintln!(
+                    "hspace_mix {} n {n} c {c} gamma {gamma} mask {}: sample {b} rel l2 {e:e}",
+                    g.device().kind(),
+                    mask.is_some()
+                );
                 assert!(e < 1e-6, "sample {b} gamma {gamma} mask {}: rel l2 {e:e}", mask.is_some());
             }
         }
     }
 
-    #[test]
-    fn hspace_random_and_broadcast() {
+    fn random_and_broadcast<D: Device>(g: &GpuBackend<D>) {
         let (c, hw) = (16, (8, 8));
         let len = c * 64;
         let h = rand_vec(10, 3 * len);
         let hc = rand_vec(20, 3 * len);
         for gamma in [0.0, 0.3, 1.0] {
-            check(&h, &hc, None, 3, c, hw, gamma);
+            check(g, &h, &hc, None, 3, c, hw, gamma);
         }
-        check(&h, &hc[..len], None, 3, c, hw, 0.7); // one content feature for all
-        check(&h[..len], &hc, None, 3, c, hw, 0.7); // one style feature for all
-                                                    // Very different norms: hc is rescaled to |h|.
+        check(g, &h, &hc[..len], None, 3, c, hw, 0.7); // one content feature for all
+        check(g, &h[..len], &hc, None, 3, c, hw, 0.7); // one style feature for all
+                                                       // Very different norms: hc is rescaled to |h|.
         let scaled: Vec<f32> = hc[..len].iter().map(|v| v * 40.0).collect();
-        check(&h[..len], &scaled, None, 1, c, hw, 0.4);
+        check(g, &h[..len], &scaled, None, 1, c, hw, 0.4);
         // A large sample (more elements than threads many times over).
         let (hb, cb) = (rand_vec(11, 2 * 512 * 64), rand_vec(21, 2 * 512 * 64));
-        check(&hb, &cb, None, 2, 512, hw, 0.3);
+        check(g, &hb, &cb, None, 2, 512, hw, 0.3);
     }
 
-    #[test]
-    fn hspace_degenerate_never_nan() {
+    fn degenerate_never_nan<D: Device>(g: &GpuBackend<D>) {
         let (c, hw) = (5, (3, 4));
         let len = c * 12;
         let h = rand_vec(3, len);
@@ -162,18 +167,16 @@ mod tests {
         let n = cases.len();
         let mask: Vec<f32> = rand_vec(5, 12).iter().map(|v| v * 0.5 + 0.5).collect();
         for gamma in [0.0, 0.3, 1.0] {
-            check(&hs, &hcs, None, n, c, hw, gamma);
-            check(&hs, &hcs, Some((&mask, 1)), n, c, hw, gamma);
+            check(g, &hs, &hcs, None, n, c, hw, gamma);
+            check(g, &hs, &hcs, Some((&mask, 1)), n, c, hw, gamma);
         }
         // Parallel vectors give h back (lerp of two equal vectors).
-        let g = emu(Precision::F32);
-        let got = mix(&g, &h, &h, None, 1, c, hw, 0.3);
+        let got = mix(g, &h, &h, None, 1, c, hw, 0.3);
         let e = rel_l2(&got, &h);
         assert!(e < 1e-7, "parallel: {e:e}");
     }
 
-    #[test]
-    fn hspace_mask() {
+    fn mask_checks<D: Device>(g: &GpuBackend<D>) {
         let (c, hw) = (8, (8, 8));
         let len = c * 64;
         let mut rect = vec![0f32; 64];
@@ -185,17 +188,55 @@ mod tests {
         let h = rand_vec(30, 2 * len);
         let hc = rand_vec(40, 2 * len);
         for gamma in [0.0, 0.3, 1.0] {
-            check(&h, &hc, Some((&rect, 1)), 2, c, hw, gamma);
+            check(g, &h, &hc, Some((&rect, 1)), 2, c, hw, gamma);
         }
         // A soft mask with broadcast content, a zero mask (out = h), and one mask per
         // sample (one launch per sample).
         let soft: Vec<f32> = rand_vec(50, 2 * 64).iter().map(|v| v * 0.5 + 0.5).collect();
-        check(&h, &hc[..len], Some((&soft[..64], 1)), 2, c, hw, 0.6);
-        check(&h, &hc, Some((&[0.0; 64], 1)), 2, c, hw, 0.6);
-        check(&h, &hc, Some((&soft, 2)), 2, c, hw, 0.6);
-        let g = emu(Precision::F32);
-        let got = mix(&g, &h, &hc, Some((&[0.0; 64], 1)), 2, c, hw, 0.6);
+        check(g, &h, &hc[..len], Some((&soft[..64], 1)), 2, c, hw, 0.6);
+        check(g, &h, &hc, Some((&[0.0; 64], 1)), 2, c, hw, 0.6);
+        check(g, &h, &hc, Some((&soft, 2)), 2, c, hw, 0.6);
+        let got = mix(g, &h, &hc, Some((&[0.0; 64], 1)), 2, c, hw, 0.6);
         assert_eq!(got, h, "a zero mask leaves h unchanged");
+    }
+
+    #[test]
+    fn hspace_random_and_broadcast() {
+        random_and_broadcast(&emu(Precision::F32));
+    }
+
+    #[test]
+    fn hspace_degenerate_never_nan() {
+        degenerate_never_nan(&emu(Precision::F32));
+    }
+
+    #[test]
+    fn hspace_mask() {
+        mask_checks(&emu(Precision::F32));
+    }
+
+    /// On a real GPU (skipped without one): the emulated checks, then DDPM-256's h
+    /// (512x8x8) at batch 2 with broadcast content / style, hard and soft masks (shared
+    /// and per sample), and a batch of 8.
+    #[test]
+    fn cuda_hspace() {
+        let Some(g) = cuda(Precision::F32) else { return };
+        random_and_broadcast(&g);
+        degenerate_never_nan(&g);
+        mask_checks(&g);
+        let (c, hw) = (512, (8, 8));
+        let len = c * 64;
+        let (h, hc) = (rand_vec(60, 8 * len), rand_vec(61, 8 * len));
+        let soft: Vec<f32> = rand_vec(62, 2 * 64).iter().map(|v| v * 0.5 + 0.5).collect();
+        let hard: Vec<f32> = (0..64).map(|i| ((i % 8) >= 4) as u8 as f32).collect();
+        for gamma in [0.0, 0.1, 0.5, 1.0] {
+            check(&g, &h[..2 * len], &hc[..2 * len], None, 2, c, hw, gamma);
+            check(&g, &h[..2 * len], &hc[..len], None, 2, c, hw, gamma);
+            check(&g, &h[..len], &hc[..2 * len], Some((&hard, 1)), 2, c, hw, gamma);
+            check(&g, &h[..2 * len], &hc[..2 * len], Some((&soft[..64], 1)), 2, c, hw, gamma);
+            check(&g, &h[..2 * len], &hc[..len], Some((&soft, 2)), 2, c, hw, gamma);
+        }
+        check(&g, &h, &hc, None, 8, c, hw, 0.3);
     }
 
     #[test]

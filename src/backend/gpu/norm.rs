@@ -117,7 +117,6 @@ pub(super) fn group_norm<D: Device>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::cuda::CudaDevice;
     use super::super::device::Device;
     use super::super::testutil::*;
     use super::super::GpuBackend;
@@ -186,7 +185,7 @@ mod tests {
         mean: f32,
         std: f32,
     ) -> f64 {
-        let cpu = cpu();
+        let cpu = cpu_for(gpu);
         let (h, w) = hw;
         let c = ca + cb;
         let xa: Vec<f32> = rand_vec(11, na * ca * h * w).iter().map(|v| mean + std * v).collect();
@@ -272,10 +271,7 @@ mod tests {
     /// down to 8x8, decoder concats, a large mean, aligned and unaligned regions.
     #[test]
     fn cuda_unet_shapes() {
-        let gpu = match CudaDevice::new(0) {
-            Ok(d) => GpuBackend::new(d, Precision::F32),
-            Err(e) => return eprintln!("skipped: no usable GPU ({e:#})"),
-        };
+        let Some(gpu) = cuda(Precision::F32) else { return };
         for (off, n, a, b, hw, groups, mean, std) in [
             (0, 2, (2, 128), (2, 0), (256, 256), 32, 0.0, 1.0),
             (OFF, 2, (2, 128), (2, 128), (128, 128), 32, 1.0, 2.0),

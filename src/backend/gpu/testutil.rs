@@ -1,12 +1,16 @@
 //! Test helpers shared by the GPU families' reference tests: the emulated backend, the
-//! CPU oracle, seeded random data placed at an offset inside NaN-guarded buffers (so
-//! stray writes and unwritten outputs both show), and error measures.
+//! real GPU when there is one (`cuda`: the families' `cuda_*` tests run the emulated
+//! checks there too, plus U-Net-sized shapes), the CPU oracle, seeded random data placed
+//! at an offset inside NaN-guarded buffers (so stray writes and unwritten outputs both
+//! show), and error measures.
 
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{Act, Backend, WeightKind};
 use crate::model::unet::Precision;
 use crate::tensor::HostTensor;
 
+use super::cuda::CudaDevice;
+use super::device::Device;
 use super::emu::EmuDevice;
 use super::GpuBackend;
 
@@ -19,8 +23,28 @@ pub fn emu(precision: Precision) -> GpuBackend<EmuDevice> {
     GpuBackend::new(EmuDevice::new(), precision)
 }
 
-pub fn cpu() -> CpuBackend {
-    CpuBackend::new(2)
+/// The backend on GPU 0, or `None` (printing why) when this machine has no usable GPU
+/// or the build has no kernels: `cuda_*` tests return early then.
+pub fn cuda(precision: Precision) -> Option<GpuBackend<CudaDevice>> {
+    match CudaDevice::new(0) {
+        Ok(d) => Some(GpuBackend::new(d, precision)),
+        Err(e) => {
+            eprintln!("skipped: no usable GPU ({e:#})");
+            None
+        }
+    }
+}
+
+/// The CPU oracle for checks against `gpu`: two threads next to the emulator (tests run
+/// in parallel), every core next to a real GPU (U-Net-sized references, one test at a
+/// time).
+pub fn cpu_for<D: Device>(gpu: &GpuBackend<D>) -> CpuBackend {
+    CpuBackend::new(if is_cuda(gpu) { 0 } else { 2 })
+}
+
+/// True when `gpu` is a real GPU (whose f64 libm may differ from glibc by an ulp).
+pub fn is_cuda<D: Device>(gpu: &GpuBackend<D>) -> bool {
+    gpu.device().kind() == "cuda"
 }
 
 /// Uniform values in [-1, 1) from xorshift64 (seeded, never all zero).
