@@ -524,6 +524,18 @@ fn out_of_memory() {
     transfer_fails(&sb, &dir, &content_png(), &style_png(), &[], &needles);
 }
 
+/// The same on the GPU backend's device (the emulator's allocator): an error naming the
+/// model, no abort.
+#[test]
+fn out_of_memory_on_the_device() {
+    let sb = Sandbox::new();
+    let dir = huge_model(&sb);
+    let mut args = os(&["--device", "emu"]);
+    args.extend(transfer_args(&dir, &content_png(), &style_png(), &sb.out(), &[]));
+    assert_error(&diffstyle(&args), &["huge", "activation arena", "out of memory"]);
+    assert_nothing_written(&sb);
+}
+
 #[test]
 fn out_of_memory_invert_and_sample() {
     let sb = Sandbox::new();
