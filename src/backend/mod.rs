@@ -10,6 +10,7 @@
 //!   `b` reads input sample `b % n` (this is how two decoders share one set of skips);
 //! - outputs never overlap inputs (the memory planner guarantees it).
 
+pub mod check;
 pub mod cpu;
 pub mod gpu;
 

@@ -21,11 +21,14 @@ mod step;
 mod testutil;
 mod threads;
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{ensure, Result};
 
 use super::{Act, Backend, Cat, Conv2d, DdimStep, WeightKind};
 use crate::tensor::HostTensor;
 use threads::Pool;
+
+use super::check::Floats;
+pub(super) use super::check::{check_disjoint, check_input, check_region};
 
 /// An f32 buffer written through shared references: ops take `&CpuBuf` for inputs and
 /// outputs alike (the trait's `Act` borrows immutably), so the storage is a raw
@@ -59,6 +62,12 @@ impl CpuBuf {
     }
     fn ptr(&self) -> *mut f32 {
         self.ptr
+    }
+}
+
+impl Floats for CpuBuf {
+    fn floats(&self) -> usize {
+        self.len
     }
 }
 
@@ -116,56 +125,6 @@ impl Default for CpuBackend {
 // ---- region validation, shared by the op files ----
 
 type A<'a> = Act<'a, CpuBuf>;
-
-/// `act` lies inside its buffer (with overflow-checked arithmetic).
-fn check_region(a: &A, what: &str) -> Result<()> {
-    let len = a.n.checked_mul(a.c).and_then(|v| v.checked_mul(a.h)).and_then(|v| v.checked_mul(a.w));
-    let end = len.and_then(|l| a.off.checked_add(l));
-    match end {
-        Some(end) if end <= a.buf.len() => Ok(()),
-        _ => bail!(
-            "{what}: region off {} shape ({}, {}, {}, {}) exceeds its buffer of {} floats",
-            a.off,
-            a.n,
-            a.c,
-            a.h,
-            a.w,
-            a.buf.len()
-        ),
-    }
-}
-
-/// `inp` is a valid region with per-sample shape `(c, h, w)` whose batch broadcasts to
-/// `n_out` (equal, or smaller and non-zero: sample `b` reads `b % n`).
-fn check_input(inp: &A, c: usize, h: usize, w: usize, n_out: usize, what: &str) -> Result<()> {
-    check_region(inp, what)?;
-    ensure!(
-        (inp.c, inp.h, inp.w) == (c, h, w),
-        "{what}: per-sample shape ({}, {}, {}) != expected ({c}, {h}, {w})",
-        inp.c,
-        inp.h,
-        inp.w
-    );
-    ensure!(inp.n == n_out || (inp.n >= 1 && inp.n < n_out), "{what}: batch {} does not broadcast to {n_out}", inp.n);
-    Ok(())
-}
-
-/// The output region does not overlap any input region of the same buffer.
-fn check_disjoint(out: &A, inputs: &[Option<&A>], what: &str) -> Result<()> {
-    for inp in inputs.iter().flatten() {
-        if std::ptr::eq(out.buf, inp.buf) && !out.is_empty() && !inp.is_empty() {
-            ensure!(
-                out.off + out.len() <= inp.off || inp.off + inp.len() <= out.off,
-                "{what}: output [{}, {}) overlaps an input [{}, {})",
-                out.off,
-                out.off + out.len(),
-                inp.off,
-                inp.off + inp.len()
-            );
-        }
-    }
-    Ok(())
-}
 
 /// First float of the region.
 fn base(a: &A) -> *mut f32 {

@@ -7,9 +7,10 @@
 use anyhow::{ensure, Result};
 
 use super::device::Device;
-use super::norm::{check_disjoint, check_input, i32_of};
+use super::int;
 use super::params::AttentionParams;
 use super::{GpuBackend, GpuBuf};
+use crate::backend::check::{check_disjoint, check_input};
 use crate::backend::Act;
 
 /// Queries per block, threads per block, head-dim chunk and key tile of
@@ -62,14 +63,14 @@ pub(super) fn attention<D: Device>(
     let mut p = AttentionParams {
         qkv: pq,
         out: po,
-        n: i32_of(out.n, "attention batch")?,
-        c: i32_of(c, "attention channels")?,
+        n: int(out.n, "attention batch")?,
+        c: int(c, "attention channels")?,
         heads: heads as i32,
-        p: i32_of(t, "attention tokens")?,
+        p: int(t, "attention tokens")?,
         scale: 1.0 / (d as f32).sqrt(),
         _pad: 0,
     };
-    i32_of(3 * c * t, "attention sample size")?;
+    int(3 * c * t, "attention sample size")?;
     let grid = |n: usize| [t.div_ceil(BQ) as u32, heads as u32, n as u32];
     let smem = if be.suffix() == "f32" { smem_bytes(d) } else { tc_smem_bytes(d) };
     // Head dims up to 128 (multi-head layers) get the variant with fewer output

@@ -7,12 +7,13 @@
 //! dynamic shared memory; BM = 64 for `conv2d_f32` (SIMT) and 128 for `conv2d_f16` /
 //! `conv2d_bf16` (tensor cores).
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 
 use super::device::Device;
 use super::params::ConvParams;
-use super::{GpuBackend, GpuBuf};
-use crate::backend::{Act, Conv2d, WeightKind};
+use super::{int, GpuBackend};
+use crate::backend::check::{check_disjoint, check_input};
+use crate::backend::{Conv2d, WeightKind};
 use crate::model::unet::Precision;
 
 /// Threads per block (kernels/conv.cu `CONV_THREADS`).
@@ -26,35 +27,6 @@ fn block_m(p: Precision) -> usize {
         Precision::F32 => 64,
         Precision::F16 | Precision::Bf16 => 128,
     }
-}
-
-fn int(v: usize, what: &str) -> Result<i32> {
-    i32::try_from(v).ok().with_context(|| format!("conv2d: {what} = {v} exceeds the kernel's 32-bit indexing"))
-}
-
-/// `a` lies inside its buffer (overflow-checked), has per-sample shape `(c, h, w)`
-/// and a batch that broadcasts to `n_out` (equal, or smaller and non-zero).
-fn check_input(a: &Act<'_, GpuBuf>, c: usize, h: usize, w: usize, n_out: usize, what: &str) -> Result<()> {
-    let end = a.n.checked_mul(a.c).and_then(|v| v.checked_mul(a.h)).and_then(|v| v.checked_mul(a.w));
-    ensure!(
-        end.and_then(|l| a.off.checked_add(l)).is_some_and(|e| e <= a.buf.len()),
-        "{what}: region off {} shape ({}, {}, {}, {}) exceeds its buffer of {} floats",
-        a.off,
-        a.n,
-        a.c,
-        a.h,
-        a.w,
-        a.buf.len()
-    );
-    ensure!(
-        (a.c, a.h, a.w) == (c, h, w),
-        "{what}: per-sample shape ({}, {}, {}) != expected ({c}, {h}, {w})",
-        a.c,
-        a.h,
-        a.w
-    );
-    ensure!(a.n == n_out || (a.n >= 1 && a.n < n_out), "{what}: batch {} does not broadcast to {n_out}", a.n);
-    Ok(())
 }
 
 pub(super) fn conv2d<D: Device>(be: &GpuBackend<D>, p: &Conv2d<'_, GpuBackend<D>>) -> Result<()> {
@@ -104,18 +76,7 @@ pub(super) fn conv2d<D: Device>(be: &GpuBackend<D>, p: &Conv2d<'_, GpuBackend<D>
     if let Some(r) = &p.residual {
         check_input(r, cout, ho, wo, out.n, "conv2d residual")?;
     }
-    for inp in [Some(xa), xb, p.temb.as_ref(), p.residual.as_ref()].into_iter().flatten() {
-        if std::ptr::eq(out.buf, inp.buf) && !out.is_empty() && !inp.is_empty() {
-            ensure!(
-                out.off + out.len() <= inp.off || inp.off + inp.len() <= out.off,
-                "conv2d: output [{}, {}) overlaps an input [{}, {})",
-                out.off,
-                out.off + out.len(),
-                inp.off,
-                inp.off + inp.len()
-            );
-        }
-    }
+    check_disjoint(out, &[Some(xa), xb, p.temb.as_ref(), p.residual.as_ref()], "conv2d")?;
     if out.is_empty() {
         return Ok(());
     }

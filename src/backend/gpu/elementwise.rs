@@ -3,68 +3,17 @@
 //! CPU backend's rules: validated regions, batch broadcast, output disjoint from the
 //! inputs), so that a bad call is an error and never an out-of-bounds launch.
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Result};
 
 use super::device::Device;
 use super::params::{CopyParams, LinearParams, TembParams, MAX_T};
 use super::{GpuBackend, GpuBuf, GpuWeight};
 use crate::backend::{Act, WeightKind};
 
+pub(super) use super::int;
+pub(super) use crate::backend::check::{check_disjoint, check_input, check_region};
+
 type A<'a> = Act<'a, GpuBuf>;
-
-/// `a` lies inside its buffer (with overflow-checked sizes).
-pub(super) fn check_region(a: &A, what: &str) -> Result<()> {
-    let len = a.n.checked_mul(a.c).and_then(|v| v.checked_mul(a.h)).and_then(|v| v.checked_mul(a.w));
-    match len.and_then(|l| a.off.checked_add(l)) {
-        Some(end) if end <= a.buf.len() => Ok(()),
-        _ => bail!(
-            "{what}: region off {} shape ({}, {}, {}, {}) exceeds its buffer of {} floats",
-            a.off,
-            a.n,
-            a.c,
-            a.h,
-            a.w,
-            a.buf.len()
-        ),
-    }
-}
-
-/// `inp` is a valid region of per-sample shape `(c, h, w)` whose batch broadcasts to
-/// `n_out` (equal, or smaller and non-zero: output sample `b` reads `b % n`).
-pub(super) fn check_input(inp: &A, c: usize, h: usize, w: usize, n_out: usize, what: &str) -> Result<()> {
-    check_region(inp, what)?;
-    ensure!(
-        (inp.c, inp.h, inp.w) == (c, h, w),
-        "{what}: per-sample shape ({}, {}, {}) != expected ({c}, {h}, {w})",
-        inp.c,
-        inp.h,
-        inp.w
-    );
-    ensure!(inp.n == n_out || (inp.n >= 1 && inp.n < n_out), "{what}: batch {} does not broadcast to {n_out}", inp.n);
-    Ok(())
-}
-
-/// The output region overlaps no input region of the same buffer.
-pub(super) fn check_disjoint(out: &A, inputs: &[Option<&A>], what: &str) -> Result<()> {
-    for inp in inputs.iter().flatten() {
-        if std::ptr::eq(out.buf, inp.buf) && !out.is_empty() && !inp.is_empty() {
-            ensure!(
-                out.off + out.len() <= inp.off || inp.off + inp.len() <= out.off,
-                "{what}: output [{}, {}) overlaps an input [{}, {})",
-                out.off,
-                out.off + out.len(),
-                inp.off,
-                inp.off + inp.len()
-            );
-        }
-    }
-    Ok(())
-}
-
-/// A size as the kernels' `int`.
-pub(super) fn int(v: usize, what: &str) -> Result<i32> {
-    i32::try_from(v).ok().with_context(|| format!("{what}: {v} does not fit the kernel's 32-bit int"))
-}
 
 /// Samples go on grid.y (at most 65535).
 pub(super) fn grid_y(n: usize, what: &str) -> Result<u32> {

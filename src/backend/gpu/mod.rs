@@ -83,6 +83,17 @@ impl GpuBuf {
     }
 }
 
+/// A size as the kernels' 32-bit `int`, or an error naming it.
+pub(crate) fn int(v: usize, what: &str) -> Result<i32> {
+    i32::try_from(v).ok().with_context(|| format!("{what}: {v} does not fit the kernel's 32-bit int"))
+}
+
+impl super::check::Floats for GpuBuf {
+    fn floats(&self) -> usize {
+        self.len
+    }
+}
+
 /// An uploaded weight: conv weights in the backend's storage type, the rest f32.
 pub struct GpuWeight {
     mem: Alloc,

@@ -8,40 +8,8 @@ use super::params::GroupNormParams;
 use super::{GpuBackend, GpuBuf, GpuWeight};
 use crate::backend::{Act, Cat, WeightKind};
 
-/// `a` has per-sample shape `(c, h, w)` and a batch that broadcasts to `n_out`.
-pub(super) fn check_input(a: &Act<'_, GpuBuf>, c: usize, h: usize, w: usize, n_out: usize, what: &str) -> Result<()> {
-    ensure!(
-        (a.c, a.h, a.w) == (c, h, w),
-        "{what}: per-sample shape ({}, {}, {}) != expected ({c}, {h}, {w})",
-        a.c,
-        a.h,
-        a.w
-    );
-    ensure!(a.n == n_out || (a.n >= 1 && a.n < n_out), "{what}: batch {} does not broadcast to {n_out}", a.n);
-    Ok(())
-}
-
-/// The output region does not overlap an input region of the same buffer.
-pub(super) fn check_disjoint(out: &Act<'_, GpuBuf>, inputs: &[Option<&Act<'_, GpuBuf>>], what: &str) -> Result<()> {
-    for inp in inputs.iter().flatten() {
-        if std::ptr::eq(out.buf, inp.buf) && !out.is_empty() && !inp.is_empty() {
-            ensure!(
-                out.off + out.len() <= inp.off || inp.off + inp.len() <= out.off,
-                "{what}: output [{}, {}) overlaps an input [{}, {})",
-                out.off,
-                out.off + out.len(),
-                inp.off,
-                inp.off + inp.len()
-            );
-        }
-    }
-    Ok(())
-}
-
-/// `v` as a kernel `int`.
-pub(super) fn i32_of(v: usize, what: &str) -> Result<i32> {
-    i32::try_from(v).map_err(|_| anyhow::anyhow!("{what}: {v} does not fit the kernel's 32-bit index"))
-}
+use super::int;
+use crate::backend::check::{check_disjoint, check_input};
 
 fn check_vector(w: &GpuWeight, len: usize, what: &str) -> Result<()> {
     ensure!(w.kind == WeightKind::Vector, "{what}: expected a vector weight, got {:?}", w.kind);
@@ -96,13 +64,13 @@ pub(super) fn group_norm<D: Device>(
         gamma: be.wptr(gamma),
         beta: be.wptr(beta),
         out: po,
-        n: i32_of(out.n, "group_norm batch")?,
-        na: i32_of(x.a.n, "group_norm batch")?,
-        nb: i32_of(nb, "group_norm batch")?,
-        ca: i32_of(x.a.c, "group_norm channels")?,
-        cb: i32_of(cb, "group_norm channels")?,
-        hw: i32_of(hw, "group_norm h*w")?,
-        groups: i32_of(groups, "group_norm groups")?,
+        n: int(out.n, "group_norm batch")?,
+        na: int(x.a.n, "group_norm batch")?,
+        nb: int(nb, "group_norm batch")?,
+        ca: int(x.a.c, "group_norm channels")?,
+        cb: int(cb, "group_norm channels")?,
+        hw: int(hw, "group_norm h*w")?,
+        groups: int(groups, "group_norm groups")?,
         silu: silu as i32,
         eps,
         _pad: 0,
