@@ -195,6 +195,27 @@ impl CudaDevice {
     }
 }
 
+impl Drop for CudaDevice {
+    fn drop(&mut self) {
+        // Every buffer and weight holds the device, so nothing uses it any more.
+        let raw = self.raw.get_mut().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: handles created in `new` / `graph_create`, released once; errors
+        // cannot be reported from Drop.
+        unsafe {
+            sys::cuCtxSetCurrent(raw.ctx);
+            for (_, g) in raw.graphs.drain() {
+                sys::cuGraphExecDestroy(g.exec);
+                sys::cuGraphDestroy(g.graph);
+            }
+            sys::cuModuleUnload(raw.module);
+            let mut dev: sys::CUdevice = 0;
+            if sys::cuCtxGetDevice(&mut dev) == CUresult::CUDA_SUCCESS {
+                sys::cuDevicePrimaryCtxRelease_v2(dev);
+            }
+        }
+    }
+}
+
 impl Device for CudaDevice {
     fn describe(&self) -> String {
         format!("{} (sm_{}{})", self.name, self.cc.0, self.cc.1)
