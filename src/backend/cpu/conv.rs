@@ -6,13 +6,12 @@
 //! bounds tests. Weights arrive pre-packed as A panels. The output is initialised
 //! with bias + temb + residual and the GEMM accumulates onto it.
 
-use anyhow::{ensure, Result};
+use anyhow::Result;
 
 use super::gemm::{self, MatRef, KC, MR, NR};
 use super::threads::{par_for, workers_for, SyncPtr};
-use super::{
-    base, check_cat, check_disjoint, check_input, check_region, check_vector, sample_ptr, CpuBackend, WeightKind,
-};
+use super::{base, sample_ptr, CpuBackend};
+use crate::backend::check::{check_conv2d, ConvShape};
 use crate::backend::Conv2d;
 
 /// Output pixels per work item (a multiple of NR); a `KC x NC` B block is 512 KB.
@@ -28,38 +27,11 @@ pub(super) fn pack_weight(w: &[f32], cout: usize, kk: usize) -> Vec<f32> {
 
 pub(super) fn conv2d(be: &CpuBackend, p: &Conv2d<'_, CpuBackend>) -> Result<()> {
     let out = &p.out;
-    check_region(out, "conv2d out")?;
-    check_cat(&p.x, out.n, "conv2d x")?;
+    let ConvShape { cout, cin, k, hu, wu, ho, wo } = check_conv2d(p)?;
     let wt = p.w;
-    ensure!(wt.kind == WeightKind::Conv, "conv2d: weight uploaded as {:?}", wt.kind);
-    let (cout, cin, k) = (wt.shape[0], wt.shape[1], wt.shape[2]);
-    ensure!(p.k == k, "conv2d: k = {} but the weight is {:?}", p.k, wt.shape);
-    ensure!(cin == p.x.channels(), "conv2d: weight expects {cin} input channels, got {}", p.x.channels());
-    ensure!(out.c == cout, "conv2d: weight has {cout} output channels, out has {}", out.c);
-    check_vector(p.bias, cout, "conv2d bias")?;
-    ensure!(p.stride >= 1, "conv2d: stride 0");
-    ensure!(p.pad.iter().all(|&v| v < 1 << 20), "conv2d: absurd padding {:?}", p.pad);
-    let up = p.upsample as usize;
-    let (h, w) = (p.x.a.h, p.x.a.w);
-    let (hu, wu) = (h << up, w << up);
     let [pt, pl, pb, pr] = p.pad;
-    ensure!(
-        hu + pt + pb >= k && wu + pl + pr >= k,
-        "conv2d: kernel {k} larger than the padded input {}x{}",
-        hu + pt + pb,
-        wu + pl + pr
-    );
-    let ho = (hu + pt + pb - k) / p.stride + 1;
-    let wo = (wu + pl + pr - k) / p.stride + 1;
-    ensure!((out.h, out.w) == (ho, wo), "conv2d: output is {}x{}, the conv gives {ho}x{wo}", out.h, out.w);
-    if let Some(t) = &p.temb {
-        check_input(t, cout, 1, 1, out.n, "conv2d temb")?;
-    }
-    if let Some(r) = &p.residual {
-        check_input(r, cout, ho, wo, out.n, "conv2d residual")?;
-    }
-    let inputs = [Some(&p.x.a), p.x.b.as_ref(), p.temb.as_ref(), p.residual.as_ref()];
-    check_disjoint(out, &inputs, "conv2d")?;
+    let (h, w) = (p.x.a.h, p.x.a.w);
+    let up = p.upsample as usize;
     if out.is_empty() {
         return Ok(());
     }
@@ -241,7 +213,7 @@ unsafe fn pack_cols(taps: &[*const f32], wp: usize, s: usize, wo: usize, p0: usi
 mod tests {
     use super::super::testutil::*;
     use super::*;
-    use crate::backend::{Act, Backend, Cat};
+    use crate::backend::{Act, Backend, Cat, WeightKind};
 
     /// One conv configuration; batch sizes of 0 mean "absent".
     #[derive(Clone, Copy)]

@@ -1,9 +1,10 @@
 //! Copy, timestep embedding, and the vectorisable exp / SiLU used by other ops.
 
-use anyhow::{ensure, Result};
+use anyhow::Result;
 
 use super::threads::{par_for, workers_for, SyncPtr};
 use super::{check_disjoint, check_input, check_region, sample, sample_mut, CpuBackend, A};
+use crate::backend::check::check_timestep_embedding;
 
 /// `e^x` to about 2 ulp, branch- and call-free so loops over slices vectorise (libm's
 /// `expf`, and `f32::round` without SSE4.1, are calls per element). Cephes-style:
@@ -46,16 +47,7 @@ pub(super) fn copy(be: &CpuBackend, src: A, dst: A) -> Result<()> {
 }
 
 pub(super) fn timestep_embedding(t: &[f32], flip: bool, shift: f32, out: A) -> Result<()> {
-    check_region(&out, "timestep_embedding out")?;
-    ensure!(
-        t.len() == out.n && out.h == 1 && out.w == 1,
-        "timestep_embedding: {} timesteps for an output of shape ({}, {}, {}, {})",
-        t.len(),
-        out.n,
-        out.c,
-        out.h,
-        out.w
-    );
+    check_timestep_embedding(t, &out)?;
     let dim = out.c;
     let half = dim / 2;
     let ln_period = (10000f64).ln() as f32;

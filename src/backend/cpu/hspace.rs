@@ -3,9 +3,10 @@
 //! parallel / anti-parallel / zero vectors fall back to lerp instead of dividing by
 //! sin(theta) ~ 0.
 
-use anyhow::{ensure, Result};
+use anyhow::Result;
 
-use super::{check_disjoint, check_input, check_region, sample, sample_mut, A};
+use super::{sample, sample_mut, A};
+use crate::backend::check::check_hspace_mix;
 
 /// Coefficients `(s0, s1)` of `s0 v0 + s1 v1` for slerp in the authors' order, given
 /// `|v0|`, `|v1|` and `<v0, v1>`.
@@ -37,14 +38,7 @@ fn moments(a: &[f32], b: &[f32], m: impl Fn(usize) -> f64) -> (f64, f64, f64) {
 }
 
 pub(super) fn hspace_mix(h: A, hc: A, gamma: f32, mask: Option<A>, out: A) -> Result<()> {
-    check_region(&out, "hspace_mix out")?;
-    check_input(&h, out.c, out.h, out.w, out.n, "hspace_mix h")?;
-    check_input(&hc, out.c, out.h, out.w, out.n, "hspace_mix hc")?;
-    if let Some(m) = &mask {
-        check_input(m, 1, out.h, out.w, out.n, "hspace_mix mask")?;
-    }
-    check_disjoint(&out, &[Some(&h), Some(&hc), mask.as_ref()], "hspace_mix")?;
-    ensure!(gamma.is_finite(), "hspace_mix: gamma {gamma}");
+    check_hspace_mix(&h, &hc, gamma, mask.as_ref(), &out)?;
     let g = gamma as f64;
     let hw = out.h * out.w;
     for b in 0..out.n {

@@ -18,7 +18,7 @@ mod linear;
 mod norm;
 mod step;
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 mod threads;
 
 use anyhow::{ensure, Result};
@@ -27,8 +27,8 @@ use super::{Act, Backend, Cat, Conv2d, DdimStep, WeightKind};
 use crate::tensor::HostTensor;
 use threads::Pool;
 
-use super::check::Floats;
-pub(super) use super::check::{check_disjoint, check_input, check_region};
+pub(super) use super::check::{check_disjoint, check_input, check_region, check_vector};
+use super::check::{Floats, WeightMeta};
 
 /// An f32 buffer written through shared references: ops take `&CpuBuf` for inputs and
 /// outputs alike (the trait's `Act` borrows immutably), so the storage is a raw
@@ -62,6 +62,15 @@ impl CpuBuf {
     }
     fn ptr(&self) -> *mut f32 {
         self.ptr
+    }
+}
+
+impl WeightMeta for CpuWeight {
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn kind(&self) -> WeightKind {
+        self.kind
     }
 }
 
@@ -153,22 +162,6 @@ unsafe fn sample<'a>(a: &A<'a>, b: usize) -> &'a [f32] {
 #[allow(clippy::mut_from_ref)]
 unsafe fn sample_mut<'a>(a: &A<'a>, b: usize) -> &'a mut [f32] {
     std::slice::from_raw_parts_mut(base(a).add(b * a.sample_len()), a.sample_len())
-}
-
-/// Checks a vector weight's length.
-fn check_vector(w: &CpuWeight, len: usize, what: &str) -> Result<()> {
-    ensure!(w.kind == WeightKind::Vector, "{what}: expected a vector weight, got {:?}", w.kind);
-    ensure!(w.numel() == len, "{what}: {} elements, expected {len}", w.numel());
-    Ok(())
-}
-
-fn check_cat(x: &Cat<'_, CpuBuf>, n_out: usize, what: &str) -> Result<()> {
-    let a = &x.a;
-    check_input(a, a.c, a.h, a.w, n_out, what)?;
-    if let Some(b) = &x.b {
-        check_input(b, b.c, a.h, a.w, n_out, what)?;
-    }
-    Ok(())
 }
 
 impl Backend for CpuBackend {

@@ -1,11 +1,12 @@
 //! GroupNorm over a channel concat, with optional fused SiLU. Statistics in f64, two
 //! passes (mean, then squared deviations) so a large mean cannot cancel the variance.
 
-use anyhow::{ensure, Result};
+use anyhow::Result;
 
 use super::elementwise::silu;
 use super::threads::{par_for, workers_for, SyncPtr};
-use super::{base, check_cat, check_disjoint, check_region, check_vector, sample_ptr, CpuBackend, CpuWeight, A};
+use super::{base, sample_ptr, CpuBackend, CpuWeight, A};
+use crate::backend::check::check_group_norm;
 use crate::backend::Cat;
 
 multiversion! {
@@ -61,22 +62,8 @@ pub(super) fn group_norm(
     silu_out: bool,
     out: A,
 ) -> Result<()> {
-    check_region(&out, "group_norm out")?;
-    check_cat(&x, out.n, "group_norm x")?;
+    check_group_norm(&x, gamma, beta, groups, &out)?;
     let c = x.channels();
-    ensure!(
-        (out.c, out.h, out.w) == (c, x.a.h, x.a.w),
-        "group_norm: out ({}, {}, {}) for input ({c}, {}, {})",
-        out.c,
-        out.h,
-        out.w,
-        x.a.h,
-        x.a.w
-    );
-    ensure!(groups >= 1 && c.is_multiple_of(groups), "group_norm: {c} channels in {groups} groups");
-    check_vector(gamma, c, "group_norm gamma")?;
-    check_vector(beta, c, "group_norm beta")?;
-    check_disjoint(&out, &[Some(&x.a), x.b.as_ref()], "group_norm")?;
     if out.is_empty() {
         return Ok(());
     }

@@ -2,22 +2,18 @@
 //! f32 in the documented order (the GPU kernels are held to it); per-sample
 //! statistics in f64.
 
-use anyhow::{ensure, Result};
+use anyhow::Result;
 
 use super::norm::{sum_f64, sum_sq_dev};
 use super::threads::{par_for, workers_for};
-use super::{check_disjoint, check_input, check_region, sample, sample_mut, CpuBackend, A};
+use super::{sample, sample_mut, CpuBackend, A};
+use crate::backend::check::{check_calibrate, check_ddim_step};
 use crate::backend::DdimStep;
 use crate::diffusion::rng::fill_gaussian;
 
 pub(super) fn ddim_step(be: &CpuBackend, p: &DdimStep<'_, super::CpuBuf>) -> Result<()> {
     let out = &p.out;
-    check_region(out, "ddim_step out")?;
-    for (a, what) in [(&p.x, "ddim_step x"), (&p.eps_x0, "ddim_step eps_x0"), (&p.eps_dir, "ddim_step eps_dir")] {
-        check_input(a, out.c, out.h, out.w, out.n, what)?;
-    }
-    check_disjoint(out, &[Some(&p.x), Some(&p.eps_x0), Some(&p.eps_dir)], "ddim_step")?;
-    ensure!(p.a_i > 0.0 && p.a_i <= 1.0 && p.a_j > 0.0 && p.a_j <= 1.0, "ddim_step: alpha_bar ({}, {})", p.a_i, p.a_j);
+    check_ddim_step(p)?;
     let (sa_i, s1a_i, sa_j) = (p.a_i.sqrt(), (1.0 - p.a_i).sqrt(), p.a_j.sqrt());
     let (c_dir, c_noise) = (p.c_dir, p.c_noise);
     let len = out.sample_len();
@@ -41,12 +37,7 @@ pub(super) fn ddim_step(be: &CpuBackend, p: &DdimStep<'_, super::CpuBuf>) -> Res
 }
 
 pub(super) fn calibrate(x: A, eps: A, eps_mod: A, a: f32, omega: f32, out: A) -> Result<()> {
-    check_region(&out, "calibrate out")?;
-    for (t, what) in [(&x, "calibrate x"), (&eps, "calibrate eps"), (&eps_mod, "calibrate eps_mod")] {
-        check_input(t, out.c, out.h, out.w, out.n, what)?;
-    }
-    check_disjoint(&out, &[Some(&x), Some(&eps), Some(&eps_mod)], "calibrate")?;
-    ensure!(a > 0.0 && a <= 1.0, "calibrate: alpha_bar {a}");
+    check_calibrate(&x, &eps, &eps_mod, a, &out)?;
     let (sa, s1a) = (a.sqrt(), (1.0 - a).sqrt());
     let len = out.sample_len();
     let mut p = vec![0f32; len];

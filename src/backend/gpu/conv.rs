@@ -12,8 +12,8 @@ use anyhow::{ensure, Result};
 use super::device::Device;
 use super::params::ConvParams;
 use super::{int, GpuBackend};
-use crate::backend::check::{check_disjoint, check_input};
-use crate::backend::{Conv2d, WeightKind};
+use crate::backend::check::{check_conv2d, ConvShape};
+use crate::backend::Conv2d;
 use crate::model::unet::Precision;
 
 /// Threads per block (kernels/conv.cu `CONV_THREADS`).
@@ -31,52 +31,11 @@ fn block_m(p: Precision) -> usize {
 
 pub(super) fn conv2d<D: Device>(be: &GpuBackend<D>, p: &Conv2d<'_, GpuBackend<D>>) -> Result<()> {
     let out = &p.out;
-    check_input(out, out.c, out.h, out.w, out.n, "conv2d out")?;
-    let (xa, xb) = (&p.x.a, p.x.b.as_ref());
-    check_input(xa, xa.c, xa.h, xa.w, out.n, "conv2d x")?;
-    if let Some(b) = xb {
-        check_input(b, b.c, xa.h, xa.w, out.n, "conv2d x (second source)")?;
-    }
-    let wt = p.w;
-    ensure!(wt.kind == WeightKind::Conv, "conv2d: weight uploaded as {:?}", wt.kind);
-    ensure!(
-        wt.shape.len() == 4 && wt.shape[2] == wt.shape[3],
-        "conv2d: weight shape {:?} is not [cout, cin, k, k]",
-        wt.shape
-    );
-    let (cout, cin, k) = (wt.shape[0], wt.shape[1], wt.shape[2]);
-    ensure!(p.k == k, "conv2d: k = {} but the weight is {:?}", p.k, wt.shape);
+    let ConvShape { cout, cin, k, hu, wu, ho, wo } = check_conv2d(p)?;
     ensure!(k == 1 || k == 3, "conv2d: the GPU kernel supports k = 1 or 3, got {k}");
-    ensure!(cin == p.x.channels(), "conv2d: weight expects {cin} input channels, got {}", p.x.channels());
-    ensure!(out.c == cout, "conv2d: weight has {cout} output channels, out has {}", out.c);
-    ensure!(
-        p.bias.kind == WeightKind::Vector && p.bias.numel() == cout,
-        "conv2d bias: a {:?} weight of shape {:?}, expected a vector of {cout}",
-        p.bias.kind,
-        p.bias.shape
-    );
-    ensure!(p.stride >= 1, "conv2d: stride 0");
-    ensure!(p.pad.iter().all(|&v| v < 1 << 20), "conv2d: absurd padding {:?}", p.pad);
+    let (xa, xb, wt) = (&p.x.a, p.x.b.as_ref(), p.w);
+    let [pt, pl, _, _] = p.pad;
     let up = p.upsample as usize;
-    ensure!(xa.h < 1 << 20 && xa.w < 1 << 20, "conv2d: absurd input size {}x{}", xa.h, xa.w);
-    let (hu, wu) = (xa.h << up, xa.w << up);
-    let [pt, pl, pb, pr] = p.pad;
-    ensure!(
-        hu + pt + pb >= k && wu + pl + pr >= k,
-        "conv2d: kernel {k} larger than the padded input {}x{}",
-        hu + pt + pb,
-        wu + pl + pr
-    );
-    let ho = (hu + pt + pb - k) / p.stride + 1;
-    let wo = (wu + pl + pr - k) / p.stride + 1;
-    ensure!((out.h, out.w) == (ho, wo), "conv2d: output is {}x{}, the conv gives {ho}x{wo}", out.h, out.w);
-    if let Some(t) = &p.temb {
-        check_input(t, cout, 1, 1, out.n, "conv2d temb")?;
-    }
-    if let Some(r) = &p.residual {
-        check_input(r, cout, ho, wo, out.n, "conv2d residual")?;
-    }
-    check_disjoint(out, &[Some(xa), xb, p.temb.as_ref(), p.residual.as_ref()], "conv2d")?;
     if out.is_empty() {
         return Ok(());
     }

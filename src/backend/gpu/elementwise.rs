@@ -11,7 +11,7 @@ use super::{GpuBackend, GpuBuf, GpuWeight};
 use crate::backend::{Act, WeightKind};
 
 pub(super) use super::int;
-pub(super) use crate::backend::check::{check_disjoint, check_input, check_region};
+pub(super) use crate::backend::check::{check_disjoint, check_input, check_region, check_timestep_embedding};
 
 type A<'a> = Act<'a, GpuBuf>;
 
@@ -52,16 +52,7 @@ pub(super) fn timestep_embedding<D: Device>(
     shift: f32,
     out: A,
 ) -> Result<()> {
-    check_region(&out, "timestep_embedding out")?;
-    ensure!(
-        t.len() == out.n && out.h == 1 && out.w == 1,
-        "timestep_embedding: {} timesteps for an output of shape ({}, {}, {}, {})",
-        t.len(),
-        out.n,
-        out.c,
-        out.h,
-        out.w
-    );
+    check_timestep_embedding(t, &out)?;
     let dim = int(out.c, "timestep_embedding dim")?;
     for (k, ts) in t.chunks(MAX_T).enumerate() {
         let o = out.samples(k * MAX_T, ts.len());

@@ -1,11 +1,12 @@
 //! h-space mix launcher (kernels/hspace.cu).
 
-use anyhow::{ensure, Result};
+use anyhow::Result;
 
 use super::device::Device;
-use super::elementwise::{check_disjoint, check_input, check_region, int};
+use super::int;
 use super::params::HspaceParams;
 use super::{GpuBackend, GpuBuf};
+use crate::backend::check::check_hspace_mix;
 use crate::backend::Act;
 
 /// Launch contract of `hspace_mix_f32`: grid (n), block 256, one block per sample
@@ -20,14 +21,7 @@ pub(super) fn hspace_mix<'a, D: Device>(
     mask: Option<Act<'a, GpuBuf>>,
     out: Act<'a, GpuBuf>,
 ) -> Result<()> {
-    check_region(&out, "hspace_mix out")?;
-    check_input(&h, out.c, out.h, out.w, out.n, "hspace_mix h")?;
-    check_input(&hc, out.c, out.h, out.w, out.n, "hspace_mix hc")?;
-    if let Some(m) = &mask {
-        check_input(m, 1, out.h, out.w, out.n, "hspace_mix mask")?;
-    }
-    check_disjoint(&out, &[Some(&h), Some(&hc), mask.as_ref()], "hspace_mix")?;
-    ensure!(gamma.is_finite(), "hspace_mix: gamma {gamma}");
+    check_hspace_mix(&h, &hc, gamma, mask.as_ref(), &out)?;
     if out.is_empty() {
         return Ok(());
     }

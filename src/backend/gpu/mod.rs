@@ -88,6 +88,15 @@ pub(crate) fn int(v: usize, what: &str) -> Result<i32> {
     i32::try_from(v).ok().with_context(|| format!("{what}: {v} does not fit the kernel's 32-bit int"))
 }
 
+impl super::check::WeightMeta for GpuWeight {
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn kind(&self) -> WeightKind {
+        self.kind
+    }
+}
+
 impl super::check::Floats for GpuBuf {
     fn floats(&self) -> usize {
         self.len

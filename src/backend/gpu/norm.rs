@@ -6,16 +6,10 @@ use anyhow::{ensure, Result};
 use super::device::Device;
 use super::params::GroupNormParams;
 use super::{GpuBackend, GpuBuf, GpuWeight};
-use crate::backend::{Act, Cat, WeightKind};
+use crate::backend::{Act, Cat};
 
 use super::int;
-use crate::backend::check::{check_disjoint, check_input};
-
-fn check_vector(w: &GpuWeight, len: usize, what: &str) -> Result<()> {
-    ensure!(w.kind == WeightKind::Vector, "{what}: expected a vector weight, got {:?}", w.kind);
-    ensure!(w.numel() == len, "{what}: {} elements, expected {len}", w.numel());
-    Ok(())
-}
+use crate::backend::check::check_group_norm;
 
 #[allow(clippy::too_many_arguments)]
 pub(super) fn group_norm<D: Device>(
@@ -28,30 +22,11 @@ pub(super) fn group_norm<D: Device>(
     silu: bool,
     out: Act<'_, GpuBuf>,
 ) -> Result<()> {
+    check_group_norm(&x, gamma, beta, groups, &out)?;
     let po = be.addr(&out, "group_norm out")?;
     let pa = be.addr(&x.a, "group_norm x")?;
-    check_input(&x.a, x.a.c, x.a.h, x.a.w, out.n, "group_norm x")?;
-    let pb = match &x.b {
-        Some(b) => {
-            check_input(b, b.c, x.a.h, x.a.w, out.n, "group_norm x (second part)")?;
-            be.addr(b, "group_norm x (second part)")?
-        }
-        None => 0,
-    };
+    let pb = x.b.map(|b| be.addr(&b, "group_norm x (second part)")).transpose()?.unwrap_or(0);
     let c = x.channels();
-    ensure!(
-        (out.c, out.h, out.w) == (c, x.a.h, x.a.w),
-        "group_norm: out ({}, {}, {}) for input ({c}, {}, {})",
-        out.c,
-        out.h,
-        out.w,
-        x.a.h,
-        x.a.w
-    );
-    ensure!(groups >= 1 && c.is_multiple_of(groups), "group_norm: {c} channels in {groups} groups");
-    check_vector(gamma, c, "group_norm gamma")?;
-    check_vector(beta, c, "group_norm beta")?;
-    check_disjoint(&out, &[Some(&x.a), x.b.as_ref()], "group_norm")?;
     if out.is_empty() {
         return Ok(());
     }

@@ -1,24 +1,21 @@
 //! Sampler-step launchers (kernels/step.cu): the DDIM / Asyrp step with counter-based
 //! noise (bit-compatible with `diffusion::rng`), and DiffStyle calibration.
 
-use anyhow::{ensure, Result};
+use anyhow::Result;
 
 use super::device::Device;
-use super::elementwise::{check_disjoint, check_input, check_region, grid_y, int};
+use super::elementwise::grid_y;
+use super::int;
 use super::params::{CalibrateParams, StepParams};
 use super::{GpuBackend, GpuBuf};
+use crate::backend::check::{check_calibrate, check_ddim_step};
 use crate::backend::{Act, DdimStep};
 
 /// Launch contract of `ddim_step_f32`: grid (ceil(ceil(len / 2) / 256), n), block 256;
 /// one thread per element pair (one Philox call per pair when `c_noise != 0`).
 pub(super) fn ddim_step<D: Device>(be: &GpuBackend<D>, p: &DdimStep<'_, GpuBuf>) -> Result<()> {
     let out = &p.out;
-    check_region(out, "ddim_step out")?;
-    for (a, what) in [(&p.x, "ddim_step x"), (&p.eps_x0, "ddim_step eps_x0"), (&p.eps_dir, "ddim_step eps_dir")] {
-        check_input(a, out.c, out.h, out.w, out.n, what)?;
-    }
-    check_disjoint(out, &[Some(&p.x), Some(&p.eps_x0), Some(&p.eps_dir)], "ddim_step")?;
-    ensure!(p.a_i > 0.0 && p.a_i <= 1.0 && p.a_j > 0.0 && p.a_j <= 1.0, "ddim_step: alpha_bar ({}, {})", p.a_i, p.a_j);
+    check_ddim_step(p)?;
     if out.is_empty() {
         return Ok(());
     }
@@ -56,12 +53,7 @@ pub(super) fn calibrate<'a, D: Device>(
     omega: f32,
     out: Act<'a, GpuBuf>,
 ) -> Result<()> {
-    check_region(&out, "calibrate out")?;
-    for (t, what) in [(&x, "calibrate x"), (&eps, "calibrate eps"), (&eps_mod, "calibrate eps_mod")] {
-        check_input(t, out.c, out.h, out.w, out.n, what)?;
-    }
-    check_disjoint(&out, &[Some(&x), Some(&eps), Some(&eps_mod)], "calibrate")?;
-    ensure!(a > 0.0 && a <= 1.0, "calibrate: alpha_bar {a}");
+    check_calibrate(&x, &eps, &eps_mod, a, &out)?;
     if out.is_empty() {
         return Ok(());
     }

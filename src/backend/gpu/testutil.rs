@@ -47,18 +47,7 @@ pub fn is_cuda<D: Device>(gpu: &GpuBackend<D>) -> bool {
     gpu.device().kind() == "cuda"
 }
 
-/// Uniform values in [-1, 1) from xorshift64 (seeded, never all zero).
-pub fn rand_vec(seed: u64, n: usize) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(0x1234_5678) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+pub use crate::backend::cpu::testutil::rand_vec;
 
 /// A fresh NaN buffer holding `data` at `OFF`.
 pub fn place<B: Backend>(be: &B, data: &[f32]) -> B::Buf {
