@@ -476,6 +476,10 @@ pub fn info(c: &Common, m: &ModelArgs, show_plan: bool) -> Result<()> {
         enc / 1e9,
         dec / 1e9
     );
+    println!(
+        "activation traffic per forward (batch 1, f32, each op reading its inputs and writing its output once): {:.1} MiB",
+        g.activation_traffic() * 4.0 / 1048576.0
+    );
     let plan = Plan::new(&g, 1, 2)?;
     if show_plan {
         print!("{}", plan.describe(&g));
@@ -526,5 +530,114 @@ fn device_memory<B: Backend>(be: &B, model: &LoadedModel, precision: Precision) 
             (49 * model.arch.h_channels() * model.arch.h_size() * model.arch.h_size() * 4) as f64 / 1048576.0
         );
     }
+    Ok(())
+}
+
+/// `diffstyle bench`: every measurement of `crate::bench` for each precision (a fresh
+/// backend each), written to `<out_dir>/ours.json` with the inputs and outputs the
+/// baselines are checked against.
+pub fn bench(c: &Common, m: &ModelArgs, o: &crate::bench::BenchOpts) -> Result<()> {
+    use crate::bench::{precision_name, run_on, write_f32, Inputs};
+    ensure!(!o.precisions.is_empty(), "--precisions is empty");
+    let model = model(m)?;
+    let size = model.arch.sample_size;
+    for p in [&o.content, &o.style] {
+        ensure!(p.is_file(), "{}: no such image", p.display());
+    }
+    let inputs = Inputs {
+        content: crate::io::image::load_image(&o.content, size)?.data,
+        style: crate::io::image::load_image(&o.style, size)?.data,
+    };
+    std::fs::create_dir_all(&o.out_dir)
+        .with_context(|| format!("{}: cannot create the output folder", o.out_dir.display()))?;
+    write_f32(&o.out_dir.join("content_x0.f32"), &inputs.content)?;
+    write_f32(&o.out_dir.join("style_x0.f32"), &inputs.style)?;
+    let sample_len = model.arch.in_channels * size * size;
+    write_f32(&o.out_dir.join("x_b1.f32"), &crate::bench::random_x(1, sample_len))?;
+
+    let mut log = |s: &str| {
+        if !c.quiet {
+            eprintln!("{s}");
+        }
+    };
+    let mut results = Vec::new();
+    for &precision in &o.precisions {
+        let cp = Common { device: c.device, precision, quiet: c.quiet, verbose: c.verbose, threads: c.threads };
+        let r = on_backend!(&cp, |be| run_on(be, &model, precision, &inputs, o, &mut log))
+            .with_context(|| format!("bench in {}", precision_name(precision)))?;
+        results.push((precision_name(precision), r));
+    }
+
+    let g = Graph::build(&model.arch);
+    let (enc, dec) = g.flops();
+    let by_prec = |f: &dyn Fn(&crate::bench::PrecisionResult) -> serde_json::Value| {
+        serde_json::Value::Object(results.iter().map(|(p, r)| (p.to_string(), f(r))).collect())
+    };
+    let flat = |f: &dyn Fn(&crate::bench::PrecisionResult) -> serde_json::Value| {
+        serde_json::Value::Array(
+            results.iter().flat_map(|(_, r)| f(r).as_array().cloned().unwrap_or_default()).collect(),
+        )
+    };
+    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let json = serde_json::json!({
+        "device": results[0].1.device.split(", ").next().unwrap_or_default(),
+        "backend": results[0].1.device.clone(),
+        "unix_time": unix,
+        "model": {
+            "source": model.source,
+            "params": model.param_count(),
+            "gflop_forward": (enc + dec) / 1e9,
+            "gflop_encoder": enc / 1e9,
+            "gflop_decoder": dec / 1e9,
+            "sample_size": size,
+            "weights_bytes": by_prec(&|r| serde_json::json!(r.weights_bytes)),
+        },
+        "forward": flat(&|r| serde_json::json!(r.forward)),
+        "encoder": flat(&|r| serde_json::json!(r.encoder)),
+        "decoder": flat(&|r| serde_json::json!(r.decoder)),
+        "pair": flat(&|r| serde_json::json!(r.pair)),
+        "peak_mem_bytes": by_prec(&|r| serde_json::json!(r.peak_pair_bytes.or(r.peak_bytes))),
+        "peak_mem_bytes_all": by_prec(&|r| serde_json::json!(r.peak_bytes)),
+        "settings": {
+            "batches": o.batches, "min_runs": o.min_runs, "min_secs": o.min_secs, "warmup": o.warmup,
+        },
+        "inputs": {
+            "t": crate::bench::T,
+            "x": "x_b1.f32",
+            "eps": by_prec(&|r| {
+                serde_json::json!(r.forward.iter().any(|f| f.batch == 1).then(|| format!("eps_{}_b1.f32", r.precision)))
+            }),
+            "content": "content_x0.f32",
+            "style": "style_x0.f32",
+            "content_image": o.content.display().to_string(),
+            "style_image": o.style.display().to_string(),
+            "size": size,
+        },
+    });
+    let out = o.out_dir.join("ours.json");
+    crate::io::atomic::write_atomic(&out, serde_json::to_string_pretty(&json)?.as_bytes())?;
+
+    println!("device: {}", results[0].1.device.split(", ").next().unwrap_or_default());
+    println!(
+        "{:<6} {:>5} {:>11} {:>11} {:>11} {:>9}",
+        "prec", "batch", "forward ms", "encoder ms", "decoder ms", "TFLOP/s"
+    );
+    for (_, r) in &results {
+        for ((f, e), d) in r.forward.iter().zip(&r.encoder).zip(&r.decoder) {
+            println!(
+                "{:<6} {:>5} {:>11.3} {:>11.3} {:>11.3} {:>9.3}",
+                f.precision, f.batch, f.ms, e.ms, d.ms, f.tflops
+            );
+        }
+    }
+    for (_, r) in &results {
+        for p in &r.pair {
+            println!("{:<6} pair {:<10} {:>8.3} s (first {:.3} s)", p.precision, p.preset, p.s, p.s_first);
+        }
+        if let Some(b) = r.peak_pair_bytes.or(r.peak_bytes) {
+            println!("{:<6} peak device memory {:.1} MiB", r.precision, b as f64 / 1048576.0);
+        }
+    }
+    println!("wrote {}", out.display());
     Ok(())
 }

@@ -192,6 +192,46 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Time U-Net forwards (whole, encoder, decoder) at several batch sizes and whole
+    /// pairs, for each precision (the global --precision is ignored). Writes
+    /// OUT_DIR/ours.json plus the inputs and outputs (x, eps, preprocessed images, pair
+    /// images) that tools/bench_torch_gpu.py runs the PyTorch baselines on and checks
+    /// against. Each timed region is one step graph, timed with device events on a GPU.
+    Bench {
+        #[command(flatten)]
+        model: ModelOpts,
+        /// Folder for ours.json and the files beside it (created if missing).
+        #[arg(long)]
+        out_dir: PathBuf,
+        /// Weight precisions to measure, each on a fresh backend.
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "bf16,f16,f32")]
+        precisions: Vec<Precision>,
+        /// Batch sizes of the timed forwards.
+        #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+        batches: Vec<usize>,
+        /// Whole pairs to time (content + style inversion, then generation), each run
+        /// twice; the second run is reported.
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "in-domain,fast")]
+        pairs: Vec<Preset>,
+        /// Time no pairs (forwards only).
+        #[arg(long, conflicts_with = "pairs")]
+        no_pairs: bool,
+        /// The content image of the timed pairs.
+        #[arg(long, default_value = "examples/content.png")]
+        content: PathBuf,
+        /// The style image of the timed pairs.
+        #[arg(long, default_value = "examples/style.png")]
+        style: PathBuf,
+        /// Timed runs per measurement: at least this many...
+        #[arg(long, default_value_t = 20)]
+        min_runs: usize,
+        /// ...and at least this many seconds.
+        #[arg(long, default_value_t = 1.0)]
+        min_secs: f64,
+        /// Untimed runs before each measurement.
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+    },
 }
 
 impl From<ModelOpts> for ModelArgs {
@@ -245,6 +285,32 @@ fn main() -> ExitCode {
         Cmd::Info { model, config, arch, plan } => commands::info(&common, &ModelArgs { model, config, arch }, plan),
         Cmd::RandomModel { arch, config, seed, out } => {
             commands::random_model(&ModelArgs { model: None, config, arch }, seed, &out)
+        }
+        Cmd::Bench {
+            model,
+            out_dir,
+            precisions,
+            batches,
+            pairs,
+            no_pairs,
+            content,
+            style,
+            min_runs,
+            min_secs,
+            warmup,
+        } => {
+            let opts = diffstyle::bench::BenchOpts {
+                out_dir,
+                precisions,
+                batches,
+                presets: if no_pairs { vec![] } else { pairs },
+                content,
+                style,
+                min_runs,
+                min_secs,
+                warmup,
+            };
+            commands::bench(&common, &model.into(), &opts)
         }
     };
     match result {

@@ -160,6 +160,16 @@ pub trait Backend {
         Ok(())
     }
 
+    /// Milliseconds the backend spends on the ops `f` issues (device events on a GPU,
+    /// the host clock around synchronisations otherwise), for benchmarks.
+    fn time_ms(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+        self.sync()?;
+        let t = std::time::Instant::now();
+        f()?;
+        self.sync()?;
+        Ok(t.elapsed().as_secs_f64() * 1e3)
+    }
+
     /// A buffer of `len` f32, filled with NaN so that an op that forgets to write shows.
     fn alloc(&self, len: usize) -> Result<Self::Buf>;
     fn upload(&self, dst: Act<'_, Self::Buf>, data: &[f32]) -> Result<()>;

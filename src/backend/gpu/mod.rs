@@ -291,6 +291,10 @@ impl<D: Device> Backend for GpuBackend<D> {
         Some(self.peak_bytes())
     }
 
+    fn time_ms(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+        self.dev.time_ms(f)
+    }
+
     fn alloc(&self, len: usize) -> Result<GpuBuf> {
         let bytes = len.checked_mul(4).context("out of memory: buffer size overflows")?;
         let mem = self.raw_alloc(bytes)?;

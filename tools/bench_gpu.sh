@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The whole performance table of issue 5 in ONE device call: ours (`diffstyle bench`)
+# and the PyTorch baselines (tools/bench_torch_gpu.py) on the same GPU, the same
+# random-weight DDPM-256 model and the same inputs, merged by tools/bench_report.py
+# into results.json and a BENCHMARKS.md section.
+#
+# Prepare here (cargo is not on the device machine): tools/prepare_gpu_check.sh
+# (release binary + test binaries under target/gpu-check, wheels under target/wheels).
+# Run there from the repository root, carrying both:
+#   device run: carry ["target/gpu-check", "target/wheels"],
+#               command "bash tools/bench_gpu.sh", timeout_s 600
+# Then copy $OUT/results.json to benches/results.json and paste $OUT/BENCHMARKS_gpu.md
+# into BENCHMARKS.md. Everything else it made is in $OUT/bench.tar.gz.
+#
+# Env: OUT (default /tmp/bench), BENCH_QUICK=1 (batch 1 only, fast pair only: a smoke
+# run), TORCH_BUDGET_S (the baselines' own time limit, default 330 s).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/bench}
+mkdir -p "$OUT"
+B=target/gpu-check
+LOG="$OUT/log.txt"
+log() { echo "== $(date -u +%T) $*" | tee -a "$LOG"; }
+run() { log "$*"; "$@" 2>&1 | tee -a "$LOG"; return "${PIPESTATUS[0]}"; }
+
+if [ -f "$B/COMMIT" ]; then COMMIT=$(tr '\n' ' ' <"$B/COMMIT" | sed 's/ *$//'); else COMMIT=$(git rev-parse HEAD 2>/dev/null || echo unknown); fi
+DATE=$(date -u +%F)
+if [ "${BENCH_QUICK:-0}" = 1 ]; then
+    BATCHES=1; PAIRS=fast; THROUGHPUT=8
+else
+    BATCHES=1,4,16; PAIRS=in-domain,fast; THROUGHPUT=8,32
+fi
+MODEL=/tmp/ddpm256.safetensors
+
+run nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv
+log "commit $COMMIT, date $DATE"
+run "$B/diffstyle" random-model --arch ddpm-256 --out "$MODEL" || exit 1
+
+log "ours"
+run timeout 300 "$B/diffstyle" --device cuda --quiet bench --model "$MODEL" --arch ddpm-256 \
+    --out-dir "$OUT/ours" --batches "$BATCHES" --pairs "$PAIRS" \
+    --content examples/content.png --style examples/style.png
+ours_rc=$?
+
+log "baselines"
+bash tools/fetch_wheels.sh --install 2>&1 | tee -a "$LOG"
+run timeout "${TORCH_BUDGET_S:-330}" python3 tools/bench_torch_gpu.py --model "$MODEL" --arch ddpm-256 \
+    --ours "$OUT/ours" --out "$OUT/torch.json" --batches "$BATCHES" --pairs "$PAIRS" --throughput "$THROUGHPUT"
+torch_rc=$?
+
+log "report (ours rc $ours_rc, baselines rc $torch_rc)"
+run python3 tools/bench_report.py "$OUT/ours" "$OUT/torch.json" --commit "$COMMIT" --date "$DATE" \
+    --command "tools/bench_gpu.sh (BENCH_QUICK=${BENCH_QUICK:-0})" \
+    --results "$OUT/results.json" --markdown "$OUT/BENCHMARKS_gpu.md"
+tar -czf "$OUT/bench.tar.gz" -C "$OUT" ours torch.json log.txt 2>/dev/null
+cat "$OUT/BENCHMARKS_gpu.md" 2>/dev/null | tail -40
