@@ -33,6 +33,10 @@ pub struct BenchOpts {
     pub presets: Vec<Preset>,
     pub content: PathBuf,
     pub style: PathBuf,
+    /// Batches of pairs for the throughput measurement (each pair with its own two
+    /// inversions), run with `throughput_preset`.
+    pub throughput: Vec<usize>,
+    pub throughput_preset: Preset,
     /// Timed runs per measurement: at least `min_runs`, and at least `min_secs` seconds.
     pub min_runs: usize,
     pub min_secs: f64,
@@ -65,6 +69,17 @@ pub struct PairTiming {
     pub image: String,
 }
 
+#[derive(Clone, Debug, Serialize)]
+pub struct Throughput {
+    pub precision: String,
+    pub preset: String,
+    pub batch: usize,
+    /// Seconds for the batch (second run): both inversions of every pair, then the
+    /// generation.
+    pub s: f64,
+    pub pairs_per_s: f64,
+}
+
 /// Everything one precision yields.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct PrecisionResult {
@@ -73,6 +88,7 @@ pub struct PrecisionResult {
     pub encoder: Vec<Timing>,
     pub decoder: Vec<Timing>,
     pub pair: Vec<PairTiming>,
+    pub throughput: Vec<Throughput>,
     /// Device bytes after uploading the weights (None on the CPU).
     pub weights_bytes: Option<usize>,
     /// Peak device bytes with the pair engine (batch 1) allocated and run.
@@ -211,6 +227,33 @@ pub fn run_on<B: Backend>(
             r.pair.push(p);
         }
         r.peak_pair_bytes = be.peak_device_bytes();
+    }
+
+    for &b in &o.throughput {
+        let s = o.throughput_preset.settings();
+        s.validate(&model.schedule)?;
+        let mut eng = Engine::with_batch(be, &unet, &model.schedule, b).with_context(|| format!("{b} pairs"))?;
+        let (cs, ss) = (vec![inputs.content.as_slice(); b], vec![inputs.style.as_slice(); b]);
+        let mut run = || -> Result<f64> {
+            let t0 = Instant::now();
+            let ci = eng.invert_batch(&cs, s.inv_steps, &mut || ())?;
+            let si = eng.invert_batch(&ss, s.inv_steps, &mut || ())?;
+            let xts: Vec<&[f32]> = si.iter().map(|i| i.x_t.as_slice()).collect();
+            let conts: Vec<&crate::diffusion::method::Inversion> = ci.iter().collect();
+            eng.transfer_batch(&xts, &conts, &s, None, &mut || ())?;
+            Ok(t0.elapsed().as_secs_f64())
+        };
+        run()?;
+        let secs = run()?;
+        let t = Throughput {
+            precision: pname.into(),
+            preset: preset_name(o.throughput_preset).into(),
+            batch: b,
+            s: secs,
+            pairs_per_s: b as f64 / secs,
+        };
+        log(&format!("{pname} {b} pairs ({}): {:.3} s, {:.2} pairs/s", t.preset, t.s, t.pairs_per_s));
+        r.throughput.push(t);
     }
 
     let (enc_flop, dec_flop) = unet.graph.flops();

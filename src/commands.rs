@@ -224,8 +224,9 @@ pub fn transfer(
     mask: Option<&Path>,
     dump: Option<&Path>,
     knobs: &Knobs,
+    batch: usize,
 ) -> Result<()> {
-    on_backend!(c, |be| transfer_on(be, c, m, contents, styles, out, mask, dump, knobs))
+    on_backend!(c, |be| transfer_on(be, c, m, contents, styles, out, mask, dump, knobs, batch))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -239,8 +240,10 @@ fn transfer_on<B: Backend>(
     mask: Option<&Path>,
     dump: Option<&Path>,
     knobs: &Knobs,
+    batch: usize,
 ) -> Result<()> {
     let s = knobs.settings();
+    ensure!(batch >= 1, "--batch must be at least 1");
     let model = model(m)?;
     s.validate(&model.schedule)?;
     let pairs = contents.len() * styles.len();
@@ -254,7 +257,10 @@ fn transfer_on<B: Backend>(
         check_parent(d)?;
     }
     let unet = UNet::new(be, &model, c.precision)?;
-    let mut eng = engine(be, &unet, &model)?;
+    // No larger than the work: a batch slot without a pair would only be padding.
+    let batch = batch.min(pairs);
+    let mut eng = Engine::with_batch(be, &unet, &model.schedule, batch)
+        .with_context(|| format!("model {} with --batch {batch}", model.source))?;
     let key = cache_key(&model, c.precision, s.inv_steps);
     // Every input is read and checked before any compute.
     let mut inputs: HashMap<PathBuf, Input> = HashMap::new();
@@ -268,15 +274,23 @@ fn transfer_on<B: Backend>(
 
     let t0 = Instant::now();
     let mut inverted: HashMap<PathBuf, Inversion> = HashMap::new();
+    let mut to_invert = vec![];
     for (p, input) in inputs {
-        let inv = match input {
-            Input::Cached(inv) => inv,
-            Input::Image(x0) => {
-                let bar = Progress::new(c, s.inv_steps - 1, &format!("invert {}", stem(&p)));
-                eng.invert(&x0, s.inv_steps, &mut || bar.tick())?
+        match input {
+            Input::Cached(inv) => {
+                inverted.insert(p, inv);
             }
-        };
-        inverted.insert(p, inv);
+            Input::Image(x0) => to_invert.push((p, x0)),
+        }
+    }
+    for chunk in to_invert.chunks(batch) {
+        let names: Vec<String> = chunk.iter().map(|(p, _)| stem(p)).collect();
+        let bar = Progress::new(c, s.inv_steps - 1, &format!("invert {}", names.join(", ")));
+        let x0s: Vec<&[f32]> = chunk.iter().map(|(_, x)| x.as_slice()).collect();
+        let invs = eng.invert_batch(&x0s, s.inv_steps, &mut || bar.tick())?;
+        for ((p, _), inv) in chunk.iter().zip(invs) {
+            inverted.insert(p.clone(), inv);
+        }
     }
     let t_inv = t0.elapsed();
     let inv_forwards = eng.counts.encoder;
@@ -286,12 +300,20 @@ fn transfer_on<B: Backend>(
     let size = model.arch.sample_size;
     let mut results = Vec::with_capacity(pairs);
     let t1 = Instant::now();
-    for (ci, cp) in contents.iter().enumerate() {
-        for (si, sp) in styles.iter().enumerate() {
-            let what = format!("pair {}/{pairs}", ci * styles.len() + si + 1);
-            let bar = Progress::new(c, s.gen_steps, &what);
-            let x = eng.transfer(&inverted[sp].x_t, &inverted[cp], &s, mask.as_deref(), &mut || bar.tick())?;
-            drop(bar);
+    let all: Vec<(&PathBuf, &PathBuf)> = contents.iter().flat_map(|cp| styles.iter().map(move |sp| (cp, sp))).collect();
+    for (k, chunk) in all.chunks(batch).enumerate() {
+        let first = k * batch + 1;
+        let what = if chunk.len() == 1 {
+            format!("pair {first}/{pairs}")
+        } else {
+            format!("pairs {first}-{}/{pairs}", first + chunk.len() - 1)
+        };
+        let bar = Progress::new(c, s.gen_steps, &what);
+        let styles_xt: Vec<&[f32]> = chunk.iter().map(|(_, sp)| inverted[*sp].x_t.as_slice()).collect();
+        let conts: Vec<&Inversion> = chunk.iter().map(|(cp, _)| &inverted[*cp]).collect();
+        let xs = eng.transfer_batch(&styles_xt, &conts, &s, mask.as_deref(), &mut || bar.tick())?;
+        drop(bar);
+        for ((cp, sp), x) in chunk.iter().zip(xs) {
             let file = if pairs == 1 {
                 out.to_path_buf()
             } else {
@@ -596,6 +618,7 @@ pub fn bench(c: &Common, m: &ModelArgs, o: &crate::bench::BenchOpts) -> Result<(
         "encoder": flat(&|r| serde_json::json!(r.encoder)),
         "decoder": flat(&|r| serde_json::json!(r.decoder)),
         "pair": flat(&|r| serde_json::json!(r.pair)),
+        "throughput": flat(&|r| serde_json::json!(r.throughput)),
         "peak_mem_bytes": by_prec(&|r| serde_json::json!(r.peak_pair_bytes.or(r.peak_bytes))),
         "peak_mem_bytes_all": by_prec(&|r| serde_json::json!(r.peak_bytes)),
         "settings": {
@@ -633,6 +656,9 @@ pub fn bench(c: &Common, m: &ModelArgs, o: &crate::bench::BenchOpts) -> Result<(
     for (_, r) in &results {
         for p in &r.pair {
             println!("{:<6} pair {:<10} {:>8.3} s (first {:.3} s)", p.precision, p.preset, p.s, p.s_first);
+        }
+        for t in &r.throughput {
+            println!("{:<6} {} pairs ({}) {:.3} s = {:.2} pairs/s", t.precision, t.batch, t.preset, t.s, t.pairs_per_s);
         }
         if let Some(b) = r.peak_pair_bytes.or(r.peak_bytes) {
             println!("{:<6} peak device memory {:.1} MiB", r.precision, b as f64 / 1048576.0);

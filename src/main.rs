@@ -125,6 +125,10 @@ enum Cmd {
         /// (One pair) also write the final latent as f32 NCHW safetensors, key `x0`.
         #[arg(long)]
         dump_tensor: Option<PathBuf>,
+        /// Pairs (and inversions) run side by side in one batch: more throughput on a
+        /// GPU, as much more activation memory. Results do not depend on it.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
         #[command(flatten)]
         knobs: Box<KnobOpts>,
     },
@@ -216,6 +220,13 @@ enum Cmd {
         /// Time no pairs (forwards only).
         #[arg(long, conflicts_with = "pairs")]
         no_pairs: bool,
+        /// Throughput: batches of pairs run side by side (e.g. 8,32), each pair with its
+        /// own two inversions, reported as pairs per second. None by default.
+        #[arg(long, value_delimiter = ',')]
+        throughput: Vec<usize>,
+        /// The settings of the throughput batches.
+        #[arg(long, value_enum, default_value = "fast")]
+        throughput_preset: Preset,
         /// The content image of the timed pairs.
         #[arg(long, default_value = "examples/content.png")]
         content: PathBuf,
@@ -268,7 +279,7 @@ fn main() -> ExitCode {
         threads: cli.threads,
     };
     let result = match cli.cmd {
-        Cmd::Transfer { model, content, style, out, mask, dump_tensor, knobs } => commands::transfer(
+        Cmd::Transfer { model, content, style, out, mask, dump_tensor, batch, knobs } => commands::transfer(
             &common,
             &model.into(),
             &content,
@@ -277,6 +288,7 @@ fn main() -> ExitCode {
             mask.as_deref(),
             dump_tensor.as_deref(),
             &(*knobs).into(),
+            batch,
         ),
         Cmd::Invert { model, image, out, inv_steps } => {
             commands::invert(&common, &model.into(), &image, &out, inv_steps)
@@ -293,6 +305,8 @@ fn main() -> ExitCode {
             batches,
             pairs,
             no_pairs,
+            throughput,
+            throughput_preset,
             content,
             style,
             min_runs,
@@ -304,6 +318,8 @@ fn main() -> ExitCode {
                 precisions,
                 batches,
                 presets: if no_pairs { vec![] } else { pairs },
+                throughput,
+                throughput_preset,
                 content,
                 style,
                 min_runs,

@@ -1013,7 +1013,8 @@ fn bench_writes_what_the_baselines_read() {
     let sb = Sandbox::new();
     let dir = sb.path("bench");
     let args = ["--precisions", "f32", "--batches", "1,2", "--pairs", "fast", "--min-runs", "2", "--min-secs", "0"];
-    let out = diffstyle(&bench_args("cpu", &dir, &[&args[..], &["--warmup", "1"]].concat()));
+    let more = ["--warmup", "1", "--throughput", "2", "--throughput-preset", "fast"];
+    let out = diffstyle(&bench_args("cpu", &dir, &[&args[..], &more].concat()));
     assert_success(&out);
     let json: serde_json::Value =
         serde_json::from_slice(&fs::read(dir.join("ours.json")).expect("ours.json")).expect("ours.json parses");
@@ -1028,6 +1029,10 @@ fn bench_writes_what_the_baselines_read() {
             assert!(r["ms_min"].as_f64().unwrap() <= ms && ms <= r["ms_max"].as_f64().unwrap(), "{kind}: median");
         }
     }
+    let tp = &json["throughput"][0];
+    assert_eq!((tp["batch"].as_u64(), tp["preset"].as_str()), (Some(2), Some("fast")), "throughput: {tp}");
+    let (secs, rate) = (tp["s"].as_f64().expect("s"), tp["pairs_per_s"].as_f64().expect("pairs/s"));
+    assert!(secs > 0.0 && (rate * secs - 2.0).abs() < 1e-9, "throughput {rate} pairs/s over {secs} s");
     let gflop = json["model"]["gflop_forward"].as_f64().expect("gflop");
     assert!((gflop - 0.445).abs() < 0.01, "tiny model GFLOP {gflop}");
 
@@ -1071,4 +1076,34 @@ fn bench_on_the_emulated_device() {
     let eps = read_f32(&dir.join("eps_f32_b1.f32"));
     let err = diffstyle::tensor::rel_l2(&eps, &cpu_eps(&read_f32(&dir.join("x_b1.f32"))));
     assert!(err < 1e-4, "emulated bench eps vs the CPU: rel {err:e}");
+}
+
+/// `--batch` packs pairs and inversions side by side without changing any result.
+#[test]
+fn transfer_batch_gives_the_same_images() {
+    let sb = Sandbox::new();
+    let run = |batch: &str, dir: &str| {
+        let out = sb.path(dir);
+        let mut a = os(&["--device", "cpu", "--quiet", "transfer", "--batch", batch, "--model"]);
+        a.push(model_dir().into_os_string());
+        a.extend(os(&[OsStr::new("--content"), content_png().as_os_str(), style_png().as_os_str()]));
+        a.extend(os(&[OsStr::new("--style"), style_png().as_os_str(), content_png().as_os_str()]));
+        a.extend(os(&[OsStr::new("--out"), out.as_os_str()]));
+        for (k, v) in FAST {
+            a.extend(os(&[k, v]));
+        }
+        a.extend(os(&["--t-boost", "600"]));
+        assert_success(&diffstyle(&a));
+        out
+    };
+    let one = run("1", "b1");
+    let three = run("3", "b3");
+    let mut names: Vec<String> =
+        fs::read_dir(&one).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names.len(), 5, "4 pairs and a grid: {names:?}");
+    for n in &names {
+        let (a, b) = (image::open(one.join(n)).unwrap().to_rgb8(), image::open(three.join(n)).unwrap().to_rgb8());
+        assert!(a == b, "{n}: --batch 3 differs from --batch 1");
+    }
 }

@@ -38,7 +38,7 @@ run "$B/diffstyle" random-model --arch ddpm-256 --out "$MODEL" || exit 1
 
 log "ours"
 run timeout 300 "$B/diffstyle" --device cuda --quiet bench --model "$MODEL" --arch ddpm-256 \
-    --out-dir "$OUT/ours" --batches "$BATCHES" --pairs "$PAIRS" \
+    --out-dir "$OUT/ours" --batches "$BATCHES" --pairs "$PAIRS" --throughput "$THROUGHPUT" \
     --content examples/content.png --style examples/style.png
 ours_rc=$?
 

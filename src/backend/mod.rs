@@ -116,7 +116,9 @@ pub struct Conv2d<'a, B: Backend + ?Sized> {
 
 /// One deterministic / stochastic DDIM update:
 /// `x0 = (x - eps_x0 * sqrt(1 - a_i)) / sqrt(a_i)`,
-/// `out = sqrt(a_j) * x0 + c_dir * eps_dir + c_noise * z`, `z = noise(seed, stream)`.
+/// `out = sqrt(a_j) * x0 + c_dir * eps_dir + c_noise * z`, `z = noise(seed, stream)`
+/// (`rng::fill_gaussian(seed, stream, 0, ..)`): the same for every sample of the batch,
+/// so that a pair's result does not depend on where it sits in a batch of pairs.
 /// The term with `z` is skipped when `c_noise == 0`.
 pub struct DdimStep<'a, B> {
     pub x: Act<'a, B>,
