@@ -602,7 +602,7 @@ pub fn bench(c: &Common, m: &ModelArgs, o: &crate::bench::BenchOpts) -> Result<(
     };
     let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let json = serde_json::json!({
-        "device": results[0].1.device.split(", ").next().unwrap_or_default(),
+        "device": device_only(&results[0].1.device),
         "backend": results[0].1.device.clone(),
         "unix_time": unix,
         "model": {
@@ -619,6 +619,7 @@ pub fn bench(c: &Common, m: &ModelArgs, o: &crate::bench::BenchOpts) -> Result<(
         "decoder": flat(&|r| serde_json::json!(r.decoder)),
         "pair": flat(&|r| serde_json::json!(r.pair)),
         "throughput": flat(&|r| serde_json::json!(r.throughput)),
+        "profile": serde_json::Value::Array(results.iter().filter_map(|(_, r)| r.profile.as_ref()).map(|p| serde_json::json!(p)).collect()),
         "peak_mem_bytes": by_prec(&|r| serde_json::json!(r.peak_pair_bytes.or(r.peak_bytes))),
         "peak_mem_bytes_all": by_prec(&|r| serde_json::json!(r.peak_bytes)),
         "settings": {
@@ -640,7 +641,7 @@ pub fn bench(c: &Common, m: &ModelArgs, o: &crate::bench::BenchOpts) -> Result<(
     let out = o.out_dir.join("ours.json");
     crate::io::atomic::write_atomic(&out, serde_json::to_string_pretty(&json)?.as_bytes())?;
 
-    println!("device: {}", results[0].1.device.split(", ").next().unwrap_or_default());
+    println!("device: {}", device_only(&results[0].1.device));
     println!(
         "{:<6} {:>5} {:>11} {:>11} {:>11} {:>9}",
         "prec", "batch", "forward ms", "encoder ms", "decoder ms", "TFLOP/s"
@@ -666,4 +667,9 @@ pub fn bench(c: &Common, m: &ModelArgs, o: &crate::bench::BenchOpts) -> Result<(
     }
     println!("wrote {}", out.display());
     Ok(())
+}
+
+/// `describe()` without the weight precision a GPU backend appends.
+fn device_only(described: &str) -> &str {
+    described.strip_suffix(" weights").and_then(|d| d.rsplit_once(", ")).map_or(described, |(d, _)| d)
 }

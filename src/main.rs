@@ -217,6 +217,10 @@ enum Cmd {
         /// twice; the second run is reported.
         #[arg(long, value_enum, value_delimiter = ',', default_value = "in-domain,fast")]
         pairs: Vec<Preset>,
+        /// Precisions the pairs and the throughput batches run in (default: all of
+        /// --precisions).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        pair_precisions: Option<Vec<Precision>>,
         /// Time no pairs (forwards only).
         #[arg(long, conflicts_with = "pairs")]
         no_pairs: bool,
@@ -242,6 +246,10 @@ enum Cmd {
         /// Untimed runs before each measurement.
         #[arg(long, default_value_t = 3)]
         warmup: usize,
+        /// Also time every op of a batch-1 forward on its own (direct launches, device
+        /// events): time, TFLOP/s and GB/s per op kind and resolution.
+        #[arg(long)]
+        profile: bool,
     },
 }
 
@@ -305,6 +313,7 @@ fn main() -> ExitCode {
             batches,
             pairs,
             no_pairs,
+            pair_precisions,
             throughput,
             throughput_preset,
             content,
@@ -312,7 +321,9 @@ fn main() -> ExitCode {
             min_runs,
             min_secs,
             warmup,
+            profile,
         } => {
+            let pair_precisions = pair_precisions.unwrap_or_else(|| precisions.clone());
             let opts = diffstyle::bench::BenchOpts {
                 out_dir,
                 precisions,
@@ -320,11 +331,13 @@ fn main() -> ExitCode {
                 presets: if no_pairs { vec![] } else { pairs },
                 throughput,
                 throughput_preset,
+                pair_precisions,
                 content,
                 style,
                 min_runs,
                 min_secs,
                 warmup,
+                profile,
             };
             commands::bench(&common, &model.into(), &opts)
         }

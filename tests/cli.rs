@@ -1064,7 +1064,7 @@ fn bench_on_the_emulated_device() {
     let sb = Sandbox::new();
     let dir = sb.path("bench");
     let rest = ["--precisions", "f32", "--batches", "1", "--no-pairs", "--min-runs", "1", "--min-secs", "0"];
-    let out = diffstyle(&bench_args("emu", &dir, &[&rest[..], &["--warmup", "0"]].concat()));
+    let out = diffstyle(&bench_args("emu", &dir, &[&rest[..], &["--warmup", "0", "--profile"]].concat()));
     assert_success(&out);
     let json: serde_json::Value =
         serde_json::from_slice(&fs::read(dir.join("ours.json")).expect("ours.json")).expect("ours.json parses");
@@ -1076,6 +1076,13 @@ fn bench_on_the_emulated_device() {
     let eps = read_f32(&dir.join("eps_f32_b1.f32"));
     let err = diffstyle::tensor::rel_l2(&eps, &cpu_eps(&read_f32(&dir.join("x_b1.f32"))));
     assert!(err < 1e-4, "emulated bench eps vs the CPU: rel {err:e}");
+    // The profile accounts for every FLOP of the forward, op by op.
+    let prof = &json["profile"][0];
+    let rows = prof["by_kind"].as_array().expect("profile rows");
+    let gflop: f64 = rows.iter().map(|r| r["gflop"].as_f64().unwrap()).sum();
+    let want = json["model"]["gflop_forward"].as_f64().unwrap();
+    assert!((gflop - want).abs() < 1e-3 * want, "profiled {gflop} GFLOP, the forward has {want}");
+    assert!(rows.iter().any(|r| r["op"] == "conv3x3" && r["ms"].as_f64().unwrap() > 0.0), "no conv3x3 row");
 }
 
 /// `--batch` packs pairs and inversions side by side without changing any result.

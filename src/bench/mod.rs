@@ -7,6 +7,8 @@
 //! graph replay on a GPU, exactly as the engine runs it; times are device events on a
 //! GPU and the host clock around synchronisations elsewhere. Medians after warm-up.
 
+pub mod profile;
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -41,6 +43,21 @@ pub struct BenchOpts {
     pub min_runs: usize,
     pub min_secs: f64,
     pub warmup: usize,
+    /// Precisions the pairs and the throughput batches run in (the forwards run in all).
+    pub pair_precisions: Vec<Precision>,
+    /// Also time every op of a batch-1 forward on its own (`profile.rs`).
+    pub profile: bool,
+}
+
+/// Per-op times of a batch-1 forward (`profile.rs`), per forward.
+#[derive(Clone, Debug, Serialize)]
+pub struct Profile {
+    pub precision: String,
+    pub runs: usize,
+    /// Sum of the ops' own times (direct launches, no graph).
+    pub ops_ms: f64,
+    pub by_kind: Vec<profile::Row>,
+    pub by_op: Vec<profile::Row>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -89,6 +106,7 @@ pub struct PrecisionResult {
     pub decoder: Vec<Timing>,
     pub pair: Vec<PairTiming>,
     pub throughput: Vec<Throughput>,
+    pub profile: Option<Profile>,
     /// Device bytes after uploading the weights (None on the CPU).
     pub weights_bytes: Option<usize>,
     /// Peak device bytes with the pair engine (batch 1) allocated and run.
@@ -195,8 +213,9 @@ pub fn run_on<B: Backend>(
     };
     let size = model.arch.sample_size;
 
+    let pairs_here = o.pair_precisions.contains(&precision);
     // Pairs first, so that the peak they report is the batch-1 engine's.
-    if !o.presets.is_empty() {
+    if pairs_here && !o.presets.is_empty() {
         let mut eng = Engine::new(be, &unet, &model.schedule)?;
         for &preset in &o.presets {
             let s = preset.settings();
@@ -229,7 +248,7 @@ pub fn run_on<B: Backend>(
         r.peak_pair_bytes = be.peak_device_bytes();
     }
 
-    for &b in &o.throughput {
+    for &b in o.throughput.iter().filter(|_| pairs_here) {
         let s = o.throughput_preset.settings();
         s.validate(&model.schedule)?;
         let mut eng = Engine::with_batch(be, &unet, &model.schedule, b).with_context(|| format!("{b} pairs"))?;
@@ -279,5 +298,27 @@ pub fn run_on<B: Backend>(
         r.decoder.push(timing(precision, b, dec, dec_g));
     }
     r.peak_bytes = be.peak_device_bytes();
+
+    if o.profile {
+        // Last, after the peak was read: the profiled U-Net holds a second copy of the
+        // weights.
+        let runs = 3;
+        let prof = profile::Profiled::new(be, if precision == Precision::F32 { 4 } else { 2 });
+        let unet = UNet::new(&prof, model, precision)?;
+        let ws = unet.workspace(&prof, 1, 1)?;
+        let x = unet.x(&ws);
+        prof.upload(x, &random_x(1, x.sample_len()))?;
+        unet.forward(&prof, &ws, &[T])?;
+        prof.reset();
+        for _ in 0..runs {
+            unet.forward(&prof, &ws, &[T])?;
+        }
+        let (by_kind, by_op) = prof.tables(runs);
+        let ops_ms = by_kind.iter().map(|r| r.ms).sum();
+        log(&format!("{pname} batch 1, each op timed on its own ({ops_ms:.3} ms in ops per forward):"));
+        log(&profile::format_rows("by op kind", &by_kind));
+        log(&profile::format_rows("by op kind and output resolution", &by_op));
+        r.profile = Some(Profile { precision: pname.into(), runs, ops_ms, by_kind, by_op });
+    }
     Ok(r)
 }
