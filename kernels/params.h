@@ -34,8 +34,13 @@ struct GroupNormParams {
     const float* gamma;
     const float* beta;
     float* out;  // [n][ca+cb][hw]
+    // Split statistics (group_norm_stats_f32 / group_norm_apply_f32): each (sample,
+    // group) is cut into `splits` chunks; chunk sums go to partial[((b * groups + g) *
+    // splits + s) * 2 + {0, 1}]. Unused (null, 1) by group_norm_f32.
+    double* partial;
     int n, na, nb, ca, cb, hw, groups, silu;
     float eps;
+    int splits;
 };
 
 // linear_f32: out[b][o] = sum_i w[o][i] * silu?(x[b % xn][i]) + bias[o].
