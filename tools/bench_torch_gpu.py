@@ -397,12 +397,25 @@ def eta_noise(st, batch, shape, device):
     dsref.rng (= ours) on the host, moved to the device."""
     s = seq(st.gen_steps)
     replace = set(seq(st.replace_steps)) if st.replace_steps not in (0, -1) else set(s)
+    per = tuple(shape[1:])
     out = {}
     for i in s:
         if i in replace and i <= st.t_boost:
-            z = drng.noise_like((batch,) + tuple(shape[1:]), st.seed, i)
+            z = np.stack([_sample_noise(st.seed, i, b, per) for b in range(batch)])
             out[i] = torch.from_numpy(z).to(device)
     return out
+
+
+_NOISE = {}
+
+
+def _sample_noise(seed, stream, sample, per):
+    """Sample `sample`'s noise of one step (= dsref.rng.noise_like's row), cached: the
+    throughput batches share their first samples and the host time is device time."""
+    key = (seed, stream, sample, per)
+    if key not in _NOISE:
+        _NOISE[key] = drng.gaussian(seed, stream, sample, int(np.prod(per))).reshape(per)
+    return _NOISE[key]
 
 
 @torch.no_grad()
