@@ -13,7 +13,8 @@
 # into BENCHMARKS.md. Everything else it made is in $OUT/bench.tar.gz.
 #
 # Env: OUT (default /tmp/bench), BENCH_QUICK=1 (batch 1 only, fast pair only: a smoke
-# run), TORCH_BUDGET_S (the baselines' own time limit, default 330 s).
+# run), OURS_BUDGET_S / TORCH_BUDGET_S (time limits of ours, default 240 s, and of the
+# baselines, default 330 s).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/bench}
@@ -38,7 +39,7 @@ log "commit $COMMIT, date $DATE"
 run "$B/diffstyle" random-model --arch ddpm-256 --out "$MODEL" || exit 1
 
 log "ours"
-run timeout 300 "$B/diffstyle" --device cuda --quiet bench --model "$MODEL" --arch ddpm-256 \
+run timeout "${OURS_BUDGET_S:-240}" "$B/diffstyle" --device cuda --quiet bench --model "$MODEL" --arch ddpm-256 \
     --out-dir "$OUT/ours" --batches "$BATCHES" --pairs "$PAIRS" --throughput "$THROUGHPUT" \
     --precisions bf16,f16,f32 --pair-precisions "$PAIR_PRECISIONS" --profile \
     --content examples/content.png --style examples/style.png
@@ -46,13 +47,16 @@ ours_rc=$?
 
 log "baselines"
 bash tools/fetch_wheels.sh --install 2>&1 | tee -a "$LOG"
+# torch.compile(max-autotune) takes minutes per batch size: batch 1 only. torch.json is
+# rewritten after every row, so a run cut by the timeout keeps what it measured.
 run timeout "${TORCH_BUDGET_S:-330}" python3 tools/bench_torch_gpu.py --model "$MODEL" --arch ddpm-256 \
-    --ours "$OUT/ours" --out "$OUT/torch.json" --batches "$BATCHES" --pairs "$PAIRS" --throughput "$THROUGHPUT"
+    --ours "$OUT/ours" --out "$OUT/torch.json" --batches "$BATCHES" --compile-batches 1 \
+    --pairs "$PAIRS" --throughput "$THROUGHPUT" --save-images "$OUT/torch_images"
 torch_rc=$?
 
 log "report (ours rc $ours_rc, baselines rc $torch_rc)"
 run python3 tools/bench_report.py "$OUT/ours" "$OUT/torch.json" --commit "$COMMIT" --date "$DATE" \
     --command "tools/bench_gpu.sh (BENCH_QUICK=${BENCH_QUICK:-0})" \
     --results "$OUT/results.json" --markdown "$OUT/BENCHMARKS_gpu.md"
-tar -czf "$OUT/bench.tar.gz" -C "$OUT" ours torch.json log.txt 2>/dev/null
+tar -czf "$OUT/bench.tar.gz" -C "$OUT" ours torch.json torch_images log.txt 2>/dev/null
 cat "$OUT/BENCHMARKS_gpu.md" 2>/dev/null | tail -40

@@ -145,6 +145,7 @@ def build(ours, tj, commit, date, commands):
             ps["pair"].setdefault(row["preset"], {})[row["impl"]] = {
                 k: r(num(v), 3) for k, v in (row.get("psnr_vs_ours") or {}).items()}
     res["psnr_vs_baseline"] = ps
+    res["profile"] = ours.get("profile") or []
 
     # memory
     mem = {f"ours_{p}": r(num(v) / GIB) for p, v in (ours.get("peak_mem_bytes") or {}).items()
@@ -154,7 +155,8 @@ def build(ours, tj, commit, date, commands):
             mem[row["impl"]] = r(num(row["peak_mem_bytes"]) / GIB)
     wb = model.get("weights_bytes") or {}
     for p, v in wb.items():
-        mem[f"weights_{p}"] = r(num(v) / GIB)
+        if num(v) is not None:  # null on the CPU backend
+            mem[f"weights_{p}"] = r(num(v) / GIB)
     res["peak_mem_gib"] = mem
 
     # tflops
@@ -386,7 +388,32 @@ def markdown(res, tj):
     a("PSNR: 10 log10(peak^2 / mse), peak = max - min of our tensor (our eps of that precision) "
       "for the forward; 255 for the uint8 pair images.")
     a("")
+    profile_md(res, a)
     return "\n".join(L)
+
+
+def profile_md(res, a):
+    """Where our forward's time goes (`diffstyle bench --profile`): per op kind, and the
+    largest rows per op kind and resolution, with the ceilings for reference."""
+    c = res.get("ceilings") or {}
+    for p in res.get("profile") or []:
+        a(f"### Where the time goes: ours, {p['precision']}, batch 1 (each op timed on its own)")
+        a("")
+        a(f"Sum of the ops' own times {fmt(p.get('ops_ms'))} ms per forward (direct launches, one "
+          f"synchronisation each: more than a graph-replayed forward by the launch gaps). Ceilings: "
+          f"{fmt(c.get('bf16_matmul_tflops'), 1)} TFLOP/s (bf16 matmul), {fmt(c.get('copy_tb_s'), 2)} TB/s (copy). "
+          "MB = the fewest bytes the op must move (inputs read once, output written once, weights once).")
+        a("")
+        a("| op | calls | ms | % | TFLOP/s | GB/s |")
+        a("|---|---:|---:|---:|---:|---:|")
+        rows = p.get("by_kind", []) + [None] + p.get("by_op", [])[:12]
+        for row in rows:
+            if row is None:
+                a("| *largest by resolution* | | | | | |")
+                continue
+            a(f"| {row['op']} | {row['calls']} | {fmt(row['ms'])} | {fmt(100 * row['share'], 1)} | "
+              f"{fmt(row['tflops'], 2)} | {fmt(row['gb_s'], 0)} |")
+        a("")
 
 
 def main():

@@ -32,7 +32,7 @@ Measured:
               to ours) is drawn on the host and moved to the device before the clock starts.
               The pair starts from OUR preprocessed inputs (content_x0.f32, style_x0.f32).
   throughput  pairs per second for eager_f16 with --throughput pairs packed in one
-              batch (the same pair repeated; per-sample noise as ours), fast preset.
+              batch (the same pair repeated; the same noise for every sample, as ours), fast preset.
   ceilings    bf16_matmul_tflops: torch.matmul of two random 8192 x 8192 bf16 matrices,
               2 * 8192^3 FLOP over the median of >= 10 timed calls after 3 warm-ups;
               copy_tb_s: dst.copy_(src) of a 1 GiB device buffer, (bytes read + bytes
@@ -401,7 +401,9 @@ def eta_noise(st, batch, shape, device):
     out = {}
     for i in s:
         if i in replace and i <= st.t_boost:
-            z = np.stack([_sample_noise(st.seed, i, b, per) for b in range(batch)])
+            # Every sample draws counter 0: ours does not make the noise depend on a
+            # pair's place in the batch.
+            z = np.stack([_sample_noise(st.seed, i, 0, per)] * batch)
             out[i] = torch.from_numpy(z).to(device)
     return out
 
@@ -602,7 +604,7 @@ class Bench:
         size = ours.size if ours is not None else self.sample_size
         in_ch = self.in_channels
         t = ours.t if ours is not None else 500
-        for batch in a.batches:
+        for batch in a.compile_batches if impl == "compile_f16" else a.batches:
             row = {"impl": impl, "batch": batch}
             try:
                 g = torch.Generator().manual_seed(1000 + batch)
@@ -885,6 +887,8 @@ def main():
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--impls", help=f"comma list of {','.join(IMPLS)} (default: all)")
     ap.add_argument("--batches", help="forward batch sizes (default 1,4,16; cpu 1,2)")
+    ap.add_argument("--compile-batches", help="forward batch sizes for compile_f16, each one compilation of "
+                                              "minutes (default: --batches)")
     ap.add_argument("--pairs", help="presets for the pair timing: in-domain,fast (default both; cpu fast); "
                                     "'none' for no pairs")
     ap.add_argument("--throughput", help="pairs per batch for eager_f16 throughput (default 8,32; cpu 2); "
@@ -924,6 +928,7 @@ def main():
         if i not in IMPLS:
             raise SystemExit(f"unknown impl {i!r} ({', '.join(IMPLS)})")
     a.batches = csv_list(a.batches or ("1,2" if cpu else "1,4,16"), int)
+    a.compile_batches = csv_list(a.compile_batches, int) if a.compile_batches else a.batches
     a.throughput = [] if none(a.throughput) else csv_list(a.throughput or ("2" if cpu else "8,32"), int)
     a.min_secs = a.min_secs if a.min_secs is not None else (0.5 if cpu else 2.0)
     if a.cudnn_benchmark:
