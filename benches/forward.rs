@@ -1,4 +1,7 @@
-//! U-Net forward benchmark on the CPU backend (batch 1, f32, timestep 500).
+//! U-Net forward benchmark (batch 1, timestep 500) on the CPU backend, or on a GPU /
+//! the emulator with `DIFFSTYLE_BENCH_DEVICE=cuda|emu` (weights in
+//! `DIFFSTYLE_BENCH_PRECISION=f32|f16|bf16`, default f32; a missing GPU skips with the
+//! reason). `diffstyle bench` is the full GPU benchmark; this is the quick one.
 //!
 //! Models:
 //! * `tiny`: the committed `tests/fixtures/method/model` (3 levels, 32x32);
@@ -8,7 +11,8 @@
 //!
 //! For each: `load_model`, `UNet` on `CpuBackend::new(0)`, workspace (1, 1), a random x,
 //! one warm-up forward, then forwards until at least `min_runs` (5; 3 for ddpm256) runs
-//! and at least `DIFFSTYLE_BENCH_MIN_SECS` (3) seconds are timed. Prints the median,
+//! and at least `DIFFSTYLE_BENCH_MIN_SECS` (3) seconds are timed, each with
+//! `Backend::time_ms` (device events on a GPU). Prints the median,
 //! GFLOP/s from `Graph::flops()`, max|eps|, and a JSON line for `tools/bench_cpu.sh`.
 //!
 //! `cargo bench --bench forward [-- tiny|ddpm256 ...]`; with `DIFFSTYLE_BENCH_PROFILE=1`
@@ -21,6 +25,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use diffstyle::backend::cpu::CpuBackend;
+use diffstyle::backend::gpu::{cuda::CudaDevice, emu::EmuDevice, GpuBackend};
 use diffstyle::backend::Backend;
 use diffstyle::bench::profile::{format_rows, Profiled};
 use diffstyle::diffusion::rng::fill_gaussian;
@@ -73,27 +78,44 @@ fn main() -> Result<()> {
             );
             continue;
         }
-        let be = CpuBackend::new(0);
-        if profile {
-            let timed = Profiled::new(&be, 4);
-            bench(&timed, case, min_secs)?;
-            let (by_kind, by_op) = timed.tables(1);
-            let total: f64 = by_kind.iter().map(|r| r.ms).sum();
-            println!("profile (all timed ops, warm-up and measured forwards together; {total:.1} ms in ops):");
-            print!("{}", format_rows("by op kind", &by_kind));
-            print!("{}", format_rows("by op kind and output resolution", &by_op));
-        } else {
-            bench(&be, case, min_secs)?;
+        let precision = match std::env::var("DIFFSTYLE_BENCH_PRECISION").as_deref() {
+            Ok("bf16") => Precision::Bf16,
+            Ok("f16") => Precision::F16,
+            Ok("f32") | Err(_) => Precision::F32,
+            Ok(other) => anyhow::bail!("DIFFSTYLE_BENCH_PRECISION={other}: expected f32, f16 or bf16"),
+        };
+        match std::env::var("DIFFSTYLE_BENCH_DEVICE").as_deref() {
+            Ok("cpu") | Err(_) => run(&CpuBackend::new(0), case, min_secs, profile, precision)?,
+            Ok("emu") => run(&GpuBackend::new(EmuDevice::new(), precision), case, min_secs, profile, precision)?,
+            Ok("cuda") => match CudaDevice::new(0) {
+                Ok(d) => run(&GpuBackend::new(d, precision), case, min_secs, profile, precision)?,
+                Err(e) => println!("{}: skipped, no usable GPU ({e:#})", case.name),
+            },
+            Ok(other) => anyhow::bail!("DIFFSTYLE_BENCH_DEVICE={other}: expected cpu, cuda or emu"),
         }
     }
     Ok(())
 }
 
-fn bench<B: Backend>(be: &B, case: &Case, min_secs: f64) -> Result<()> {
+fn run<B: Backend>(be: &B, case: &Case, min_secs: f64, profile: bool, precision: Precision) -> Result<()> {
+    if !profile {
+        return bench(be, case, min_secs, precision);
+    }
+    let timed = Profiled::new(be, if precision == Precision::F32 { 4 } else { 2 });
+    bench(&timed, case, min_secs, precision)?;
+    let (by_kind, by_op) = timed.tables(1);
+    let total: f64 = by_kind.iter().map(|r| r.ms).sum();
+    println!("profile (all timed ops, warm-up and measured forwards together; {total:.1} ms in ops):");
+    print!("{}", format_rows("by op kind", &by_kind));
+    print!("{}", format_rows("by op kind and output resolution", &by_op));
+    Ok(())
+}
+
+fn bench<B: Backend>(be: &B, case: &Case, min_secs: f64, precision: Precision) -> Result<()> {
     let t0 = Instant::now();
     let model = load_model(&case.path, None, None).with_context(|| format!("{}: loading", case.name))?;
     let params = model.param_count();
-    let unet = UNet::new(be, &model, Precision::F32)?;
+    let unet = UNet::new(be, &model, precision)?;
     drop(model);
     let load_s = t0.elapsed().as_secs_f64();
     let ws = unet.workspace(be, 1, 1)?;
@@ -109,10 +131,7 @@ fn bench<B: Backend>(be: &B, case: &Case, min_secs: f64) -> Result<()> {
     let mut times = Vec::new();
     let start = Instant::now();
     while times.len() < case.min_runs || start.elapsed().as_secs_f64() < min_secs {
-        let t = Instant::now();
-        unet.forward(be, &ws, &[TIMESTEP])?;
-        be.sync()?;
-        times.push(t.elapsed().as_secs_f64() * 1e3);
+        times.push(be.time_ms(&mut || unet.forward(be, &ws, &[TIMESTEP]))?);
     }
     let eps = be.download(unet.eps(&ws, 1))?;
     let eps_max = eps.iter().fold(0f32, |m, v| if v.is_nan() { f32::NAN } else { m.max(v.abs()) });
@@ -151,7 +170,7 @@ fn bench<B: Backend>(be: &B, case: &Case, min_secs: f64) -> Result<()> {
         "gflop": gflop,
         "gflops": gflops,
         "max_abs_eps": eps_max,
-        "backend": be.name(),
+        "backend": be.describe(),
     });
     println!("{json}");
     Ok(())
