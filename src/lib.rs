@@ -6,6 +6,7 @@ pub mod backend;
 pub mod bench;
 pub mod commands;
 pub mod diffusion;
+pub mod eval;
 pub mod io;
 pub mod model;
 pub mod tensor;

@@ -196,6 +196,25 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Evidence that transfers took content and style from the right images: for every
+    /// content x style pair of a transfer output folder, the output's colour histogram
+    /// distance to the style and to the content, and its edge-map distance to the content
+    /// and to the style; prints how often colours are closer to the style and edges
+    /// closer to the content.
+    Evaluate {
+        /// The content images given to `transfer`.
+        #[arg(long, required = true, num_args = 1..)]
+        content: Vec<PathBuf>,
+        /// The style images given to `transfer`.
+        #[arg(long, required = true, num_args = 1..)]
+        style: Vec<PathBuf>,
+        /// The folder `transfer` wrote (content_<name>_style_<name>.png per pair).
+        #[arg(long)]
+        results: PathBuf,
+        /// Also write every pair's numbers as JSON here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Time U-Net forwards (whole, encoder, decoder) at several batch sizes and whole
     /// pairs, for each precision (the global --precision is ignored). Writes
     /// OUT_DIR/ours.json plus the inputs and outputs (x, eps, preprocessed images, pair
@@ -305,6 +324,9 @@ fn main() -> ExitCode {
         Cmd::Info { model, config, arch, plan } => commands::info(&common, &ModelArgs { model, config, arch }, plan),
         Cmd::RandomModel { arch, config, seed, out } => {
             commands::random_model(&ModelArgs { model: None, config, arch }, seed, &out)
+        }
+        Cmd::Evaluate { content, style, results, out } => {
+            commands::evaluate(&content, &style, &results, out.as_deref())
         }
         Cmd::Bench {
             model,

@@ -1114,3 +1114,44 @@ fn transfer_batch_gives_the_same_images() {
         assert!(a == b, "{n}: --batch 3 differs from --batch 1");
     }
 }
+
+/// `evaluate` scores every pair of a transfer folder and names what is missing.
+#[test]
+fn evaluate_scores_a_transfer_folder() {
+    let sb = Sandbox::new();
+    let out = sb.path("pairs");
+    let mut a = os(&["--device", "cpu", "--quiet", "transfer", "--model"]);
+    a.push(model_dir().into_os_string());
+    a.extend(os(&[OsStr::new("--content"), content_png().as_os_str(), style_png().as_os_str()]));
+    a.extend(os(&[OsStr::new("--style"), style_png().as_os_str()]));
+    a.extend(os(&[OsStr::new("--out"), out.as_os_str()]));
+    for (k, v) in FAST {
+        a.extend(os(&[k, v]));
+    }
+    assert_success(&diffstyle(&a));
+    let json = sb.path("eval.json");
+    let eval = |content: &[&Path], results: &Path| {
+        let mut e = os(&["evaluate", "--content"]);
+        e.extend(content.iter().map(|p| p.as_os_str().to_os_string()));
+        e.extend(os(&[OsStr::new("--style"), style_png().as_os_str()]));
+        e.extend(os(&[OsStr::new("--results"), results.as_os_str(), OsStr::new("--out"), json.as_os_str()]));
+        diffstyle(&e)
+    };
+    let ok = eval(&[&content_png(), &style_png()], &out);
+    assert_success(&ok);
+    let v: serde_json::Value = serde_json::from_slice(&fs::read(&json).unwrap()).unwrap();
+    assert_eq!(v["summary"]["pairs"], 2);
+    let pairs = v["pairs"].as_array().unwrap();
+    // The style with itself as content: colours and edges equally far from both.
+    let same = pairs.iter().find(|p| p["content"] == p["style"]).expect("style x style pair");
+    assert_eq!(same["colour_to_style"], same["colour_to_content"]);
+    for p in pairs {
+        for k in ["colour_to_style", "colour_to_content", "edges_to_content", "edges_to_style"] {
+            let d = p[k].as_f64().unwrap();
+            assert!((0.0..=2.0).contains(&d), "{k} = {d}");
+        }
+    }
+    let other = sb.write("other.png", &fs::read(content_png()).unwrap());
+    assert_error(&eval(&[&other], &out), &["content_other_style_style.png", "missing"]);
+    assert_error(&eval(&[&content_png()], &sb.path("nope")), &["nope", "not a folder"]);
+}
