@@ -150,6 +150,11 @@ DS_DEV void conv_simt_f32(const ConvParams& p) {
 // in distinct banks.
 #define CONV_LDK (CONV_BK + 8)
 
+// 16 bytes moved as one access (the emulator has no CUDA vector types).
+struct __align__(16) U4 {
+    uint32_t x, y, z, w;
+};
+
 template <class T, int KS>
 DS_DEV void conv_mma(const ConvParams& p) {
     __align__(16) __shared__ uint16_t As[CONV_BM_MMA][CONV_LDK];
@@ -169,7 +174,41 @@ DS_DEV void conv_mma(const ConvParams& p) {
     constexpr int NA = CONV_BK * CONV_BM_MMA / CONV_THREADS / 2;  // k pairs per thread
     uint32_t rb[NB];
     uint32_t ra[NA];
+    // Tap-major weights (p.tap, host-checked: cin % 32 == 0, so a K slice is 32 channels
+    // of one tap and K has no tail): the slice's tap is resolved once per thread, each
+    // element is then a channel-plane offset from one input position, and a weight row
+    // slice is 64 contiguous bytes, moved as 16-byte vectors (A loader: row tid / 4 +
+    // 64 i, 8 halves at (tid % 4) * 8).
+    const bool tap = p.tap != 0;
+    const size_t plane = (size_t)p.h * p.w_;
     auto load = [&](int k0) {
+        if (tap) {
+            const int cin = p.ca + p.cb, t9 = k0 / cin, ci0 = k0 - t9 * cin;
+            const int iy = pc.iy0 + t9 / KS, ix = pc.ix0 + t9 % KS;
+            const bool in = pc.valid && (unsigned)iy < (unsigned)(p.h << p.upsample) &&
+                            (unsigned)ix < (unsigned)(p.w_ << p.upsample);
+            const size_t off = in ? (size_t)(iy >> p.upsample) * p.w_ + (ix >> p.upsample) : 0;
+            auto at = [&](int ci) {
+                const float* src = ci < p.ca ? pc.a + (size_t)ci * plane : pc.b + (size_t)(ci - p.ca) * plane;
+                return in ? __ldg(src + off) : 0.f;
+            };
+#pragma unroll
+            for (int i = 0; i < NB; i++) {
+                const int ci = ci0 + 2 * (kq + 4 * i);
+                rb[i] = ds_pack2<T>(at(ci), at(ci + 1));
+            }
+#pragma unroll
+            for (int i = 0; i < NA / 4; i++) {
+                const int m = m0 + tid / 4 + 64 * i;
+                const U4 v = m < M ? *reinterpret_cast<const U4*>(w + (size_t)m * K + k0 + (tid % 4) * 8)
+                                      : U4{0u, 0u, 0u, 0u};
+                ra[4 * i] = v.x;
+                ra[4 * i + 1] = v.y;
+                ra[4 * i + 2] = v.z;
+                ra[4 * i + 3] = v.w;
+            }
+            return;
+        }
 #pragma unroll
         for (int i = 0; i < NB; i++) {
             int k = k0 + 2 * (kq + 4 * i);
@@ -198,8 +237,15 @@ DS_DEV void conv_mma(const ConvParams& p) {
     for (int k0 = 0; k0 < K; k0 += CONV_BK) {
 #pragma unroll
         for (int i = 0; i < NB; i++) *reinterpret_cast<uint32_t*>(&Bs[bn][2 * (kq + 4 * i)]) = rb[i];
+        if (tap) {
 #pragma unroll
-        for (int i = 0; i < NA; i++) *reinterpret_cast<uint32_t*>(&As[ma + 16 * i][2 * kp]) = ra[i];
+            for (int i = 0; i < NA / 4; i++)
+                *reinterpret_cast<U4*>(&As[tid / 4 + 64 * i][(tid % 4) * 8]) =
+                    U4{ra[4 * i], ra[4 * i + 1], ra[4 * i + 2], ra[4 * i + 3]};
+        } else {
+#pragma unroll
+            for (int i = 0; i < NA; i++) *reinterpret_cast<uint32_t*>(&As[ma + 16 * i][2 * kp]) = ra[i];
+        }
         __syncthreads();
         if (k0 + CONV_BK < K) load(k0 + CONV_BK);  // overlaps the math below
 #pragma unroll

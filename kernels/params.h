@@ -15,7 +15,8 @@
 struct ConvParams {
     const float* xa;        // [na][ca][h][w]
     const float* xb;        // [nb][cb][h][w] or null (cb = 0)
-    const void* w;          // [cout][ca+cb][k][k], storage type by kernel name
+    const void* w;          // [cout][ca+cb][k][k] (tap = 0) or [cout][k][k][ca+cb] (tap = 1),
+                            // storage type by kernel name
     const float* bias;      // [cout]
     const float* temb;      // [temb_n][cout] or null
     const float* residual;  // [res_n][cout][ho][wo] or null
@@ -25,6 +26,7 @@ struct ConvParams {
     int cout, ho, wo;
     int k, stride, pad_t, pad_l, upsample;
     int temb_n, res_n;
+    int tap;  // weights tap-major (16-bit kernels only; needs (ca + cb) % 32 == 0)
 };
 
 // group_norm_f32: GroupNorm over cat(xa, xb) (biased variance, affine), SiLU if silu.

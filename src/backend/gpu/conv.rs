@@ -72,7 +72,7 @@ pub(super) fn conv2d<D: Device>(be: &GpuBackend<D>, p: &Conv2d<'_, GpuBackend<D>
         upsample: up as i32,
         temb_n: int(p.temb.as_ref().map_or(1, |t| t.n), "temb batch")?,
         res_n: int(p.residual.as_ref().map_or(1, |r| r.n), "residual batch")?,
-        _pad: 0,
+        tap: wt.tap_major as i32,
     };
     let grid = [(npix as usize).div_ceil(BLOCK_N) as u32, grid_y as u32, 1];
     be.launch(&format!("conv2d_{}", be.suffix()), grid, [THREADS, 1, 1], 0, &params)
@@ -219,6 +219,17 @@ mod tests {
     const SEVERAL_BLOCKS: &[(Case, u64)] =
         &[(Case { ca: 64, nb: 1, cb: 32, cout: 130, h: 9, w: 10, temb_n: 1, res_n: 1, ..BASE }, 40)];
 
+    /// 16-bit 3x3 weights with cin % 32 == 0 are stored tap-major and take the kernel's
+    /// per-tap gather: concat split inside a K slice (16 + 16) and on its edge (32 + 32),
+    /// broadcast batch, stride 2 with the DDPM padding, up-sampling, unpadded.
+    const TAP_MAJOR: &[(Case, u64)] = &[
+        (Case { ca: 32, cout: 7, h: 6, w: 7, ..BASE }, 70),
+        (Case { n: 2, na: 1, ca: 16, nb: 2, cb: 16, cout: 9, h: 5, w: 6, temb_n: 2, res_n: 2, ..BASE }, 71),
+        (Case { stride: 2, pad: [0, 0, 1, 1], ca: 32, nb: 1, cb: 32, cout: 12, h: 9, w: 8, ..BASE }, 72),
+        (Case { up: true, ca: 32, cout: 5, h: 4, w: 5, res_n: 1, ..BASE }, 73),
+        (Case { pad: [0; 4], ca: 64, cout: 130, h: 7, w: 9, ..BASE }, 74),
+    ];
+
     /// The U-Net's convolutions at DDPM-256 sizes (too slow for the emulator): the
     /// 256x256 3x3 with temb, a 1x1 skip with cin 1024, the stride-2 down-sampling at
     /// 256x256, the 128 -> 256 up-sampling, and a decoder cat of 512 + 256 at 16x16
@@ -230,6 +241,17 @@ mod tests {
         (Case { up: true, ca: 128, cout: 128, h: 128, w: 128, ..BASE }, 63),
         (Case { n: 2, na: 1, ca: 512, nb: 2, cb: 256, cout: 512, h: 16, w: 16, temb_n: 2, res_n: 2, ..BASE }, 64),
     ];
+
+    #[test]
+    fn conv_tap_major_weights() {
+        for prec in [Precision::F16, Precision::Bf16] {
+            let gpu = emu(prec);
+            let w = |cin| weight(&gpu, &[4, cin, 3, 3], &vec![0.5; 36 * cin], WeightKind::Conv, prec).tap_major;
+            assert!(w(32) && w(96) && !w(33) && !w(3), "{prec:?}: which weights are tap-major");
+        }
+        assert!(!weight(&emu(Precision::F32), &[4, 32, 3, 3], &[0.5; 1152], WeightKind::Conv, Precision::F32).tap_major);
+        check(TAP_MAJOR);
+    }
 
     #[test]
     fn conv_odd_sizes() {

@@ -108,6 +108,15 @@ pub struct GpuWeight {
     mem: Alloc,
     pub(crate) shape: Vec<usize>,
     pub(crate) kind: WeightKind,
+    /// A 16-bit 3x3 conv weight stored `[cout][ky][kx][cin]` (K ordered tap by tap), for
+    /// the tensor-core kernel's per-tap gather; `[cout][cin][ky][kx]` otherwise.
+    pub(crate) tap_major: bool,
+}
+
+/// Whether a conv weight of `shape` is stored tap-major at `precision`: 16-bit 3x3
+/// weights whose input channels come in whole 32-channel K slices.
+fn tap_major(shape: &[usize], precision: Precision) -> bool {
+    precision != Precision::F32 && shape.len() == 4 && shape[2] == 3 && shape[3] == 3 && shape[1] % 32 == 0
 }
 
 impl GpuWeight {
@@ -346,18 +355,35 @@ impl<D: Device> Backend for GpuBackend<D> {
         self.flush()?;
         // Only conv weights are stored reduced (the bulk of the bytes and the tensor-core
         // operand); the host already rounded every weight through the precision.
+        let tap = kind == WeightKind::Conv && tap_major(&t.shape, self.precision);
+        let reordered;
+        let data: &[f32] = if tap {
+            let (cout, cin, taps) = (t.shape[0], t.shape[1], t.shape[2] * t.shape[3]);
+            let mut v = vec![0f32; t.data.len()];
+            for co in 0..cout {
+                for ci in 0..cin {
+                    for k in 0..taps {
+                        v[(co * taps + k) * cin + ci] = t.data[(co * cin + ci) * taps + k];
+                    }
+                }
+            }
+            reordered = v;
+            &reordered
+        } else {
+            &t.data
+        };
         let bytes: Vec<u8> = match (kind, self.precision) {
             (WeightKind::Conv, Precision::F16) => {
-                t.data.iter().flat_map(|&v| half::f16::from_f32(v).to_bits().to_le_bytes()).collect()
+                data.iter().flat_map(|&v| half::f16::from_f32(v).to_bits().to_le_bytes()).collect()
             }
             (WeightKind::Conv, Precision::Bf16) => {
-                t.data.iter().flat_map(|&v| half::bf16::from_f32(v).to_bits().to_le_bytes()).collect()
+                data.iter().flat_map(|&v| half::bf16::from_f32(v).to_bits().to_le_bytes()).collect()
             }
-            _ => bytemuck::cast_slice(&t.data).to_vec(),
+            _ => bytemuck::cast_slice(data).to_vec(),
         };
         let mem = self.raw_alloc(bytes.len())?;
         self.dev.htod(mem.ptr, &bytes)?;
-        Ok(GpuWeight { mem, shape: t.shape.clone(), kind })
+        Ok(GpuWeight { mem, shape: t.shape.clone(), kind, tap_major: tap })
     }
 
     fn sync(&self) -> Result<()> {

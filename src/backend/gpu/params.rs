@@ -35,7 +35,7 @@ pub struct ConvParams {
     pub upsample: i32,
     pub temb_n: i32,
     pub res_n: i32,
-    pub _pad: i32,
+    pub tap: i32,
 }
 
 #[repr(C)]
