@@ -116,7 +116,7 @@ pub struct GpuWeight {
 /// Whether a conv weight of `shape` is stored tap-major at `precision`: 16-bit 3x3
 /// weights whose input channels come in whole 32-channel K slices.
 fn tap_major(shape: &[usize], precision: Precision) -> bool {
-    precision != Precision::F32 && shape.len() == 4 && shape[2] == 3 && shape[3] == 3 && shape[1] % 32 == 0
+    precision != Precision::F32 && shape.len() == 4 && shape[2] == 3 && shape[3] == 3 && shape[1].is_multiple_of(32)
 }
 
 impl GpuWeight {
