@@ -160,8 +160,9 @@ pub struct GpuBackend<D: Device> {
     scratch: Mutex<Option<Alloc>>,
 }
 
-/// Bytes of the shared scratch buffer.
-const SCRATCH_BYTES: usize = 64 * 1024;
+/// Bytes of the shared scratch buffer: the group norm partial sums of 64 samples x 32
+/// groups x 64 chunks (a batch of 32 pairs at mixed steps).
+pub(crate) const SCRATCH_BYTES: usize = 2 * 1024 * 1024;
 
 impl<D: Device> GpuBackend<D> {
     pub fn new(dev: D, precision: Precision) -> Self {
