@@ -196,6 +196,21 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Kernel micro-benchmarks: each kernel family timed on its own at the DDPM-256
+    /// U-Net's shapes (small shapes on the emulator), with the variants its launcher
+    /// chooses between (conv gathers, one-block or split group norm); TFLOP/s and GB/s
+    /// against the fewest bytes each op must move.
+    Kernels {
+        /// Weight precisions to time, each on a fresh backend.
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "bf16,f16,f32")]
+        precisions: Vec<Precision>,
+        /// Small shapes on a GPU too (always on the emulator).
+        #[arg(long)]
+        small: bool,
+        /// Also write the timings as JSON here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Evidence that transfers took content and style from the right images: for every
     /// content x style pair of a transfer output folder, the output's colour histogram
     /// distance to the style and to the content, and its edge-map distance to the content
@@ -325,6 +340,7 @@ fn main() -> ExitCode {
         Cmd::RandomModel { arch, config, seed, out } => {
             commands::random_model(&ModelArgs { model: None, config, arch }, seed, &out)
         }
+        Cmd::Kernels { precisions, small, out } => commands::kernels(&common, &precisions, small, out.as_deref()),
         Cmd::Evaluate { content, style, results, out } => {
             commands::evaluate(&content, &style, &results, out.as_deref())
         }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything a lent GPU is for, in ONE device call that fits a 10-minute command:
-# the real-GPU tests (tools/gpu_check.sh's first part), then the benchmark
+# the real-GPU tests (tools/gpu_check.sh's first part), the kernel micro-benchmarks
+# (`diffstyle kernels`), then the benchmark
 # (tools/bench_gpu.sh: ours and the PyTorch baselines), each under its own time limit.
 #
 # Here:  tools/prepare_gpu_check.sh
@@ -22,6 +23,8 @@ t0=$(date +%s)
     echo "gpu_cuda rc ${PIPESTATUS[0]}"
     timeout 60 "$B/tests/diffstyle" cuda --test-threads 1 2>&1 | tail -20
     echo "lib cuda_* rc ${PIPESTATUS[0]}"
+    echo "== kernel micro-benchmarks"
+    timeout 90 "$B/diffstyle" --device cuda kernels --out "$OUT/kernels.json"
 } >"$OUT/tests.txt" 2>&1
 tail -12 "$OUT/tests.txt"
 left=$((570 - ($(date +%s) - t0)))

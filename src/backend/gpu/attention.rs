@@ -90,6 +90,26 @@ pub(super) fn attention<D: Device>(
     Ok(())
 }
 
+/// Micro-benchmarks: the DDPM U-Net's attention (16x16 tokens, 512 channels, one head)
+/// and a multi-head layer (32x32 tokens, 256 channels, 4 heads of 64: ADM-like).
+pub(super) fn micro<D: Device>(s: &mut super::micro::Sink<'_, D>) -> Result<()> {
+    use crate::backend::Backend;
+    let div = if s.small { 4 } else { 1 };
+    for (case, c, side, heads) in [("16x16 512ch 1 head", 512, 16, 1), ("32x32 256ch 4 heads", 256, 32, 4)] {
+        let (c, side) = (c / div, side / div);
+        let t = side * side;
+        let qkv = s.random(3 * c * t, 1)?;
+        let out = s.be.alloc(c * t)?;
+        let q = Act::new(&qkv, 0, 1, 3 * c, side, side);
+        let o = Act::new(&out, 0, 1, c, side, side);
+        let gflop = 4e-9 * (t * t * c) as f64;
+        let bytes = 4.0 * (4 * c * t) as f64;
+        let be = s.be;
+        s.time("attention", case, "auto", gflop, bytes, o, &mut || be.attention(q, heads, o))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::device::Device;

@@ -78,6 +78,84 @@ pub(super) fn conv2d<D: Device>(be: &GpuBackend<D>, p: &Conv2d<'_, GpuBackend<D>
     be.launch(&format!("conv2d_{}", be.suffix()), grid, [THREADS, 1, 1], 0, &params)
 }
 
+/// Micro-benchmarks: the U-Net's convolutions at batch 1 (3x3 at 256x256 with temb,
+/// 3x3 at 32x32 and 16x16 on a decoder concat, the 1x1 skip at 16x16, the stride-2
+/// down-sampling and the up-sampling conv); in 16-bit precisions both B gathers
+/// (tap-major weights and per-element).
+pub(super) fn micro<D: Device>(s: &mut super::micro::Sink<'_, D>) -> Result<()> {
+    use crate::backend::{Act, Backend, Cat, WeightKind};
+    use crate::model::unet::Precision;
+    let div = if s.small { 8 } else { 1 };
+    struct M {
+        case: &'static str,
+        ca: usize,
+        cb: usize,
+        side: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        pad: [usize; 4],
+        up: bool,
+    }
+    const B: M = M { case: "", ca: 128, cb: 0, side: 256, cout: 128, k: 3, stride: 1, pad: [1; 4], up: false };
+    let cases = [
+        M { case: "3x3 256x256 128->128 +temb", ..B },
+        M { case: "3x3 32x32 (256+256)->256", ca: 256, cb: 256, side: 32, cout: 256, ..B },
+        M { case: "3x3 16x16 (512+512)->512", ca: 512, cb: 512, side: 16, cout: 512, ..B },
+        M { case: "1x1 16x16 1024->512", ca: 1024, side: 16, cout: 512, k: 1, pad: [0; 4], ..B },
+        M { case: "3x3/s2 256->128 128ch", stride: 2, pad: [0, 0, 1, 1], ..B },
+        M { case: "3x3+up2 128->256 128ch", side: 128, up: true, ..B },
+    ];
+    for M { case, ca, cb, side, cout, k, stride, pad, up } in cases {
+        let (ca, cb, cout, side) = (ca / div, cb / div, cout / div, (side / div).max(4));
+        let cin = ca + cb;
+        let u = if up { 2 } else { 1 };
+        let ho = (side * u + pad[0] + pad[2] - k) / stride + 1;
+        let wo = (side * u + pad[1] + pad[3] - k) / stride + 1;
+        let xa = s.random(ca * side * side, 1)?;
+        let xb = s.random(cb.max(1) * side * side, 2)?;
+        let temb = s.random(cout, 3)?;
+        let out = s.be.alloc(cout * ho * wo)?;
+        let wt = crate::tensor::HostTensor {
+            shape: vec![cout, cin, k, k],
+            data: (0..cout * cin * k * k).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5).collect(),
+        };
+        let bias = crate::tensor::HostTensor { shape: vec![cout], data: vec![0.1; cout] };
+        let b = s.be.upload_weight(&bias, WeightKind::Vector)?;
+        let x =
+            Cat { a: Act::new(&xa, 0, 1, ca, side, side), b: (cb > 0).then(|| Act::new(&xb, 0, 1, cb, side, side)) };
+        let o = Act::new(&out, 0, 1, cout, ho, wo);
+        let gflop = 2e-9 * (cout * ho * wo * cin * k * k) as f64;
+        let wbytes = if s.be.precision() == Precision::F32 { 4.0 } else { 2.0 };
+        let bytes = 4.0 * (cin * side * side + cout * ho * wo) as f64 + wbytes * (cout * cin * k * k) as f64;
+        let mut variants = vec![("auto", true)];
+        if s.be.precision() != Precision::F32 && k == 3 && cin.is_multiple_of(32) {
+            variants.push(("per-element", false));
+        }
+        for (name, allow_tap) in variants {
+            let w = s.be.upload_weight_as(&wt, WeightKind::Conv, allow_tap)?;
+            let be = s.be;
+            let t = (case.contains("temb")).then(|| Act::new(&temb, 0, 1, cout, 1, 1));
+            let variant = if name == "auto" && w.tap_major { "tap-major" } else { name };
+            s.time("conv", case, variant, gflop, bytes, o, &mut || {
+                be.conv2d(&Conv2d::<GpuBackend<D>> {
+                    x,
+                    w: &w,
+                    bias: &b,
+                    k,
+                    stride,
+                    pad,
+                    upsample: up,
+                    temb: t,
+                    residual: None,
+                    out: o,
+                })
+            })?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::device::Device;
@@ -249,7 +327,9 @@ mod tests {
             let w = |cin| weight(&gpu, &[4, cin, 3, 3], &vec![0.5; 36 * cin], WeightKind::Conv, prec).tap_major;
             assert!(w(32) && w(96) && !w(33) && !w(3), "{prec:?}: which weights are tap-major");
         }
-        assert!(!weight(&emu(Precision::F32), &[4, 32, 3, 3], &[0.5; 1152], WeightKind::Conv, Precision::F32).tap_major);
+        assert!(
+            !weight(&emu(Precision::F32), &[4, 32, 3, 3], &[0.5; 1152], WeightKind::Conv, Precision::F32).tap_major
+        );
         check(TAP_MAJOR);
     }
 

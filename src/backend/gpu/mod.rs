@@ -17,6 +17,7 @@ mod attention;
 mod conv;
 mod elementwise;
 mod hspace;
+pub mod micro;
 mod norm;
 mod step;
 #[cfg(test)]
@@ -276,6 +277,43 @@ impl<D: Device> GpuBackend<D> {
     }
 
     /// Device address of a weight.
+    /// `upload_weight`, with the tap-major layout allowed or not (micro-benchmarks time
+    /// both conv gathers).
+    pub(crate) fn upload_weight_as(&self, t: &HostTensor, kind: WeightKind, allow_tap: bool) -> Result<GpuWeight> {
+        self.flush()?;
+        // Only conv weights are stored reduced (the bulk of the bytes and the tensor-core
+        // operand); the host already rounded every weight through the precision.
+        let tap = allow_tap && kind == WeightKind::Conv && tap_major(&t.shape, self.precision);
+        let reordered;
+        let data: &[f32] = if tap {
+            let (cout, cin, taps) = (t.shape[0], t.shape[1], t.shape[2] * t.shape[3]);
+            let mut v = vec![0f32; t.data.len()];
+            for co in 0..cout {
+                for ci in 0..cin {
+                    for k in 0..taps {
+                        v[(co * taps + k) * cin + ci] = t.data[(co * cin + ci) * taps + k];
+                    }
+                }
+            }
+            reordered = v;
+            &reordered
+        } else {
+            &t.data
+        };
+        let bytes: Vec<u8> = match (kind, self.precision) {
+            (WeightKind::Conv, Precision::F16) => {
+                data.iter().flat_map(|&v| half::f16::from_f32(v).to_bits().to_le_bytes()).collect()
+            }
+            (WeightKind::Conv, Precision::Bf16) => {
+                data.iter().flat_map(|&v| half::bf16::from_f32(v).to_bits().to_le_bytes()).collect()
+            }
+            _ => bytemuck::cast_slice(data).to_vec(),
+        };
+        let mem = self.raw_alloc(bytes.len())?;
+        self.dev.htod(mem.ptr, &bytes)?;
+        Ok(GpuWeight { mem, shape: t.shape.clone(), kind, tap_major: tap })
+    }
+
     /// The device address of the scratch buffer, which must hold `bytes`.
     pub(crate) fn scratch(&self, bytes: usize) -> Result<u64> {
         ensure!(bytes <= SCRATCH_BYTES, "an op needs {bytes} bytes of scratch, more than the {SCRATCH_BYTES} reserved");
@@ -353,38 +391,7 @@ impl<D: Device> Backend for GpuBackend<D> {
     }
 
     fn upload_weight(&self, t: &HostTensor, kind: WeightKind) -> Result<GpuWeight> {
-        self.flush()?;
-        // Only conv weights are stored reduced (the bulk of the bytes and the tensor-core
-        // operand); the host already rounded every weight through the precision.
-        let tap = kind == WeightKind::Conv && tap_major(&t.shape, self.precision);
-        let reordered;
-        let data: &[f32] = if tap {
-            let (cout, cin, taps) = (t.shape[0], t.shape[1], t.shape[2] * t.shape[3]);
-            let mut v = vec![0f32; t.data.len()];
-            for co in 0..cout {
-                for ci in 0..cin {
-                    for k in 0..taps {
-                        v[(co * taps + k) * cin + ci] = t.data[(co * cin + ci) * taps + k];
-                    }
-                }
-            }
-            reordered = v;
-            &reordered
-        } else {
-            &t.data
-        };
-        let bytes: Vec<u8> = match (kind, self.precision) {
-            (WeightKind::Conv, Precision::F16) => {
-                data.iter().flat_map(|&v| half::f16::from_f32(v).to_bits().to_le_bytes()).collect()
-            }
-            (WeightKind::Conv, Precision::Bf16) => {
-                data.iter().flat_map(|&v| half::bf16::from_f32(v).to_bits().to_le_bytes()).collect()
-            }
-            _ => bytemuck::cast_slice(data).to_vec(),
-        };
-        let mem = self.raw_alloc(bytes.len())?;
-        self.dev.htod(mem.ptr, &bytes)?;
-        Ok(GpuWeight { mem, shape: t.shape.clone(), kind, tap_major: tap })
+        self.upload_weight_as(t, kind, true)
     }
 
     fn sync(&self) -> Result<()> {

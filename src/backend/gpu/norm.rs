@@ -24,6 +24,22 @@ pub(super) fn group_norm<D: Device>(
     silu: bool,
     out: Act<'_, GpuBuf>,
 ) -> Result<()> {
+    group_norm_with(be, x, gamma, beta, groups, eps, silu, out, None)
+}
+
+/// `group_norm` with the number of chunks per group forced (`Some`: micro-benchmarks).
+#[allow(clippy::too_many_arguments)]
+fn group_norm_with<D: Device>(
+    be: &GpuBackend<D>,
+    x: Cat<'_, GpuBuf>,
+    gamma: &GpuWeight,
+    beta: &GpuWeight,
+    groups: usize,
+    eps: f32,
+    silu: bool,
+    out: Act<'_, GpuBuf>,
+    force_splits: Option<usize>,
+) -> Result<()> {
     check_group_norm(&x, gamma, beta, groups, &out)?;
     let po = be.addr(&out, "group_norm out")?;
     let pa = be.addr(&x.a, "group_norm x")?;
@@ -55,7 +71,7 @@ pub(super) fn group_norm<D: Device>(
     };
     ensure!(out.n <= 65535, "group_norm: batch {} exceeds the grid", out.n);
     let count = cg * hw;
-    let mut splits = splits(count);
+    let mut splits = force_splits.unwrap_or_else(|| splits(count)).clamp(1, 64);
     let partial_bytes = 2 * 8 * groups * out.n * splits;
     if partial_bytes > SCRATCH_BYTES {
         // Batches beyond any pair batch in use: one block per group (correct, slower).
@@ -84,6 +100,44 @@ const CHUNK: usize = 32 * 1024;
 /// is part of (pairs give the same bits alone and in a batch).
 fn splits(count: usize) -> usize {
     (count / CHUNK).clamp(1, 64)
+}
+
+/// Micro-benchmarks: the U-Net's norms (256x256 encoder, the 256x256 decoder concat,
+/// 16x16), one block per group against split groups.
+pub(super) fn micro<D: Device>(s: &mut super::micro::Sink<'_, D>) -> Result<()> {
+    use crate::backend::{Backend, WeightKind};
+    let div = if s.small { 8 } else { 1 };
+    for (case, ca, cb, side) in [
+        ("256x256x128 +silu", 128, 0, 256),
+        ("256x256x(128+128) +silu", 128, 128, 256),
+        ("16x16x512 +silu", 512, 0, 16),
+    ] {
+        let (ca, cb, side) = (ca / div, cb / div, (side / div).max(4));
+        let c = ca + cb;
+        let hw = side * side;
+        let xa = s.random(ca * hw, 1)?;
+        let xb = s.random(cb.max(1) * hw, 2)?;
+        let out = s.be.alloc(c * hw)?;
+        let v = crate::tensor::HostTensor { shape: vec![c], data: vec![1.0; c] };
+        let (g, b) = (s.be.upload_weight(&v, WeightKind::Vector)?, s.be.upload_weight(&v, WeightKind::Vector)?);
+        let groups = 32.min(c);
+        let x =
+            Cat { a: Act::new(&xa, 0, 1, ca, side, side), b: (cb > 0).then(|| Act::new(&xb, 0, 1, cb, side, side)) };
+        let o = Act::new(&out, 0, 1, c, side, side);
+        let auto = splits(c / groups * hw);
+        let bytes = 8.0 * (c * hw) as f64;
+        let mut variants = vec![("one-block", Some(1))];
+        if auto > 1 || s.small {
+            variants.push(("split", Some(auto.max(2))));
+        }
+        for (name, force) in variants {
+            let be = s.be;
+            s.time("group_norm", case, name, 8e-9 * (c * hw) as f64, bytes, o, &mut || {
+                group_norm_with(be, x, &g, &b, groups, 1e-6, true, o, force)
+            })?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
