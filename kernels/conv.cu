@@ -66,6 +66,34 @@ DS_DEV float conv_gather(const ConvParams& p, const ConvPix& c, int kk, int K) {
     return __ldg(src + iy * p.w_ + ix);
 }
 
+// Tap-major K order (p.tap: weights [cout][ky][kx][cin], cin % 32 == 0): a 32-wide K
+// slice starting at k0 is channels [ci0, ci0 + 32) of one tap, so a thread resolves the
+// tap, the bounds and its pixel's input offset once per slice (conv_tap), and each
+// element is then one channel-plane step from there (conv_tap_load).
+struct ConvTap {
+    size_t off;  // input offset of the pixel's tap position within a channel plane
+    int ci0;     // first channel of the slice
+    bool in;     // inside the (up-sampled) input; else zero padding
+};
+
+template <int KS>
+DS_DEV ConvTap conv_tap(const ConvParams& p, const ConvPix& c, int k0) {
+    const int cin = p.ca + p.cb, t9 = k0 / cin;
+    const int iy = c.iy0 + t9 / KS, ix = c.ix0 + t9 % KS;
+    ConvTap t;
+    t.ci0 = k0 - t9 * cin;
+    t.in = c.valid && (unsigned)iy < (unsigned)(p.h << p.upsample) && (unsigned)ix < (unsigned)(p.w_ << p.upsample);
+    t.off = t.in ? (size_t)(iy >> p.upsample) * p.w_ + (ix >> p.upsample) : 0;
+    return t;
+}
+
+DS_DEV float conv_tap_load(const ConvParams& p, const ConvPix& c, const ConvTap& t, int ci) {
+    if (!t.in) return 0.f;
+    const size_t plane = (size_t)p.h * p.w_;
+    const float* src = ci < p.ca ? c.a + (size_t)ci * plane : c.b + (size_t)(ci - p.ca) * plane;
+    return __ldg(src + t.off);
+}
+
 // Output element (co, pix) = acc + bias + temb + residual; skipped outside M x N.
 DS_DEV void conv_store(const ConvParams& p, int co, int pix, int npix, float acc) {
     if (co >= p.cout || pix >= npix) return;
@@ -97,9 +125,17 @@ DS_DEV void conv_simt_f32(const ConvParams& p) {
     const int ka = tid % CONV_BK, ma = tid / CONV_BK;  // ma in 0..7
     const ConvPix pc = conv_pix(p, n0 + bn, npix);
     float ra[CONV_BK * CONV_BM / CONV_THREADS], rb[CONV_BK * CONV_BN / CONV_THREADS];
+    const bool tap = p.tap != 0;
     auto load = [&](int k0) {
+        if (tap) {
+            const ConvTap t = conv_tap<KS>(p, pc, k0);
 #pragma unroll
-        for (int i = 0; i < CONV_BK * CONV_BN / CONV_THREADS; i++) rb[i] = conv_gather<KS>(p, pc, k0 + kb + 4 * i, K);
+            for (int i = 0; i < CONV_BK * CONV_BN / CONV_THREADS; i++) rb[i] = conv_tap_load(p, pc, t, t.ci0 + kb + 4 * i);
+        } else {
+#pragma unroll
+            for (int i = 0; i < CONV_BK * CONV_BN / CONV_THREADS; i++)
+                rb[i] = conv_gather<KS>(p, pc, k0 + kb + 4 * i, K);
+        }
 #pragma unroll
         for (int i = 0; i < CONV_BK * CONV_BM / CONV_THREADS; i++) {
             int m = m0 + ma + 8 * i, k = k0 + ka;
@@ -174,28 +210,17 @@ DS_DEV void conv_mma(const ConvParams& p) {
     constexpr int NA = CONV_BK * CONV_BM_MMA / CONV_THREADS / 2;  // k pairs per thread
     uint32_t rb[NB];
     uint32_t ra[NA];
-    // Tap-major weights (p.tap, host-checked: cin % 32 == 0, so a K slice is 32 channels
-    // of one tap and K has no tail): the slice's tap is resolved once per thread, each
-    // element is then a channel-plane offset from one input position, and a weight row
-    // slice is 64 contiguous bytes, moved as 16-byte vectors (A loader: row tid / 4 +
-    // 64 i, 8 halves at (tid % 4) * 8).
+    // Tap-major weights (p.tap): the B gather of conv_tap, and a weight row slice is 64
+    // contiguous bytes, moved as 16-byte vectors (A loader: row tid / 4 + 64 i, 8 halves
+    // at (tid % 4) * 8).
     const bool tap = p.tap != 0;
-    const size_t plane = (size_t)p.h * p.w_;
     auto load = [&](int k0) {
         if (tap) {
-            const int cin = p.ca + p.cb, t9 = k0 / cin, ci0 = k0 - t9 * cin;
-            const int iy = pc.iy0 + t9 / KS, ix = pc.ix0 + t9 % KS;
-            const bool in = pc.valid && (unsigned)iy < (unsigned)(p.h << p.upsample) &&
-                            (unsigned)ix < (unsigned)(p.w_ << p.upsample);
-            const size_t off = in ? (size_t)(iy >> p.upsample) * p.w_ + (ix >> p.upsample) : 0;
-            auto at = [&](int ci) {
-                const float* src = ci < p.ca ? pc.a + (size_t)ci * plane : pc.b + (size_t)(ci - p.ca) * plane;
-                return in ? __ldg(src + off) : 0.f;
-            };
+            const ConvTap tp = conv_tap<KS>(p, pc, k0);
 #pragma unroll
             for (int i = 0; i < NB; i++) {
-                const int ci = ci0 + 2 * (kq + 4 * i);
-                rb[i] = ds_pack2<T>(at(ci), at(ci + 1));
+                const int ci = tp.ci0 + 2 * (kq + 4 * i);
+                rb[i] = ds_pack2<T>(conv_tap_load(p, pc, tp, ci), conv_tap_load(p, pc, tp, ci + 1));
             }
 #pragma unroll
             for (int i = 0; i < NA / 4; i++) {

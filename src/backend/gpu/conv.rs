@@ -80,8 +80,8 @@ pub(super) fn conv2d<D: Device>(be: &GpuBackend<D>, p: &Conv2d<'_, GpuBackend<D>
 
 /// Micro-benchmarks: the U-Net's convolutions at batch 1 (3x3 at 256x256 with temb,
 /// 3x3 at 32x32 and 16x16 on a decoder concat, the 1x1 skip at 16x16, the stride-2
-/// down-sampling and the up-sampling conv); in 16-bit precisions both B gathers
-/// (tap-major weights and per-element).
+/// down-sampling and the up-sampling conv); both B gathers (tap-major weights and
+/// per-element) where the weights allow the first.
 pub(super) fn micro<D: Device>(s: &mut super::micro::Sink<'_, D>) -> Result<()> {
     use crate::backend::{Act, Backend, Cat, WeightKind};
     use crate::model::unet::Precision;
@@ -129,7 +129,7 @@ pub(super) fn micro<D: Device>(s: &mut super::micro::Sink<'_, D>) -> Result<()> 
         let wbytes = if s.be.precision() == Precision::F32 { 4.0 } else { 2.0 };
         let bytes = 4.0 * (cin * side * side + cout * ho * wo) as f64 + wbytes * (cout * cin * k * k) as f64;
         let mut variants = vec![("auto", true)];
-        if s.be.precision() != Precision::F32 && k == 3 && cin.is_multiple_of(32) {
+        if k == 3 && cin.is_multiple_of(32) {
             variants.push(("per-element", false));
         }
         for (name, allow_tap) in variants {
@@ -297,8 +297,8 @@ mod tests {
     const SEVERAL_BLOCKS: &[(Case, u64)] =
         &[(Case { ca: 64, nb: 1, cb: 32, cout: 130, h: 9, w: 10, temb_n: 1, res_n: 1, ..BASE }, 40)];
 
-    /// 16-bit 3x3 weights with cin % 32 == 0 are stored tap-major and take the kernel's
-    /// per-tap gather: concat split inside a K slice (16 + 16) and on its edge (32 + 32),
+    /// 3x3 weights with cin % 32 == 0 are stored tap-major and take the kernels' per-tap
+    /// gather: concat split inside a K slice (16 + 16) and on its edge (32 + 32),
     /// broadcast batch, stride 2 with the DDPM padding, up-sampling, unpadded.
     const TAP_MAJOR: &[(Case, u64)] = &[
         (Case { ca: 32, cout: 7, h: 6, w: 7, ..BASE }, 70),
@@ -322,14 +322,11 @@ mod tests {
 
     #[test]
     fn conv_tap_major_weights() {
-        for prec in [Precision::F16, Precision::Bf16] {
+        for prec in [Precision::F32, Precision::F16, Precision::Bf16] {
             let gpu = emu(prec);
             let w = |cin| weight(&gpu, &[4, cin, 3, 3], &vec![0.5; 36 * cin], WeightKind::Conv, prec).tap_major;
             assert!(w(32) && w(96) && !w(33) && !w(3), "{prec:?}: which weights are tap-major");
         }
-        assert!(
-            !weight(&emu(Precision::F32), &[4, 32, 3, 3], &[0.5; 1152], WeightKind::Conv, Precision::F32).tap_major
-        );
         check(TAP_MAJOR);
     }
 

@@ -109,15 +109,15 @@ pub struct GpuWeight {
     mem: Alloc,
     pub(crate) shape: Vec<usize>,
     pub(crate) kind: WeightKind,
-    /// A 16-bit 3x3 conv weight stored `[cout][ky][kx][cin]` (K ordered tap by tap), for
-    /// the tensor-core kernel's per-tap gather; `[cout][cin][ky][kx]` otherwise.
+    /// A 3x3 conv weight stored `[cout][ky][kx][cin]` (K ordered tap by tap), for the
+    /// kernels' per-tap gather; `[cout][cin][ky][kx]` otherwise.
     pub(crate) tap_major: bool,
 }
 
-/// Whether a conv weight of `shape` is stored tap-major at `precision`: 16-bit 3x3
-/// weights whose input channels come in whole 32-channel K slices.
-fn tap_major(shape: &[usize], precision: Precision) -> bool {
-    precision != Precision::F32 && shape.len() == 4 && shape[2] == 3 && shape[3] == 3 && shape[1].is_multiple_of(32)
+/// Whether a conv weight of `shape` is stored tap-major: 3x3 weights whose input
+/// channels come in whole 32-channel K slices (both conv kernels gather per tap then).
+fn tap_major(shape: &[usize]) -> bool {
+    shape.len() == 4 && shape[2] == 3 && shape[3] == 3 && shape[1].is_multiple_of(32)
 }
 
 impl GpuWeight {
@@ -283,7 +283,7 @@ impl<D: Device> GpuBackend<D> {
         self.flush()?;
         // Only conv weights are stored reduced (the bulk of the bytes and the tensor-core
         // operand); the host already rounded every weight through the precision.
-        let tap = allow_tap && kind == WeightKind::Conv && tap_major(&t.shape, self.precision);
+        let tap = allow_tap && kind == WeightKind::Conv && tap_major(&t.shape);
         let reordered;
         let data: &[f32] = if tap {
             let (cout, cin, taps) = (t.shape[0], t.shape[1], t.shape[2] * t.shape[3]);
