@@ -30,7 +30,9 @@ DATA_LICENSES at the repo root):
    images uint8 [N, 64, 64, 3], style uint8 [N] (index into `styles`), emoji uint16 [N]
    (index into `keys`), styles, keys, names (CLDR names); stats.json; contact sheets
    (contact_heldout.png: rows = styles, columns = held-out emoji; contact_train.png:
-   a fixed spread of training emoji); and DATA_LICENSES at the repo root.
+   a fixed spread of training emoji; contact_least_alike.png: the 24 emoji whose first
+   style and first Fluent style look least alike, where a name-matching mistake would
+   show); and DATA_LICENSES at the repo root.
 
 Deterministic: the npz files are zip archives written with fixed member timestamps, so a
 rerun with the same package versions, resvg, Pillow, numpy and zlib gives the same bytes
@@ -314,6 +316,18 @@ def contact_sheet(path: str, imgs: dict, keys: list, styles: list):
     sheet.save(path, optimize=False)
 
 
+def least_alike(imgs: dict, keys: list, a: str, b: str, n: int = 24) -> list:
+    """The n emoji whose renderings in styles a and b correlate least (16x16 grey):
+    where a matching mistake would show first."""
+    def feat(s):
+        g = np.stack([imgs[(k, s)] for k in keys]).astype(np.float32).mean(-1)
+        g = g.reshape(len(keys), 16, 4, 16, 4).mean((2, 4)).reshape(len(keys), -1)
+        g -= g.mean(1, keepdims=True)
+        return g / (np.linalg.norm(g, axis=1, keepdims=True) + 1e-6)
+    corr = (feat(a) * feat(b)).sum(1)
+    return [keys[i] for i in np.argsort(corr, kind="stable")[:n]]
+
+
 # ---------------------------------------------------------------- licences
 
 def licences_text(dirs: dict, styles: list, stats: dict) -> str:
@@ -505,6 +519,10 @@ def main():
     contact_sheet(os.path.join(args.out, "contact_heldout.png"), imgs, cols, styles)
     spread = train[:: max(1, len(train) // 24)][:24]
     contact_sheet(os.path.join(args.out, "contact_train.png"), imgs, spread, styles)
+    fluent = [s for s in styles if s.startswith("fluent")]
+    if fluent and styles[0] != fluent[0]:
+        contact_sheet(os.path.join(args.out, "contact_least_alike.png"), imgs,
+                      least_alike(imgs, keys, styles[0], fluent[0]), styles)
 
     stats = {
         "packages": {n: v for n, (v, _) in PACKAGES.items()

@@ -118,7 +118,7 @@ def ddim_samples(model, ab, n, steps, seed, device):
     """Plain DDIM (eta 0) over seq(steps) of docs/method.md, from seeded noise."""
     g = torch.Generator(device="cpu").manual_seed(seed)
     x = torch.randn(n, 3, 64, 64, generator=g).to(device)
-    seq = [int(k * (NUM_T - 1) / (steps - 1) + 1e-6) for k in range(steps)]
+    seq = [int(v + 1e-6) for v in list(np.linspace(0, 1, steps) * (NUM_T - 1))]  # dsref seq
     for i, j in zip(reversed(seq), list(reversed(seq))[1:] + [-1]):
         a_i = ab[i]
         a_j = ab[j] if j >= 0 else torch.tensor(1.0, device=device)
