@@ -1230,3 +1230,66 @@ fn single_file_needs_a_config_or_preset() {
     std::fs::write(&junk, "foo: 1\n").unwrap();
     assert_err_contains(load_model(&file, Some(&junk), None), &["junk.yml", "neither"]);
 }
+
+/// A diffusers folder whose weights are sharded (`*.safetensors.index.json`) loads to
+/// the same tensors as one file; a missing shard, a tensor in two shards, a shard path
+/// outside the folder and a broken index are named errors.
+#[test]
+fn sharded_weights_load_like_one_file() {
+    let arch = tiny_arch();
+    let w = random_weights(&arch, 11);
+    let tmp = tempfile::tempdir().unwrap();
+    let one = tmp.path().join("one");
+    diffusers_folder(&one, TINY_CONFIG, &w);
+    let whole = load_model(&one, None, None).unwrap();
+
+    let shard = |dir: &Path, parts: usize, index: Option<String>| {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("config.json"), TINY_CONFIG).unwrap();
+        let names: Vec<&String> = w.keys().collect();
+        let mut map = serde_json::Map::new();
+        for (k, chunk) in names.chunks(names.len().div_ceil(parts)).enumerate() {
+            let file = format!("diffusion_pytorch_model-{:05}-of-{parts:05}.safetensors", k + 1);
+            let ts: Vec<Stored> = chunk.iter().map(|n| stored_f32(n, &w[*n].0, &w[*n].1)).collect();
+            write_st(&dir.join(&file), &ts);
+            for n in chunk {
+                map.insert((*n).clone(), serde_json::Value::String(file.clone()));
+            }
+        }
+        let idx = index.unwrap_or_else(|| serde_json::json!({"metadata": {}, "weight_map": map}).to_string());
+        std::fs::write(dir.join("diffusion_pytorch_model.safetensors.index.json"), idx).unwrap();
+    };
+    let sharded = tmp.path().join("sharded");
+    shard(&sharded, 3, None);
+    let m = load_model(&sharded, None, None).unwrap();
+    assert_same_values(&m, &w);
+    assert_eq!(m.hash, whole.hash, "the same weights must hash the same");
+
+    let missing = tmp.path().join("missing");
+    shard(&missing, 2, None);
+    std::fs::remove_file(missing.join("diffusion_pytorch_model-00002-of-00002.safetensors")).unwrap();
+    assert_err_contains(load_model(&missing, None, None), &["00002-of-00002", "missing"]);
+
+    let outside = tmp.path().join("outside");
+    shard(
+        &outside,
+        1,
+        Some(r#"{"weight_map": {"conv_in.weight": "../one/diffusion_pytorch_model.safetensors"}}"#.into()),
+    );
+    assert_err_contains(load_model(&outside, None, None), &["not a plain file name"]);
+
+    let broken = tmp.path().join("broken");
+    shard(&broken, 1, Some("{not json".into()));
+    assert_err_contains(load_model(&broken, None, None), &["index.json", "not a valid JSON index"]);
+
+    // One tensor stored in two shards.
+    let twice = tmp.path().join("twice");
+    shard(&twice, 2, None);
+    let (n0, (s0, v0)) = w.iter().next().unwrap();
+    write_st(&twice.join("extra.safetensors"), &[stored_f32(n0, s0, v0)]);
+    let idx = std::fs::read_to_string(twice.join("diffusion_pytorch_model.safetensors.index.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&idx).unwrap();
+    v["weight_map"]["extra_tensor"] = serde_json::Value::String("extra.safetensors".into());
+    std::fs::write(twice.join("diffusion_pytorch_model.safetensors.index.json"), v.to_string()).unwrap();
+    assert_err_contains(load_model(&twice, None, None), &["both map to", n0]);
+}

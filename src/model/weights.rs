@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::diffusion::schedule::Schedule;
@@ -372,22 +372,39 @@ fn to_f32(file: &Path, name: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<f32>
 /// `arch`: no missing, unexpected or duplicate tensors, the right shapes, a float dtype,
 /// finite values. Everything is converted to f32.
 pub fn load_tensors(file: &Path, arch: &UNetArch) -> Result<BTreeMap<String, HostTensor>> {
-    let f = file.display();
-    let bytes = std::fs::read(file).with_context(|| format!("cannot read weights {f}"))?;
-    precheck_header(file, &bytes)?;
-    let st =
-        SafeTensors::deserialize(&bytes).map_err(|e| anyhow!("{f}: invalid safetensors file: {}", describe(&e)))?;
+    load_shards(file, &[file.to_path_buf()], arch)
+}
+
+/// `load_tensors` over the shards of one checkpoint (`what` names it in messages): every
+/// tensor of the architecture must be in exactly one shard.
+pub fn load_shards(what: &Path, files: &[PathBuf], arch: &UNetArch) -> Result<BTreeMap<String, HostTensor>> {
+    let f = what.display();
+    let mut all_bytes = Vec::with_capacity(files.len());
+    for file in files {
+        let bytes = std::fs::read(file).with_context(|| format!("cannot read weights {}", file.display()))?;
+        precheck_header(file, &bytes)?;
+        all_bytes.push(bytes);
+    }
+    let mut sts = Vec::with_capacity(files.len());
+    for (file, bytes) in files.iter().zip(&all_bytes) {
+        let st = SafeTensors::deserialize(bytes)
+            .map_err(|e| anyhow!("{}: invalid safetensors file: {}", file.display(), describe(&e)))?;
+        sts.push(st);
+    }
 
     let expected = expected_tensors(arch);
     let expected_map: BTreeMap<&str, &Vec<usize>> = expected.iter().map(|(n, s)| (n.as_str(), s)).collect();
 
     // Map names; detect two stored tensors landing on one canonical name.
     let mut by_canonical: BTreeMap<String, (String, safetensors::tensor::TensorView)> = BTreeMap::new();
-    let mut stored: Vec<(String, safetensors::tensor::TensorView)> = st.tensors();
+    let mut stored: Vec<(String, safetensors::tensor::TensorView)> = sts.iter().flat_map(|st| st.tensors()).collect();
     stored.sort_by(|a, b| a.0.cmp(&b.0));
     for (name, view) in stored {
         let canon = canonical_name(&name, arch.levels());
         if let Some((other, _)) = by_canonical.get(&canon) {
+            if *other == name {
+                bail!("{f}: tensor {name} is stored twice (in two shards); both map to {canon}");
+            }
             bail!("{f}: tensors {other} and {name} both map to {canon}");
         }
         by_canonical.insert(canon, (name, view));
@@ -434,7 +451,7 @@ pub fn load_tensors(file: &Path, arch: &UNetArch) -> Result<BTreeMap<String, Hos
     let mut out = BTreeMap::new();
     let mut non_finite = Vec::new();
     for (canon, (orig, view)) in &by_canonical {
-        let data = to_f32(file, orig, view.dtype(), view.data())?;
+        let data = to_f32(what, orig, view.dtype(), view.data())?;
         if data.iter().any(|x| !x.is_finite()) {
             non_finite.push(canon.clone());
         }
@@ -511,19 +528,18 @@ pub fn model_hash(tensors: &BTreeMap<String, HostTensor>, schedule: &Schedule) -
 
 const WEIGHTS_FILE: &str = "diffusion_pytorch_model.safetensors";
 
-fn weights_in(dir: &Path) -> Result<PathBuf> {
+/// The weights of a diffusers folder: `(what to name in messages, the files)`: one
+/// safetensors file, or the shards an index lists.
+fn weights_in(dir: &Path) -> Result<(PathBuf, Vec<PathBuf>)> {
     for name in [WEIGHTS_FILE, "diffusion_pytorch_model.fp16.safetensors"] {
         let p = dir.join(name);
         if p.is_file() {
-            return Ok(p);
+            return Ok((p.clone(), vec![p]));
         }
     }
-    if dir.join("diffusion_pytorch_model.safetensors.index.json").exists() {
-        bail!(
-            "{}: sharded weights (diffusion_pytorch_model.safetensors.index.json) are not \
-             supported; save the U-Net as one safetensors file",
-            dir.display()
-        );
+    let index = dir.join("diffusion_pytorch_model.safetensors.index.json");
+    if index.exists() {
+        return Ok((index.clone(), shards_of(&index)?));
     }
     if dir.join("diffusion_pytorch_model.bin").exists() {
         bail!(
@@ -534,6 +550,35 @@ fn weights_in(dir: &Path) -> Result<PathBuf> {
         );
     }
     bail!("{}: no {WEIGHTS_FILE} in the folder", dir.display())
+}
+
+/// The shard files a diffusers `*.safetensors.index.json` lists in its `weight_map`
+/// (each a plain file name beside the index), in order of first mention.
+fn shards_of(index: &Path) -> Result<Vec<PathBuf>> {
+    let shown = index.display();
+    let text = std::fs::read_to_string(index).with_context(|| format!("cannot read {shown}"))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| anyhow!("{shown}: not a valid JSON index ({e})"))?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| anyhow!("{shown}: no \"weight_map\" object (not a safetensors shard index)"))?;
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let mut files: Vec<PathBuf> = Vec::new();
+    for (tensor, file) in map {
+        let name = file.as_str().ok_or_else(|| anyhow!("{shown}: the shard of {tensor} is not a file name"))?;
+        ensure!(
+            !name.is_empty() && Path::new(name).file_name().is_some_and(|f| f == name),
+            "{shown}: shard {name:?} of {tensor} is not a plain file name beside the index"
+        );
+        let p = dir.join(name);
+        if !files.contains(&p) {
+            ensure!(p.is_file(), "{shown}: shard {} (holding {tensor}) is missing", p.display());
+            files.push(p);
+        }
+    }
+    ensure!(!files.is_empty(), "{shown}: the index lists no shards");
+    Ok(files)
 }
 
 /// The schedule for a diffusers folder: the first existing scheduler config among
@@ -550,8 +595,13 @@ fn schedule_from(candidates: &[PathBuf]) -> Result<(Schedule, String)> {
     ))
 }
 
-fn finish(arch: UNetArch, schedule: Schedule, weights: &Path, source: String) -> Result<LoadedModel> {
-    let tensors = load_tensors(weights, &arch)?;
+fn finish(
+    arch: UNetArch,
+    schedule: Schedule,
+    weights: &(PathBuf, Vec<PathBuf>),
+    source: String,
+) -> Result<LoadedModel> {
+    let tensors = load_shards(&weights.0, &weights.1, &arch)?;
     let hash = model_hash(&tensors, &schedule);
     Ok(LoadedModel { arch, schedule, tensors, hash, source })
 }
@@ -563,7 +613,7 @@ fn load_unet_folder(dir: &Path, schedulers: &[PathBuf], what: &str) -> Result<Lo
     let arch = load_diffusers_unet_config(&cfg)?;
     let weights = weights_in(dir)?;
     let (schedule, sched_src) = schedule_from(schedulers)?;
-    let source = format!("{what} {} (weights {}; {sched_src})", dir.display(), weights.display());
+    let source = format!("{what} {} (weights {}; {sched_src})", dir.display(), weights.0.display());
     finish(arch, schedule, &weights, source)
 }
 
@@ -683,7 +733,7 @@ pub fn load_model(path: &Path, config: Option<&Path>, preset_name: Option<&str>)
         }
     };
     let source = format!("{} (architecture from {}; {sched_src})", path.display(), mc.source);
-    finish(mc.arch, schedule, path, source)
+    finish(mc.arch, schedule, &(path.to_path_buf(), vec![path.to_path_buf()]), source)
 }
 
 /// Names of the tensors in `expected_tensors(arch)` as a set (convenience for tests
