@@ -1,5 +1,6 @@
-// GroupNorm over the channel concat cat(xa, xb), biased variance, affine, optional SiLU
-// (the CPU oracle is src/backend/cpu/norm.rs).
+// GroupNorm over the channel concat cat(xa, xb), biased variance, affine, optional FiLM
+// (the ADM res block's y * (1 + scale) + shift), optional SiLU (the CPU oracle is
+// src/backend/cpu/norm.rs).
 //
 // group_norm_f32: grid (groups, n), block any multiple of 32 up to 1024 (the launcher
 // picks by group size), dynamic smem 8 * (channels per group) bytes.
@@ -161,10 +162,18 @@ extern "C" __global__ void __launch_bounds__(1024) group_norm_f32(const GroupNor
     const float mean32 = (float)(k + m1);
     const double rstd = 1.0 / sqrt(var + (double)p.eps);
 
-    // Same rounding as the CPU: scale = f32(rstd * gamma), then (x - mean32) * scale + shift.
+    // Same rounding as the CPU: scale = f32(rstd * gamma), then (x - mean32) * scale + shift;
+    // FiLM folds in as scale (1 + s), shift beta (1 + s) + t, computed in f64.
+    const float* film = p.film ? p.film + (long long)(b % p.nf) * 2 * c : nullptr;
     for (int j = tid; j < cg; j += nt) {
-        tab[2 * j] = (float)(rstd * (double)p.gamma[c0 + j]);
-        tab[2 * j + 1] = p.beta[c0 + j];
+        if (film) {
+            const double s = 1.0 + (double)film[c0 + j], t = (double)film[c + c0 + j];
+            tab[2 * j] = (float)(rstd * (double)p.gamma[c0 + j] * s);
+            tab[2 * j + 1] = (float)((double)p.beta[c0 + j] * s + t);
+        } else {
+            tab[2 * j] = (float)(rstd * (double)p.gamma[c0 + j]);
+            tab[2 * j + 1] = p.beta[c0 + j];
+        }
     }
     __syncthreads();
 

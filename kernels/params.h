@@ -27,15 +27,25 @@ struct ConvParams {
     int temb_n, res_n;
 };
 
-// group_norm_f32: GroupNorm over cat(xa, xb) (biased variance, affine), SiLU if silu.
+// group_norm_f32: GroupNorm over cat(xa, xb) (biased variance, affine), then FiLM
+// y * (1 + scale) + shift when film is set, SiLU if silu.
 struct GroupNormParams {
     const float* xa;
     const float* xb;  // or null (cb = 0)
     const float* gamma;
     const float* beta;
-    float* out;  // [n][ca+cb][hw]
-    int n, na, nb, ca, cb, hw, groups, silu;
+    const float* film;  // [nf][2 (ca+cb)]: scale then shift, or null
+    float* out;         // [n][ca+cb][hw]
+    int n, na, nb, ca, cb, hw, groups, silu, nf;
     float eps;
+};
+
+// resample_f32: nearest 2x up-sampling (up) or 2x2 average pooling of x [xn][c][h][w]
+// into out [n][c][ho][wo].
+struct ResampleParams {
+    const float* x;
+    float* out;
+    int n, xn, c, h, w, ho, wo, up;
 };
 
 // linear_f32: out[b][o] = sum_i w[o][i] * silu?(x[b % xn][i]) + bias[o].

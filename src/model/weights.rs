@@ -106,6 +106,9 @@ fn push_attention(out: &mut Vec<(String, Vec<usize>)>, p: &str, c: usize) {
 /// Every tensor the U-Net needs, with its shape, in model order (canonical names).
 /// Channel bookkeeping follows diffusers' `UNet2DModel` / `UpBlock2D` exactly.
 pub fn expected_tensors(arch: &UNetArch) -> Vec<(String, Vec<usize>)> {
+    if arch.adm.is_some() {
+        return crate::model::adm::expected_tensors(arch);
+    }
     let mut out = Vec::new();
     let boc = &arch.block_out_channels;
     let l = boc.len();
