@@ -3,7 +3,8 @@
 //! names) to canonical names, validation, and the model hash.
 //!
 //! Canonical tensor names are the diffusers `UNet2DModel` names with the new attention
-//! names (`to_q`, `to_k`, `to_v`, `to_out.0`); attention projections are `[C, C]`.
+//! names (`to_q`, `to_k`, `to_v`, `to_out.0`); attention projections are `[C, C]`. The
+//! ADM family keeps its own names and shapes (`model/adm.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
