@@ -90,6 +90,15 @@ fn flags_config_refusals_name_the_field() {
         )
     };
     parse_adm_config(&base("")).unwrap();
+    // Schedules: guided-diffusion's linear range scaled to diffusion_steps; the
+    // beta_start / beta_end extension; cosine.
+    let (_, b) = parse_adm_config(&base(r#", "diffusion_steps": 500"#)).unwrap();
+    assert_eq!((b.len(), b[0], *b.last().unwrap()), (500, 0.0002, 0.04));
+    let (_, b) = parse_adm_config(&base(r#", "beta_end": 0.002"#)).unwrap();
+    assert_eq!((b.len(), b[0], *b.last().unwrap()), (1000, 0.0001, 0.002));
+    let (_, b) = parse_adm_config(&base(r#", "noise_schedule": "cosine""#)).unwrap();
+    assert!(b.len() == 1000 && b[999] <= 0.999);
+    assert_err_contains(parse_adm_config(&base(r#", "noise_schedule": "cosine", "beta_end": 0.01"#)), &["beta_end"]);
     assert_err_contains(parse_adm_config(&base(r#", "class_cond": true"#)), &["class_cond"]);
     assert_err_contains(parse_adm_config(&base(r#", "channel_mult": "0.5,1,2""#)), &["channel_mult", "0.5"]);
     assert_err_contains(parse_adm_config(&base(r#", "noise_schedule": "sqrt""#)), &["noise_schedule", "sqrt"]);

@@ -40,6 +40,15 @@ fn adm_mask_omega() {
     run_case_in(&CpuBackend::new(0), Precision::F32, &fixtures_adm(), "adm_mask_omega", 40.0);
 }
 
+/// ADM weights stored as f16 / bf16 (computed in f32) against the golden: >= 30 dB.
+#[test]
+fn adm_reduced_precision_weights() {
+    for p in [Precision::F16, Precision::Bf16] {
+        let psnr = run_case_in(&CpuBackend::new(0), p, &fixtures_adm(), "adm_fast", 30.0);
+        eprintln!("ADM {p:?} weights vs the f64 golden: PSNR {psnr:.1} dB");
+    }
+}
+
 /// Inversion then plain DDIM generation reconstructs the image.
 #[test]
 fn roundtrip() {

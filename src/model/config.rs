@@ -690,7 +690,8 @@ fn is_adm_config(v: &Value) -> bool {
 /// YAML): `image_size`, `num_channels`, `num_res_blocks`, `channel_mult`,
 /// `learn_sigma`, `attention_resolutions`, `num_heads`, `num_head_channels`,
 /// `num_heads_upsample`, `use_scale_shift_norm`, `resblock_updown`,
-/// `use_new_attention_order`, and the schedule `diffusion_steps` / `noise_schedule`.
+/// `use_new_attention_order`, and the schedule `diffusion_steps` / `noise_schedule`
+/// (plus `beta_start` / `beta_end` for a linear schedule of another range).
 /// Absent keys take `create_model`'s defaults; flags that do not change the maths
 /// (`dropout`, `use_fp16`, `use_checkpoint`, `timestep_respacing`) are ignored.
 pub fn parse_adm_config(text: &str) -> Result<(UNetArch, Vec<f64>)> {
@@ -758,12 +759,21 @@ fn adm_from_value(v: &Value) -> Result<(UNetArch, Vec<f64>)> {
         Field::Val(x) => as_str("noise_schedule", x)?.to_string(),
     };
     let betas = match kind.as_str() {
-        // guided-diffusion's get_named_beta_schedule: the 1000-step range scaled
+        // guided-diffusion's get_named_beta_schedule: the 1000-step range scaled;
+        // beta_start / beta_end (a diffstyle extension, absent from guided-diffusion's
+        // flags) replace that range.
         "linear" => {
             let scale = 1000.0 / steps as f64;
-            linear_betas(scale * 0.0001, scale * 0.02, steps)
+            let start = get_f64(m, "beta_start", Some(scale * 0.0001))?;
+            let end = get_f64(m, "beta_end", Some(scale * 0.02))?;
+            linear_betas(start, end, steps)
         }
-        "cosine" => squaredcos_cap_v2_betas(steps),
+        "cosine" => {
+            if m.contains_key("beta_start") || m.contains_key("beta_end") {
+                bail!("beta_start / beta_end apply to noise_schedule linear only");
+            }
+            squaredcos_cap_v2_betas(steps)
+        }
         other => bail!("unsupported noise_schedule {other:?} (supported: linear, cosine)"),
     };
     validate_betas(&betas)?;
