@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use diffstyle::model::config::{parse_adm_config, preset, preset_names};
+use diffstyle::model::config::{parse_adm_config, parse_authors_config, preset, preset_names};
 use diffstyle::model::graph::Graph;
 use diffstyle::model::weights::{expected_tensors, load_model};
 
@@ -80,6 +80,37 @@ fn flags_config_is_the_preset() {
                 use_scale_shift_norm: true\nresblock_updown: true\n";
     let (arch, _) = parse_adm_config(yaml).unwrap();
     assert_eq!(arch, preset("adm-imagenet-256-uncond").unwrap().arch);
+}
+
+/// The authors' configs/{afhq,ffhq,metface,imagenet}.yml: their code builds the ADM by
+/// data.dataset and ignores the (DDPM) model section; so does diffstyle.
+#[test]
+fn authors_yaml_of_the_adm_datasets() {
+    let yaml = |dataset: &str, size: usize| {
+        format!(
+            "data:\n    dataset: \"{dataset}\"\n    image_size: {size}\n    channels: 3\n\
+             model:\n    type: \"simple\"\n    in_channels: 3\n    out_ch: 3\n    ch: 128\n\
+             \x20   ch_mult: [1, 1, 2, 2, 4, 4]\n    num_res_blocks: 2\n    attn_resolutions: [16, ]\n\
+             \x20   resamp_with_conv: True\n\
+             diffusion:\n    beta_schedule: linear\n    beta_start: 0.0001\n    beta_end: 0.02\n\
+             \x20   num_diffusion_timesteps: 1000\n"
+        )
+    };
+    for (ds, name) in [
+        ("AFHQ", "adm-afhq-256"),
+        ("FFHQ", "adm-ffhq-p2-256"),
+        ("MetFACE", "adm-metfaces-p2-256"),
+        ("IMAGENET", "adm-imagenet-256-uncond"),
+    ] {
+        let (arch, betas) = parse_authors_config(&yaml(ds, 256)).unwrap();
+        let p = preset(name).unwrap();
+        assert_eq!(arch, p.arch, "{ds}");
+        assert_eq!(Some(betas), p.betas, "{ds}");
+    }
+    assert_err_contains(parse_authors_config(&yaml("AFHQ", 128)), &["AFHQ", "image_size is 128"]);
+    // Other datasets keep the DDPM reading of the model section.
+    let (arch, _) = parse_authors_config(&yaml("CelebA_HQ", 256)).unwrap();
+    assert!(arch.adm.is_none());
 }
 
 #[test]

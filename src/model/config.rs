@@ -564,6 +564,29 @@ fn authors_from_value(v: &Value) -> Result<(UNetArch, Vec<f64>)> {
     let model = section(root, "model")?;
     let diffusion = section(root, "diffusion")?;
 
+    // The authors build these datasets' models by name (diffusion_latent.py: i_DDPM for
+    // FFHQ / AFHQ / IMAGENET, guided_Diffusion for MetFACE), ignoring the config's model
+    // section (which still describes a DDPM U-Net).
+    if let Field::Val(ds) = field(data, "dataset") {
+        let adm = match ds.as_str() {
+            Some("AFHQ") | Some("FFHQ") | Some("MetFACE") => Some(UNetArch::adm_p2_256()),
+            Some("IMAGENET") => Some(UNetArch::adm_imagenet_256()),
+            _ => None,
+        };
+        if let Some(arch) = adm {
+            let size = get_usize(data, "image_size", Some(256)).context("section data")?;
+            if size != arch.sample_size {
+                bail!(
+                    "data.dataset {ds} is the authors' {}x{} ADM, but data.image_size is {size}",
+                    arch.sample_size,
+                    arch.sample_size
+                );
+            }
+            let betas = authors_betas(diffusion)?;
+            return Ok((arch, betas));
+        }
+    }
+
     match field(model, "type") {
         Field::Val(t) if t.as_str() == Some("simple") => {}
         Field::Val(t) => bail!("unsupported model.type {} (supported: \"simple\", the DDPM U-Net)", t),
@@ -622,6 +645,12 @@ fn authors_from_value(v: &Value) -> Result<(UNetArch, Vec<f64>)> {
         )
     })?;
 
+    let betas = authors_betas(diffusion)?;
+    Ok((arch, betas))
+}
+
+/// The schedule of the authors' `diffusion` section (linear only).
+fn authors_betas(diffusion: &Map<String, Value>) -> Result<Vec<f64>> {
     match field(diffusion, "beta_schedule") {
         Field::Val(x) if x.as_str() == Some("linear") => {}
         Field::Absent => bail!("missing field diffusion.beta_schedule"),
@@ -633,7 +662,7 @@ fn authors_from_value(v: &Value) -> Result<(UNetArch, Vec<f64>)> {
     let n = get_usize(diffusion, "num_diffusion_timesteps", None).context("section diffusion")?;
     let betas = linear_betas(beta_start, beta_end, n);
     validate_betas(&betas).context("section diffusion")?;
-    Ok((arch, betas))
+    Ok(betas)
 }
 
 // ---------------------------------------------------------------------------------
