@@ -1,6 +1,6 @@
 // GroupNorm over the channel concat cat(xa, xb), biased variance, affine, optional FiLM
-// (the ADM res block's y * (1 + scale) + shift), optional SiLU (the CPU oracle is
-// src/backend/cpu/norm.rs).
+// (the ADM res block's y * (1 + scale) + shift, scale / shift per sample and channel
+// from `film`), optional SiLU (the CPU oracle is src/backend/cpu/norm.rs).
 //
 // group_norm_f32: grid (groups, n), block any multiple of 32 up to 1024 (the launcher
 // picks by group size), dynamic smem 8 * (channels per group) bytes.
@@ -8,6 +8,12 @@
 // memory (its xa channels, then its xb channels). Two sweeps: statistics, then
 // normalise + write; 16-byte vector accesses where the runs are aligned, several
 // loads in flight per thread.
+//
+// group_norm_stats_f32 then group_norm_apply_f32: grid (groups * splits, n), for
+// batches too small to fill the GPU with one block per group (batch 1 has 32 blocks).
+// Each block owns one chunk of a group: the first writes the chunk's two sums to
+// `partial`, the second adds a group's chunk sums in chunk order (deterministic) and
+// normalises its chunk, with the same arithmetic as group_norm_f32.
 //
 // Accuracy: the statistics are sums of d = x - K and d^2 in f64, K the group's first
 // element. In f64 the one-sweep form var = E[d^2] - E[d]^2 loses nothing that matters
@@ -92,11 +98,11 @@ struct __align__(4 * V) Vf {
     float v[V];
 };
 
-// The normalise sweep over the group as (channel, position) in units of V floats, U
-// units in flight per thread, stepping by U * nt without a division per unit.
-template <int V>
-DS_DEV void normalize_sweep(const float* ra, const float* rb, int na_ch, int cg, long long hw, float* out,
-                            const float* tab, float mean, int silu) {
+// Walks units [u0, u1) of a group seen as (channel, position) in units of V floats,
+// U units in flight per thread, stepping by U * nt without a division per unit; calls
+// f(channel, position, value) for each unit, in no particular order.
+template <int V, class F>
+DS_DEV void walk(const float* ra, const float* rb, int na_ch, long long hw, long long u0, long long u1, F&& f) {
     constexpr int U = 4;
     const int tid = threadIdx.x, nt = blockDim.x;
     const long long units = hw / V, step = (long long)U * nt;
@@ -104,27 +110,22 @@ DS_DEV void normalize_sweep(const float* ra, const float* rb, int na_ch, int cg,
     long long ch[U], pos[U];
 #pragma unroll
     for (int u = 0; u < U; u++) {
-        const long long e = tid + (long long)u * nt;
+        const long long e = u0 + tid + (long long)u * nt;
         ch[u] = e / units;
         pos[u] = e % units;
     }
-    while (ch[0] < cg) {  // unit u of an iteration comes after unit 0 in the walk
+    for (long long e = u0 + tid; e < u1; e += step) {
         Vf<V> v[U];
 #pragma unroll
         for (int u = 0; u < U; u++) {
-            if (ch[u] < cg) {
+            if (e + (long long)u * nt < u1) {
                 const float* src = ch[u] < na_ch ? ra + ch[u] * hw : rb + (ch[u] - na_ch) * hw;
                 v[u] = reinterpret_cast<const Vf<V>*>(src)[pos[u]];
             }
         }
 #pragma unroll
         for (int u = 0; u < U; u++) {
-            if (ch[u] < cg) {
-                const float sc = tab[2 * ch[u]], sh = tab[2 * ch[u] + 1];
-#pragma unroll
-                for (int j = 0; j < V; j++) v[u].v[j] = norm1(v[u].v[j], mean, sc, sh, silu);
-                reinterpret_cast<Vf<V>*>(out + ch[u] * hw)[pos[u]] = v[u];
-            }
+            if (e + (long long)u * nt < u1) f(ch[u], pos[u], v[u]);
             ch[u] += dch;
             pos[u] += dpos;
             if (pos[u] >= units) {
@@ -135,55 +136,143 @@ DS_DEV void normalize_sweep(const float* ra, const float* rb, int na_ch, int cg,
     }
 }
 
+// Normalises units [u0, u1) of the group into `out` (the group's first channel).
+template <int V>
+DS_DEV void normalize_range(const float* ra, const float* rb, int na_ch, long long hw, long long u0, long long u1,
+                            float* out, const float* tab, float mean, int silu) {
+    walk<V>(ra, rb, na_ch, hw, u0, u1, [&](long long ch, long long pos, Vf<V> v) {
+        const float sc = tab[2 * ch], sh = tab[2 * ch + 1];
+#pragma unroll
+        for (int j = 0; j < V; j++) v.v[j] = norm1(v.v[j], mean, sc, sh, silu);
+        reinterpret_cast<Vf<V>*>(out + ch * hw)[pos] = v;
+    });
+}
+
+// Where one (sample, group) lives.
+struct Group {
+    const float* ra;  // its xa channels
+    const float* rb;  // its xb channels (or null)
+    float* out;       // its first output channel
+    int na_ch, cg, c0;
+    const float* film;  // this sample's [2][ca+cb] scale, shift (or null)
+    long long hw;
+    double k;  // the shift of the sums: the group's first element
+    bool vec;  // 16-byte vectors: every channel row (input and output) aligned
+};
+
+DS_DEV Group group_of(const GroupNormParams& p, int g, int b) {
+    Group q;
+    const int c = p.ca + p.cb;
+    q.cg = c / p.groups;
+    q.c0 = g * q.cg;
+    q.hw = p.hw;
+    // Run a: channels [c0, min(c0 + cg, ca)) of xa; run b: the rest, from xb.
+    q.na_ch = max(0, min(q.c0 + q.cg, p.ca) - q.c0);
+    const int nb_ch = q.cg - q.na_ch;
+    q.ra = p.xa + ((long long)(b % p.na) * p.ca + q.c0) * q.hw;
+    q.rb = nb_ch > 0 ? p.xb + ((long long)(b % p.nb) * p.cb + (q.c0 + q.na_ch - p.ca)) * q.hw : nullptr;
+    q.out = p.out + ((long long)b * c + q.c0) * q.hw;
+    q.film = p.film ? p.film + (long long)(b % p.nf) * 2 * c : nullptr;
+    q.k = q.na_ch > 0 ? q.ra[0] : q.rb[0];
+    q.vec = q.hw % 4 == 0 && aligned16(q.out) && (q.na_ch == 0 || aligned16(q.ra)) && (nb_ch == 0 || aligned16(q.rb));
+    return q;
+}
+
+// From the sums of d = x - k and d^2: the f32 mean, and the per-channel scale and shift
+// in `tab` (same rounding as the CPU: scale = f32(rstd * gamma); with FiLM, scale =
+// f32(rstd * gamma * (1 + s)), shift = f32(beta * (1 + s) + t) in f64); ends with a
+// barrier.
+DS_DEV float finish_stats(const GroupNormParams& p, const Group& q, double s1, double s2, float* tab) {
+    const double count = (double)q.cg * (double)q.hw;
+    const double m1 = s1 / count;
+    const double var = fmax(s2 / count - m1 * m1, 0.0);
+    const double rstd = 1.0 / sqrt(var + (double)p.eps);
+    const int c = p.ca + p.cb;
+    for (int j = threadIdx.x; j < q.cg; j += blockDim.x) {
+        if (q.film) {
+            const double s = 1.0 + (double)q.film[q.c0 + j], t = (double)q.film[c + q.c0 + j];
+            tab[2 * j] = (float)(rstd * (double)p.gamma[q.c0 + j] * s);
+            tab[2 * j + 1] = (float)((double)p.beta[q.c0 + j] * s + t);
+        } else {
+            tab[2 * j] = (float)(rstd * (double)p.gamma[q.c0 + j]);
+            tab[2 * j + 1] = p.beta[q.c0 + j];
+        }
+    }
+    __syncthreads();
+    return (float)(q.k + m1);
+}
+
+// Units [u0, u1) of chunk s of `splits` over a group of `total` units.
+DS_DEV void chunk(long long total, int s, int splits, long long& u0, long long& u1) {
+    u0 = total * s / splits;
+    u1 = total * (s + 1) / splits;
+}
+
 }  // namespace gn
 
 extern "C" __global__ void __launch_bounds__(1024) group_norm_f32(const GroupNormParams p) {
     __shared__ double red[32];
     DS_DYN_SMEM(float, tab);  // [cg][2]: per-channel scale, shift
-
-    const int g = blockIdx.x, b = blockIdx.y;
-    const int tid = threadIdx.x, nt = blockDim.x;
-    const int c = p.ca + p.cb, cg = c / p.groups;
-    const int c0 = g * cg, c1 = c0 + cg;
-    const long long hw = p.hw;
-    // Run a: channels [c0, min(c1, ca)) of xa; run b: the rest, from xb.
-    const int na_ch = max(0, min(c1, p.ca) - c0);
-    const int nb_ch = cg - na_ch;
-    const float* ra = p.xa + ((long long)(b % p.na) * p.ca + c0) * hw;
-    const float* rb = nb_ch > 0 ? p.xb + ((long long)(b % p.nb) * p.cb + (c0 + na_ch - p.ca)) * hw : nullptr;
-    const double count = (double)cg * (double)hw;
-
-    const double k = na_ch > 0 ? ra[0] : rb[0];
+    const gn::Group q = gn::group_of(p, blockIdx.x, blockIdx.y);
     double s1 = 0, s2 = 0;
-    if (na_ch > 0) gn::run_stats(ra, na_ch * hw, k, s1, s2);
-    if (nb_ch > 0) gn::run_stats(rb, nb_ch * hw, k, s1, s2);
-    const double m1 = gn::block_sum(s1, red) / count;
-    const double var = fmax(gn::block_sum(s2, red) / count - m1 * m1, 0.0);
-    const float mean32 = (float)(k + m1);
-    const double rstd = 1.0 / sqrt(var + (double)p.eps);
-
-    // Same rounding as the CPU: scale = f32(rstd * gamma), then (x - mean32) * scale + shift;
-    // FiLM folds in as scale (1 + s), shift beta (1 + s) + t, computed in f64.
-    const float* film = p.film ? p.film + (long long)(b % p.nf) * 2 * c : nullptr;
-    for (int j = tid; j < cg; j += nt) {
-        if (film) {
-            const double s = 1.0 + (double)film[c0 + j], t = (double)film[c + c0 + j];
-            tab[2 * j] = (float)(rstd * (double)p.gamma[c0 + j] * s);
-            tab[2 * j + 1] = (float)((double)p.beta[c0 + j] * s + t);
-        } else {
-            tab[2 * j] = (float)(rstd * (double)p.gamma[c0 + j]);
-            tab[2 * j + 1] = p.beta[c0 + j];
-        }
-    }
-    __syncthreads();
-
-    // 16-byte vectors when every channel row of the group (input and output) is aligned.
-    float* out = p.out + ((long long)b * c + c0) * hw;
-    const bool vec = hw % 4 == 0 && gn::aligned16(out) && (na_ch == 0 || gn::aligned16(ra)) &&
-                     (nb_ch == 0 || gn::aligned16(rb));
-    if (vec)
-        gn::normalize_sweep<4>(ra, rb, na_ch, cg, hw, out, tab, mean32, p.silu);
+    if (q.na_ch > 0) gn::run_stats(q.ra, q.na_ch * q.hw, q.k, s1, s2);
+    if (q.cg > q.na_ch) gn::run_stats(q.rb, (q.cg - q.na_ch) * q.hw, q.k, s1, s2);
+    s1 = gn::block_sum(s1, red);
+    s2 = gn::block_sum(s2, red);
+    const float mean = gn::finish_stats(p, q, s1, s2, tab);
+    if (q.vec)
+        gn::normalize_range<4>(q.ra, q.rb, q.na_ch, q.hw, 0, q.cg * q.hw / 4, q.out, tab, mean, p.silu);
     else
-        gn::normalize_sweep<1>(ra, rb, na_ch, cg, hw, out, tab, mean32, p.silu);
+        gn::normalize_range<1>(q.ra, q.rb, q.na_ch, q.hw, 0, q.cg * q.hw, q.out, tab, mean, p.silu);
 }
 DS_REGISTER(group_norm_f32, GroupNormParams)
+
+extern "C" __global__ void __launch_bounds__(1024) group_norm_stats_f32(const GroupNormParams p) {
+    __shared__ double red[32];
+    const int g = blockIdx.x / p.splits, s = blockIdx.x % p.splits, b = blockIdx.y;
+    const gn::Group q = gn::group_of(p, g, b);
+    double s1 = 0, s2 = 0;
+    long long u0, u1;
+    const double k = q.k;
+    if (q.vec) {
+        gn::chunk(q.cg * q.hw / 4, s, p.splits, u0, u1);
+        gn::walk<4>(q.ra, q.rb, q.na_ch, q.hw, u0, u1, [&](long long, long long, gn::Vf<4> v) {
+#pragma unroll
+            for (int j = 0; j < 4; j++) gn::acc1(v.v[j], k, s1, s2);
+        });
+    } else {
+        gn::chunk(q.cg * q.hw, s, p.splits, u0, u1);
+        gn::walk<1>(q.ra, q.rb, q.na_ch, q.hw, u0, u1,
+                    [&](long long, long long, gn::Vf<1> v) { gn::acc1(v.v[0], k, s1, s2); });
+    }
+    s1 = gn::block_sum(s1, red);
+    s2 = gn::block_sum(s2, red);
+    if (threadIdx.x == 0) {
+        double* dst = p.partial + (((long long)b * p.groups + g) * p.splits + s) * 2;
+        dst[0] = s1;
+        dst[1] = s2;
+    }
+}
+DS_REGISTER(group_norm_stats_f32, GroupNormParams)
+
+extern "C" __global__ void __launch_bounds__(1024) group_norm_apply_f32(const GroupNormParams p) {
+    DS_DYN_SMEM(float, tab);  // [cg][2]: per-channel scale, shift
+    const int g = blockIdx.x / p.splits, s = blockIdx.x % p.splits, b = blockIdx.y;
+    const gn::Group q = gn::group_of(p, g, b);
+    const double* part = p.partial + ((long long)b * p.groups + g) * p.splits * 2;
+    double s1 = 0, s2 = 0;
+    for (int j = 0; j < p.splits; j++) {
+        s1 += part[2 * j];
+        s2 += part[2 * j + 1];
+    }
+    const float mean = gn::finish_stats(p, q, s1, s2, tab);
+    long long u0, u1;
+    if (q.vec) {
+        gn::chunk(q.cg * q.hw / 4, s, p.splits, u0, u1);
+        gn::normalize_range<4>(q.ra, q.rb, q.na_ch, q.hw, u0, u1, q.out, tab, mean, p.silu);
+    } else {
+        gn::chunk(q.cg * q.hw, s, p.splits, u0, u1);
+        gn::normalize_range<1>(q.ra, q.rb, q.na_ch, q.hw, u0, u1, q.out, tab, mean, p.silu);
+    }
+}
+DS_REGISTER(group_norm_apply_f32, GroupNormParams)

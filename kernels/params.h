@@ -36,8 +36,13 @@ struct GroupNormParams {
     const float* beta;
     const float* film;  // [nf][2 (ca+cb)]: scale then shift, or null
     float* out;         // [n][ca+cb][hw]
+    // Split statistics (group_norm_stats_f32 / group_norm_apply_f32): each (sample,
+    // group) is cut into `splits` chunks; chunk sums go to partial[((b * groups + g) *
+    // splits + s) * 2 + {0, 1}]. Unused (null, 1) by group_norm_f32.
+    double* partial;
     int n, na, nb, ca, cb, hw, groups, silu, nf;
     float eps;
+    int splits;
 };
 
 // resample_f32: nearest 2x up-sampling (up) or 2x2 average pooling of x [xn][c][h][w]

@@ -77,7 +77,8 @@ extern "C" __global__ void ddim_step_f32(const StepParams p) {
     float* o = p.out + (size_t)b * len;
     const float sa_i = ds_sqrt(p.a_i), s1a_i = ds_sqrt(ds_sub(1.0f, p.a_i)), sa_j = ds_sqrt(p.a_j);
     float z0 = 0.0f, z1 = 0.0f;
-    if (p.c_noise != 0.0f) ds_gaussian_pair(p.seed, p.stream, (unsigned)b, pair, &z0, &z1);
+    // Sample counter 0 for every b: a pair's noise does not depend on its place in a batch.
+    if (p.c_noise != 0.0f) ds_gaussian_pair(p.seed, p.stream, 0u, pair, &z0, &z1);
     o[e] = ds_ddim_elem(p, x[e], e0[e], ed[e], sa_i, s1a_i, sa_j, z0);
     if (e + 1 < len) o[e + 1] = ds_ddim_elem(p, x[e + 1], e0[e + 1], ed[e + 1], sa_i, s1a_i, sa_j, z1);
 }

@@ -224,8 +224,9 @@ pub fn transfer(
     mask: Option<&Path>,
     dump: Option<&Path>,
     knobs: &Knobs,
+    batch: usize,
 ) -> Result<()> {
-    on_backend!(c, |be| transfer_on(be, c, m, contents, styles, out, mask, dump, knobs))
+    on_backend!(c, |be| transfer_on(be, c, m, contents, styles, out, mask, dump, knobs, batch))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -239,8 +240,10 @@ fn transfer_on<B: Backend>(
     mask: Option<&Path>,
     dump: Option<&Path>,
     knobs: &Knobs,
+    batch: usize,
 ) -> Result<()> {
     let s = knobs.settings();
+    ensure!(batch >= 1, "--batch must be at least 1");
     let model = model(m)?;
     s.validate(&model.schedule)?;
     let pairs = contents.len() * styles.len();
@@ -254,7 +257,10 @@ fn transfer_on<B: Backend>(
         check_parent(d)?;
     }
     let unet = UNet::new(be, &model, c.precision)?;
-    let mut eng = engine(be, &unet, &model)?;
+    // No larger than the work: a batch slot without a pair would only be padding.
+    let batch = batch.min(pairs);
+    let mut eng = Engine::with_batch(be, &unet, &model.schedule, batch)
+        .with_context(|| format!("model {} with --batch {batch}", model.source))?;
     let key = cache_key(&model, c.precision, s.inv_steps);
     // Every input is read and checked before any compute.
     let mut inputs: HashMap<PathBuf, Input> = HashMap::new();
@@ -268,15 +274,23 @@ fn transfer_on<B: Backend>(
 
     let t0 = Instant::now();
     let mut inverted: HashMap<PathBuf, Inversion> = HashMap::new();
+    let mut to_invert = vec![];
     for (p, input) in inputs {
-        let inv = match input {
-            Input::Cached(inv) => inv,
-            Input::Image(x0) => {
-                let bar = Progress::new(c, s.inv_steps - 1, &format!("invert {}", stem(&p)));
-                eng.invert(&x0, s.inv_steps, &mut || bar.tick())?
+        match input {
+            Input::Cached(inv) => {
+                inverted.insert(p, inv);
             }
-        };
-        inverted.insert(p, inv);
+            Input::Image(x0) => to_invert.push((p, x0)),
+        }
+    }
+    for chunk in to_invert.chunks(batch) {
+        let names: Vec<String> = chunk.iter().map(|(p, _)| stem(p)).collect();
+        let bar = Progress::new(c, s.inv_steps - 1, &format!("invert {}", names.join(", ")));
+        let x0s: Vec<&[f32]> = chunk.iter().map(|(_, x)| x.as_slice()).collect();
+        let invs = eng.invert_batch(&x0s, s.inv_steps, &mut || bar.tick())?;
+        for ((p, _), inv) in chunk.iter().zip(invs) {
+            inverted.insert(p.clone(), inv);
+        }
     }
     let t_inv = t0.elapsed();
     let inv_forwards = eng.counts.encoder;
@@ -286,12 +300,20 @@ fn transfer_on<B: Backend>(
     let size = model.arch.sample_size;
     let mut results = Vec::with_capacity(pairs);
     let t1 = Instant::now();
-    for (ci, cp) in contents.iter().enumerate() {
-        for (si, sp) in styles.iter().enumerate() {
-            let what = format!("pair {}/{pairs}", ci * styles.len() + si + 1);
-            let bar = Progress::new(c, s.gen_steps, &what);
-            let x = eng.transfer(&inverted[sp].x_t, &inverted[cp], &s, mask.as_deref(), &mut || bar.tick())?;
-            drop(bar);
+    let all: Vec<(&PathBuf, &PathBuf)> = contents.iter().flat_map(|cp| styles.iter().map(move |sp| (cp, sp))).collect();
+    for (k, chunk) in all.chunks(batch).enumerate() {
+        let first = k * batch + 1;
+        let what = if chunk.len() == 1 {
+            format!("pair {first}/{pairs}")
+        } else {
+            format!("pairs {first}-{}/{pairs}", first + chunk.len() - 1)
+        };
+        let bar = Progress::new(c, s.gen_steps, &what);
+        let styles_xt: Vec<&[f32]> = chunk.iter().map(|(_, sp)| inverted[*sp].x_t.as_slice()).collect();
+        let conts: Vec<&Inversion> = chunk.iter().map(|(cp, _)| &inverted[*cp]).collect();
+        let xs = eng.transfer_batch(&styles_xt, &conts, &s, mask.as_deref(), &mut || bar.tick())?;
+        drop(bar);
+        for ((cp, sp), x) in chunk.iter().zip(xs) {
             let file = if pairs == 1 {
                 out.to_path_buf()
             } else {
@@ -497,6 +519,10 @@ pub fn info(c: &Common, m: &ModelArgs, show_plan: bool) -> Result<()> {
         enc / 1e9,
         dec / 1e9
     );
+    println!(
+        "activation traffic per forward (batch 1, f32, each op reading its inputs and writing its output once): {:.1} MiB",
+        g.activation_traffic() * 4.0 / 1048576.0
+    );
     let plan = Plan::new(&g, 1, 2)?;
     if show_plan {
         print!("{}", plan.describe(&g));
@@ -548,4 +574,123 @@ fn device_memory<B: Backend>(be: &B, model: &LoadedModel, precision: Precision) 
         );
     }
     Ok(())
+}
+
+/// `diffstyle bench`: every measurement of `crate::bench` for each precision (a fresh
+/// backend each), written to `<out_dir>/ours.json` with the inputs and outputs the
+/// baselines are checked against.
+pub fn bench(c: &Common, m: &ModelArgs, o: &crate::bench::BenchOpts) -> Result<()> {
+    use crate::bench::{precision_name, run_on, write_f32, Inputs};
+    ensure!(!o.precisions.is_empty(), "--precisions is empty");
+    let model = model(m)?;
+    let size = model.arch.sample_size;
+    for p in [&o.content, &o.style] {
+        ensure!(p.is_file(), "{}: no such image", p.display());
+    }
+    let inputs = Inputs {
+        content: crate::io::image::load_image(&o.content, size)?.data,
+        style: crate::io::image::load_image(&o.style, size)?.data,
+    };
+    std::fs::create_dir_all(&o.out_dir)
+        .with_context(|| format!("{}: cannot create the output folder", o.out_dir.display()))?;
+    write_f32(&o.out_dir.join("content_x0.f32"), &inputs.content)?;
+    write_f32(&o.out_dir.join("style_x0.f32"), &inputs.style)?;
+    let sample_len = model.arch.in_channels * size * size;
+    write_f32(&o.out_dir.join("x_b1.f32"), &crate::bench::random_x(1, sample_len))?;
+
+    let mut log = |s: &str| {
+        if !c.quiet {
+            eprintln!("{s}");
+        }
+    };
+    let mut results = Vec::new();
+    for &precision in &o.precisions {
+        let cp = Common { device: c.device, precision, quiet: c.quiet, verbose: c.verbose, threads: c.threads };
+        let r = on_backend!(&cp, |be| run_on(be, &model, precision, &inputs, o, &mut log))
+            .with_context(|| format!("bench in {}", precision_name(precision)))?;
+        results.push((precision_name(precision), r));
+    }
+
+    let g = Graph::build(&model.arch);
+    let (enc, dec) = g.flops();
+    let by_prec = |f: &dyn Fn(&crate::bench::PrecisionResult) -> serde_json::Value| {
+        serde_json::Value::Object(results.iter().map(|(p, r)| (p.to_string(), f(r))).collect())
+    };
+    let flat = |f: &dyn Fn(&crate::bench::PrecisionResult) -> serde_json::Value| {
+        serde_json::Value::Array(
+            results.iter().flat_map(|(_, r)| f(r).as_array().cloned().unwrap_or_default()).collect(),
+        )
+    };
+    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let json = serde_json::json!({
+        "device": device_only(&results[0].1.device),
+        "backend": results[0].1.device.clone(),
+        "unix_time": unix,
+        "model": {
+            "source": model.source,
+            "params": model.param_count(),
+            "gflop_forward": (enc + dec) / 1e9,
+            "gflop_encoder": enc / 1e9,
+            "gflop_decoder": dec / 1e9,
+            "sample_size": size,
+            "weights_bytes": by_prec(&|r| serde_json::json!(r.weights_bytes)),
+        },
+        "forward": flat(&|r| serde_json::json!(r.forward)),
+        "encoder": flat(&|r| serde_json::json!(r.encoder)),
+        "decoder": flat(&|r| serde_json::json!(r.decoder)),
+        "pair": flat(&|r| serde_json::json!(r.pair)),
+        "throughput": flat(&|r| serde_json::json!(r.throughput)),
+        "profile": serde_json::Value::Array(results.iter().filter_map(|(_, r)| r.profile.as_ref()).map(|p| serde_json::json!(p)).collect()),
+        "peak_mem_bytes": by_prec(&|r| serde_json::json!(r.peak_pair_bytes.or(r.peak_bytes))),
+        "peak_mem_bytes_all": by_prec(&|r| serde_json::json!(r.peak_bytes)),
+        "settings": {
+            "batches": o.batches, "min_runs": o.min_runs, "min_secs": o.min_secs, "warmup": o.warmup,
+        },
+        "inputs": {
+            "t": crate::bench::T,
+            "x": "x_b1.f32",
+            "eps": by_prec(&|r| {
+                serde_json::json!(r.forward.iter().any(|f| f.batch == 1).then(|| format!("eps_{}_b1.f32", r.precision)))
+            }),
+            "content": "content_x0.f32",
+            "style": "style_x0.f32",
+            "content_image": o.content.display().to_string(),
+            "style_image": o.style.display().to_string(),
+            "size": size,
+        },
+    });
+    let out = o.out_dir.join("ours.json");
+    crate::io::atomic::write_atomic(&out, serde_json::to_string_pretty(&json)?.as_bytes())?;
+
+    println!("device: {}", device_only(&results[0].1.device));
+    println!(
+        "{:<6} {:>5} {:>11} {:>11} {:>11} {:>9}",
+        "prec", "batch", "forward ms", "encoder ms", "decoder ms", "TFLOP/s"
+    );
+    for (_, r) in &results {
+        for ((f, e), d) in r.forward.iter().zip(&r.encoder).zip(&r.decoder) {
+            println!(
+                "{:<6} {:>5} {:>11.3} {:>11.3} {:>11.3} {:>9.3}",
+                f.precision, f.batch, f.ms, e.ms, d.ms, f.tflops
+            );
+        }
+    }
+    for (_, r) in &results {
+        for p in &r.pair {
+            println!("{:<6} pair {:<10} {:>8.3} s (first {:.3} s)", p.precision, p.preset, p.s, p.s_first);
+        }
+        for t in &r.throughput {
+            println!("{:<6} {} pairs ({}) {:.3} s = {:.2} pairs/s", t.precision, t.batch, t.preset, t.s, t.pairs_per_s);
+        }
+        if let Some(b) = r.peak_pair_bytes.or(r.peak_bytes) {
+            println!("{:<6} peak device memory {:.1} MiB", r.precision, b as f64 / 1048576.0);
+        }
+    }
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+/// `describe()` without the weight precision a GPU backend appends.
+fn device_only(described: &str) -> &str {
+    described.strip_suffix(" weights").and_then(|d| d.rsplit_once(", ")).map_or(described, |(d, _)| d)
 }

@@ -3,6 +3,7 @@
 //! framework at run time. See `README.md` and `shared/docs/method.md`.
 
 pub mod backend;
+pub mod bench;
 pub mod commands;
 pub mod diffusion;
 pub mod io;

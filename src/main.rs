@@ -125,6 +125,10 @@ enum Cmd {
         /// (One pair) also write the final latent as f32 NCHW safetensors, key `x0`.
         #[arg(long)]
         dump_tensor: Option<PathBuf>,
+        /// Pairs (and inversions) run side by side in one batch: more throughput on a
+        /// GPU, as much more activation memory. Results do not depend on it.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
         #[command(flatten)]
         knobs: Box<KnobOpts>,
     },
@@ -192,6 +196,61 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Time U-Net forwards (whole, encoder, decoder) at several batch sizes and whole
+    /// pairs, for each precision (the global --precision is ignored). Writes
+    /// OUT_DIR/ours.json plus the inputs and outputs (x, eps, preprocessed images, pair
+    /// images) that tools/bench_torch_gpu.py runs the PyTorch baselines on and checks
+    /// against. Each timed region is one step graph, timed with device events on a GPU.
+    Bench {
+        #[command(flatten)]
+        model: ModelOpts,
+        /// Folder for ours.json and the files beside it (created if missing).
+        #[arg(long)]
+        out_dir: PathBuf,
+        /// Weight precisions to measure, each on a fresh backend.
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "bf16,f16,f32")]
+        precisions: Vec<Precision>,
+        /// Batch sizes of the timed forwards.
+        #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+        batches: Vec<usize>,
+        /// Whole pairs to time (content + style inversion, then generation), each run
+        /// twice; the second run is reported.
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "in-domain,fast")]
+        pairs: Vec<Preset>,
+        /// Precisions the pairs and the throughput batches run in (default: all of
+        /// --precisions).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        pair_precisions: Option<Vec<Precision>>,
+        /// Time no pairs (forwards only).
+        #[arg(long, conflicts_with = "pairs")]
+        no_pairs: bool,
+        /// Throughput: batches of pairs run side by side (e.g. 8,32), each pair with its
+        /// own two inversions, reported as pairs per second. None by default.
+        #[arg(long, value_delimiter = ',')]
+        throughput: Vec<usize>,
+        /// The settings of the throughput batches.
+        #[arg(long, value_enum, default_value = "fast")]
+        throughput_preset: Preset,
+        /// The content image of the timed pairs.
+        #[arg(long, default_value = "examples/content.png")]
+        content: PathBuf,
+        /// The style image of the timed pairs.
+        #[arg(long, default_value = "examples/style.png")]
+        style: PathBuf,
+        /// Timed runs per measurement: at least this many...
+        #[arg(long, default_value_t = 20)]
+        min_runs: usize,
+        /// ...and at least this many seconds.
+        #[arg(long, default_value_t = 1.0)]
+        min_secs: f64,
+        /// Untimed runs before each measurement.
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        /// Also time every op of a batch-1 forward on its own (direct launches, device
+        /// events): time, TFLOP/s and GB/s per op kind and resolution.
+        #[arg(long)]
+        profile: bool,
+    },
 }
 
 impl From<ModelOpts> for ModelArgs {
@@ -228,7 +287,7 @@ fn main() -> ExitCode {
         threads: cli.threads,
     };
     let result = match cli.cmd {
-        Cmd::Transfer { model, content, style, out, mask, dump_tensor, knobs } => commands::transfer(
+        Cmd::Transfer { model, content, style, out, mask, dump_tensor, batch, knobs } => commands::transfer(
             &common,
             &model.into(),
             &content,
@@ -237,6 +296,7 @@ fn main() -> ExitCode {
             mask.as_deref(),
             dump_tensor.as_deref(),
             &(*knobs).into(),
+            batch,
         ),
         Cmd::Invert { model, image, out, inv_steps } => {
             commands::invert(&common, &model.into(), &image, &out, inv_steps)
@@ -245,6 +305,41 @@ fn main() -> ExitCode {
         Cmd::Info { model, config, arch, plan } => commands::info(&common, &ModelArgs { model, config, arch }, plan),
         Cmd::RandomModel { arch, config, seed, out } => {
             commands::random_model(&ModelArgs { model: None, config, arch }, seed, &out)
+        }
+        Cmd::Bench {
+            model,
+            out_dir,
+            precisions,
+            batches,
+            pairs,
+            no_pairs,
+            pair_precisions,
+            throughput,
+            throughput_preset,
+            content,
+            style,
+            min_runs,
+            min_secs,
+            warmup,
+            profile,
+        } => {
+            let pair_precisions = pair_precisions.unwrap_or_else(|| precisions.clone());
+            let opts = diffstyle::bench::BenchOpts {
+                out_dir,
+                precisions,
+                batches,
+                presets: if no_pairs { vec![] } else { pairs },
+                throughput,
+                throughput_preset,
+                pair_precisions,
+                content,
+                style,
+                min_runs,
+                min_secs,
+                warmup,
+                profile,
+            };
+            commands::bench(&common, &model.into(), &opts)
         }
     };
     match result {

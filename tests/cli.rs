@@ -1019,3 +1019,144 @@ fn random_model_loads() {
     assert!(info.status.success(), "{}", String::from_utf8_lossy(&info.stderr));
     assert!(stdout.contains("parameters: 927139"), "{stdout}");
 }
+
+// ---------------------------------------------------------------------------------
+// bench
+
+fn read_f32(path: &Path) -> Vec<f32> {
+    let bytes = fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(bytes.len() % 4, 0, "{}: not whole f32 values", path.display());
+    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+}
+
+/// The U-Net output of the fixture model on `x` at t = 500, computed in-process on the CPU.
+fn cpu_eps(x: &[f32]) -> Vec<f32> {
+    use diffstyle::backend::{cpu::CpuBackend, Backend};
+    use diffstyle::model::unet::{Precision, UNet};
+    let be = CpuBackend::new(1);
+    let model = diffstyle::model::weights::load_model(&model_dir(), None, None).expect("fixture model");
+    let unet = UNet::new(&be, &model, Precision::F32).expect("unet");
+    let ws = unet.workspace(&be, 1, 1).expect("workspace");
+    be.upload(unet.x(&ws), x).expect("upload");
+    unet.forward(&be, &ws, &[diffstyle::bench::T]).expect("forward");
+    be.download(unet.eps(&ws, 1)).expect("download")
+}
+
+fn bench_args(device: &str, dir: &Path, rest: &[&str]) -> Vec<OsString> {
+    let mut a = os(&["--device", device, "--quiet", "bench", "--model"]);
+    a.push(model_dir().into_os_string());
+    a.extend(os(&[OsStr::new("--out-dir"), dir.as_os_str()]));
+    a.extend(os(&[OsStr::new("--content"), content_png().as_os_str(), OsStr::new("--style"), style_png().as_os_str()]));
+    a.extend(os(rest));
+    a
+}
+
+/// `bench` writes timings for every batch and exactly the data the baselines are
+/// checked against: its eps is the U-Net's on its x, its pair image is what `transfer`
+/// writes for the same preset, its inputs are the preprocessed images.
+#[test]
+fn bench_writes_what_the_baselines_read() {
+    let sb = Sandbox::new();
+    let dir = sb.path("bench");
+    let args = ["--precisions", "f32", "--batches", "1,2", "--pairs", "fast", "--min-runs", "2", "--min-secs", "0"];
+    let more = ["--warmup", "1", "--throughput", "2", "--throughput-preset", "fast"];
+    let out = diffstyle(&bench_args("cpu", &dir, &[&args[..], &more].concat()));
+    assert_success(&out);
+    let json: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.join("ours.json")).expect("ours.json")).expect("ours.json parses");
+    for kind in ["forward", "encoder", "decoder"] {
+        let rows = json[kind].as_array().unwrap_or_else(|| panic!("{kind} missing"));
+        let batches: Vec<u64> = rows.iter().map(|r| r["batch"].as_u64().expect("batch")).collect();
+        assert_eq!(batches, [1, 2], "{kind}");
+        for r in rows {
+            let ms = r["ms"].as_f64().expect("ms");
+            assert!(ms.is_finite() && ms > 0.0, "{kind}: ms {ms}");
+            assert!(r["runs"].as_u64().expect("runs") >= 2, "{kind}: runs");
+            assert!(r["ms_min"].as_f64().unwrap() <= ms && ms <= r["ms_max"].as_f64().unwrap(), "{kind}: median");
+        }
+    }
+    let tp = &json["throughput"][0];
+    assert_eq!((tp["batch"].as_u64(), tp["preset"].as_str()), (Some(2), Some("fast")), "throughput: {tp}");
+    let (secs, rate) = (tp["s"].as_f64().expect("s"), tp["pairs_per_s"].as_f64().expect("pairs/s"));
+    assert!(secs > 0.0 && (rate * secs - 2.0).abs() < 1e-9, "throughput {rate} pairs/s over {secs} s");
+    let gflop = json["model"]["gflop_forward"].as_f64().expect("gflop");
+    assert!((gflop - 0.445).abs() < 0.01, "tiny model GFLOP {gflop}");
+
+    let x = read_f32(&dir.join("x_b1.f32"));
+    assert_eq!(x.len(), 3 * 32 * 32);
+    let eps = read_f32(&dir.join("eps_f32_b1.f32"));
+    let want = cpu_eps(&x);
+    let err = diffstyle::tensor::rel_l2(&eps, &want);
+    assert!(err < 1e-6, "bench eps vs in-process forward: rel {err:e}");
+
+    let pair = &json["pair"][0];
+    assert_eq!(pair["preset"], "fast");
+    assert_eq!(pair["deterministic"], true);
+    let ours = image::open(dir.join(pair["image"].as_str().expect("image"))).expect("pair png").to_rgb8();
+    let fast = ["--preset", "fast", "--inv-steps", "50", "--gen-steps", "50", "--replace-steps", "50"];
+    let t = diffstyle(&transfer_args(&model_dir(), &content_png(), &style_png(), &sb.out(), &fast));
+    assert_success(&t);
+    let direct = image::open(sb.out()).expect("transfer png").to_rgb8();
+    assert!(ours == direct, "bench's pair image differs from transfer --preset fast");
+
+    let content = read_f32(&dir.join("content_x0.f32"));
+    let loaded = diffstyle::io::image::load_image(&content_png(), 32).expect("content").data;
+    assert_eq!(content, loaded, "content_x0.f32 is not the preprocessed content");
+}
+
+/// The GPU path of `bench` (step graphs, device timing) through the emulator.
+#[test]
+fn bench_on_the_emulated_device() {
+    let sb = Sandbox::new();
+    let dir = sb.path("bench");
+    let rest = ["--precisions", "f32", "--batches", "1", "--no-pairs", "--min-runs", "1", "--min-secs", "0"];
+    let out = diffstyle(&bench_args("emu", &dir, &[&rest[..], &["--warmup", "0", "--profile"]].concat()));
+    assert_success(&out);
+    let json: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.join("ours.json")).expect("ours.json")).expect("ours.json parses");
+    assert!(json["backend"].as_str().expect("backend").starts_with("emu"), "{}", json["backend"]);
+    let peak = json["peak_mem_bytes"]["f32"].as_u64().expect("peak memory on a device");
+    let weights = json["model"]["weights_bytes"]["f32"].as_u64().expect("weights bytes");
+    let params = json["model"]["params"].as_u64().expect("params");
+    assert!(weights >= 4 * params && peak > weights, "{params} params: weights {weights} B, peak {peak} B");
+    let eps = read_f32(&dir.join("eps_f32_b1.f32"));
+    let err = diffstyle::tensor::rel_l2(&eps, &cpu_eps(&read_f32(&dir.join("x_b1.f32"))));
+    assert!(err < 1e-4, "emulated bench eps vs the CPU: rel {err:e}");
+    // The profile accounts for every FLOP of the forward, op by op.
+    let prof = &json["profile"][0];
+    let rows = prof["by_kind"].as_array().expect("profile rows");
+    let gflop: f64 = rows.iter().map(|r| r["gflop"].as_f64().unwrap()).sum();
+    let want = json["model"]["gflop_forward"].as_f64().unwrap();
+    assert!((gflop - want).abs() < 1e-3 * want, "profiled {gflop} GFLOP, the forward has {want}");
+    assert!(rows.iter().any(|r| r["op"] == "conv3x3" && r["ms"].as_f64().unwrap() > 0.0), "no conv3x3 row");
+}
+
+/// `--batch` packs pairs and inversions side by side without changing any result.
+#[test]
+fn transfer_batch_gives_the_same_images() {
+    let sb = Sandbox::new();
+    let run = |batch: &str, dir: &str| {
+        let out = sb.path(dir);
+        let mut a = os(&["--device", "cpu", "--quiet", "transfer", "--batch", batch, "--model"]);
+        a.push(model_dir().into_os_string());
+        a.extend(os(&[OsStr::new("--content"), content_png().as_os_str(), style_png().as_os_str()]));
+        a.extend(os(&[OsStr::new("--style"), style_png().as_os_str(), content_png().as_os_str()]));
+        a.extend(os(&[OsStr::new("--out"), out.as_os_str()]));
+        for (k, v) in FAST {
+            a.extend(os(&[k, v]));
+        }
+        a.extend(os(&["--t-boost", "600"]));
+        assert_success(&diffstyle(&a));
+        out
+    };
+    let one = run("1", "b1");
+    let three = run("3", "b3");
+    let mut names: Vec<String> =
+        fs::read_dir(&one).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names.len(), 5, "4 pairs and a grid: {names:?}");
+    for n in &names {
+        let (a, b) = (image::open(one.join(n)).unwrap().to_rgb8(), image::open(three.join(n)).unwrap().to_rgb8());
+        assert!(a == b, "{n}: --batch 3 differs from --batch 1");
+    }
+}

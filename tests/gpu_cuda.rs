@@ -91,3 +91,12 @@ fn ddpm256_forward_vs_cpu() {
         assert!(e < bound, "{p:?}: rel. L2 {e:e} >= {bound:e}");
     }
 }
+
+/// Pairs packed in one batch equal the same pairs run alone on the GPU (bf16 weights:
+/// the tensor-core path).
+#[test]
+fn batched_pairs_equal_single() {
+    let Some(be) = gpu(Precision::Bf16) else { return };
+    let worst = common::batched_pairs_equal_single(&be, Precision::Bf16);
+    assert_eq!(worst, 0.0, "batched pairs differ from single pairs by up to {worst:e}");
+}

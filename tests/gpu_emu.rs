@@ -108,3 +108,10 @@ fn graph_replay_equals_direct_launches() {
     assert_eq!(st.created + st.replayed, 2 * 5 + 2 * 12, "every step runs as one graph");
     assert!(st.updated_nodes > 0, "per-step parameters must be rewritten");
 }
+
+/// Pairs packed in one batch equal the same pairs run alone through the kernels.
+#[test]
+fn batched_pairs_equal_single() {
+    let worst = common::batched_pairs_equal_single(&emu(Precision::F32), Precision::F32);
+    assert_eq!(worst, 0.0, "batched pairs differ from single pairs by up to {worst:e}");
+}

@@ -95,3 +95,10 @@ fn reduced_precision_weights() {
         assert!(psnr.is_finite(), "{p:?} rounding must change the result");
     }
 }
+
+/// Pairs packed in one batch equal the same pairs run alone, bit for bit.
+#[test]
+fn batched_pairs_equal_single() {
+    let worst = common::batched_pairs_equal_single(&CpuBackend::new(0), Precision::F32);
+    assert_eq!(worst, 0.0, "batched pairs differ from single pairs by up to {worst:e}");
+}

@@ -12,7 +12,7 @@ log() { echo "== $*" | tee -a "$OUT/log.txt"; }
 run() { log "$*"; "$@" 2>&1 | tee -a "$OUT/log.txt"; }
 run nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
 run date -u
-run git log -1 --format=%H
+run cat "$B/COMMIT"
 run "$B/tests/gpu_cuda" --test-threads 1 --nocapture
 run "$B/tests/diffstyle" cuda --test-threads 1 --nocapture
 run "$B/diffstyle" random-model --arch ddpm-256 --out /tmp/ddpm256.safetensors

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds, here (cargo is not on the GPU machine), what tools/gpu_check.sh runs there:
 # the release binary and the test binaries, stripped, under target/gpu-check/. Carry
-# that folder to the device machine (device tool: carry ["target/gpu-check"]).
+# that folder to the device machine (device tool: carry ["target/gpu-check"]), and
+# target/wheels (the Python packages the baselines need there; tools/fetch_wheels.sh)
+# for tools/bench_gpu.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/install_nvcc.sh
@@ -21,4 +23,8 @@ for line in sys.stdin:
             shutil.copy(m["executable"], "target/gpu-check/tests/" + name)
 '
 strip "$out/diffstyle" "$out"/tests/*
+# The device copy of the tree has no .git: record what was built.
+git rev-parse HEAD >"$out/COMMIT"
+git diff --quiet HEAD || echo "(with uncommitted changes)" >>"$out/COMMIT"
+bash tools/fetch_wheels.sh
 du -sh "$out"

@@ -116,7 +116,9 @@ pub struct Conv2d<'a, B: Backend + ?Sized> {
 
 /// One deterministic / stochastic DDIM update:
 /// `x0 = (x - eps_x0 * sqrt(1 - a_i)) / sqrt(a_i)`,
-/// `out = sqrt(a_j) * x0 + c_dir * eps_dir + c_noise * z`, `z = noise(seed, stream)`.
+/// `out = sqrt(a_j) * x0 + c_dir * eps_dir + c_noise * z`, `z = noise(seed, stream)`
+/// (`rng::fill_gaussian(seed, stream, 0, ..)`): the same for every sample of the batch,
+/// so that a pair's result does not depend on where it sits in a batch of pairs.
 /// The term with `z` is skipped when `c_noise == 0`.
 pub struct DdimStep<'a, B> {
     pub x: Act<'a, B>,
@@ -158,6 +160,16 @@ pub trait Backend {
     }
     fn end_step(&self) -> Result<()> {
         Ok(())
+    }
+
+    /// Milliseconds the backend spends on the ops `f` issues (device events on a GPU,
+    /// the host clock around synchronisations otherwise), for benchmarks.
+    fn time_ms(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+        self.sync()?;
+        let t = std::time::Instant::now();
+        f()?;
+        self.sync()?;
+        Ok(t.elapsed().as_secs_f64() * 1e3)
     }
 
     /// A buffer of `len` f32, filled with NaN so that an op that forgets to write shows.

@@ -150,13 +150,17 @@ pub struct Counts {
     pub mixed_steps: usize,
 }
 
-/// The U-Net plus everything a run needs on the backend, allocated once.
+/// The U-Net plus everything a run needs on the backend, allocated once, for `batch`
+/// images (inversions) or pairs (generations) at a time. Fewer inputs than the batch
+/// are padded by repeating the last one; every sample computes exactly what it would
+/// alone (the step noise does not depend on the sample).
 pub struct Engine<'a, B: Backend> {
     pub be: &'a B,
     pub unet: &'a UNet<B>,
     pub sched: &'a Schedule,
+    batch: usize,
     ws: Workspace<B>,
-    /// Latent slots: current, next, calibrated; then the mask.
+    /// Latent slots of `batch` latents each: current, next, calibrated; then the mask.
     state: B::Buf,
     /// The content's h trajectory of the current pair.
     traj: Option<(B::Buf, usize)>,
@@ -170,10 +174,21 @@ pub const SAMPLE_STREAM: u32 = u32::MAX;
 
 impl<'a, B: Backend> Engine<'a, B> {
     pub fn new(be: &'a B, unet: &'a UNet<B>, sched: &'a Schedule) -> Result<Self> {
-        let ws = unet.workspace(be, 1, 2)?;
+        Self::with_batch(be, unet, sched, 1)
+    }
+
+    /// An engine that runs `batch` inversions or pairs side by side (one encoder batch;
+    /// the two decoders of an injecting step as one batch of `2 * batch`).
+    pub fn with_batch(be: &'a B, unet: &'a UNet<B>, sched: &'a Schedule, batch: usize) -> Result<Self> {
+        ensure!(batch >= 1, "the batch must hold at least one pair");
+        let ws = unet.workspace(be, batch, 2 * batch)?;
         let hs = unet.arch.h_size();
-        let state = be.alloc(SLOTS * Self::lat_len(unet) + hs * hs)?;
-        Ok(Self { be, unet, sched, ws, state, traj: None, counts: Counts::default() })
+        let state = be.alloc(SLOTS * batch * Self::lat_len(unet) + hs * hs)?;
+        Ok(Self { be, unet, sched, batch, ws, state, traj: None, counts: Counts::default() })
+    }
+
+    pub fn batch(&self) -> usize {
+        self.batch
     }
 
     fn lat_len(unet: &UNet<B>) -> usize {
@@ -183,28 +198,46 @@ impl<'a, B: Backend> Engine<'a, B> {
 
     fn slot(&self, k: usize) -> Act<'_, B::Buf> {
         let a = &self.unet.arch;
-        Act::new(&self.state, k * Self::lat_len(self.unet), 1, a.in_channels, a.sample_size, a.sample_size)
+        let len = self.batch * Self::lat_len(self.unet);
+        Act::new(&self.state, k * len, self.batch, a.in_channels, a.sample_size, a.sample_size)
     }
 
     fn mask(&self) -> Act<'_, B::Buf> {
         let hs = self.unet.arch.h_size();
-        Act::new(&self.state, SLOTS * Self::lat_len(self.unet), 1, 1, hs, hs)
+        Act::new(&self.state, SLOTS * self.batch * Self::lat_len(self.unet), 1, 1, hs, hs)
     }
 
-    fn check_latent(&self, x: &[f32], what: &str) -> Result<()> {
-        ensure!(
-            x.len() == Self::lat_len(self.unet),
-            "{what} has {} values, the model needs {}",
-            x.len(),
-            Self::lat_len(self.unet)
-        );
+    /// Checks 1..=batch latents and uploads them into `slot`, padding with the last.
+    fn upload_batch(&self, slot: usize, xs: &[&[f32]], what: &str) -> Result<()> {
+        ensure!(!xs.is_empty() && xs.len() <= self.batch, "{} {what}s for an engine of batch {}", xs.len(), self.batch);
+        for x in xs {
+            ensure!(
+                x.len() == Self::lat_len(self.unet),
+                "{what} has {} values, the model needs {}",
+                x.len(),
+                Self::lat_len(self.unet)
+            );
+        }
+        for k in 0..self.batch {
+            self.be.upload(self.slot(slot).samples(k, 1), xs[k.min(xs.len() - 1)])?;
+        }
         Ok(())
+    }
+
+    /// The first `k` latents of `slot`, each checked to be finite.
+    fn download_batch(&self, slot: usize, k: usize, what: &str) -> Result<Vec<Vec<f32>>> {
+        let all = self.be.download(self.slot(slot))?;
+        let out: Vec<Vec<f32>> = all.chunks(Self::lat_len(self.unet)).take(k).map(<[f32]>::to_vec).collect();
+        if out.iter().any(|x| x.iter().any(|v| !v.is_finite())) {
+            bail!("{what} produced non-finite values (the model or the settings are unstable)");
+        }
+        Ok(out)
     }
 
     /// U-Net on slot `src` at time t, eps of the encoder batch left in the workspace.
     fn forward(&mut self, src: usize, t: i64) -> Result<()> {
         self.be.copy(self.slot(src), self.unet.x(&self.ws))?;
-        self.unet.forward(self.be, &self.ws, &[t as f32])?;
+        self.unet.forward(self.be, &self.ws, &vec![t as f32; self.batch])?;
         self.counts.encoder += 1;
         self.counts.decoder += 1;
         Ok(())
@@ -241,14 +274,20 @@ impl<'a, B: Backend> Engine<'a, B> {
 
     /// DDIM inversion of `x0` over seq(n), recording h at every step's start time.
     pub fn invert(&mut self, x0: &[f32], n: usize, progress: &mut dyn FnMut()) -> Result<Inversion> {
-        self.check_latent(x0, "the image")?;
+        Ok(self.invert_batch(&[x0], n, progress)?.remove(0))
+    }
+
+    /// `invert` of up to `batch` images side by side.
+    pub fn invert_batch(&mut self, x0s: &[&[f32]], n: usize, progress: &mut dyn FnMut()) -> Result<Vec<Inversion>> {
         let times = seq(n);
-        self.be.upload(self.slot(0), x0)?;
-        // The trajectory is gathered on the backend and read back once at the end, so a
-        // step is pure backend work (one graph on a GPU).
-        let h1 = self.unet.h(&self.ws, 1);
-        let hlen = h1.len();
-        let hbuf = self.be.alloc((times.len() - 1) * hlen)?;
+        self.upload_batch(0, x0s, "image")?;
+        // The trajectory is gathered on the backend, key-major (the batch's h at a key
+        // side by side), and read back once at the end, so a step is pure backend work
+        // (one graph on a GPU).
+        let hb = self.unet.h(&self.ws, self.batch);
+        let hlen = hb.sample_len();
+        let (bn, hbl) = (self.batch, hb.len());
+        let hbuf = self.be.alloc((times.len() - 1) * hbl)?;
         let mut keys = vec![];
         let (mut cur, mut nxt) = (0, 1);
         for (k, w) in times.windows(2).enumerate() {
@@ -256,39 +295,47 @@ impl<'a, B: Backend> Engine<'a, B> {
             self.be.begin_step()?;
             self.forward(cur, i)?;
             keys.push(i);
-            let h = self.unet.h(&self.ws, 1);
-            self.be.copy(h, Act::new(&hbuf, k * hlen, 1, h.c, h.h, h.w))?;
-            let eps = self.unet.eps(&self.ws, 1);
+            let h = self.unet.h(&self.ws, bn);
+            self.be.copy(h, Act::new(&hbuf, k * hbl, bn, h.c, h.h, h.w))?;
+            let eps = self.unet.eps(&self.ws, bn);
             let c_dir = (1.0 - self.sched.alpha_bar(j)).sqrt();
             self.step(cur, nxt, eps, eps, i, j, c_dir, 0.0, 0)?;
             self.be.end_step()?;
             std::mem::swap(&mut cur, &mut nxt);
             progress();
         }
-        let h = self.be.download(Act::new(&hbuf, 0, 1, keys.len() * hlen, 1, 1))?;
-        let x_t = self.be.download(self.slot(cur))?;
-        ensure!(x_t.iter().all(|v| v.is_finite()), "inversion produced non-finite values");
-        Ok(Inversion { x0: x0.to_vec(), x_t, keys, h })
+        let h = self.be.download(Act::new(&hbuf, 0, 1, keys.len() * hbl, 1, 1))?;
+        let x_ts = self.download_batch(cur, x0s.len(), "inversion")?;
+        Ok(x0s
+            .iter()
+            .zip(x_ts)
+            .enumerate()
+            .map(|(p, (x0, x_t))| {
+                let h =
+                    (0..keys.len()).flat_map(|k| &h[(k * bn + p) * hlen..(k * bn + p + 1) * hlen]).copied().collect();
+                Inversion { x0: x0.to_vec(), x_t, keys: keys.clone(), h }
+            })
+            .collect())
     }
 
     /// Plain deterministic DDIM generation from `x_t` over seq(n).
     pub fn ddim(&mut self, x_t: &[f32], n: usize, progress: &mut dyn FnMut()) -> Result<Vec<f32>> {
-        self.check_latent(x_t, "the latent")?;
-        self.be.upload(self.slot(0), x_t)?;
+        self.upload_batch(0, &[x_t], "the latent")?;
+        let bn = self.batch;
         let times = seq(n);
         let (mut cur, mut nxt) = (0, 1);
         for k in (0..times.len()).rev() {
             let (i, j) = (times[k], if k == 0 { -1 } else { times[k - 1] });
             self.be.begin_step()?;
             self.forward(cur, i)?;
-            let eps = self.unet.eps(&self.ws, 1);
+            let eps = self.unet.eps(&self.ws, bn);
             let c_dir = (1.0 - self.sched.alpha_bar(j)).sqrt();
             self.step(cur, nxt, eps, eps, i, j, c_dir, 0.0, 0)?;
             self.be.end_step()?;
             std::mem::swap(&mut cur, &mut nxt);
             progress();
         }
-        self.finish(cur)
+        Ok(self.download_batch(cur, 1, "generation")?.remove(0))
     }
 
     /// Seeded Gaussian x_T for sample `k` (used by `sample`).
@@ -296,14 +343,6 @@ impl<'a, B: Backend> Engine<'a, B> {
         let mut z = vec![0f32; Self::lat_len(self.unet)];
         rng::fill_gaussian(seed, SAMPLE_STREAM, k, &mut z);
         z
-    }
-
-    fn finish(&self, slot: usize) -> Result<Vec<f32>> {
-        let x = self.be.download(self.slot(slot))?;
-        if x.iter().any(|v| !v.is_finite()) {
-            bail!("generation produced non-finite values (the model or the settings are unstable)");
-        }
-        Ok(x)
     }
 
     /// DiffStyle generation: from the style's x_T, injecting the content's h.
@@ -316,26 +355,53 @@ impl<'a, B: Backend> Engine<'a, B> {
         mask: Option<&[f32]>,
         progress: &mut dyn FnMut(),
     ) -> Result<Vec<f32>> {
-        self.check_latent(style_xt, "the style latent")?;
+        Ok(self.transfer_batch(&[style_xt], &[content], s, mask, progress)?.remove(0))
+    }
+
+    /// `transfer` of up to `batch` pairs side by side (`style_xts[p]` with
+    /// `contents[p]`), all with the same settings and mask. The contents must have been
+    /// inverted with the same number of steps.
+    pub fn transfer_batch(
+        &mut self,
+        style_xts: &[&[f32]],
+        contents: &[&Inversion],
+        s: &Settings,
+        mask: Option<&[f32]>,
+        progress: &mut dyn FnMut(),
+    ) -> Result<Vec<Vec<f32>>> {
+        ensure!(style_xts.len() == contents.len(), "{} styles for {} contents", style_xts.len(), contents.len());
+        self.upload_batch(0, style_xts, "the style latent")?;
+        let bn = self.batch;
         let hlen = self.unet.h(&self.ws, 1).len();
-        ensure!(
-            content.h_len() == hlen && !content.keys.is_empty(),
-            "the content's h trajectory does not match the model's h-space"
-        );
-        self.be.upload(self.slot(0), style_xt)?;
+        let keys = &contents[0].keys;
+        for c in contents {
+            ensure!(
+                c.h_len() == hlen && !c.keys.is_empty(),
+                "the content's h trajectory does not match the model's h-space"
+            );
+            ensure!(&c.keys == keys, "the contents of one batch must be inverted with the same steps");
+        }
         if let Some(m) = mask {
             ensure!(m.len() == self.mask().len(), "the mask must cover the h grid");
             self.be.upload(self.mask(), m)?;
         }
-        // The trajectory lives on the backend for the whole pair.
-        let reuse = matches!(&self.traj, Some((_, len)) if *len == content.h.len());
+        // The trajectories live on the backend for the whole batch, key-major: the
+        // batch's h at one key side by side, padded like the latents.
+        let len = keys.len() * bn * hlen;
+        let mut host = Vec::with_capacity(len);
+        for k in 0..keys.len() {
+            for p in 0..bn {
+                host.extend_from_slice(&contents[p.min(contents.len() - 1)].h[k * hlen..(k + 1) * hlen]);
+            }
+        }
+        let reuse = matches!(&self.traj, Some((_, l)) if *l == len);
         if !reuse {
-            self.traj = Some((self.be.alloc(content.h.len())?, content.h.len()));
+            self.traj = Some((self.be.alloc(len)?, len));
         }
         let hs = self.unet.arch.h_size();
         {
             let traj = &self.traj.as_ref().expect("allocated above").0;
-            self.be.upload(Act::new(traj, 0, 1, content.h.len(), 1, 1), &content.h)?;
+            self.be.upload(Act::new(traj, 0, 1, len, 1, 1), &host)?;
         }
 
         let times = seq(s.gen_steps);
@@ -348,7 +414,7 @@ impl<'a, B: Backend> Engine<'a, B> {
             self.be.begin_step()?;
             if !replace.contains(&i) {
                 self.forward(cur, i)?;
-                let eps = self.unet.eps(&self.ws, 1);
+                let eps = self.unet.eps(&self.ws, bn);
                 self.step(cur, nxt, eps, eps, i, j, dir, 0.0, 0)?;
                 self.be.end_step()?;
                 std::mem::swap(&mut cur, &mut nxt);
@@ -357,25 +423,27 @@ impl<'a, B: Backend> Engine<'a, B> {
             }
             // Injection-capable: one encoder, then one or two decoders on its skips.
             self.be.copy(self.slot(cur), self.unet.x(&self.ws))?;
-            self.unet.encode(self.be, &self.ws, &[i as f32])?;
+            self.unet.encode(self.be, &self.ws, &vec![i as f32; bn])?;
             self.counts.encoder += 1;
             let mixed = i >= s.t_edit;
             if mixed {
+                // Decoder samples [bn, 2 bn) get h' and read the skips of sample b % bn.
                 let traj = &self.traj.as_ref().expect("allocated above").0;
-                let h2 = self.unet.h(&self.ws, 2);
+                let h2 = self.unet.h(&self.ws, 2 * bn);
                 let maskv = mask.map(|_| self.mask());
-                let hc = Act::new(traj, content.closest(i) * hlen, 1, hlen / (hs * hs), hs, hs);
-                self.be.hspace_mix(h2.samples(0, 1), hc, s.gamma, maskv, h2.samples(1, 1))?;
-                self.unet.decode(self.be, &self.ws, 2)?;
+                let key = contents[0].closest(i);
+                let hc = Act::new(traj, key * bn * hlen, bn, hlen / (hs * hs), hs, hs);
+                self.be.hspace_mix(h2.samples(0, bn), hc, s.gamma, maskv, h2.samples(bn, bn))?;
+                self.unet.decode(self.be, &self.ws, 2 * bn)?;
                 self.counts.decoder += 2;
                 self.counts.mixed_steps += 1;
             } else {
-                self.unet.decode(self.be, &self.ws, 1)?;
+                self.unet.decode(self.be, &self.ws, bn)?;
                 self.counts.decoder += 1;
             }
-            let eps_all = self.unet.eps(&self.ws, if mixed { 2 } else { 1 });
-            let eps = eps_all.samples(0, 1);
-            let eps_mod = if mixed { eps_all.samples(1, 1) } else { eps };
+            let eps_all = self.unet.eps(&self.ws, if mixed { 2 * bn } else { bn });
+            let eps = eps_all.samples(0, bn);
+            let eps_mod = if mixed { eps_all.samples(bn, bn) } else { eps };
             let noisy = i <= s.t_boost;
             // eta = 1 coefficients, in the authors' f32 order.
             let (c_dir, c_noise) = if noisy {
@@ -392,7 +460,7 @@ impl<'a, B: Backend> Engine<'a, B> {
                     // Calibrate x_i, rerun the plain U-Net there, take an ordinary step.
                     self.be.calibrate(self.slot(cur), eps, eps_mod, a_i, s.omega, self.slot(2))?;
                     self.forward(2, i)?;
-                    let eps2 = self.unet.eps(&self.ws, 1);
+                    let eps2 = self.unet.eps(&self.ws, bn);
                     self.step(2, nxt, eps2, eps2, i, j, c_dir, c_noise, s.seed)?;
                 } else {
                     // eps' == eps: calibration leaves x_i as it is, and the rerun U-Net
@@ -409,6 +477,6 @@ impl<'a, B: Backend> Engine<'a, B> {
             std::mem::swap(&mut cur, &mut nxt);
             progress();
         }
-        self.finish(cur)
+        self.download_batch(cur, contents.len(), "generation")
     }
 }

@@ -443,4 +443,15 @@ impl Graph {
         let dec = (self.decoder_start..self.ops.len()).map(|i| self.op_flops(i)).sum();
         (enc, dec)
     }
+
+    /// Activation elements one sample's forward reads and writes when every op reads
+    /// each of its inputs once and writes its output once (the traffic of our fused
+    /// ops; weights not included).
+    pub fn activation_traffic(&self) -> f64 {
+        let numel = |id: ValueId| {
+            let o = &self.values[id];
+            o.c as f64 * o.h as f64 * o.w as f64
+        };
+        self.ops.iter().map(|op| op.inputs().into_iter().map(numel).sum::<f64>() + numel(op.output())).sum()
+    }
 }

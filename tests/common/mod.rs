@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use diffstyle::backend::Backend;
-use diffstyle::diffusion::method::{Engine, Settings};
+use diffstyle::diffusion::method::{Engine, Inversion, Settings};
 use diffstyle::diffusion::schedule::seq;
 use diffstyle::model::unet::{Precision, UNet};
 use diffstyle::model::weights::load_model;
@@ -139,4 +139,59 @@ pub fn run_case_in<B: Backend>(be: &B, precision: Precision, root: &Path, name: 
     assert_eq!(eng.counts.encoder, encoders, "{name}: encoder passes");
     assert_eq!(eng.counts.decoder, encoders + mixed, "{name}: decoder passes");
     psnr
+}
+
+/// Pairs run side by side in one batch give exactly what each gives alone: a full
+/// batch of 3 pairs and a padded batch (2 pairs in an engine of 3), with and without
+/// calibration and a mask, with noisy and mixed steps. Returns the largest difference.
+pub fn batched_pairs_equal_single<B: Backend>(be: &B, precision: Precision) -> f32 {
+    let dir = fixtures().join("defaults");
+    let model = load_model(&fixtures().join("model"), None, None).unwrap();
+    let size = model.arch.sample_size;
+    let unet = UNet::new(be, &model, precision).unwrap();
+    let a = diffstyle::io::image::load_image(&dir.join("content.png"), size).unwrap().data;
+    let b = diffstyle::io::image::load_image(&dir.join("style.png"), size).unwrap().data;
+    let mix: Vec<f32> = a.iter().zip(&b).map(|(x, y)| 0.5 * (x - y)).collect();
+    let hs = model.arch.h_size();
+    let mask: Vec<f32> = (0..hs * hs).map(|i| if i % hs < hs / 2 { 1.0 } else { 0.25 }).collect();
+    let base = Settings { inv_steps: 6, gen_steps: 12, replace_steps: 12, t_boost: 500, ..Settings::default() };
+    let runs = [(base.clone(), None), (Settings { omega: 0.7, ..base.clone() }, Some(mask.as_slice()))];
+
+    let mut single = Engine::new(be, &unet, &model.schedule).unwrap();
+    let mut batched = Engine::with_batch(be, &unet, &model.schedule, 3).unwrap();
+    let images = [&a, &b, &mix];
+    let inv1: Vec<Inversion> = images.iter().map(|x| single.invert(x, 6, &mut || {}).unwrap()).collect();
+    let inv3 = batched.invert_batch(&[&a, &b, &mix], 6, &mut || {}).unwrap();
+    let mut worst = 0f32;
+    let mut diff = |x: &[f32], y: &[f32], what: &str| {
+        assert_eq!(x.len(), y.len(), "{what}");
+        let d = x.iter().zip(y).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+        assert!(x.iter().all(|v| v.is_finite()), "{what}: not finite");
+        worst = worst.max(d);
+        d
+    };
+    for (k, (one, three)) in inv1.iter().zip(&inv3).enumerate() {
+        assert_eq!(one.keys, three.keys, "image {k}: keys");
+        let (dh, dx) = (diff(&one.h, &three.h, "h"), diff(&one.x_t, &three.x_t, "x_t"));
+        eprintln!("inversion of image {k}: batch 3 vs alone: max |h| diff {dh:e}, max |x_T| diff {dx:e}");
+    }
+    // (content, style) pairs: 0 <- 1, 1 <- 2, 2 <- 0.
+    let pairs = [(0usize, 1usize), (1, 2), (2, 0)];
+    for (s, m) in &runs {
+        let alone: Vec<Vec<f32>> =
+            pairs.iter().map(|&(c, st)| single.transfer(&inv1[st].x_t, &inv1[c], s, *m, &mut || {}).unwrap()).collect();
+        for n in [3, 2] {
+            let styles: Vec<&[f32]> = pairs[..n].iter().map(|&(_, st)| inv1[st].x_t.as_slice()).collect();
+            let contents: Vec<&Inversion> = pairs[..n].iter().map(|&(c, _)| &inv1[c]).collect();
+            let got = batched.transfer_batch(&styles, &contents, s, *m, &mut || {}).unwrap();
+            assert_eq!(got.len(), n);
+            for (p, (g, w)) in got.iter().zip(&alone).enumerate() {
+                let d = diff(g, w, "pair");
+                eprintln!("omega {} pair {p} of {n} in an engine of 3: max |diff| vs alone {d:e}", s.omega);
+            }
+        }
+        let distinct = alone[0].iter().zip(&alone[1]).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+        assert!(distinct > 0.1, "different pairs gave the same image (max diff {distinct})");
+    }
+    worst
 }

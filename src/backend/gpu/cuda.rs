@@ -354,6 +354,42 @@ impl Device for CudaDevice {
         check(unsafe { sys::cuGraphLaunch(g.exec, std::ptr::null_mut()) }, "cuGraphLaunch")
     }
 
+    fn time_ms(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+        let mut ev: [sys::CUevent; 2] = [std::ptr::null_mut(); 2];
+        {
+            let _g = self.lock()?;
+            for e in ev.iter_mut() {
+                // SAFETY: valid out-pointer; default flags (timing enabled).
+                check(unsafe { sys::cuEventCreate(e, 0) }, "cuEventCreate")?;
+            }
+        }
+        let timed = (|| -> Result<f64> {
+            // Both events go on the legacy default stream, where launches and graphs run.
+            {
+                let _g = self.lock()?;
+                // SAFETY: events created above, null = the default stream.
+                check(unsafe { sys::cuEventRecord(ev[0], std::ptr::null_mut()) }, "cuEventRecord")?;
+            }
+            f()?;
+            let _g = self.lock()?;
+            let mut ms = 0f32;
+            // SAFETY: as above; valid out-pointer.
+            unsafe {
+                check(sys::cuEventRecord(ev[1], std::ptr::null_mut()), "cuEventRecord")?;
+                check(sys::cuEventSynchronize(ev[1]), "a GPU kernel (reported at an event)")?;
+                check(sys::cuEventElapsedTime(&mut ms, ev[0], ev[1]), "cuEventElapsedTime")?;
+            }
+            Ok(f64::from(ms))
+        })();
+        if let Ok(_g) = self.lock() {
+            for e in ev.into_iter().filter(|e| !e.is_null()) {
+                // SAFETY: created above and no longer used.
+                unsafe { sys::cuEventDestroy_v2(e) };
+            }
+        }
+        timed
+    }
+
     fn graph_destroy(&self, id: GraphId) {
         if let Ok(mut raw) = self.lock() {
             if let Some(g) = raw.graphs.remove(&id) {

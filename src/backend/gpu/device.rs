@@ -55,4 +55,14 @@ pub trait Device: Send + Sync + 'static {
     /// Runs graph `g`, ordered after everything issued before.
     fn graph_launch(&self, g: GraphId) -> Result<()>;
     fn graph_destroy(&self, g: GraphId);
+
+    /// Milliseconds of device time taken by the work `f` issues. The default times the
+    /// host clock between synchronisations; the real GPU records events around `f`.
+    fn time_ms(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+        self.sync()?;
+        let t = std::time::Instant::now();
+        f()?;
+        self.sync()?;
+        Ok(t.elapsed().as_secs_f64() * 1e3)
+    }
 }

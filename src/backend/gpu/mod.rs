@@ -146,11 +146,25 @@ pub struct GpuBackend<D: Device> {
     stats: Arc<Stats>,
     graphs: Mutex<Graphs>,
     use_graphs: bool,
+    /// Scratch for ops that pass partial results between two launches (split group
+    /// norm): allocated once, at the first use, and shared by every op (launches are
+    /// ordered, so one op's use ends before the next one's begins).
+    scratch: Mutex<Option<Alloc>>,
 }
+
+/// Bytes of the shared scratch buffer.
+const SCRATCH_BYTES: usize = 64 * 1024;
 
 impl<D: Device> GpuBackend<D> {
     pub fn new(dev: D, precision: Precision) -> Self {
-        Self { dev: Arc::new(dev), precision, stats: Arc::default(), graphs: Mutex::default(), use_graphs: true }
+        Self {
+            dev: Arc::new(dev),
+            precision,
+            stats: Arc::default(),
+            graphs: Mutex::default(),
+            use_graphs: true,
+            scratch: Mutex::default(),
+        }
     }
 
     /// Runs every op as a direct launch, never as a graph (for comparisons).
@@ -253,6 +267,16 @@ impl<D: Device> GpuBackend<D> {
     }
 
     /// Device address of a weight.
+    /// The device address of the scratch buffer, which must hold `bytes`.
+    pub(crate) fn scratch(&self, bytes: usize) -> Result<u64> {
+        ensure!(bytes <= SCRATCH_BYTES, "an op needs {bytes} bytes of scratch, more than the {SCRATCH_BYTES} reserved");
+        let mut s = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        if s.is_none() {
+            *s = Some(self.raw_alloc(SCRATCH_BYTES)?);
+        }
+        Ok(s.as_ref().expect("allocated above").ptr)
+    }
+
     pub(crate) fn wptr(&self, w: &GpuWeight) -> u64 {
         w.mem.ptr
     }
@@ -290,6 +314,10 @@ impl<D: Device> Backend for GpuBackend<D> {
 
     fn peak_device_bytes(&self) -> Option<usize> {
         Some(self.peak_bytes())
+    }
+
+    fn time_ms(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+        self.dev.time_ms(f)
     }
 
     fn alloc(&self, len: usize) -> Result<GpuBuf> {

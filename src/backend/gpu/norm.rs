@@ -1,6 +1,8 @@
-//! Group norm launcher (kernels/norm.cu): `group_norm_f32`, one block per (group,
-//! sample), f64 statistics as in the CPU oracle (src/backend/cpu/norm.rs); the same
-//! kernel applies the ADM's FiLM conditioning (`group_norm_film`).
+//! Group norm launcher (kernels/norm.cu), f64 statistics as in the CPU oracle
+//! (src/backend/cpu/norm.rs): `group_norm_f32` with one block per (group, sample) when
+//! that fills the GPU, else each group split into chunks over two launches
+//! (`group_norm_stats_f32`, `group_norm_apply_f32`) through a small scratch buffer.
+//! The same kernels apply the ADM's FiLM conditioning (`group_norm_film`).
 
 use anyhow::{ensure, Result};
 
@@ -39,7 +41,7 @@ pub(super) fn group_norm<D: Device>(
     let hw = out.h * out.w;
     let cg = c / groups;
     let (nb, cb) = x.b.map_or((1, 0), |b| (b.n, b.c));
-    let p = GroupNormParams {
+    let mut p = GroupNormParams {
         xa: pa,
         xb: pb,
         gamma: be.wptr(gamma),
@@ -56,13 +58,39 @@ pub(super) fn group_norm<D: Device>(
         silu: silu as i32,
         nf: film.map_or(1, |f| f.n) as i32,
         eps,
+        partial: 0,
+        splits: 1,
+        _pad: 0,
     };
-    // One block per group: large groups get many threads (the grid is only
-    // groups x n blocks), small ones few (the two block reductions cost per warp).
-    let count = cg * hw;
-    let threads = (count / 8).next_multiple_of(32).clamp(64, 1024) as u32;
     ensure!(out.n <= 65535, "group_norm: batch {} exceeds the grid", out.n);
-    be.launch("group_norm_f32", [groups as u32, out.n as u32, 1], [threads, 1, 1], (8 * cg) as u32, &p)
+    let count = cg * hw;
+    let splits = splits(groups * out.n, count);
+    let smem = (8 * cg) as u32;
+    // Large chunks get many threads, small ones few (the block reductions cost per warp).
+    let threads = |elems: usize| (elems / 8).next_multiple_of(32).clamp(64, 1024) as u32;
+    if splits == 1 {
+        return be.launch("group_norm_f32", [groups as u32, out.n as u32, 1], [threads(count), 1, 1], smem, &p);
+    }
+    p.partial = be.scratch(2 * 8 * groups * out.n * splits)?;
+    p.splits = splits as i32;
+    let grid = [(groups * splits) as u32, out.n as u32, 1];
+    let t = threads(count / splits);
+    be.launch("group_norm_stats_f32", grid, [t, 1, 1], 0, &p)?;
+    be.launch("group_norm_apply_f32", grid, [t, 1, 1], smem, &p)
+}
+
+/// Blocks a launch should have to fill the GPU: two per SM of a 132-SM H100 / H200
+/// (an A100's 108 SMs are filled too).
+const TARGET_BLOCKS: usize = 264;
+/// The smallest chunk worth a block of its own (elements).
+const MIN_CHUNK: usize = 8192;
+
+/// Chunks per group for `blocks` (group, sample) pairs of `count` elements each.
+fn splits(blocks: usize, count: usize) -> usize {
+    if blocks >= TARGET_BLOCKS / 2 {
+        return 1;
+    }
+    TARGET_BLOCKS.div_ceil(blocks).min(count / MIN_CHUNK).clamp(1, 64)
 }
 
 #[cfg(test)]
@@ -201,6 +229,30 @@ mod tests {
         eprintln!("group_norm aligned, mean -10 std 0.1: rel L2 {e:.3e}");
     }
 
+    #[test]
+    fn split_counts() {
+        assert_eq!(super::splits(32, 4096), 1, "chunks below the minimum");
+        assert_eq!(super::splits(32, 128 * 65536 / 32), 9, "batch 1, 256x256x128: 288 blocks");
+        assert_eq!(super::splits(64, 262_144), 5);
+        assert_eq!(super::splits(132, 1 << 20), 1, "enough blocks already");
+        assert_eq!(super::splits(1, 1 << 30), 64, "capped");
+    }
+
+    /// Groups split into chunks over two launches (few groups, large ones): chunks that
+    /// straddle channels and the a|b boundary, broadcast batches, scalar and float4
+    /// paths, a large mean.
+    #[test]
+    fn group_norm_split_groups() {
+        // 3 groups of 3 channels of 90x90: 2 chunks per group, chunk edges mid-channel.
+        run(1, (1, 5), (1, 4), (90, 90), 3, true, 0.0, 1.0);
+        run_at(8, 2, (1, 5), (2, 4), (90, 90), 3, false, 10.0, 0.1);
+        // 8 groups of 8 channels of 64x64: 4 chunks per group.
+        let e = run_at(0, 1, (1, 32), (1, 32), (64, 64), 8, true, 1.0, 2.0);
+        eprintln!("group_norm split, aligned: rel L2 {e:.3e}");
+        let e = run(1, (1, 64), (1, 0), (64, 64), 8, false, -10.0, 0.1);
+        eprintln!("group_norm split, mean -10 std 0.1: rel L2 {e:.3e}");
+    }
+
     /// FiLM (the ADM res block): GPU vs CPU with film batch `nf` broadcast to `n`.
     fn check_film_case<D: Device>(
         gpu: &GpuBackend<D>,
@@ -243,14 +295,16 @@ mod tests {
         check_film_case(&be, OFF, 2, 1, 12, 5, 3);
         check_film_case(&be, 0, 2, 2, 64, 8, 32);
         check_film_case(&be, 4, 3, 1, 32, 4, 8);
+        // Few large groups: the split statistics / apply launches.
+        check_film_case(&be, 0, 2, 1, 32, 64, 4);
         // A film of the wrong width is refused.
         let xb = place(&be, &rand_vec(1, 6 * 4));
         let fb = place(&be, &rand_vec(2, 6));
         let ob = poisoned(&be, 6 * 4);
         let g = weight(&be, &[6], &rand_vec(2, 6), WeightKind::Vector, Precision::F32);
-        assert!(be
-            .group_norm_film(act(&xb, 1, 6, 2, 2), &g, &g, 3, 1e-5, act(&fb, 1, 6, 1, 1), true, act(&ob, 1, 6, 2, 2))
-            .is_err());
+        let bad =
+            be.group_norm_film(act(&xb, 1, 6, 2, 2), &g, &g, 3, 1e-5, act(&fb, 1, 6, 1, 1), true, act(&ob, 1, 6, 2, 2));
+        assert!(bad.is_err());
     }
 
     #[test]
@@ -279,6 +333,9 @@ mod tests {
             (OFF, 2, (2, 128), (2, 128), (128, 128), 32, 1.0, 2.0),
             (0, 2, (1, 256), (2, 256), (64, 64), 32, 10.0, 0.1),
             (0, 1, (1, 512), (1, 512), (8, 8), 32, 0.0, 1.0),
+            // Batch 1 at 256x256: split groups.
+            (0, 1, (1, 128), (1, 0), (256, 256), 32, 0.0, 1.0),
+            (OFF, 1, (1, 128), (1, 128), (256, 256), 32, 1.0, 2.0),
             (OFF, 2, (2, 33), (2, 31), (17, 9), 8, 0.0, 1.0),
         ] {
             for silu in [false, true] {

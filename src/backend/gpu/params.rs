@@ -47,6 +47,7 @@ pub struct GroupNormParams {
     pub beta: u64,
     pub film: u64,
     pub out: u64,
+    pub partial: u64,
     pub n: i32,
     pub na: i32,
     pub nb: i32,
@@ -57,6 +58,8 @@ pub struct GroupNormParams {
     pub silu: i32,
     pub nf: i32,
     pub eps: f32,
+    pub splits: i32,
+    pub _pad: i32,
 }
 
 #[repr(C)]
@@ -184,6 +187,8 @@ mod tests {
             ("conv2d_f16", std::mem::size_of::<ConvParams>()),
             ("conv2d_bf16", std::mem::size_of::<ConvParams>()),
             ("group_norm_f32", std::mem::size_of::<GroupNormParams>()),
+            ("group_norm_stats_f32", std::mem::size_of::<GroupNormParams>()),
+            ("group_norm_apply_f32", std::mem::size_of::<GroupNormParams>()),
             ("linear_f32", std::mem::size_of::<LinearParams>()),
             ("timestep_embedding_f32", std::mem::size_of::<TembParams>()),
             ("attention_f32", std::mem::size_of::<AttentionParams>()),
