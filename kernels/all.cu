@@ -5,6 +5,7 @@
 
 #include "conv.cu"
 #include "norm.cu"
+#include "resample.cu"
 #include "attention.cu"
 #include "elementwise.cu"
 #include "hspace.cu"

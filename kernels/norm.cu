@@ -1,5 +1,6 @@
-// GroupNorm over the channel concat cat(xa, xb), biased variance, affine, optional SiLU
-// (the CPU oracle is src/backend/cpu/norm.rs).
+// GroupNorm over the channel concat cat(xa, xb), biased variance, affine, optional FiLM
+// (the ADM res block's y * (1 + scale) + shift, scale / shift per sample and channel
+// from `film`), optional SiLU (the CPU oracle is src/backend/cpu/norm.rs).
 //
 // group_norm_f32: grid (groups, n), block any multiple of 32 up to 1024 (the launcher
 // picks by group size), dynamic smem 8 * (channels per group) bytes.
@@ -153,6 +154,7 @@ struct Group {
     const float* rb;  // its xb channels (or null)
     float* out;       // its first output channel
     int na_ch, cg, c0;
+    const float* film;  // this sample's [2][ca+cb] scale, shift (or null)
     long long hw;
     double k;  // the shift of the sums: the group's first element
     bool vec;  // 16-byte vectors: every channel row (input and output) aligned
@@ -170,21 +172,31 @@ DS_DEV Group group_of(const GroupNormParams& p, int g, int b) {
     q.ra = p.xa + ((long long)(b % p.na) * p.ca + q.c0) * q.hw;
     q.rb = nb_ch > 0 ? p.xb + ((long long)(b % p.nb) * p.cb + (q.c0 + q.na_ch - p.ca)) * q.hw : nullptr;
     q.out = p.out + ((long long)b * c + q.c0) * q.hw;
+    q.film = p.film ? p.film + (long long)(b % p.nf) * 2 * c : nullptr;
     q.k = q.na_ch > 0 ? q.ra[0] : q.rb[0];
     q.vec = q.hw % 4 == 0 && aligned16(q.out) && (q.na_ch == 0 || aligned16(q.ra)) && (nb_ch == 0 || aligned16(q.rb));
     return q;
 }
 
 // From the sums of d = x - k and d^2: the f32 mean, and the per-channel scale and shift
-// in `tab` (same rounding as the CPU: scale = f32(rstd * gamma)); ends with a barrier.
+// in `tab` (same rounding as the CPU: scale = f32(rstd * gamma); with FiLM, scale =
+// f32(rstd * gamma * (1 + s)), shift = f32(beta * (1 + s) + t) in f64); ends with a
+// barrier.
 DS_DEV float finish_stats(const GroupNormParams& p, const Group& q, double s1, double s2, float* tab) {
     const double count = (double)q.cg * (double)q.hw;
     const double m1 = s1 / count;
     const double var = fmax(s2 / count - m1 * m1, 0.0);
     const double rstd = 1.0 / sqrt(var + (double)p.eps);
+    const int c = p.ca + p.cb;
     for (int j = threadIdx.x; j < q.cg; j += blockDim.x) {
-        tab[2 * j] = (float)(rstd * (double)p.gamma[q.c0 + j]);
-        tab[2 * j + 1] = p.beta[q.c0 + j];
+        if (q.film) {
+            const double s = 1.0 + (double)q.film[q.c0 + j], t = (double)q.film[c + q.c0 + j];
+            tab[2 * j] = (float)(rstd * (double)p.gamma[q.c0 + j] * s);
+            tab[2 * j + 1] = (float)((double)p.beta[q.c0 + j] * s + t);
+        } else {
+            tab[2 * j] = (float)(rstd * (double)p.gamma[q.c0 + j]);
+            tab[2 * j + 1] = p.beta[q.c0 + j];
+        }
     }
     __syncthreads();
     return (float)(q.k + m1);

@@ -29,20 +29,30 @@ struct ConvParams {
     int tap;  // weights tap-major (16-bit kernels only; needs (ca + cb) % 32 == 0)
 };
 
-// group_norm_f32: GroupNorm over cat(xa, xb) (biased variance, affine), SiLU if silu.
+// group_norm_f32: GroupNorm over cat(xa, xb) (biased variance, affine), then FiLM
+// y * (1 + scale) + shift when film is set, SiLU if silu.
 struct GroupNormParams {
     const float* xa;
     const float* xb;  // or null (cb = 0)
     const float* gamma;
     const float* beta;
-    float* out;  // [n][ca+cb][hw]
+    const float* film;  // [nf][2 (ca+cb)]: scale then shift, or null
+    float* out;         // [n][ca+cb][hw]
     // Split statistics (group_norm_stats_f32 / group_norm_apply_f32): each (sample,
     // group) is cut into `splits` chunks; chunk sums go to partial[((b * groups + g) *
     // splits + s) * 2 + {0, 1}]. Unused (null, 1) by group_norm_f32.
     double* partial;
-    int n, na, nb, ca, cb, hw, groups, silu;
+    int n, na, nb, ca, cb, hw, groups, silu, nf;
     float eps;
     int splits;
+};
+
+// resample_f32: nearest 2x up-sampling (up) or 2x2 average pooling of x [xn][c][h][w]
+// into out [n][c][ho][wo].
+struct ResampleParams {
+    const float* x;
+    float* out;
+    int n, xn, c, h, w, ho, wo, up;
 };
 
 // linear_f32: out[b][o] = sum_i w[o][i] * silu?(x[b % xn][i]) + bias[o].

@@ -471,21 +471,42 @@ pub fn info(c: &Common, m: &ModelArgs, show_plan: bool) -> Result<()> {
     };
     let g = Graph::build(&arch);
     let (enc, dec) = g.flops();
-    println!("architecture: DDPM U-Net (diffusers UNet2DModel layout)");
+    match &arch.adm {
+        None => println!("architecture: DDPM U-Net (diffusers UNet2DModel layout)"),
+        Some(a) => {
+            println!("architecture: ADM U-Net (guided-diffusion UNetModel layout)");
+            println!(
+                "  model_channels {}, FiLM norm {}, res-block resampling {}, {} QKV order; eps = first {} of {} outputs",
+                a.model_channels,
+                a.use_scale_shift_norm,
+                a.resblock_updown,
+                if a.use_new_attention_order { "new" } else { "legacy" },
+                arch.eps_channels(),
+                arch.out_channels
+            );
+        }
+    }
     println!(
         "  sample size {}x{}, {} -> {} channels",
         arch.sample_size, arch.sample_size, arch.in_channels, arch.out_channels
     );
     println!("  block_out_channels {:?}, {} res blocks per level", arch.block_out_channels, arch.layers_per_block);
     println!("  attention: down {:?}, mid {}, up {:?}", arch.down_attention, arch.mid_attention, arch.up_attention);
-    let heads = arch.attention_head_dim.map_or("1 head per layer".to_string(), |d| format!("{d} channels per head"));
+    let heads = match (arch.attention_head_dim, &arch.adm) {
+        (Some(d), _) => format!("{d} channels per head"),
+        (None, Some(a)) => format!("{} heads (decoder {})", a.num_heads, a.num_heads_upsample),
+        (None, None) => "1 head per layer".to_string(),
+    };
     println!(
         "  {heads}; GroupNorm({}, eps {:e}); downsample padding {}",
         arch.norm_num_groups, arch.norm_eps, arch.downsample_padding
     );
     println!(
         "  time embedding: {} sinusoids (flip_sin_to_cos {}, freq_shift {}) -> {}",
-        arch.block_out_channels[0], arch.flip_sin_to_cos, arch.freq_shift, arch.time_embed_dim
+        arch.time_proj_dim(),
+        arch.flip_sin_to_cos,
+        arch.freq_shift,
+        arch.time_embed_dim
     );
     println!("  h-space: {} x {} x {}", arch.h_channels(), arch.h_size(), arch.h_size());
     if let Some(h) = hash {

@@ -944,6 +944,52 @@ fn device_emu_matches_cpu() {
     assert!(p16 >= 30.0, "emu bf16 vs cpu f32: {p16:.1} dB");
 }
 
+#[test]
+fn info_on_adm_presets() {
+    for (arch, params) in [
+        ("adm-afhq-256", "93563910"),
+        ("adm-ffhq-p2-256", "93563910"),
+        ("adm-metfaces-p2-256", "93563910"),
+        ("adm-imagenet-256-uncond", "552814086"),
+    ] {
+        let out = diffstyle(&["--device", "cpu", "info", "--arch", arch]);
+        assert_success(&out);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("ADM U-Net"), "{stdout}");
+        assert!(stdout.contains(&format!("parameters: {params} ")), "{stdout}");
+        assert!(stdout.contains("GFLOP per forward"), "{stdout}");
+        assert!(stdout.contains("eps = first 3 of 6 outputs"), "{stdout}");
+    }
+}
+
+/// `random-model` for an ADM (its flags as `--config`) loads back.
+#[test]
+fn random_model_adm_loads() {
+    let sb = Sandbox::new();
+    let file = sb.out_dir().join("random_adm.safetensors");
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/unet/adm_film_updown/model.json");
+    let made = diffstyle(&os(&[
+        OsStr::new("random-model"),
+        OsStr::new("--config"),
+        config.as_os_str(),
+        OsStr::new("--out"),
+        file.as_os_str(),
+    ]));
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let info = diffstyle(&os(&[
+        OsStr::new("--device"),
+        OsStr::new("cpu"),
+        OsStr::new("info"),
+        OsStr::new("--model"),
+        file.as_os_str(),
+        OsStr::new("--config"),
+        config.as_os_str(),
+    ]));
+    let stdout = String::from_utf8_lossy(&info.stdout);
+    assert!(info.status.success(), "{}", String::from_utf8_lossy(&info.stderr));
+    assert!(stdout.contains("parameters: 828358 "), "{stdout}");
+}
+
 /// `random-model` writes a checkpoint that loads with the same architecture.
 #[test]
 fn random_model_loads() {

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{fixtures, run_case_on};
+use common::{fixtures, fixtures_adm, run_case_in, run_case_on};
 use diffstyle::backend::gpu::emu::EmuDevice;
 use diffstyle::backend::gpu::GpuBackend;
 use diffstyle::diffusion::method::{Engine, Settings};
@@ -31,6 +31,13 @@ macro_rules! f32_cases {
 // calibration (omega), every step injection-capable (replace_steps 0), n_inv != n_gen.
 // (dt_lambda only changes step coefficients; the CPU tests cover that branch.)
 f32_cases!(mask, omega, replace_zero, inv_ne_gen);
+
+/// The ADM family's kernels (FiLM group norm, resampling, multi-head attention with the
+/// legacy QKV order, learned sigma) through the whole method.
+#[test]
+fn adm_mask_omega() {
+    run_case_in(&emu(Precision::F32), Precision::F32, &fixtures_adm(), "adm_mask_omega", 40.0);
+}
 
 #[test]
 fn bf16_weights() {

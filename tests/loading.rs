@@ -434,7 +434,7 @@ fn diffusers_defaults_and_nulls() {
     assert_eq!(a.attention_head_dim, Some(8));
     let a = parse_diffusers_unet_config(&tiny_with("attention_head_dim", Some(serde_json::Value::Null))).unwrap();
     assert_eq!(a.attention_head_dim, None);
-    assert_eq!(a.heads(24), 1);
+    assert_eq!(a.heads(24, false), 1);
     // attn_norm_num_groups null -> norm_num_groups; time_embedding_dim null -> 4 * C0
     let a = parse_diffusers_unet_config(&tiny_with("attn_norm_num_groups", Some(serde_json::Value::Null))).unwrap();
     assert_eq!(a.mid_attn_norm_groups, 4);

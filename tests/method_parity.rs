@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{fixtures, run_case_on, tensor};
+use common::{fixtures, fixtures_adm, run_case_in, run_case_on, tensor};
 use diffstyle::backend::cpu::CpuBackend;
 use diffstyle::diffusion::method::{Engine, Settings};
 use diffstyle::model::unet::{Precision, UNet};
@@ -27,6 +27,27 @@ macro_rules! cases {
 }
 
 cases!(defaults, omega, dt_lambda, mask, replace_lt_gen, replace_zero, inv_ne_gen, harmonize, edit_999);
+
+/// The ADM family (FiLM norm, res-block resampling, legacy multi-head attention,
+/// learned sigma) through the whole method, fast settings (tests/fixtures/method_adm).
+#[test]
+fn adm_fast() {
+    run_case_in(&CpuBackend::new(0), Precision::F32, &fixtures_adm(), "adm_fast", 40.0);
+}
+
+#[test]
+fn adm_mask_omega() {
+    run_case_in(&CpuBackend::new(0), Precision::F32, &fixtures_adm(), "adm_mask_omega", 40.0);
+}
+
+/// ADM weights stored as f16 / bf16 (computed in f32) against the golden: >= 30 dB.
+#[test]
+fn adm_reduced_precision_weights() {
+    for p in [Precision::F16, Precision::Bf16] {
+        let psnr = run_case_in(&CpuBackend::new(0), p, &fixtures_adm(), "adm_fast", 30.0);
+        eprintln!("ADM {p:?} weights vs the f64 golden: PSNR {psnr:.1} dB");
+    }
+}
 
 /// Inversion then plain DDIM generation reconstructs the image.
 #[test]

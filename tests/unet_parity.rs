@@ -1,5 +1,8 @@
 //! U-Net forward parity: the CPU backend (f32) against goldens made by diffusers' own
-//! `UNet2DModel` (float64) for random-weight tiny models (`tools/make_fixtures.py`).
+//! `UNet2DModel` (float64) for random-weight tiny models (`tools/make_fixtures.py`), and
+//! for the ADM family by the PyTorch reference `tools/dsref/adm.py` (float64; checked
+//! against the authors' own `UNetModel` when the goldens are made,
+//! `tools/make_adm_fixtures.py`).
 
 use std::path::{Path, PathBuf};
 
@@ -20,7 +23,10 @@ fn tensor(st: &SafeTensors, name: &str) -> Vec<f32> {
 
 fn check(name: &str) {
     let dir = fixture(name);
-    let model = if dir.join("model.safetensors").is_file() {
+    let model = if dir.join("model.json").is_file() {
+        // ADM: the converter's outputs (tools/make_adm_fixtures.py)
+        load_model(&dir.join("model.safetensors"), Some(&dir.join("model.json")), None)
+    } else if dir.join("model.safetensors").is_file() {
         load_model(&dir.join("model.safetensors"), Some(&dir.join("config.yml")), None)
     } else {
         load_model(&dir, None, None)
@@ -60,4 +66,15 @@ macro_rules! fixtures {
     };
 }
 
-fixtures!(new_names, old_names, ddpm_format, f16, bf16, mixed_dtype, pipeline, s32_attn_groups);
+fixtures!(
+    new_names,
+    old_names,
+    ddpm_format,
+    f16,
+    bf16,
+    mixed_dtype,
+    pipeline,
+    s32_attn_groups,
+    adm_film_updown,
+    adm_plain
+);

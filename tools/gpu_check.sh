@@ -2,7 +2,8 @@
 # Runs on a lent GPU machine, from the repository root, with target/gpu-check/ carried
 # (made by tools/prepare_gpu_check.sh): the real-GPU tests, then the authors' in-domain
 # defaults and the fast preset end to end on a DDPM-256-shaped model (113 M random
-# weights), in f32 and bf16, with timings. Writes its log and images under $OUT.
+# weights), in f32 and bf16, with timings, and the fast preset on the ADM-256 shapes
+# (adm-afhq-256, adm-imagenet-256-uncond). Writes its log and images under $OUT.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
@@ -23,4 +24,14 @@ for p in f32 bf16; do
   run "$B/diffstyle" --device cuda --precision $p --verbose --quiet transfer \
     --model /tmp/ddpm256.safetensors --arch ddpm-256 --content examples/content.png --style examples/style.png \
     --out "$OUT/ddpm256_indomain_$p.png"
+done
+# The ADM family (ILVR / P2 and ImageNet shapes, random weights): fast preset, f32 and bf16.
+for a in adm-afhq-256 adm-imagenet-256-uncond; do
+  run "$B/diffstyle" random-model --arch $a --out /tmp/$a.safetensors
+  run "$B/diffstyle" --device cuda info --model /tmp/$a.safetensors --arch $a
+  for p in f32 bf16; do
+    run /usr/bin/time -v "$B/diffstyle" --device cuda --precision $p --verbose --quiet transfer \
+      --model /tmp/$a.safetensors --arch $a --content examples/content.png --style examples/style.png \
+      --out "$OUT/${a}_fast_$p.png" --preset fast
+  done
 done

@@ -120,6 +120,31 @@ pub fn check_group_norm<B: Floats, W: WeightMeta>(
     check_disjoint(out, &[Some(&x.a), x.b.as_ref()], "group_norm")
 }
 
+/// The FiLM input of `Backend::group_norm_film`: `(n or fewer, 2C, 1, 1)`.
+pub fn check_film<B: Floats>(film: &Act<'_, B>, out: &Act<'_, B>) -> Result<()> {
+    check_input(film, 2 * out.c, 1, 1, out.n, "group_norm film")?;
+    check_disjoint(out, &[Some(film)], "group_norm")
+}
+
+/// Everything `Backend::resample` requires of its arguments.
+pub fn check_resample<B: Floats>(x: &Act<'_, B>, up: bool, out: &Act<'_, B>) -> Result<()> {
+    check_region(out, "resample out")?;
+    let (h, w) = if up { (2 * x.h, 2 * x.w) } else { (x.h / 2, x.w / 2) };
+    ensure!(
+        (out.c, out.h, out.w) == (x.c, h, w),
+        "resample ({}): out ({}, {}, {}) for input ({}, {}, {})",
+        if up { "up" } else { "down" },
+        out.c,
+        out.h,
+        out.w,
+        x.c,
+        x.h,
+        x.w
+    );
+    check_input(x, x.c, x.h, x.w, out.n, "resample x")?;
+    check_disjoint(out, &[Some(x)], "resample")
+}
+
 /// Everything `Backend::timestep_embedding` requires of its arguments.
 pub fn check_timestep_embedding<B: Floats>(t: &[f32], out: &Act<'_, B>) -> Result<()> {
     check_region(out, "timestep_embedding out")?;

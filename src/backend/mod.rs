@@ -217,6 +217,27 @@ pub trait Backend {
         out: Act<'_, Self::Buf>,
     ) -> Result<()>;
 
+    /// GroupNorm over `x` with FiLM conditioning (the ADM res block's
+    /// `norm(h) * (1 + scale) + shift`), then SiLU if `silu`: `film` is `(n or 1, 2C,
+    /// 1, 1)`, scale = channels `[0, C)`, shift = `[C, 2C)`, broadcast over the batch
+    /// like every input.
+    #[allow(clippy::too_many_arguments)]
+    fn group_norm_film(
+        &self,
+        x: Act<'_, Self::Buf>,
+        gamma: &Self::Weight,
+        beta: &Self::Weight,
+        groups: usize,
+        eps: f32,
+        film: Act<'_, Self::Buf>,
+        silu: bool,
+        out: Act<'_, Self::Buf>,
+    ) -> Result<()>;
+
+    /// Nearest-neighbour 2x up-sampling (`up`) or 2x2 average pooling with stride 2
+    /// (odd sizes drop their last row / column, as `avg_pool2d`). `x` may broadcast.
+    fn resample(&self, x: Act<'_, Self::Buf>, up: bool, out: Act<'_, Self::Buf>) -> Result<()>;
+
     fn conv2d(&self, p: &Conv2d<'_, Self>) -> Result<()>;
 
     /// Spatial self-attention core. `qkv` is `(n, 3C, h, w)`: q = channels `[0, C)`,

@@ -193,6 +193,28 @@ impl<B: Backend> Backend for Profiled<'_, B> {
         let flops = 8.0 * out.len() as f64;
         self.time(key, flops, bytes, || self.inner.group_norm(x, gamma, beta, groups, eps, silu, out))
     }
+    fn group_norm_film(
+        &self,
+        x: Act<'_, Self::Buf>,
+        gamma: &Self::Weight,
+        beta: &Self::Weight,
+        groups: usize,
+        eps: f32,
+        film: Act<'_, Self::Buf>,
+        silu: bool,
+        out: Act<'_, Self::Buf>,
+    ) -> Result<()> {
+        let key = || format!("group_norm+film{} @{}", if silu { "+silu" } else { "" }, res(&out));
+        let bytes = F32 * (2 * out.len() + film.len()) as f64;
+        let flops = 8.0 * out.len() as f64;
+        self.time(key, flops, bytes, || self.inner.group_norm_film(x, gamma, beta, groups, eps, film, silu, out))
+    }
+    fn resample(&self, x: Act<'_, Self::Buf>, up: bool, out: Act<'_, Self::Buf>) -> Result<()> {
+        let key = || format!("{} @{}", if up { "upsample" } else { "avg_pool" }, res(&out));
+        let bytes = F32 * (x.len() + out.len()) as f64;
+        let flops = if up { 0.0 } else { 4.0 * out.len() as f64 };
+        self.time(key, flops, bytes, || self.inner.resample(x, up, out))
+    }
     fn conv2d(&self, p: &Conv2d<'_, Self>) -> Result<()> {
         let cin = p.x.channels();
         let flops = 2.0 * (p.out.len() * cin * p.k * p.k) as f64;

@@ -46,13 +46,49 @@ fn preset_ddpm_256() -> (UNetArch, Vec<f64>) {
     (UNetArch::ddpm_256(), default_betas())
 }
 
+fn preset_adm_p2_256() -> (UNetArch, Vec<f64>) {
+    (UNetArch::adm_p2_256(), default_betas())
+}
+
+fn preset_adm_imagenet_256() -> (UNetArch, Vec<f64>) {
+    (UNetArch::adm_imagenet_256(), default_betas())
+}
+
 /// All built-in presets (`--arch NAME`). New families add a row here.
-pub const PRESETS: &[Preset] = &[Preset {
-    name: "ddpm-256",
-    description: "256x256 DDPM U-Net (google/ddpm-celebahq-256, -church-256, -bedroom-256; \
-                  the authors' CelebA-HQ / LSUN models), linear betas 1e-4..0.02 over 1000",
-    build: preset_ddpm_256,
-}];
+pub const PRESETS: &[Preset] = &[
+    Preset {
+        name: "ddpm-256",
+        description: "256x256 DDPM U-Net (google/ddpm-celebahq-256, -church-256, -bedroom-256; \
+                      the authors' CelebA-HQ / LSUN models), linear betas 1e-4..0.02 over 1000",
+        build: preset_ddpm_256,
+    },
+    Preset {
+        name: "adm-afhq-256",
+        description: "256x256 ADM of ILVR's AFHQ-dog (afhq_dog_4m.pt; the authors' AFHQ_DICT: 128 \
+                      channels, 1 res block, attention at 16, 64 channels per head, FiLM norm, \
+                      res-block resampling, learned sigma), linear betas 1e-4..0.02 over 1000",
+        build: preset_adm_p2_256,
+    },
+    Preset {
+        name: "adm-ffhq-p2-256",
+        description: "256x256 ADM of P2 weighting's FFHQ (ffhq_10m.pt; built by the authors with \
+                      AFHQ_DICT: same architecture as adm-afhq-256)",
+        build: preset_adm_p2_256,
+    },
+    Preset {
+        name: "adm-metfaces-p2-256",
+        description: "256x256 ADM of P2 weighting's MetFaces (metface_p2.pt; the authors' \
+                      METFACE_DICT: same architecture as adm-afhq-256)",
+        build: preset_adm_p2_256,
+    },
+    Preset {
+        name: "adm-imagenet-256-uncond",
+        description: "256x256 unconditional ImageNet ADM (256x256_diffusion_uncond.pt; the authors' \
+                      IMAGENET_DICT: 256 channels, 2 res blocks, attention at 32/16/8, 64 channels \
+                      per head, FiLM norm, res-block resampling, learned sigma)",
+        build: preset_adm_imagenet_256,
+    },
+];
 
 /// Names of the built-in presets.
 pub fn preset_names() -> Vec<&'static str> {
@@ -118,13 +154,16 @@ pub fn validate_arch(arch: &UNetArch) -> Result<()> {
             l - 1
         );
     }
-    let half = (arch.block_out_channels[0] / 2) as f32;
+    let half = (arch.time_proj_dim() / 2) as f32;
     if half - arch.freq_shift <= 0.0 {
         bail!(
             "timestep embedding of width {} with freq_shift {} divides by zero",
-            arch.block_out_channels[0],
+            arch.time_proj_dim(),
             arch.freq_shift
         );
+    }
+    if let Some(a) = &arch.adm {
+        return validate_adm(arch, a);
     }
     if !arch.freq_shift.is_finite() {
         bail!("freq_shift {} is not finite", arch.freq_shift);
@@ -157,6 +196,59 @@ pub fn validate_arch(arch: &UNetArch) -> Result<()> {
                         name.trim_end_matches(".group_norm.weight")
                     );
                 }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The ADM family's checks: GroupNorm(32) over every normalised width (decoder
+/// concatenations included), heads that divide every attention layer, eps in the first
+/// `in_channels` outputs.
+fn validate_adm(arch: &UNetArch, a: &crate::model::arch::AdmOptions) -> Result<()> {
+    if a.model_channels == 0 {
+        bail!("num_channels must be positive");
+    }
+    if arch.out_channels != arch.in_channels && arch.out_channels != 2 * arch.in_channels {
+        bail!(
+            "out_channels {} must be in_channels ({}) or, with a learned variance, twice it",
+            arch.out_channels,
+            arch.in_channels
+        );
+    }
+    if a.num_heads == 0 || a.num_heads_upsample == 0 {
+        bail!("num_heads / num_heads_upsample must be positive");
+    }
+    for (name, shape) in crate::model::weights::expected_tensors(arch) {
+        let is_norm = name.ends_with("in_layers.0.weight")
+            || name.ends_with("out_layers.0.weight")
+            || name.ends_with(".norm.weight")
+            || name == "out.0.weight";
+        if is_norm && !shape[0].is_multiple_of(arch.norm_num_groups) {
+            bail!(
+                "GroupNorm({}) does not divide the {} channels of {} (num_channels {} x channel_mult)",
+                arch.norm_num_groups,
+                shape[0],
+                name.trim_end_matches(".weight"),
+                a.model_channels
+            );
+        }
+        if name.ends_with(".qkv.weight") {
+            let c = shape[0] / 3;
+            let decoder = name.starts_with("output_blocks.");
+            let ok = match arch.attention_head_dim {
+                Some(d) => d > 0 && c.is_multiple_of(d),
+                None => c.is_multiple_of(arch.heads(c, decoder)),
+            };
+            if !ok {
+                let what = match arch.attention_head_dim {
+                    Some(d) => format!("num_head_channels {d}"),
+                    None => format!("{} heads", arch.heads(c, decoder)),
+                };
+                bail!(
+                    "{what} do not divide the {c} channels of the attention layer {}",
+                    name.trim_end_matches(".qkv.weight")
+                );
             }
         }
     }
@@ -440,6 +532,7 @@ fn diffusers_unet_from_value(v: &Value) -> Result<UNetArch> {
         flip_sin_to_cos,
         freq_shift,
         time_embed_dim,
+        adm: None,
     };
     validate_arch(&arch).map_err(|e| {
         if head_dim_absent && e.to_string().contains("attention_head_dim") {
@@ -470,6 +563,29 @@ fn authors_from_value(v: &Value) -> Result<(UNetArch, Vec<f64>)> {
     let data = section(root, "data")?;
     let model = section(root, "model")?;
     let diffusion = section(root, "diffusion")?;
+
+    // The authors build these datasets' models by name (diffusion_latent.py: i_DDPM for
+    // FFHQ / AFHQ / IMAGENET, guided_Diffusion for MetFACE), ignoring the config's model
+    // section (which still describes a DDPM U-Net).
+    if let Field::Val(ds) = field(data, "dataset") {
+        let adm = match ds.as_str() {
+            Some("AFHQ") | Some("FFHQ") | Some("MetFACE") => Some(UNetArch::adm_p2_256()),
+            Some("IMAGENET") => Some(UNetArch::adm_imagenet_256()),
+            _ => None,
+        };
+        if let Some(arch) = adm {
+            let size = get_usize(data, "image_size", Some(256)).context("section data")?;
+            if size != arch.sample_size {
+                bail!(
+                    "data.dataset {ds} is the authors' {}x{} ADM, but data.image_size is {size}",
+                    arch.sample_size,
+                    arch.sample_size
+                );
+            }
+            let betas = authors_betas(diffusion)?;
+            return Ok((arch, betas));
+        }
+    }
 
     match field(model, "type") {
         Field::Val(t) if t.as_str() == Some("simple") => {}
@@ -520,6 +636,7 @@ fn authors_from_value(v: &Value) -> Result<(UNetArch, Vec<f64>)> {
         flip_sin_to_cos: false,
         freq_shift: 1.0,
         time_embed_dim: 4 * ch,
+        adm: None,
     };
     validate_arch(&arch).with_context(|| {
         format!(
@@ -528,6 +645,12 @@ fn authors_from_value(v: &Value) -> Result<(UNetArch, Vec<f64>)> {
         )
     })?;
 
+    let betas = authors_betas(diffusion)?;
+    Ok((arch, betas))
+}
+
+/// The schedule of the authors' `diffusion` section (linear only).
+fn authors_betas(diffusion: &Map<String, Value>) -> Result<Vec<f64>> {
     match field(diffusion, "beta_schedule") {
         Field::Val(x) if x.as_str() == Some("linear") => {}
         Field::Absent => bail!("missing field diffusion.beta_schedule"),
@@ -539,6 +662,150 @@ fn authors_from_value(v: &Value) -> Result<(UNetArch, Vec<f64>)> {
     let n = get_usize(diffusion, "num_diffusion_timesteps", None).context("section diffusion")?;
     let betas = linear_betas(beta_start, beta_end, n);
     validate_betas(&betas).context("section diffusion")?;
+    Ok(betas)
+}
+
+// ---------------------------------------------------------------------------------
+// The ADM family: guided-diffusion / improved-diffusion `create_model` flags
+
+/// An integer list given as guided-diffusion's comma-separated string ("32,16,8") or
+/// as a list.
+fn get_csv_usize(m: &Map<String, Value>, key: &str) -> Result<Option<Vec<usize>>> {
+    match field(m, key) {
+        Field::Absent | Field::Null => Ok(None),
+        Field::Val(Value::String(s)) if s.trim().is_empty() => Ok(None),
+        Field::Val(Value::String(s)) => s
+            .split(',')
+            .map(|x| {
+                let x = x.trim();
+                x.parse::<usize>().map_err(|_| {
+                    if x.parse::<f64>().is_ok() {
+                        anyhow!("unsupported {key} entry {x:?}: only integer multipliers are supported")
+                    } else {
+                        anyhow!("field {key}: {x:?} is not an integer")
+                    }
+                })
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some),
+        Field::Val(v) => as_list(key, v)?
+            .iter()
+            .map(|x| as_usize(key, x).with_context(|| format!("unsupported {key} entry {x}: only integers")))
+            .collect::<Result<Vec<_>>>()
+            .map(Some),
+    }
+}
+
+/// `-1` (guided-diffusion's "unset") as `None`.
+fn get_opt_count(m: &Map<String, Value>, key: &str) -> Result<Option<usize>> {
+    match field(m, key) {
+        Field::Absent | Field::Null => Ok(None),
+        Field::Val(v) if v.as_i64() == Some(-1) => Ok(None),
+        Field::Val(v) => match as_usize(key, v)? {
+            0 => bail!("unsupported {key} 0"),
+            n => Ok(Some(n)),
+        },
+    }
+}
+
+/// Whether a parsed config is an ADM `create_model` flag set (the sidecar config that
+/// `tools/convert_checkpoint.py` writes, or the authors' `*_DICT`).
+fn is_adm_config(v: &Value) -> bool {
+    v.get("model_family").and_then(Value::as_str) == Some("adm")
+        || (v.get("num_channels").is_some() && v.get("attention_resolutions").is_some())
+}
+
+/// Parses guided-diffusion's `create_model` / `create_gaussian_diffusion` flags (JSON or
+/// YAML): `image_size`, `num_channels`, `num_res_blocks`, `channel_mult`,
+/// `learn_sigma`, `attention_resolutions`, `num_heads`, `num_head_channels`,
+/// `num_heads_upsample`, `use_scale_shift_norm`, `resblock_updown`,
+/// `use_new_attention_order`, and the schedule `diffusion_steps` / `noise_schedule`
+/// (plus `beta_start` / `beta_end` for a linear schedule of another range).
+/// Absent keys take `create_model`'s defaults; flags that do not change the maths
+/// (`dropout`, `use_fp16`, `use_checkpoint`, `timestep_respacing`) are ignored.
+pub fn parse_adm_config(text: &str) -> Result<(UNetArch, Vec<f64>)> {
+    adm_from_value(&parse_json_or_yaml(text)?)
+}
+
+fn adm_from_value(v: &Value) -> Result<(UNetArch, Vec<f64>)> {
+    let m = v.as_object().ok_or_else(|| anyhow!("the config is not a mapping"))?;
+    if get_bool(m, "class_cond", false)? {
+        bail!(
+            "unsupported class_cond true: class-conditional ADMs are not supported (the \
+             unconditional checkpoints have no label_emb)"
+        );
+    }
+    for key in ["predict_xstart", "rescale_timesteps", "use_kl"] {
+        if get_bool(m, key, false)? {
+            bail!("unsupported {key} true");
+        }
+    }
+    let image_size = get_usize(m, "image_size", None)?;
+    let num_channels = get_usize(m, "num_channels", None)?;
+    let num_res_blocks = get_usize(m, "num_res_blocks", None)?;
+    let channel_mult = match get_csv_usize(m, "channel_mult")? {
+        Some(c) => c,
+        None => UNetArch::adm_default_channel_mult(image_size).ok_or_else(|| {
+            anyhow!(
+                "unsupported image_size {image_size} without channel_mult (guided-diffusion's \
+                 defaults with integer multipliers: 64, 128, 256)"
+            )
+        })?,
+    };
+    if channel_mult.is_empty() || channel_mult.contains(&0) {
+        bail!("field channel_mult {channel_mult:?} must be non-empty positive integers");
+    }
+    let attention_resolutions = get_csv_usize(m, "attention_resolutions")?.unwrap_or_else(|| vec![16]);
+    if let Some(r) = attention_resolutions.iter().find(|&&r| r == 0 || !image_size.is_multiple_of(r)) {
+        bail!("unsupported attention_resolutions entry {r}: not a divisor of image_size {image_size}");
+    }
+    let num_heads = get_usize(m, "num_heads", Some(1))?;
+    let num_head_channels = get_opt_count(m, "num_head_channels")?;
+    let num_heads_upsample = get_opt_count(m, "num_heads_upsample")?;
+    let arch = UNetArch::adm(
+        image_size,
+        num_channels,
+        num_res_blocks,
+        &channel_mult,
+        get_bool(m, "learn_sigma", false)?,
+        &attention_resolutions,
+        num_heads,
+        num_head_channels,
+        num_heads_upsample,
+        get_bool(m, "use_scale_shift_norm", false)?,
+        get_bool(m, "resblock_updown", false)?,
+        get_bool(m, "use_new_attention_order", false)?,
+    );
+    validate_arch(&arch)?;
+
+    let steps = get_usize(m, "diffusion_steps", Some(1000))?;
+    if steps == 0 {
+        bail!("field diffusion_steps must be positive");
+    }
+    let kind = match field(m, "noise_schedule") {
+        Field::Absent => "linear".to_string(),
+        Field::Null => bail!("unsupported noise_schedule null"),
+        Field::Val(x) => as_str("noise_schedule", x)?.to_string(),
+    };
+    let betas = match kind.as_str() {
+        // guided-diffusion's get_named_beta_schedule: the 1000-step range scaled;
+        // beta_start / beta_end (a diffstyle extension, absent from guided-diffusion's
+        // flags) replace that range.
+        "linear" => {
+            let scale = 1000.0 / steps as f64;
+            let start = get_f64(m, "beta_start", Some(scale * 0.0001))?;
+            let end = get_f64(m, "beta_end", Some(scale * 0.02))?;
+            linear_betas(start, end, steps)
+        }
+        "cosine" => {
+            if m.contains_key("beta_start") || m.contains_key("beta_end") {
+                bail!("beta_start / beta_end apply to noise_schedule linear only");
+            }
+            squaredcos_cap_v2_betas(steps)
+        }
+        other => bail!("unsupported noise_schedule {other:?} (supported: linear, cosine)"),
+    };
+    validate_betas(&betas)?;
     Ok((arch, betas))
 }
 
@@ -550,6 +817,11 @@ fn authors_from_value(v: &Value) -> Result<(UNetArch, Vec<f64>)> {
 pub fn load_config_file(path: &Path) -> Result<ModelConfig> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
     let v = parse_json_or_yaml(&text).with_context(|| format!("cannot parse config {}", path.display()))?;
+    if is_adm_config(&v) {
+        let (arch, betas) =
+            adm_from_value(&v).with_context(|| format!("config {} (ADM create_model flags)", path.display()))?;
+        return Ok(ModelConfig { arch, betas: Some(betas), source: format!("{} (ADM)", path.display()) });
+    }
     let is_authors = v.get("model").map(Value::is_object).unwrap_or(false);
     let is_diffusers =
         v.get("_class_name").is_some() || v.get("block_out_channels").is_some() || v.get("down_block_types").is_some();
@@ -563,8 +835,9 @@ pub fn load_config_file(path: &Path) -> Result<ModelConfig> {
         Ok(ModelConfig { arch, betas: None, source: format!("{} (diffusers UNet2DModel)", path.display()) })
     } else {
         bail!(
-            "config {}: neither the authors' layout (sections data / model / diffusion) nor a \
-             diffusers UNet2DModel config.json (block_out_channels, down_block_types, ...)",
+            "config {}: neither the authors' layout (sections data / model / diffusion), a \
+             diffusers UNet2DModel config.json (block_out_channels, down_block_types, ...) nor \
+             ADM create_model flags (num_channels, attention_resolutions, ...)",
             path.display()
         )
     }

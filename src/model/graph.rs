@@ -46,7 +46,15 @@ pub enum Op {
         gamma: ParamId,
         beta: ParamId,
         groups: usize,
+        /// FiLM: `(n, 2C, 1, 1)` scale then shift, `y * (1 + scale) + shift` before SiLU.
+        film: Option<ValueId>,
         silu: bool,
+        out: ValueId,
+    },
+    /// Nearest 2x up-sampling (`up`) or 2x2 average pooling.
+    Resample {
+        x: ValueId,
+        up: bool,
         out: ValueId,
     },
     Conv {
@@ -73,7 +81,8 @@ impl Op {
         match self {
             Op::TimeEmbed { .. } => vec![],
             Op::Linear { x, .. } => vec![*x],
-            Op::GroupNorm { x, .. } => std::iter::once(x.0).chain(x.1).collect(),
+            Op::GroupNorm { x, film, .. } => std::iter::once(x.0).chain(x.1).chain(*film).collect(),
+            Op::Resample { x, .. } => vec![*x],
             Op::Conv { x, temb, residual, .. } => {
                 std::iter::once(x.0).chain(x.1).chain(*temb).chain(*residual).collect()
             }
@@ -87,6 +96,7 @@ impl Op {
             | Op::Linear { out, .. }
             | Op::GroupNorm { out, .. }
             | Op::Conv { out, .. }
+            | Op::Resample { out, .. }
             | Op::Attention { out, .. } => *out,
         }
     }
@@ -98,6 +108,8 @@ impl Op {
             Op::GroupNorm { .. } => "group_norm",
             Op::Conv { .. } => "conv",
             Op::Attention { .. } => "attention",
+            Op::Resample { up: true, .. } => "upsample",
+            Op::Resample { up: false, .. } => "avg_pool",
         }
     }
 }
@@ -109,6 +121,9 @@ pub enum ParamSource {
     Tensor { name: String, shape: Vec<usize> },
     /// Several tensors concatenated along dim 0 (fused q/k/v), reshaped to `shape`.
     Concat { names: Vec<String>, shape: Vec<usize> },
+    /// Rows (slices along dim 0) of one tensor, in the order given, reshaped to
+    /// `shape`: a reordering of fused q/k/v rows, or the first outputs of a layer.
+    Rows { name: String, rows: Vec<usize>, shape: Vec<usize> },
 }
 
 #[derive(Clone, Debug)]
@@ -120,7 +135,9 @@ pub struct Param {
 impl Param {
     pub fn shape(&self) -> &[usize] {
         match &self.source {
-            ParamSource::Tensor { shape, .. } | ParamSource::Concat { shape, .. } => shape,
+            ParamSource::Tensor { shape, .. } | ParamSource::Concat { shape, .. } | ParamSource::Rows { shape, .. } => {
+                shape
+            }
         }
     }
     pub fn numel(&self) -> usize {
@@ -141,54 +158,60 @@ pub struct Graph {
     pub skips: Vec<ValueId>,
 }
 
-struct Builder<'a> {
-    arch: &'a UNetArch,
-    g: Graph,
-    temb: ValueId,
+pub(super) struct Builder<'a> {
+    pub(super) arch: &'a UNetArch,
+    pub(super) g: Graph,
+    pub(super) temb: ValueId,
 }
 
 impl Builder<'_> {
-    fn value(&mut self, name: String, c: usize, h: usize, w: usize, class: BatchClass) -> ValueId {
+    pub(super) fn value(&mut self, name: String, c: usize, h: usize, w: usize, class: BatchClass) -> ValueId {
         self.g.values.push(Value { name, c, h, w, class, pinned: false });
         self.g.values.len() - 1
     }
 
-    fn like(&mut self, name: String, c: usize, of: ValueId) -> ValueId {
+    pub(super) fn like(&mut self, name: String, c: usize, of: ValueId) -> ValueId {
         let v = &self.g.values[of];
         let (h, w, class) = (v.h, v.w, v.class);
         self.value(name, c, h, w, class)
     }
 
-    fn param(&mut self, name: &str, shape: Vec<usize>, kind: crate::backend::WeightKind) -> ParamId {
+    pub(super) fn param(&mut self, name: &str, shape: Vec<usize>, kind: crate::backend::WeightKind) -> ParamId {
         let source = ParamSource::Tensor { name: name.to_string(), shape };
         self.g.params.push(Param { source, kind });
         self.g.params.len() - 1
     }
 
-    fn vector(&mut self, name: &str, c: usize) -> ParamId {
+    pub(super) fn vector(&mut self, name: &str, c: usize) -> ParamId {
         self.param(name, vec![c], crate::backend::WeightKind::Vector)
     }
 
-    fn conv_params(&mut self, prefix: &str, cout: usize, cin: usize, k: usize) -> (ParamId, ParamId) {
+    pub(super) fn conv_params(&mut self, prefix: &str, cout: usize, cin: usize, k: usize) -> (ParamId, ParamId) {
         let w = self.param(&format!("{prefix}.weight"), vec![cout, cin, k, k], crate::backend::WeightKind::Conv);
         (w, self.vector(&format!("{prefix}.bias"), cout))
     }
 
-    fn chans(&self, x: (ValueId, Option<ValueId>)) -> usize {
+    pub(super) fn chans(&self, x: (ValueId, Option<ValueId>)) -> usize {
         self.g.values[x.0].c + x.1.map_or(0, |b| self.g.values[b].c)
     }
 
-    fn group_norm(&mut self, prefix: &str, x: (ValueId, Option<ValueId>), groups: usize, silu: bool) -> ValueId {
+    pub(super) fn group_norm(
+        &mut self,
+        prefix: &str,
+        x: (ValueId, Option<ValueId>),
+        groups: usize,
+        silu: bool,
+    ) -> ValueId {
         let c = self.chans(x);
         let gamma = self.vector(&format!("{prefix}.weight"), c);
         let beta = self.vector(&format!("{prefix}.bias"), c);
         let out = self.like(format!("{prefix}.out"), c, x.0);
-        self.g.ops.push(Op::GroupNorm { x, gamma, beta, groups, silu, out });
+        self.g.ops.push(Op::GroupNorm { x, gamma, beta, groups, film: None, silu, out });
         out
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn conv(
+    pub(super) fn conv(
         &mut self,
         prefix: &str,
         x: (ValueId, Option<ValueId>),
@@ -202,6 +225,24 @@ impl Builder<'_> {
     ) -> ValueId {
         let cin = self.chans(x);
         let (w, b) = self.conv_params(prefix, cout, cin, k);
+        self.conv_with(prefix, x, (w, b), cout, k, stride, pad, upsample, temb, residual)
+    }
+
+    /// A convolution with parameters registered by the caller.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn conv_with(
+        &mut self,
+        prefix: &str,
+        x: (ValueId, Option<ValueId>),
+        (w, b): (ParamId, ParamId),
+        cout: usize,
+        k: usize,
+        stride: usize,
+        pad: [usize; 4],
+        upsample: bool,
+        temb: Option<ValueId>,
+        residual: Option<ValueId>,
+    ) -> ValueId {
         let src = &self.g.values[x.0];
         let (hin, win) = if upsample { (src.h * 2, src.w * 2) } else { (src.h, src.w) };
         let ho = (hin + pad[0] + pad[2] - k) / stride + 1;
@@ -262,7 +303,7 @@ impl Builder<'_> {
             out: qkv,
         });
         let a = self.like(format!("{prefix}.attn"), c, x);
-        let heads = self.arch.heads(c);
+        let heads = self.arch.heads(c, false);
         self.g.ops.push(Op::Attention { qkv, heads, out: a });
         let w = self.param(&format!("{prefix}.to_out.0.weight"), vec![c, c, 1, 1], crate::backend::WeightKind::Conv);
         let b = self.vector(&format!("{prefix}.to_out.0.bias"), c);
@@ -285,6 +326,9 @@ impl Builder<'_> {
 
 impl Graph {
     pub fn build(arch: &UNetArch) -> Graph {
+        if arch.adm.is_some() {
+            return super::adm::build(arch);
+        }
         use crate::backend::WeightKind;
         let g =
             Graph { values: vec![], params: vec![], ops: vec![], decoder_start: 0, x: 0, h: 0, eps: 0, skips: vec![] };
@@ -388,6 +432,7 @@ impl Graph {
                 4.0 * tokens * tokens * o.c as f64
             }
             Op::GroupNorm { out, .. } => 8.0 * numel(v(*out)),
+            Op::Resample { out, .. } => 4.0 * numel(v(*out)),
             Op::TimeEmbed { out } => 4.0 * v(*out).c as f64,
         }
     }

@@ -1,5 +1,6 @@
 //! U-Net configuration, weight loading and the U-Net itself.
 
+pub mod adm;
 pub mod arch;
 pub mod config;
 pub mod graph;

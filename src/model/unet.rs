@@ -55,6 +55,18 @@ fn gather(model: &LoadedModel, source: &ParamSource) -> Result<HostTensor> {
     };
     let (data, shape) = match source {
         ParamSource::Tensor { name, shape } => (get(name)?.data.clone(), shape),
+        ParamSource::Rows { name, rows, shape } => {
+            let t = get(name)?;
+            let total = t.shape.first().copied().unwrap_or(0);
+            anyhow::ensure!(total > 0, "{}: tensor `{name}` is empty", model.source);
+            let row = t.data.len() / total;
+            let mut data = Vec::with_capacity(rows.len() * row);
+            for &r in rows {
+                anyhow::ensure!(r < total, "{}: tensor `{name}` has no row {r}", model.source);
+                data.extend_from_slice(&t.data[r * row..(r + 1) * row]);
+            }
+            (data, shape)
+        }
         ParamSource::Concat { names, shape } => {
             let mut data = vec![];
             for n in names {
@@ -150,9 +162,15 @@ impl<B: Backend> UNet<B> {
                 Op::Linear { x, w: pw, b, silu_input, out } => {
                     be.linear(act(*x), w(*pw), w(*b), *silu_input, act(*out))?
                 }
-                Op::GroupNorm { x, gamma, beta, groups, silu, out } => {
+                Op::GroupNorm { x, gamma, beta, groups, film: None, silu, out } => {
                     be.group_norm(cat(*x), w(*gamma), w(*beta), *groups, self.arch.norm_eps, *silu, act(*out))?
                 }
+                Op::GroupNorm { x, gamma, beta, groups, film: Some(f), silu, out } => {
+                    anyhow::ensure!(x.1.is_none(), "a FiLM group norm has one input");
+                    let eps = self.arch.norm_eps;
+                    be.group_norm_film(act(x.0), w(*gamma), w(*beta), *groups, eps, act(*f), *silu, act(*out))?
+                }
+                Op::Resample { x, up, out } => be.resample(act(*x), *up, act(*out))?,
                 Op::Conv { x, w: pw, b, k, stride, pad, upsample, temb, residual, out } => be.conv2d(&Conv2d {
                     x: cat(*x),
                     w: w(*pw),

@@ -3,7 +3,8 @@
 //! names) to canonical names, validation, and the model hash.
 //!
 //! Canonical tensor names are the diffusers `UNet2DModel` names with the new attention
-//! names (`to_q`, `to_k`, `to_v`, `to_out.0`); attention projections are `[C, C]`.
+//! names (`to_q`, `to_k`, `to_v`, `to_out.0`); attention projections are `[C, C]`. The
+//! ADM family keeps its own names and shapes (`model/adm.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -106,6 +107,9 @@ fn push_attention(out: &mut Vec<(String, Vec<usize>)>, p: &str, c: usize) {
 /// Every tensor the U-Net needs, with its shape, in model order (canonical names).
 /// Channel bookkeeping follows diffusers' `UNet2DModel` / `UpBlock2D` exactly.
 pub fn expected_tensors(arch: &UNetArch) -> Vec<(String, Vec<usize>)> {
+    if arch.adm.is_some() {
+        return crate::model::adm::expected_tensors(arch);
+    }
     let mut out = Vec::new();
     let boc = &arch.block_out_channels;
     let l = boc.len();

@@ -23,6 +23,26 @@ pub fn fixtures() -> PathBuf {
     }
 }
 
+/// The ADM method fixtures (tests/fixtures/method_adm), located as `fixtures()`.
+pub fn fixtures_adm() -> PathBuf {
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/method_adm");
+    if built.is_dir() {
+        built
+    } else {
+        PathBuf::from("tests/fixtures/method_adm")
+    }
+}
+
+/// The model of a fixture tree: a diffusers folder, or (ADM) model.safetensors + model.json.
+pub fn fixture_model(root: &Path) -> diffstyle::model::weights::LoadedModel {
+    let dir = root.join("model");
+    if dir.join("model.json").is_file() {
+        load_model(&dir.join("model.safetensors"), Some(&dir.join("model.json")), None).unwrap()
+    } else {
+        load_model(&dir, None, None).unwrap()
+    }
+}
+
 pub fn tensor(st: &SafeTensors, name: &str) -> Vec<f32> {
     let t = st.tensor(name).unwrap_or_else(|_| panic!("golden has no `{name}`"));
     t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
@@ -47,7 +67,12 @@ struct CaseSettings {
 /// output against the golden, asserting `min_psnr` (and, in f32, the inversion's
 /// closeness to the golden trajectory).
 pub fn run_case_on<B: Backend>(be: &B, precision: Precision, name: &str, min_psnr: f64) -> f64 {
-    let dir = fixtures().join(name);
+    run_case_in(be, precision, &fixtures(), name, min_psnr)
+}
+
+/// As `run_case_on`, for the cases of the fixture tree `root`.
+pub fn run_case_in<B: Backend>(be: &B, precision: Precision, root: &Path, name: &str, min_psnr: f64) -> f64 {
+    let dir = root.join(name);
     let cs: CaseSettings = serde_json::from_str(&std::fs::read_to_string(dir.join("settings.json")).unwrap()).unwrap();
     let s = Settings {
         gamma: cs.gamma,
@@ -61,7 +86,7 @@ pub fn run_case_on<B: Backend>(be: &B, precision: Precision, name: &str, min_psn
         omega: cs.omega,
         seed: cs.seed,
     };
-    let model = load_model(&fixtures().join("model"), None, None).unwrap();
+    let model = fixture_model(root);
     s.validate(&model.schedule).unwrap();
     let size = model.arch.sample_size;
     let unet = UNet::new(be, &model, precision).unwrap();

@@ -11,7 +11,7 @@ _SMALL_GAIN = ("conv2.weight", "to_out.0.weight")
 
 @torch.no_grad()
 def randomize(model, seed: int, gain: float = 1.0, small_gain: float = 0.5,
-              bias_std: float = 0.2, norm_std: float = 0.3):
+              bias_std: float = 0.2, norm_std: float = 0.3, small=_SMALL_GAIN):
     """Re-randomise every parameter (norm weights and biases included), deterministically:
     weights N(0, 1) * gain / sqrt(fan_in); biases N(0, bias_std); GroupNorm weights
     N(1, norm_std), GroupNorm biases N(0, norm_std)."""
@@ -26,7 +26,7 @@ def randomize(model, seed: int, gain: float = 1.0, small_gain: float = 0.5,
             v = bias_std * r
         else:
             fan_in = math.prod(p.shape[1:])
-            gn = small_gain if name.endswith(_SMALL_GAIN) else gain
+            gn = small_gain if name.endswith(small) else gain
             v = r * gn / math.sqrt(fan_in)
         p.copy_(v.to(p.dtype))
 

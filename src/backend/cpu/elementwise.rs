@@ -4,7 +4,7 @@ use anyhow::Result;
 
 use super::threads::{par_for, workers_for, SyncPtr};
 use super::{check_disjoint, check_input, check_region, sample, sample_mut, CpuBackend, A};
-use crate::backend::check::check_timestep_embedding;
+use crate::backend::check::{check_resample, check_timestep_embedding};
 
 /// `e^x` to about 2 ulp, branch- and call-free so loops over slices vectorise (libm's
 /// `expf`, and `f32::round` without SSE4.1, are calls per element). Cephes-style:
@@ -71,6 +71,36 @@ pub(super) fn timestep_embedding(t: &[f32], flip: bool, shift: f32, out: A) -> R
     Ok(())
 }
 
+/// Nearest 2x up-sampling or 2x2 average pooling (the ADM res block's resampling).
+pub(super) fn resample(be: &CpuBackend, x: A, up: bool, out: A) -> Result<()> {
+    check_resample(&x, up, &out)?;
+    if out.is_empty() {
+        return Ok(());
+    }
+    let (h, w, wo) = (x.h, x.w, out.w);
+    let plane_out = out.h * out.w;
+    let workers = workers_for(be.threads, out.len());
+    par_for(workers, out.n, |b| {
+        // SAFETY: regions validated and disjoint; one thread per output sample.
+        let (src, dst) = unsafe { (sample(&x, b), sample_mut(&out, b)) };
+        for (ci, o) in dst.chunks_exact_mut(plane_out).enumerate() {
+            let s = &src[ci * h * w..(ci + 1) * h * w];
+            for (i, row) in o.chunks_exact_mut(wo).enumerate() {
+                for (j, v) in row.iter_mut().enumerate() {
+                    *v = if up {
+                        s[(i / 2) * w + j / 2]
+                    } else {
+                        let (r0, r1) = (2 * i * w, (2 * i + 1) * w);
+                        // avg_pool2d's order: the four taps summed, then / 4.
+                        ((s[r0 + 2 * j] + s[r0 + 2 * j + 1]) + (s[r1 + 2 * j] + s[r1 + 2 * j + 1])) * 0.25
+                    };
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::testutil::*;
@@ -102,6 +132,49 @@ mod tests {
         }
         assert!(be.copy(act(&sb, 2, 3, 4, 5), act(&ob, 1, 3, 4, 5)).is_err());
         assert!(be.copy(act(&sb, 1, 3, 4, 5), act(&ob, 2, 3, 5, 4)).is_err());
+    }
+
+    #[test]
+    fn resample_up_and_down() {
+        let be = CpuBackend::new(2);
+        let (c, h, w) = (3, 6, 5);
+        let src = rand_vec(11, 2 * c * h * w);
+        let sb = place(&be, &src);
+        // up: every output reads its nearest source; batch 2 broadcast to 3.
+        let ob = poisoned(&be, 3 * c * 4 * h * w);
+        be.resample(act(&sb, 2, c, h, w), true, act(&ob, 3, c, 2 * h, 2 * w)).unwrap();
+        let got = read(&be, &ob, 3 * c * 4 * h * w);
+        for b in 0..3 {
+            for ci in 0..c {
+                for i in 0..2 * h {
+                    for j in 0..2 * w {
+                        let want = src[(((b % 2) * c + ci) * h + i / 2) * w + j / 2];
+                        assert_eq!(got[((b * c + ci) * 2 * h + i) * 2 * w + j], want);
+                    }
+                }
+            }
+        }
+        // down: 2x2 means, the odd last column dropped.
+        let (ho, wo) = (h / 2, w / 2);
+        let ob = poisoned(&be, 2 * c * ho * wo);
+        be.resample(act(&sb, 2, c, h, w), false, act(&ob, 2, c, ho, wo)).unwrap();
+        let got = read(&be, &ob, 2 * c * ho * wo);
+        let mut want = vec![0f64; got.len()];
+        for b in 0..2 {
+            for ci in 0..c {
+                for i in 0..ho {
+                    for j in 0..wo {
+                        let at = |y: usize, x: usize| src[((b * c + ci) * h + y) * w + x] as f64;
+                        want[((b * c + ci) * ho + i) * wo + j] =
+                            (at(2 * i, 2 * j) + at(2 * i, 2 * j + 1) + at(2 * i + 1, 2 * j) + at(2 * i + 1, 2 * j + 1))
+                                / 4.0;
+                    }
+                }
+            }
+        }
+        assert_close(&got, &want, "avg_pool");
+        assert!(be.resample(act(&sb, 2, c, h, w), false, act(&ob, 2, c, ho + 1, wo)).is_err());
+        assert!(be.resample(act(&sb, 2, c, h, w), true, act(&ob, 1, c, ho, wo)).is_err());
     }
 
     #[test]

@@ -240,7 +240,25 @@ impl Backend for CpuBackend {
         silu: bool,
         out: A<'_>,
     ) -> Result<()> {
-        norm::group_norm(self, x, gamma, beta, groups, eps, silu, out)
+        norm::group_norm(self, x, gamma, beta, groups, eps, None, silu, out)
+    }
+
+    fn group_norm_film(
+        &self,
+        x: A<'_>,
+        gamma: &CpuWeight,
+        beta: &CpuWeight,
+        groups: usize,
+        eps: f32,
+        film: A<'_>,
+        silu: bool,
+        out: A<'_>,
+    ) -> Result<()> {
+        norm::group_norm(self, x.into(), gamma, beta, groups, eps, Some(film), silu, out)
+    }
+
+    fn resample(&self, x: A<'_>, up: bool, out: A<'_>) -> Result<()> {
+        elementwise::resample(self, x, up, out)
     }
 
     fn conv2d(&self, p: &Conv2d<'_, Self>) -> Result<()> {

@@ -6,7 +6,7 @@ use anyhow::Result;
 use super::elementwise::silu;
 use super::threads::{par_for, workers_for, SyncPtr};
 use super::{base, sample_ptr, CpuBackend, CpuWeight, A};
-use crate::backend::check::check_group_norm;
+use crate::backend::check::{check_film, check_group_norm};
 use crate::backend::Cat;
 
 multiversion! {
@@ -59,10 +59,14 @@ pub(super) fn group_norm(
     beta: &CpuWeight,
     groups: usize,
     eps: f32,
+    film: Option<A>,
     silu_out: bool,
     out: A,
 ) -> Result<()> {
     check_group_norm(&x, gamma, beta, groups, &out)?;
+    if let Some(f) = &film {
+        check_film(f, &out)?;
+    }
     let c = x.channels();
     if out.is_empty() {
         return Ok(());
@@ -89,9 +93,19 @@ pub(super) fn group_norm(
         let var = chans.clone().map(|ci| sum_sq_dev(chan(ci), mean)).sum::<f64>() / count;
         let rstd = 1.0 / (var + eps as f64).sqrt();
         let mean32 = mean as f32;
+        // FiLM: (y * gamma + beta) * (1 + s) + t, folded into one scale and shift.
+        // SAFETY: the film region was validated; sample b reads b % n.
+        let film_of = |ci: usize| {
+            film.as_ref().map(|f| unsafe {
+                let p = sample_ptr(f, b);
+                (*p.add(ci) as f64, *p.add(c + ci) as f64)
+            })
+        };
         for ci in chans {
-            let scale = (rstd * g_w[ci] as f64) as f32;
-            let shift = b_w[ci];
+            let (scale, shift) = match film_of(ci) {
+                None => ((rstd * g_w[ci] as f64) as f32, b_w[ci]),
+                Some((s, t)) => (((rstd * g_w[ci] as f64) * (1.0 + s)) as f32, (b_w[ci] as f64 * (1.0 + s) + t) as f32),
+            };
             let dst = unsafe { std::slice::from_raw_parts_mut(o.get().add((b * c + ci) * hw), hw) };
             normalize(chan(ci), dst, mean32, scale, shift, silu_out);
         }
@@ -165,6 +179,66 @@ mod tests {
         // Groups of 3 channels straddle the a|b boundary (5 + 4 channels).
         run(3, 1, 5, 3, 4, (4, 6), 3, true);
         run(2, 2, 33, 1, 3, (2, 5), 4, false);
+    }
+
+    #[test]
+    fn group_norm_film() {
+        // (gn(x) * gamma + beta) * (1 + scale) + shift, then SiLU; film batch 1 broadcast.
+        let be = CpuBackend::new(2);
+        let (n, c, h, w, groups) = (2, 12, 4, 5, 3);
+        let x = rand_vec(21, n * c * h * w);
+        let (gd, bd) = (rand_vec(22, c), rand_vec(23, c));
+        for nf in [1, 2] {
+            let f = rand_vec(24, nf * 2 * c);
+            let (bx, bf) = (place(&be, &x), place(&be, &f));
+            let bo = poisoned(&be, n * c * h * w);
+            let gamma = weight(&be, &[c], gd.clone(), WeightKind::Vector);
+            let beta = weight(&be, &[c], bd.clone(), WeightKind::Vector);
+            be.group_norm_film(
+                act(&bx, n, c, h, w),
+                &gamma,
+                &beta,
+                groups,
+                1e-5,
+                act(&bf, nf, 2 * c, 1, 1),
+                true,
+                act(&bo, n, c, h, w),
+            )
+            .unwrap();
+            let got = read(&be, &bo, n * c * h * w);
+            let (hw, cg) = (h * w, c / groups);
+            let mut want = vec![0f64; got.len()];
+            for b in 0..n {
+                for g in 0..groups {
+                    let vals: Vec<f64> = (g * cg * hw..(g + 1) * cg * hw).map(|i| x[b * c * hw + i] as f64).collect();
+                    let mean = vals.iter().sum::<f64>() / vals.len() as f64;
+                    let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / vals.len() as f64;
+                    for ci in g * cg..(g + 1) * cg {
+                        let (s, t) = (f[(b % nf) * 2 * c + ci] as f64, f[(b % nf) * 2 * c + c + ci] as f64);
+                        for p in 0..hw {
+                            let i = (b * c + ci) * hw + p;
+                            let y = ((x[i] as f64 - mean) / (var + 1e-5).sqrt() * gd[ci] as f64 + bd[ci] as f64)
+                                * (1.0 + s)
+                                + t;
+                            want[i] = y / (1.0 + (-y).exp());
+                        }
+                    }
+                }
+            }
+            assert_close(&got, &want, "group_norm_film");
+            // A film of the wrong width is refused.
+            let bad = be.group_norm_film(
+                act(&bx, n, c, h, w),
+                &gamma,
+                &beta,
+                groups,
+                1e-5,
+                act(&bf, nf, c, 1, 1),
+                true,
+                act(&bo, n, c, h, w),
+            );
+            assert!(bad.is_err());
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ mod elementwise;
 mod hspace;
 pub mod micro;
 mod norm;
+mod resample;
 mod step;
 #[cfg(test)]
 pub(crate) mod testutil;
@@ -443,7 +444,25 @@ impl<D: Device> Backend for GpuBackend<D> {
         silu: bool,
         out: Act<'_, GpuBuf>,
     ) -> Result<()> {
-        norm::group_norm(self, x, gamma, beta, groups, eps, silu, out)
+        norm::group_norm(self, x, gamma, beta, groups, eps, None, silu, out)
+    }
+
+    fn group_norm_film(
+        &self,
+        x: Act<'_, GpuBuf>,
+        gamma: &GpuWeight,
+        beta: &GpuWeight,
+        groups: usize,
+        eps: f32,
+        film: Act<'_, GpuBuf>,
+        silu: bool,
+        out: Act<'_, GpuBuf>,
+    ) -> Result<()> {
+        norm::group_norm(self, x.into(), gamma, beta, groups, eps, Some(film), silu, out)
+    }
+
+    fn resample(&self, x: Act<'_, GpuBuf>, up: bool, out: Act<'_, GpuBuf>) -> Result<()> {
+        resample::resample(self, x, up, out)
     }
 
     fn conv2d(&self, p: &Conv2d<'_, Self>) -> Result<()> {

@@ -2,6 +2,7 @@
 //! (src/backend/cpu/norm.rs): `group_norm_f32` with one block per (group, sample) when
 //! that fills the GPU, else each group split into chunks over two launches
 //! (`group_norm_stats_f32`, `group_norm_apply_f32`) through a small scratch buffer.
+//! The same kernels apply the ADM's FiLM conditioning (`group_norm_film`).
 
 use anyhow::{ensure, Result};
 
@@ -11,7 +12,7 @@ use super::{GpuBackend, GpuBuf, GpuWeight, SCRATCH_BYTES};
 use crate::backend::{Act, Cat};
 
 use super::int;
-use crate::backend::check::check_group_norm;
+use crate::backend::check::{check_film, check_group_norm};
 
 #[allow(clippy::too_many_arguments)]
 pub(super) fn group_norm<D: Device>(
@@ -21,6 +22,7 @@ pub(super) fn group_norm<D: Device>(
     beta: &GpuWeight,
     groups: usize,
     eps: f32,
+    film: Option<Act<'_, GpuBuf>>,
     silu: bool,
     out: Act<'_, GpuBuf>,
 ) -> Result<()> {
@@ -41,6 +43,10 @@ fn group_norm_with<D: Device>(
     force_splits: Option<usize>,
 ) -> Result<()> {
     check_group_norm(&x, gamma, beta, groups, &out)?;
+    if let Some(f) = &film {
+        check_film(f, &out)?;
+    }
+    let pf = film.map(|f| be.addr(&f, "group_norm film")).transpose()?.unwrap_or(0);
     let po = be.addr(&out, "group_norm out")?;
     let pa = be.addr(&x.a, "group_norm x")?;
     let pb = x.b.map(|b| be.addr(&b, "group_norm x (second part)")).transpose()?.unwrap_or(0);
@@ -56,6 +62,7 @@ fn group_norm_with<D: Device>(
         xb: pb,
         gamma: be.wptr(gamma),
         beta: be.wptr(beta),
+        film: pf,
         out: po,
         n: int(out.n, "group_norm batch")?,
         na: int(x.a.n, "group_norm batch")?,
@@ -65,9 +72,11 @@ fn group_norm_with<D: Device>(
         hw: int(hw, "group_norm h*w")?,
         groups: int(groups, "group_norm groups")?,
         silu: silu as i32,
+        nf: film.map_or(1, |f| f.n) as i32,
         eps,
         partial: 0,
         splits: 1,
+        _pad: 0,
     };
     ensure!(out.n <= 65535, "group_norm: batch {} exceeds the grid", out.n);
     let count = cg * hw;
@@ -298,6 +307,60 @@ mod tests {
         eprintln!("group_norm split, aligned: rel L2 {e:.3e}");
         let e = run(1, (1, 64), (1, 0), (96, 96), 4, false, -10.0, 0.1);
         eprintln!("group_norm split, mean -10 std 0.1: rel L2 {e:.3e}");
+    }
+
+    /// FiLM (the ADM res block): GPU vs CPU with film batch `nf` broadcast to `n`.
+    fn check_film_case<D: Device>(
+        gpu: &GpuBackend<D>,
+        off: usize,
+        n: usize,
+        nf: usize,
+        c: usize,
+        hw: usize,
+        groups: usize,
+    ) -> f64 {
+        let cpu = cpu_for(gpu);
+        let x: Vec<f32> = rand_vec(31, n * c * hw * hw).iter().map(|v| 0.5 + 2.0 * v).collect();
+        let f = rand_vec(32, nf * 2 * c);
+        let gd: Vec<f32> = rand_vec(33, c).iter().map(|v| 1.0 + 0.5 * v).collect();
+        let bd = rand_vec(34, c);
+        let mut outs = Vec::new();
+        macro_rules! go {
+            ($be:expr) => {{
+                let be = $be;
+                let (bx, bf) = (put(be, &x, off), put(be, &f, off));
+                let bo = put(be, &vec![f32::NAN; n * c * hw * hw], off);
+                let g = weight(be, &[c], &gd, WeightKind::Vector, Precision::F32);
+                let b = weight(be, &[c], &bd, WeightKind::Vector, Precision::F32);
+                let xa = Act::new(&bx, off, n, c, hw, hw);
+                let fa = Act::new(&bf, off, nf, 2 * c, 1, 1);
+                be.group_norm_film(xa, &g, &b, groups, 1e-5, fa, true, Act::new(&bo, off, n, c, hw, hw)).unwrap();
+                outs.push(get(be, &bo, off, n * c * hw * hw));
+            }};
+        }
+        go!(gpu);
+        go!(&cpu);
+        let e = rel_l2(&outs[0], &outs[1]);
+        assert!(e < bound(Precision::F32), "group_norm_film n={n} nf={nf} c={c} {hw}x{hw}: rel L2 {e:.3e}");
+        e
+    }
+
+    #[test]
+    fn group_norm_film() {
+        let be = emu(Precision::F32);
+        check_film_case(&be, OFF, 2, 1, 12, 5, 3);
+        check_film_case(&be, 0, 2, 2, 64, 8, 32);
+        check_film_case(&be, 4, 3, 1, 32, 4, 8);
+        // Few large groups: the split statistics / apply launches.
+        check_film_case(&be, 0, 2, 1, 32, 64, 4);
+        // A film of the wrong width is refused.
+        let xb = place(&be, &rand_vec(1, 6 * 4));
+        let fb = place(&be, &rand_vec(2, 6));
+        let ob = poisoned(&be, 6 * 4);
+        let g = weight(&be, &[6], &rand_vec(2, 6), WeightKind::Vector, Precision::F32);
+        let bad =
+            be.group_norm_film(act(&xb, 1, 6, 2, 2), &g, &g, 3, 1e-5, act(&fb, 1, 6, 1, 1), true, act(&ob, 1, 6, 2, 2));
+        assert!(bad.is_err());
     }
 
     #[test]

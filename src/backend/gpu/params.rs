@@ -45,6 +45,7 @@ pub struct GroupNormParams {
     pub xb: u64,
     pub gamma: u64,
     pub beta: u64,
+    pub film: u64,
     pub out: u64,
     pub partial: u64,
     pub n: i32,
@@ -55,8 +56,25 @@ pub struct GroupNormParams {
     pub hw: i32,
     pub groups: i32,
     pub silu: i32,
+    pub nf: i32,
     pub eps: f32,
     pub splits: i32,
+    pub _pad: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct ResampleParams {
+    pub x: u64,
+    pub out: u64,
+    pub n: i32,
+    pub xn: i32,
+    pub c: i32,
+    pub h: i32,
+    pub w: i32,
+    pub ho: i32,
+    pub wo: i32,
+    pub up: i32,
 }
 
 #[repr(C)]
@@ -178,6 +196,7 @@ mod tests {
             ("ddim_step_f32", std::mem::size_of::<StepParams>()),
             ("calibrate_f32", std::mem::size_of::<CalibrateParams>()),
             ("copy_f32", std::mem::size_of::<CopyParams>()),
+            ("resample_f32", std::mem::size_of::<ResampleParams>()),
         ];
         for &(name, size) in cases {
             assert_eq!(kernel_param_size(name), Some(size), "{name}: parameter block size (None: kernel missing)");

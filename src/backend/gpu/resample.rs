@@ -1,0 +1,94 @@
+//! Resample launcher (kernels/resample.cu): `resample_f32`, the ADM res block's nearest
+//! 2x up-sampling and 2x2 average pooling, checked against the CPU oracle
+//! (`resample` in src/backend/cpu/elementwise.rs).
+
+use anyhow::Result;
+
+use super::device::Device;
+use super::elementwise::grid_y;
+use super::int;
+use super::params::ResampleParams;
+use super::{GpuBackend, GpuBuf};
+use crate::backend::check::check_resample;
+use crate::backend::Act;
+
+/// Launch contract of `resample_f32`: grid (min(ceil(len / 256), 1024), n), block 256,
+/// grid-stride over the output sample.
+pub(super) fn resample<D: Device>(
+    be: &GpuBackend<D>,
+    x: Act<'_, GpuBuf>,
+    up: bool,
+    out: Act<'_, GpuBuf>,
+) -> Result<()> {
+    check_resample(&x, up, &out)?;
+    if out.is_empty() {
+        return Ok(());
+    }
+    let len = out.sample_len();
+    int(x.sample_len(), "resample input size")?;
+    let p = ResampleParams {
+        x: be.addr(&x, "resample x")?,
+        out: be.addr(&out, "resample out")?,
+        n: int(out.n, "resample batch")?,
+        xn: int(x.n, "resample batch")?,
+        c: int(out.c, "resample channels")?,
+        h: int(x.h, "resample height")?,
+        w: int(x.w, "resample width")?,
+        ho: int(out.h, "resample height")?,
+        wo: int(out.w, "resample width")?,
+        up: up as i32,
+    };
+    let gx = len.div_ceil(256).min(1024) as u32;
+    be.launch("resample_f32", [gx, grid_y(out.n, "resample")?, 1], [256, 1, 1], 0, &p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::device::Device;
+    use super::super::testutil::*;
+    use super::super::GpuBackend;
+    use crate::backend::Backend;
+    use crate::model::unet::Precision;
+
+    /// GPU vs CPU: identical results (both are exact or the same f32 sums).
+    fn check<D: Device>(gpu: &GpuBackend<D>, n: usize, nx: usize, c: usize, (h, w): (usize, usize), up: bool) {
+        let cpu = cpu_for(gpu);
+        let (ho, wo) = if up { (2 * h, 2 * w) } else { (h / 2, w / 2) };
+        let x = rand_vec(41 + c as u64, nx * c * h * w);
+        let mut outs = Vec::new();
+        macro_rules! go {
+            ($be:expr) => {{
+                let be = $be;
+                let bx = place(be, &x);
+                let bo = poisoned(be, n * c * ho * wo);
+                be.resample(act(&bx, nx, c, h, w), up, act(&bo, n, c, ho, wo)).unwrap();
+                outs.push(read(be, &bo, n * c * ho * wo));
+            }};
+        }
+        go!(gpu);
+        go!(&cpu);
+        assert_eq!(outs[0], outs[1], "resample n={n} nx={nx} c={c} {h}x{w} up={up}");
+    }
+
+    #[test]
+    fn resample_matches_cpu() {
+        let be = emu(Precision::F32);
+        for up in [true, false] {
+            check(&be, 2, 2, 3, (6, 5), up);
+            check(&be, 3, 1, 4, (4, 4), up); // broadcast
+            check(&be, 1, 1, 2, (1, 1), up);
+        }
+        check(&be, 1, 1, 8, (64, 64), false); // longer than one grid sweep
+        let xb = place(&be, &rand_vec(1, 16));
+        let ob = poisoned(&be, 64);
+        assert!(be.resample(act(&xb, 1, 1, 4, 4), true, act(&ob, 1, 1, 4, 4)).is_err());
+    }
+
+    /// On a real GPU (skipped without one): the ADM-256 res-block shapes.
+    #[test]
+    fn cuda_adm_shapes() {
+        let Some(gpu) = cuda(Precision::F32) else { return };
+        check(&gpu, 2, 2, 128, (256, 256), false);
+        check(&gpu, 2, 1, 512, (8, 8), true);
+    }
+}
