@@ -26,7 +26,7 @@ pub(super) fn group_norm<D: Device>(
     silu: bool,
     out: Act<'_, GpuBuf>,
 ) -> Result<()> {
-    group_norm_with(be, x, gamma, beta, groups, eps, silu, out, None)
+    group_norm_with(be, x, gamma, beta, groups, eps, film, silu, out, None)
 }
 
 /// `group_norm` with the number of chunks per group forced (`Some`: micro-benchmarks).
@@ -38,6 +38,7 @@ fn group_norm_with<D: Device>(
     beta: &GpuWeight,
     groups: usize,
     eps: f32,
+    film: Option<Act<'_, GpuBuf>>,
     silu: bool,
     out: Act<'_, GpuBuf>,
     force_splits: Option<usize>,
@@ -142,7 +143,7 @@ pub(super) fn micro<D: Device>(s: &mut super::micro::Sink<'_, D>) -> Result<()> 
         for (name, force) in variants {
             let be = s.be;
             s.time("group_norm", case, name, 8e-9 * (c * hw) as f64, bytes, o, &mut || {
-                group_norm_with(be, x, &g, &b, groups, 1e-6, true, o, force)
+                group_norm_with(be, x, &g, &b, groups, 1e-6, None, true, o, force)
             })?;
         }
     }
