@@ -609,60 +609,14 @@ pub fn bench(c: &Common, m: &ModelArgs, o: &crate::bench::BenchOpts) -> Result<(
         let r = on_backend!(&cp, |be| run_on(be, &model, precision, &inputs, o, &mut log))
             .with_context(|| format!("bench in {}", precision_name(precision)))?;
         results.push((precision_name(precision), r));
+        // After every precision: a run cut short keeps what it measured.
+        let json = crate::bench::report_json(&model, o, &results);
+        crate::io::atomic::write_atomic(&o.out_dir.join("ours.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
     }
 
-    let g = Graph::build(&model.arch);
-    let (enc, dec) = g.flops();
-    let by_prec = |f: &dyn Fn(&crate::bench::PrecisionResult) -> serde_json::Value| {
-        serde_json::Value::Object(results.iter().map(|(p, r)| (p.to_string(), f(r))).collect())
-    };
-    let flat = |f: &dyn Fn(&crate::bench::PrecisionResult) -> serde_json::Value| {
-        serde_json::Value::Array(
-            results.iter().flat_map(|(_, r)| f(r).as_array().cloned().unwrap_or_default()).collect(),
-        )
-    };
-    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let json = serde_json::json!({
-        "device": device_only(&results[0].1.device),
-        "backend": results[0].1.device.clone(),
-        "unix_time": unix,
-        "model": {
-            "source": model.source,
-            "params": model.param_count(),
-            "gflop_forward": (enc + dec) / 1e9,
-            "gflop_encoder": enc / 1e9,
-            "gflop_decoder": dec / 1e9,
-            "sample_size": size,
-            "weights_bytes": by_prec(&|r| serde_json::json!(r.weights_bytes)),
-        },
-        "forward": flat(&|r| serde_json::json!(r.forward)),
-        "encoder": flat(&|r| serde_json::json!(r.encoder)),
-        "decoder": flat(&|r| serde_json::json!(r.decoder)),
-        "pair": flat(&|r| serde_json::json!(r.pair)),
-        "throughput": flat(&|r| serde_json::json!(r.throughput)),
-        "profile": serde_json::Value::Array(results.iter().filter_map(|(_, r)| r.profile.as_ref()).map(|p| serde_json::json!(p)).collect()),
-        "peak_mem_bytes": by_prec(&|r| serde_json::json!(r.peak_pair_bytes.or(r.peak_bytes))),
-        "peak_mem_bytes_all": by_prec(&|r| serde_json::json!(r.peak_bytes)),
-        "settings": {
-            "batches": o.batches, "min_runs": o.min_runs, "min_secs": o.min_secs, "warmup": o.warmup,
-        },
-        "inputs": {
-            "t": crate::bench::T,
-            "x": "x_b1.f32",
-            "eps": by_prec(&|r| {
-                serde_json::json!(r.forward.iter().any(|f| f.batch == 1).then(|| format!("eps_{}_b1.f32", r.precision)))
-            }),
-            "content": "content_x0.f32",
-            "style": "style_x0.f32",
-            "content_image": o.content.display().to_string(),
-            "style_image": o.style.display().to_string(),
-            "size": size,
-        },
-    });
     let out = o.out_dir.join("ours.json");
-    crate::io::atomic::write_atomic(&out, serde_json::to_string_pretty(&json)?.as_bytes())?;
 
-    println!("device: {}", device_only(&results[0].1.device));
+    println!("device: {}", crate::bench::device_only(&results[0].1.device));
     println!(
         "{:<6} {:>5} {:>11} {:>11} {:>11} {:>9}",
         "prec", "batch", "forward ms", "encoder ms", "decoder ms", "TFLOP/s"
@@ -688,11 +642,6 @@ pub fn bench(c: &Common, m: &ModelArgs, o: &crate::bench::BenchOpts) -> Result<(
     }
     println!("wrote {}", out.display());
     Ok(())
-}
-
-/// `describe()` without the weight precision a GPU backend appends.
-fn device_only(described: &str) -> &str {
-    described.strip_suffix(" weights").and_then(|d| d.rsplit_once(", ")).map_or(described, |(d, _)| d)
 }
 
 /// `diffstyle evaluate`: the colour / edge evidence (`crate::eval`) for every content x
@@ -775,13 +724,13 @@ pub fn kernels(c: &Common, precisions: &[Precision], small: bool, out: Option<&P
         };
         rows.extend(rs);
     }
-    println!("device: {}", device_only(&device));
+    println!("device: {}", crate::bench::device_only(&device));
     if small || c.device == DeviceChoice::Emu {
         println!("(small shapes: the cases' channels and sides divided by 4 to 8)");
     }
     print!("{}", format(&rows));
     if let Some(o) = out {
-        let json = serde_json::json!({ "device": device_only(&device), "small": small || c.device == DeviceChoice::Emu, "kernels": rows });
+        let json = serde_json::json!({ "device": crate::bench::device_only(&device), "small": small || c.device == DeviceChoice::Emu, "kernels": rows });
         crate::io::atomic::write_atomic(o, serde_json::to_string_pretty(&json)?.as_bytes())?;
         println!("wrote {}", o.display());
     }

@@ -259,7 +259,8 @@ enum Cmd {
         #[arg(long, conflicts_with = "pairs")]
         no_pairs: bool,
         /// Throughput: batches of pairs run side by side (e.g. 8,32), each pair with its
-        /// own two inversions, reported as pairs per second. None by default.
+        /// own two inversions, reported as pairs per second, in the first of the pair
+        /// precisions. None by default.
         #[arg(long, value_delimiter = ',')]
         throughput: Vec<usize>,
         /// The settings of the throughput batches.

@@ -36,7 +36,7 @@ pub struct BenchOpts {
     pub content: PathBuf,
     pub style: PathBuf,
     /// Batches of pairs for the throughput measurement (each pair with its own two
-    /// inversions), run with `throughput_preset`.
+    /// inversions), run with `throughput_preset` in the first of `pair_precisions`.
     pub throughput: Vec<usize>,
     pub throughput_preset: Preset,
     /// Timed runs per measurement: at least `min_runs`, and at least `min_secs` seconds.
@@ -248,7 +248,9 @@ pub fn run_on<B: Backend>(
         r.peak_pair_bytes = be.peak_device_bytes();
     }
 
-    for &b in o.throughput.iter().filter(|_| pairs_here) {
+    // Throughput in the first pair precision only: its batches cost the most time.
+    let throughput_here = o.pair_precisions.first() == Some(&precision);
+    for &b in o.throughput.iter().filter(|_| throughput_here) {
         let s = o.throughput_preset.settings();
         s.validate(&model.schedule)?;
         let mut eng = Engine::with_batch(be, &unet, &model.schedule, b).with_context(|| format!("{b} pairs"))?;
@@ -321,4 +323,63 @@ pub fn run_on<B: Backend>(
         r.profile = Some(Profile { precision: pname.into(), runs, ops_ms, by_kind, by_op });
     }
     Ok(r)
+}
+
+/// `ours.json`: what the baselines script and the report read (tools/bench_torch_gpu.py,
+/// tools/bench_report.py), for the precisions measured so far.
+pub fn report_json(model: &LoadedModel, o: &BenchOpts, results: &[(&str, PrecisionResult)]) -> serde_json::Value {
+    let size = model.arch.sample_size;
+    let g = crate::model::graph::Graph::build(&model.arch);
+    let (enc, dec) = g.flops();
+    let by_prec = |f: &dyn Fn(&crate::bench::PrecisionResult) -> serde_json::Value| {
+        serde_json::Value::Object(results.iter().map(|(p, r)| (p.to_string(), f(r))).collect())
+    };
+    let flat = |f: &dyn Fn(&crate::bench::PrecisionResult) -> serde_json::Value| {
+        serde_json::Value::Array(
+            results.iter().flat_map(|(_, r)| f(r).as_array().cloned().unwrap_or_default()).collect(),
+        )
+    };
+    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    serde_json::json!({
+        "device": crate::bench::device_only(&results[0].1.device),
+        "backend": results[0].1.device.clone(),
+        "unix_time": unix,
+        "model": {
+            "source": model.source,
+            "params": model.param_count(),
+            "gflop_forward": (enc + dec) / 1e9,
+            "gflop_encoder": enc / 1e9,
+            "gflop_decoder": dec / 1e9,
+            "sample_size": size,
+            "weights_bytes": by_prec(&|r| serde_json::json!(r.weights_bytes)),
+        },
+        "forward": flat(&|r| serde_json::json!(r.forward)),
+        "encoder": flat(&|r| serde_json::json!(r.encoder)),
+        "decoder": flat(&|r| serde_json::json!(r.decoder)),
+        "pair": flat(&|r| serde_json::json!(r.pair)),
+        "throughput": flat(&|r| serde_json::json!(r.throughput)),
+        "profile": serde_json::Value::Array(results.iter().filter_map(|(_, r)| r.profile.as_ref()).map(|p| serde_json::json!(p)).collect()),
+        "peak_mem_bytes": by_prec(&|r| serde_json::json!(r.peak_pair_bytes.or(r.peak_bytes))),
+        "peak_mem_bytes_all": by_prec(&|r| serde_json::json!(r.peak_bytes)),
+        "settings": {
+            "batches": o.batches, "min_runs": o.min_runs, "min_secs": o.min_secs, "warmup": o.warmup,
+        },
+        "inputs": {
+            "t": crate::bench::T,
+            "x": "x_b1.f32",
+            "eps": by_prec(&|r| {
+                serde_json::json!(r.forward.iter().any(|f| f.batch == 1).then(|| format!("eps_{}_b1.f32", r.precision)))
+            }),
+            "content": "content_x0.f32",
+            "style": "style_x0.f32",
+            "content_image": o.content.display().to_string(),
+            "style_image": o.style.display().to_string(),
+            "size": size,
+        },
+    })
+}
+
+/// `describe()` without the weight precision a GPU backend appends.
+pub fn device_only(described: &str) -> &str {
+    described.strip_suffix(" weights").and_then(|d| d.rsplit_once(", ")).map_or(described, |(d, _)| d)
 }
