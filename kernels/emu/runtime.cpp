@@ -9,6 +9,7 @@
 #include <condition_variable>
 #include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -116,8 +117,16 @@ struct Worker {
 };
 
 thread_local Worker* t_worker = nullptr;
+// Owns the thread's Worker, so that its stacks (68 MiB of address space and ~2000
+// mappings: a guard page per stack) go when the thread does. A test harness runs each
+// test on a thread of its own, and every launching thread works too: leaked Workers
+// used to exhaust the process's mapping limit (vm.max_map_count) after ~30 tests.
+thread_local std::unique_ptr<Worker> t_worker_owner;
 Worker& worker() {
-    if (!t_worker) t_worker = new Worker();  // lives as long as its OS thread's pool
+    if (!t_worker) {
+        t_worker_owner.reset(new Worker());
+        t_worker = t_worker_owner.get();
+    }
     return *t_worker;
 }
 
