@@ -965,43 +965,21 @@ fn info_on_adm_presets() {
 /// `random-model` for an ADM (its flags as `--config`) loads back.
 #[test]
 fn random_model_adm_loads() {
-    let sb = Sandbox::new();
-    let file = sb.out_dir().join("random_adm.safetensors");
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/unet/adm_film_updown/model.json");
-    let made = diffstyle(&os(&[
-        OsStr::new("random-model"),
-        OsStr::new("--config"),
-        config.as_os_str(),
-        OsStr::new("--out"),
-        file.as_os_str(),
-    ]));
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
-    let info = diffstyle(&os(&[
-        OsStr::new("--device"),
-        OsStr::new("cpu"),
-        OsStr::new("info"),
-        OsStr::new("--model"),
-        file.as_os_str(),
-        OsStr::new("--config"),
-        config.as_os_str(),
-    ]));
-    let stdout = String::from_utf8_lossy(&info.stdout);
-    assert!(info.status.success(), "{}", String::from_utf8_lossy(&info.stderr));
+    let stdout = random_model_info(&config, "0");
     assert!(stdout.contains("parameters: 828358 "), "{stdout}");
 }
 
-/// `random-model` writes a checkpoint that loads with the same architecture.
-#[test]
-fn random_model_loads() {
+/// `random-model --config config` then `info` on the file it wrote; returns info's stdout.
+fn random_model_info(config: &Path, seed: &str) -> String {
     let sb = Sandbox::new();
     let file = sb.out_dir().join("random.safetensors");
-    let config = model_dir().join("config.json");
     let made = diffstyle(&os(&[
         OsStr::new("random-model"),
         OsStr::new("--config"),
         config.as_os_str(),
         OsStr::new("--seed"),
-        OsStr::new("3"),
+        OsStr::new(seed),
         OsStr::new("--out"),
         file.as_os_str(),
     ]));
@@ -1015,8 +993,14 @@ fn random_model_loads() {
         OsStr::new("--config"),
         config.as_os_str(),
     ]));
-    let stdout = String::from_utf8_lossy(&info.stdout);
     assert!(info.status.success(), "{}", String::from_utf8_lossy(&info.stderr));
+    String::from_utf8_lossy(&info.stdout).into_owned()
+}
+
+/// `random-model` writes a checkpoint that loads with the same architecture.
+#[test]
+fn random_model_loads() {
+    let stdout = random_model_info(&model_dir().join("config.json"), "3");
     assert!(stdout.contains("parameters: 927139"), "{stdout}");
 }
 
