@@ -7,7 +7,7 @@
 # Prepare here (cargo is not on the device machine): tools/prepare_gpu_check.sh
 # (release binary + test binaries under target/gpu-check, wheels under target/wheels).
 # Run there from the repository root, carrying both:
-#   device run: carry ["target/gpu-check", "target/wheels"],
+#   device run: carry ["target/gpu-check.tar.xz", "target/wheels"],
 #               command "bash tools/bench_gpu.sh", timeout_s 600
 # Then copy $OUT/results.json to benches/results.json and paste $OUT/BENCHMARKS_gpu.md
 # into BENCHMARKS.md. Everything else it made is in $OUT/bench.tar.gz.
@@ -20,6 +20,8 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/bench}
 mkdir -p "$OUT"
 B=target/gpu-check
+# The binaries travel packed (tools/prepare_gpu_check.sh).
+[ -d target/gpu-check ] || tar -xJf target/gpu-check.tar.xz -C target
 LOG="$OUT/log.txt"
 log() { echo "== $(date -u +%T) $*" | tee -a "$LOG"; }
 run() { log "$*"; "$@" 2>&1 | tee -a "$LOG"; return "${PIPESTATUS[0]}"; }

@@ -5,7 +5,7 @@
 # (tools/bench_gpu.sh: ours and the PyTorch baselines), each under its own time limit.
 #
 # Here:  tools/prepare_gpu_check.sh
-# There: device run, carry ["target/gpu-check", "target/wheels"],
+# There: device run, carry ["target/gpu-check.tar.xz", "target/wheels"],
 #        command "bash tools/device_session.sh", timeout_s 590
 # Back:  $OUT/results.json -> benches/results.json; $OUT/BENCHMARKS_gpu.md -> BENCHMARKS.md;
 #        $OUT/tests.txt (test log), $OUT/bench.tar.gz (everything else).
@@ -14,6 +14,8 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/session}
 mkdir -p "$OUT"
 B=target/gpu-check
+# The binaries travel packed (tools/prepare_gpu_check.sh).
+[ -d target/gpu-check ] || tar -xJf target/gpu-check.tar.xz -C target
 t0=$(date +%s)
 {
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv

@@ -8,6 +8,8 @@ set -uo pipefail
 OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
 B=target/gpu-check
+# The binaries travel packed (tools/prepare_gpu_check.sh).
+[ -d target/gpu-check ] || tar -xJf target/gpu-check.tar.xz -C target
 log() { echo "== $*" | tee -a "$OUT/log.txt"; }
 run() { log "$*"; "$@" 2>&1 | tee -a "$OUT/log.txt"; }
 run nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds, here (cargo is not on the GPU machine), what tools/gpu_check.sh runs there:
-# the release binary and the test binaries, stripped, under target/gpu-check/. Carry
-# that folder to the device machine (device tool: carry ["target/gpu-check"]), and
-# target/wheels (the Python packages the baselines need there; tools/fetch_wheels.sh)
-# for tools/bench_gpu.sh.
+# the release binary and the real-GPU test binaries, stripped, under target/gpu-check/,
+# and the same packed as target/gpu-check.tar.xz: what travels to a device call is
+# limited to 64 MiB with the tracked files (~30 MB), so carry the archive (the device
+# scripts unpack it) and target/wheels (the Python packages the baselines need there;
+# tools/fetch_wheels.sh):  carry ["target/gpu-check.tar.xz", "target/wheels"].
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/install_nvcc.sh
@@ -19,7 +20,7 @@ for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] != ["bin"]:
         name = m["target"]["name"]
-        if name in ("gpu_cuda", "diffstyle", "gpu_emu"):
+        if name in ("gpu_cuda", "diffstyle"):
             shutil.copy(m["executable"], "target/gpu-check/tests/" + name)
 '
 strip "$out/diffstyle" "$out"/tests/*
@@ -27,4 +28,5 @@ strip "$out/diffstyle" "$out"/tests/*
 git rev-parse HEAD >"$out/COMMIT"
 git diff --quiet HEAD || echo "(with uncommitted changes)" >>"$out/COMMIT"
 bash tools/fetch_wheels.sh
-du -sh "$out"
+tar -cJf target/gpu-check.tar.xz -C target gpu-check
+du -sh "$out" target/gpu-check.tar.xz target/wheels
