@@ -133,6 +133,16 @@ pub struct DdimStep<'a, B> {
     pub stream: u32,
 }
 
+/// Milliseconds of host clock around `f`, between two `sync`s: the timer of backends
+/// (and devices) without device events.
+pub fn host_timed(sync: &dyn Fn() -> Result<()>, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+    sync()?;
+    let t = std::time::Instant::now();
+    f()?;
+    sync()?;
+    Ok(t.elapsed().as_secs_f64() * 1e3)
+}
+
 pub trait Backend {
     /// Activation / latent storage.
     type Buf;
@@ -165,11 +175,7 @@ pub trait Backend {
     /// Milliseconds the backend spends on the ops `f` issues (device events on a GPU,
     /// the host clock around synchronisations otherwise), for benchmarks.
     fn time_ms(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
-        self.sync()?;
-        let t = std::time::Instant::now();
-        f()?;
-        self.sync()?;
-        Ok(t.elapsed().as_secs_f64() * 1e3)
+        host_timed(&|| self.sync(), f)
     }
 
     /// A buffer of `len` f32, filled with NaN so that an op that forgets to write shows.

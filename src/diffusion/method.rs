@@ -159,6 +159,8 @@ pub struct Engine<'a, B: Backend> {
     pub unet: &'a UNet<B>,
     pub sched: &'a Schedule,
     batch: usize,
+    /// The timestep of every sample of a step (host side, reused by every step).
+    ts: Vec<f32>,
     ws: Workspace<B>,
     /// Latent slots of `batch` latents each: current, next, calibrated; then the mask.
     state: B::Buf,
@@ -184,7 +186,7 @@ impl<'a, B: Backend> Engine<'a, B> {
         let ws = unet.workspace(be, batch, 2 * batch)?;
         let hs = unet.arch.h_size();
         let state = be.alloc(SLOTS * batch * Self::lat_len(unet) + hs * hs)?;
-        Ok(Self { be, unet, sched, batch, ws, state, traj: None, counts: Counts::default() })
+        Ok(Self { be, unet, sched, batch, ts: vec![0.0; batch], ws, state, traj: None, counts: Counts::default() })
     }
 
     pub fn batch(&self) -> usize {
@@ -237,7 +239,8 @@ impl<'a, B: Backend> Engine<'a, B> {
     /// U-Net on slot `src` at time t, eps of the encoder batch left in the workspace.
     fn forward(&mut self, src: usize, t: i64) -> Result<()> {
         self.be.copy(self.slot(src), self.unet.x(&self.ws))?;
-        self.unet.forward(self.be, &self.ws, &vec![t as f32; self.batch])?;
+        self.ts.fill(t as f32);
+        self.unet.forward(self.be, &self.ws, &self.ts)?;
         self.counts.encoder += 1;
         self.counts.decoder += 1;
         Ok(())
@@ -423,7 +426,8 @@ impl<'a, B: Backend> Engine<'a, B> {
             }
             // Injection-capable: one encoder, then one or two decoders on its skips.
             self.be.copy(self.slot(cur), self.unet.x(&self.ws))?;
-            self.unet.encode(self.be, &self.ws, &vec![i as f32; bn])?;
+            self.ts.fill(i as f32);
+            self.unet.encode(self.be, &self.ws, &self.ts)?;
             self.counts.encoder += 1;
             let mixed = i >= s.t_edit;
             if mixed {

@@ -59,10 +59,6 @@ pub trait Device: Send + Sync + 'static {
     /// Milliseconds of device time taken by the work `f` issues. The default times the
     /// host clock between synchronisations; the real GPU records events around `f`.
     fn time_ms(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
-        self.sync()?;
-        let t = std::time::Instant::now();
-        f()?;
-        self.sync()?;
-        Ok(t.elapsed().as_secs_f64() * 1e3)
+        crate::backend::host_timed(&|| self.sync(), f)
     }
 }

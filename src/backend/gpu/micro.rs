@@ -129,8 +129,7 @@ mod tests {
                 assert!(rows.iter().any(|r| r.family == fam), "{prec:?}: no {fam} rows");
             }
             for r in &rows {
-                assert!(r.ms > 0.0 && r.runs >= 2 && r.mbytes > 0.0, "{r:?}");
-                assert!((r.tflops - r.gflop / r.ms / 1e3).abs() < 1e-12, "{r:?}");
+                assert!(r.ms > 0.0 && r.runs >= 2 && r.mbytes > 0.0 && r.gflop > 0.0, "{r:?}");
             }
             if prec == Precision::Bf16 {
                 assert!(rows.iter().any(|r| r.variant == "per-element"), "the conv gather variants");

@@ -352,8 +352,10 @@ mod tests {
         check_film_case(&be, OFF, 2, 1, 12, 5, 3);
         check_film_case(&be, 0, 2, 2, 64, 8, 32);
         check_film_case(&be, 4, 3, 1, 32, 4, 8);
-        // Few large groups: the split statistics / apply launches.
-        check_film_case(&be, 0, 2, 1, 32, 64, 4);
+        // Few large groups (8 channels of 96x96 = 2 chunks each): the split statistics /
+        // apply launches.
+        assert!(super::splits(8 * 96 * 96) > 1);
+        check_film_case(&be, 0, 2, 1, 32, 96, 4);
         // A film of the wrong width is refused.
         let xb = place(&be, &rand_vec(1, 6 * 4));
         let fb = place(&be, &rand_vec(2, 6));
