@@ -28,8 +28,10 @@ use diffstyle::backend::cpu::CpuBackend;
 use diffstyle::backend::gpu::{cuda::CudaDevice, emu::EmuDevice, GpuBackend};
 use diffstyle::backend::Backend;
 use diffstyle::bench::profile::{format_rows, Profiled};
-use diffstyle::diffusion::rng::fill_gaussian;
-use diffstyle::model::unet::{Precision, UNet};
+use diffstyle::dtype::Precision;
+use diffstyle::rng::fill_gaussian;
+
+use diffstyle::model::unet::UNet;
 use diffstyle::model::weights::load_model;
 
 const TIMESTEP: f32 = 500.0;

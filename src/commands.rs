@@ -13,10 +13,14 @@ use crate::backend::gpu::emu::EmuDevice;
 use crate::backend::gpu::GpuBackend;
 use crate::backend::Backend;
 use crate::diffusion::method::{Engine, Inversion, Preset, Settings};
+use crate::dtype::Precision;
 use crate::io::cache::{self, CacheKey};
+use crate::io::safetensors::Entry;
 use crate::model::graph::Graph;
 use crate::model::plan::Plan;
-use crate::model::unet::{Precision, UNet};
+use crate::model::schedule::Schedule;
+
+use crate::model::unet::UNet;
 use crate::model::weights::{load_model, LoadedModel};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -201,7 +205,10 @@ enum Input {
 fn read_input(path: &Path, m: &LoadedModel, key: &CacheKey) -> Result<Input> {
     let (shape, h_shape) = shapes(m);
     if cache::is_cache(path) {
-        Ok(Input::Cached(cache::load(path, key, shape, h_shape)?))
+        let c = cache::load(path, key, shape, h_shape)?;
+        let inv = Inversion::from_parts(c.x0, c.x_t, c.h, c.keys, key.inv_steps)
+            .with_context(|| path.display().to_string())?;
+        Ok(Input::Cached(inv))
     } else {
         Ok(Input::Image(crate::io::image::load_image(path, m.arch.sample_size)?.data))
     }
@@ -360,11 +367,7 @@ fn transfer_on<B: Backend>(
 
 /// The final latent as f32 NCHW safetensors under the key `x0`.
 fn write_latent(path: &Path, x: &[f32], shape: [usize; 4]) -> Result<()> {
-    use safetensors::tensor::{Dtype, TensorView};
-    let bytes: &[u8] = bytemuck::cast_slice(x);
-    let view = TensorView::new(Dtype::F32, shape.to_vec(), bytes)?;
-    let data = safetensors::serialize(vec![("x0", view)], &None)?;
-    crate::io::atomic::write_atomic(path, &data)
+    crate::io::safetensors::write(path, &[Entry::f32("x0", shape.to_vec(), x)], None)
 }
 
 pub fn invert(c: &Common, m: &ModelArgs, image: &Path, out: &Path, inv_steps: usize) -> Result<()> {
@@ -383,7 +386,8 @@ fn invert_on<B: Backend>(be: &B, c: &Common, m: &ModelArgs, image: &Path, out: &
     let inv = eng.invert(&x0, inv_steps, &mut || bar.tick())?;
     drop(bar);
     let (shape, h_shape) = shapes(&model);
-    cache::save(out, &inv, &cache_key(&model, c.precision, inv_steps), &image.display().to_string(), shape, h_shape)?;
+    let rec = cache::Cached { x0: inv.x0, x_t: inv.x_t, h: inv.h, keys: inv.keys };
+    cache::save(out, &rec, &cache_key(&model, c.precision, inv_steps), &image.display().to_string(), shape, h_shape)?;
     report_device(c, be);
     Ok(())
 }
@@ -434,20 +438,12 @@ fn described_arch(m: &ModelArgs) -> Result<crate::model::config::ModelConfig> {
 }
 
 pub fn random_model(m: &ModelArgs, seed: u64, out: &Path) -> Result<()> {
-    use safetensors::tensor::{Dtype, TensorView};
     check_parent(out)?;
     let cfg = described_arch(m)?;
-    let betas = cfg.betas.unwrap_or_else(|| crate::diffusion::schedule::linear_betas(1e-4, 0.02, 1000));
-    let model = LoadedModel::random(&cfg.arch, crate::diffusion::schedule::Schedule::from_betas(&betas), seed);
-    let views = model
-        .tensors
-        .iter()
-        .map(|(name, t)| {
-            Ok((name.as_str(), TensorView::new(Dtype::F32, t.shape.clone(), bytemuck::cast_slice(&t.data))?))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let data = safetensors::serialize(views, &None)?;
-    crate::io::atomic::write_atomic(out, &data)?;
+    let model = LoadedModel::random(&cfg.arch, cfg.schedule_or_default(), seed);
+    let tensors: Vec<Entry> =
+        model.tensors.iter().map(|(name, t)| Entry::f32(name, t.shape.clone(), &t.data)).collect();
+    crate::io::safetensors::write(out, &tensors, None)?;
     println!(
         "{}: {} parameters of random weights (seed {seed}) for {}",
         out.display(),
@@ -549,9 +545,7 @@ pub fn info(c: &Common, m: &ModelArgs, show_plan: bool) -> Result<()> {
         let model = match loaded {
             Some(model) => model,
             None => {
-                let sched = crate::diffusion::schedule::Schedule::from_betas(
-                    &betas.unwrap_or_else(|| crate::diffusion::schedule::linear_betas(1e-4, 0.02, 1000)),
-                );
+                let sched = betas.map_or_else(Schedule::ddpm_linear, |b| Schedule::from_betas(&b));
                 LoadedModel::random(&arch, sched, 0)
             }
         };
@@ -580,7 +574,7 @@ fn device_memory<B: Backend>(be: &B, model: &LoadedModel, precision: Precision) 
 /// backend each), written to `<out_dir>/ours.json` with the inputs and outputs the
 /// baselines are checked against.
 pub fn bench(c: &Common, m: &ModelArgs, o: &crate::bench::BenchOpts) -> Result<()> {
-    use crate::bench::{precision_name, run_on, write_f32, Inputs};
+    use crate::bench::{run_on, write_f32, Inputs};
     ensure!(!o.precisions.is_empty(), "--precisions is empty");
     let model = model(m)?;
     let size = model.arch.sample_size;
@@ -607,8 +601,8 @@ pub fn bench(c: &Common, m: &ModelArgs, o: &crate::bench::BenchOpts) -> Result<(
     for &precision in &o.precisions {
         let cp = Common { device: c.device, precision, quiet: c.quiet, verbose: c.verbose, threads: c.threads };
         let r = on_backend!(&cp, |be| run_on(be, &model, precision, &inputs, o, &mut log))
-            .with_context(|| format!("bench in {}", precision_name(precision)))?;
-        results.push((precision_name(precision), r));
+            .with_context(|| format!("bench in {}", precision.name()))?;
+        results.push((precision.name(), r));
         // After every precision: a run cut short keeps what it measured.
         let json = crate::bench::report_json(&model, o, &results);
         crate::io::atomic::write_atomic(&o.out_dir.join("ours.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;

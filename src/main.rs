@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use diffstyle::commands::{self, Common, DeviceChoice, Knobs, ModelArgs};
 use diffstyle::diffusion::method::Preset;
-use diffstyle::model::unet::Precision;
+use diffstyle::dtype::Precision;
 
 #[derive(Parser)]
 #[command(

@@ -1016,7 +1016,9 @@ fn read_f32(path: &Path) -> Vec<f32> {
 /// The U-Net output of the fixture model on `x` at t = 500, computed in-process on the CPU.
 fn cpu_eps(x: &[f32]) -> Vec<f32> {
     use diffstyle::backend::{cpu::CpuBackend, Backend};
-    use diffstyle::model::unet::{Precision, UNet};
+    use diffstyle::dtype::Precision;
+
+    use diffstyle::model::unet::UNet;
     let be = CpuBackend::new(1);
     let model = diffstyle::model::weights::load_model(&model_dir(), None, None).expect("fixture model");
     let unet = UNet::new(&be, &model, Precision::F32).expect("unet");

@@ -9,9 +9,11 @@ use diffstyle::backend::cpu::CpuBackend;
 use diffstyle::backend::gpu::cuda::CudaDevice;
 use diffstyle::backend::gpu::GpuBackend;
 use diffstyle::backend::Backend;
-use diffstyle::diffusion::schedule::Schedule;
+use diffstyle::dtype::Precision;
 use diffstyle::model::arch::UNetArch;
-use diffstyle::model::unet::{Precision, UNet};
+use diffstyle::model::schedule::Schedule;
+
+use diffstyle::model::unet::UNet;
 use diffstyle::model::weights::LoadedModel;
 use diffstyle::tensor::rel_l2;
 

@@ -9,7 +9,9 @@ use common::{fixtures, fixtures_adm, run_case_in, run_case_on};
 use diffstyle::backend::gpu::emu::EmuDevice;
 use diffstyle::backend::gpu::GpuBackend;
 use diffstyle::diffusion::method::{Engine, Settings};
-use diffstyle::model::unet::{Precision, UNet};
+use diffstyle::dtype::Precision;
+
+use diffstyle::model::unet::UNet;
 use diffstyle::model::weights::load_model;
 
 fn emu(p: Precision) -> GpuBackend<EmuDevice> {

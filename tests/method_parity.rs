@@ -6,7 +6,9 @@ mod common;
 use common::{fixtures, fixtures_adm, run_case_in, run_case_on, tensor};
 use diffstyle::backend::cpu::CpuBackend;
 use diffstyle::diffusion::method::{Engine, Settings};
-use diffstyle::model::unet::{Precision, UNet};
+use diffstyle::dtype::Precision;
+
+use diffstyle::model::unet::UNet;
 use diffstyle::model::weights::load_model;
 use diffstyle::tensor::psnr_model_space;
 use safetensors::SafeTensors;

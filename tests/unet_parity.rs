@@ -7,7 +7,9 @@
 use std::path::{Path, PathBuf};
 
 use diffstyle::backend::{cpu::CpuBackend, Backend};
-use diffstyle::model::unet::{Precision, UNet};
+use diffstyle::dtype::Precision;
+
+use diffstyle::model::unet::UNet;
 use diffstyle::model::weights::load_model;
 use diffstyle::tensor::{max_abs_diff, rel_l2};
 use safetensors::SafeTensors;

@@ -17,8 +17,10 @@ use serde::Serialize;
 
 use crate::backend::Backend;
 use crate::diffusion::method::{Engine, Preset};
-use crate::diffusion::rng::fill_gaussian;
-use crate::model::unet::{Precision, UNet, Workspace};
+use crate::dtype::Precision;
+use crate::rng::fill_gaussian;
+
+use crate::model::unet::{UNet, Workspace};
 use crate::model::weights::LoadedModel;
 
 /// The timestep of the timed forwards (any value costs the same).
@@ -116,14 +118,6 @@ pub struct PrecisionResult {
     pub device: String,
 }
 
-pub fn precision_name(p: Precision) -> &'static str {
-    match p {
-        Precision::F32 => "f32",
-        Precision::F16 => "f16",
-        Precision::Bf16 => "bf16",
-    }
-}
-
 pub fn preset_name(p: Preset) -> &'static str {
     match p {
         Preset::InDomain => "in-domain",
@@ -184,7 +178,7 @@ fn time_runs<B: Backend>(be: &B, o: &BenchOpts, f: &mut dyn FnMut() -> Result<()
 fn timing(precision: Precision, batch: usize, mut times: Vec<f64>, gflop: f64) -> Timing {
     let (ms, ms_min, ms_max) = stats(&mut times);
     Timing {
-        precision: precision_name(precision).into(),
+        precision: precision.name().into(),
         batch,
         ms,
         ms_min,
@@ -203,7 +197,7 @@ pub fn run_on<B: Backend>(
     o: &BenchOpts,
     log: &mut dyn FnMut(&str),
 ) -> Result<PrecisionResult> {
-    let pname = precision_name(precision);
+    let pname = precision.name();
     let unet = UNet::new(be, model, precision)?;
     let mut r = PrecisionResult {
         precision: pname.into(),

@@ -5,10 +5,11 @@
 use anyhow::{bail, ensure, Result};
 use serde::{Deserialize, Serialize};
 
-use super::rng;
-use super::schedule::{seq, Schedule};
+use super::timesteps::seq;
 use crate::backend::{Act, Backend, DdimStep};
+use crate::model::schedule::Schedule;
 use crate::model::unet::{UNet, Workspace};
+use crate::rng;
 
 /// Every knob of method.md, with the authors' in-domain defaults.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -124,6 +125,21 @@ pub struct Inversion {
 }
 
 impl Inversion {
+    /// The timesteps at which an inversion of `inv_steps` steps records h: the start
+    /// of every step (none at t = 999).
+    pub fn keys_for(inv_steps: usize) -> Vec<i64> {
+        let mut keys = seq(inv_steps);
+        keys.pop();
+        keys
+    }
+
+    /// An inversion read back (from a cache): its keys must be those an inversion of
+    /// `inv_steps` steps records.
+    pub fn from_parts(x0: Vec<f32>, x_t: Vec<f32>, h: Vec<f32>, keys: Vec<i64>, inv_steps: usize) -> Result<Self> {
+        ensure!(keys == Self::keys_for(inv_steps), "the cache's timesteps do not match --inv-steps {inv_steps}");
+        Ok(Self { x0, x_t, keys, h })
+    }
+
     pub fn h_len(&self) -> usize {
         self.h.len() / self.keys.len().max(1)
     }

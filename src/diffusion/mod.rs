@@ -1,5 +1,4 @@
 //! Schedules, time sequences, DDIM inversion and the DiffStyle generation loop.
 
 pub mod method;
-pub mod rng;
-pub mod schedule;
+pub mod timesteps;

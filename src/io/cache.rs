@@ -1,14 +1,16 @@
 //! The inversion cache: one image's DDIM inversion (x_0, x_T and the h trajectory) as
 //! safetensors, with the model hash and the settings that made it, so that `transfer`
-//! can reuse it and refuse it when it does not belong to the run.
+//! can reuse it and refuse it when it does not belong to the run. This file knows the
+//! format only; the diffusion layer turns a [`Cached`] record into an inversion
+//! (`Inversion::from_parts`, which checks the timesteps).
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use safetensors::tensor::{Dtype, SafeTensors};
 
-use crate::diffusion::method::Inversion;
+use super::safetensors::{write, Entry};
 
 const FORMAT: &str = "diffstyle-inversion-v1";
 
@@ -19,26 +21,31 @@ pub struct CacheKey {
     pub inv_steps: usize,
 }
 
+/// One image's inversion as the cache file stores it.
+pub struct Cached {
+    pub x0: Vec<f32>,
+    pub x_t: Vec<f32>,
+    /// The h trajectory, key-major: `keys.len()` blocks of `h_shape`.
+    pub h: Vec<f32>,
+    /// The timesteps at which h was recorded.
+    pub keys: Vec<i64>,
+}
+
+/// Writes `inv`, `shape` (x0 and x_t) and `h_shape` (one h) describing its arrays.
 pub fn save(
     path: &Path,
-    inv: &Inversion,
+    inv: &Cached,
     key: &CacheKey,
     source: &str,
     shape: [usize; 3],
     h_shape: [usize; 3],
 ) -> Result<()> {
     let k = inv.keys.len();
-    let f32s = |v: &[f32]| bytemuck::cast_slice::<f32, u8>(v).to_vec();
-    let keys: Vec<u8> = inv.keys.iter().flat_map(|k| k.to_le_bytes()).collect();
-    let x0 = f32s(&inv.x0);
-    let xt = f32s(&inv.x_t);
-    let h = f32s(&inv.h);
-    let s = shape.to_vec();
-    let tensors = vec![
-        ("x0", TensorView::new(Dtype::F32, s.clone(), &x0)?),
-        ("x_t", TensorView::new(Dtype::F32, s, &xt)?),
-        ("h", TensorView::new(Dtype::F32, vec![k, h_shape[0], h_shape[1], h_shape[2]], &h)?),
-        ("keys", TensorView::new(Dtype::I64, vec![k], &keys)?),
+    let tensors = [
+        Entry::f32("x0", shape.to_vec(), &inv.x0),
+        Entry::f32("x_t", shape.to_vec(), &inv.x_t),
+        Entry::f32("h", vec![k, h_shape[0], h_shape[1], h_shape[2]], &inv.h),
+        Entry::i64("keys", vec![k], &inv.keys),
     ];
     let meta: HashMap<String, String> = [
         ("format", FORMAT.to_string()),
@@ -49,9 +56,7 @@ pub fn save(
     .into_iter()
     .map(|(a, b)| (a.to_string(), b))
     .collect();
-    let bytes = safetensors::serialize(tensors, &Some(meta))
-        .with_context(|| format!("{}: cannot serialise the inversion cache", path.display()))?;
-    super::atomic::write_atomic(path, &bytes)
+    write(path, &tensors, Some(meta))
 }
 
 /// True when `path` looks like an inversion cache rather than an image.
@@ -59,7 +64,8 @@ pub fn is_cache(path: &Path) -> bool {
     path.extension().is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
 }
 
-pub fn load(path: &Path, want: &CacheKey, shape: [usize; 3], h_shape: [usize; 3]) -> Result<Inversion> {
+/// Reads a cache and checks it against `want` and the run's shapes.
+pub fn load(path: &Path, want: &CacheKey, shape: [usize; 3], h_shape: [usize; 3]) -> Result<Cached> {
     let p = path.display();
     let bytes = std::fs::read(path).with_context(|| format!("{p}: cannot read the inversion cache"))?;
     let (_, meta) = SafeTensors::read_metadata(&bytes)
@@ -93,14 +99,12 @@ pub fn load(path: &Path, want: &CacheKey, shape: [usize; 3], h_shape: [usize; 3]
         ensure!(v.iter().all(|x| x.is_finite()), "{p}: tensor `{name}` holds non-finite values");
         Ok(v)
     };
-    let expect_keys = crate::diffusion::schedule::seq(want.inv_steps);
-    let k = expect_keys.len() - 1;
     let keys_t = st.tensor("keys").map_err(|_| anyhow::anyhow!("{p}: the cache has no tensor `keys`"))?;
-    ensure!(keys_t.dtype() == Dtype::I64 && keys_t.shape() == [k], "{p}: tensor `keys` is malformed");
+    ensure!(keys_t.dtype() == Dtype::I64 && keys_t.shape().len() == 1, "{p}: tensor `keys` is malformed");
+    let k = keys_t.shape()[0];
     let keys: Vec<i64> =
         keys_t.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
-    ensure!(keys == expect_keys[..k], "{p}: the cache's timesteps do not match --inv-steps {}", want.inv_steps);
-    Ok(Inversion {
+    Ok(Cached {
         x0: f32_tensor("x0", &shape)?,
         x_t: f32_tensor("x_t", &shape)?,
         h: f32_tensor("h", &[k, h_shape[0], h_shape[1], h_shape[2]])?,

@@ -7,6 +7,7 @@ pub mod cache;
 pub mod grid;
 pub mod image;
 pub mod mask;
+pub mod safetensors;
 
 pub use self::atomic::write_atomic;
 pub use self::grid::{authors_grid, make_grid};

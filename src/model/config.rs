@@ -10,8 +10,11 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{Map, Value};
 
-use crate::diffusion::schedule::{linear_betas, scaled_linear_betas, squaredcos_cap_v2_betas, Schedule};
 use crate::model::arch::UNetArch;
+use crate::model::schedule::{
+    default_betas, linear_betas, scaled_linear_betas, squaredcos_cap_v2_betas, Schedule, DDPM_BETA_END,
+    DDPM_BETA_START, DDPM_STEPS,
+};
 
 /// A model description: architecture plus, when the format carries one, the betas of
 /// its training schedule.
@@ -26,10 +29,11 @@ pub struct ModelConfig {
     pub source: String,
 }
 
-/// The betas of the DDPM models the paper uses: linear 1e-4 .. 0.02 over 1000 steps,
-/// computed as the authors do (float64 linspace).
-pub fn default_betas() -> Vec<f64> {
-    linear_betas(1e-4, 0.02, 1000)
+impl ModelConfig {
+    /// The schedule the configuration defines, else the DDPM default.
+    pub fn schedule_or_default(&self) -> Schedule {
+        self.betas.as_deref().map_or_else(Schedule::ddpm_linear, Schedule::from_betas)
+    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -778,7 +782,7 @@ fn adm_from_value(v: &Value) -> Result<(UNetArch, Vec<f64>)> {
     );
     validate_arch(&arch)?;
 
-    let steps = get_usize(m, "diffusion_steps", Some(1000))?;
+    let steps = get_usize(m, "diffusion_steps", Some(DDPM_STEPS))?;
     if steps == 0 {
         bail!("field diffusion_steps must be positive");
     }
@@ -792,9 +796,9 @@ fn adm_from_value(v: &Value) -> Result<(UNetArch, Vec<f64>)> {
         // beta_start / beta_end (a diffstyle extension, absent from guided-diffusion's
         // flags) replace that range.
         "linear" => {
-            let scale = 1000.0 / steps as f64;
-            let start = get_f64(m, "beta_start", Some(scale * 0.0001))?;
-            let end = get_f64(m, "beta_end", Some(scale * 0.02))?;
+            let scale = DDPM_STEPS as f64 / steps as f64;
+            let start = get_f64(m, "beta_start", Some(scale * DDPM_BETA_START))?;
+            let end = get_f64(m, "beta_end", Some(scale * DDPM_BETA_END))?;
             linear_betas(start, end, steps)
         }
         "cosine" => {
@@ -880,9 +884,9 @@ pub fn parse_scheduler_config(text: &str) -> Result<Vec<f64>> {
             as_list("trained_betas", x)?.iter().map(|b| as_f64("trained_betas", b)).collect::<Result<Vec<f64>>>()?
         }
         Field::Absent | Field::Null => {
-            let n = get_usize(m, "num_train_timesteps", Some(1000))?;
-            let start = get_f64(m, "beta_start", Some(0.0001))?;
-            let end = get_f64(m, "beta_end", Some(0.02))?;
+            let n = get_usize(m, "num_train_timesteps", Some(DDPM_STEPS))?;
+            let start = get_f64(m, "beta_start", Some(DDPM_BETA_START))?;
+            let end = get_f64(m, "beta_end", Some(DDPM_BETA_END))?;
             let kind = match field(m, "beta_schedule") {
                 Field::Absent => "linear".to_string(),
                 Field::Null => bail!("unsupported beta_schedule null"),

@@ -5,5 +5,6 @@ pub mod arch;
 pub mod config;
 pub mod graph;
 pub mod plan;
+pub mod schedule;
 pub mod unet;
 pub mod weights;

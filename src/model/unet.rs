@@ -8,26 +8,8 @@ use super::graph::{BatchClass, Graph, Op, ParamSource, ValueId};
 use super::plan::Plan;
 use super::weights::LoadedModel;
 use crate::backend::{Act, Backend, Cat, Conv2d};
+use crate::dtype::Precision;
 use crate::tensor::HostTensor;
-
-/// Storage precision of the weights (activations, latents and the h-space op stay f32).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Precision {
-    F32,
-    F16,
-    Bf16,
-}
-
-impl Precision {
-    /// Rounds a value through the storage format.
-    pub fn round(self, v: f32) -> f32 {
-        match self {
-            Precision::F32 => v,
-            Precision::F16 => half::f16::from_f32(v).to_f32(),
-            Precision::Bf16 => half::bf16::from_f32(v).to_f32(),
-        }
-    }
-}
 
 pub struct UNet<B: Backend> {
     pub arch: UNetArch,

@@ -12,12 +12,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use safetensors::{Dtype, SafeTensors};
 
-use crate::diffusion::schedule::Schedule;
 use crate::model::arch::UNetArch;
 use crate::model::config::{
-    default_betas, load_config_file, load_diffusers_unet_config, load_scheduler_config, preset, preset_names,
-    ModelConfig,
+    load_config_file, load_diffusers_unet_config, load_scheduler_config, preset, preset_names, ModelConfig,
 };
+use crate::model::schedule::Schedule;
 use crate::tensor::HostTensor;
 
 /// A validated model: architecture, schedule and all U-Net tensors (f32, canonical
@@ -593,10 +592,7 @@ fn schedule_from(candidates: &[PathBuf]) -> Result<(Schedule, String)> {
             return Ok((load_scheduler_config(c)?, format!("schedule from {}", c.display())));
         }
     }
-    Ok((
-        Schedule::from_betas(&default_betas()),
-        "default DDPM linear schedule 1e-4..0.02 over 1000 (no scheduler_config.json)".into(),
-    ))
+    Ok((Schedule::ddpm_linear(), "default DDPM linear schedule 1e-4..0.02 over 1000 (no scheduler_config.json)".into()))
 }
 
 fn finish(

@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 
 use diffstyle::backend::Backend;
 use diffstyle::diffusion::method::{Engine, Inversion, Settings};
-use diffstyle::diffusion::schedule::seq;
-use diffstyle::model::unet::{Precision, UNet};
+use diffstyle::diffusion::timesteps::seq;
+use diffstyle::dtype::Precision;
+
+use diffstyle::model::unet::UNet;
 use diffstyle::model::weights::load_model;
 use diffstyle::tensor::{psnr_model_space, rel_l2};
 use safetensors::SafeTensors;

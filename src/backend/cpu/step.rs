@@ -9,7 +9,7 @@ use super::threads::{par_for, workers_for};
 use super::{sample, sample_mut, CpuBackend, A};
 use crate::backend::check::{check_calibrate, check_ddim_step};
 use crate::backend::DdimStep;
-use crate::diffusion::rng::fill_gaussian;
+use crate::rng::fill_gaussian;
 
 pub(super) fn ddim_step(be: &CpuBackend, p: &DdimStep<'_, super::CpuBuf>) -> Result<()> {
     let out = &p.out;

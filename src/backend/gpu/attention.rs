@@ -116,7 +116,7 @@ mod tests {
     use super::super::testutil::*;
     use super::super::GpuBackend;
     use crate::backend::{Act, Backend};
-    use crate::model::unet::Precision;
+    use crate::dtype::Precision;
 
     /// GPU (emulated) vs CPU on `(n, 3c, h, w)` random qkv (scaled up so the softmax is
     /// far from uniform) with a batch of `nq` broadcast to `n`.

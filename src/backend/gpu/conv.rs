@@ -14,7 +14,7 @@ use super::params::ConvParams;
 use super::{int, GpuBackend};
 use crate::backend::check::{check_conv2d, ConvShape};
 use crate::backend::Conv2d;
-use crate::model::unet::Precision;
+use crate::dtype::Precision;
 
 /// Threads per block (kernels/conv.cu `CONV_THREADS`).
 const THREADS: u32 = 256;
@@ -84,7 +84,7 @@ pub(super) fn conv2d<D: Device>(be: &GpuBackend<D>, p: &Conv2d<'_, GpuBackend<D>
 /// per-element) where the weights allow the first.
 pub(super) fn micro<D: Device>(s: &mut super::micro::Sink<'_, D>) -> Result<()> {
     use crate::backend::{Act, Backend, Cat, WeightKind};
-    use crate::model::unet::Precision;
+    use crate::dtype::Precision;
     let div = if s.small { 8 } else { 1 };
     struct M {
         case: &'static str,
@@ -162,7 +162,7 @@ mod tests {
     use super::super::testutil::*;
     use super::super::GpuBackend;
     use crate::backend::{Act, Backend, Cat, Conv2d, WeightKind};
-    use crate::model::unet::Precision;
+    use crate::dtype::Precision;
 
     /// One conv configuration; batch sizes of 0 mean "absent".
     #[derive(Clone, Copy)]

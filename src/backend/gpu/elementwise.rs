@@ -117,7 +117,7 @@ mod tests {
     use super::super::testutil::*;
     use super::super::GpuBackend;
     use crate::backend::{Backend, WeightKind};
-    use crate::model::unet::Precision;
+    use crate::dtype::Precision;
 
     /// Broadcast copies of `(c, h, w)` samples, `n` out of `sn`, on `g` and the CPU:
     /// bit-exact.

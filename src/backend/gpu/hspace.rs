@@ -62,7 +62,7 @@ mod tests {
     use super::super::testutil::*;
     use super::super::GpuBackend;
     use crate::backend::Backend;
-    use crate::model::unet::Precision;
+    use crate::dtype::Precision;
 
     /// Runs the mix on backend `be`: `hs` holds `hn` samples, `hcs` holds `hcn`, the
     /// mask (if any) `mn` samples of `[hw]`.

@@ -43,7 +43,7 @@ impl<D: Device> Sink<'_, D> {
     pub fn random(&self, len: usize, seed: u64) -> Result<GpuBuf> {
         let buf = self.be.alloc(len)?;
         let mut v = vec![0f32; len];
-        crate::diffusion::rng::fill_gaussian(seed, 7, 0, &mut v);
+        crate::rng::fill_gaussian(seed, 7, 0, &mut v);
         self.be.upload(Act::new(&buf, 0, 1, len, 1, 1), &v)?;
         Ok(buf)
     }
@@ -78,7 +78,7 @@ impl<D: Device> Sink<'_, D> {
             family,
             case: case.to_string(),
             variant: variant.to_string(),
-            precision: crate::bench::precision_name(self.be.precision()).to_string(),
+            precision: self.be.precision().name().to_string(),
             ms,
             runs: times.len(),
             gflop,
@@ -117,7 +117,7 @@ pub fn format(rows: &[KernelTiming]) -> String {
 #[cfg(test)]
 mod tests {
     use super::super::testutil::emu;
-    use crate::model::unet::Precision;
+    use crate::dtype::Precision;
 
     /// Every family's micro-benchmarks run (small shapes) through the emulator, with
     /// finite outputs and consistent numbers.

@@ -31,7 +31,7 @@ use anyhow::{ensure, Context, Result};
 use bytemuck::Pod;
 
 use super::{Act, Backend, Cat, Conv2d, DdimStep, WeightKind};
-use crate::model::unet::Precision;
+use crate::dtype::Precision;
 use crate::tensor::HostTensor;
 use device::{DevPtr, Device, GraphId, Launch};
 
@@ -241,11 +241,7 @@ impl<D: Device> GpuBackend<D> {
 
     /// Storage type of conv weights, as the kernels' name suffix.
     pub fn suffix(&self) -> &'static str {
-        match self.precision {
-            Precision::F32 => "f32",
-            Precision::F16 => "f16",
-            Precision::Bf16 => "bf16",
-        }
+        self.precision.name()
     }
 
     /// Device allocations made so far (buffers and weights).

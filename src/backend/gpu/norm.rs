@@ -156,7 +156,7 @@ mod tests {
     use super::super::testutil::*;
     use super::super::GpuBackend;
     use crate::backend::{Act, Backend, Cat, WeightKind};
-    use crate::model::unet::Precision;
+    use crate::dtype::Precision;
 
     /// `data` at `off` in a fresh NaN buffer (testutil's `place` uses the unaligned `OFF`).
     fn put<B: Backend>(be: &B, data: &[f32], off: usize) -> B::Buf {

@@ -48,7 +48,7 @@ mod tests {
     use super::super::testutil::*;
     use super::super::GpuBackend;
     use crate::backend::Backend;
-    use crate::model::unet::Precision;
+    use crate::dtype::Precision;
 
     /// GPU vs CPU: identical results (both are exact or the same f32 sums).
     fn check<D: Device>(gpu: &GpuBackend<D>, n: usize, nx: usize, c: usize, (h, w): (usize, usize), up: bool) {

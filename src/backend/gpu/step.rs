@@ -1,5 +1,5 @@
 //! Sampler-step launchers (kernels/step.cu): the DDIM / Asyrp step with counter-based
-//! noise (bit-compatible with `diffusion::rng`), and DiffStyle calibration.
+//! noise (bit-compatible with `crate::rng`), and DiffStyle calibration.
 
 use anyhow::Result;
 
@@ -90,8 +90,8 @@ mod tests {
     use super::super::testutil::*;
     use super::super::GpuBackend;
     use crate::backend::{Backend, DdimStep};
-    use crate::diffusion::rng::{fill_gaussian, gaussian_pair, philox4x32_10};
-    use crate::model::unet::Precision;
+    use crate::dtype::Precision;
+    use crate::rng::{fill_gaussian, gaussian_pair, philox4x32_10};
 
     /// Mirror of step.cu's `PhiloxTestParams` (test hook for the generator alone).
     #[repr(C)]
@@ -116,7 +116,7 @@ mod tests {
         (key(a) - key(b)).unsigned_abs().min(u32::MAX as u64) as u32
     }
 
-    /// Gaussian noise from the kernel's f64 Box-Muller vs `diffusion::rng`: bit-exact in
+    /// Gaussian noise from the kernel's f64 Box-Muller vs `crate::rng`: bit-exact in
     /// the emulation (the host's libm); on a real GPU, whose f64 log / sin / cos may
     /// differ from glibc by an ulp, within one f32 ulp.
     fn assert_noise_eq<D: Device>(g: &GpuBackend<D>, got: &[f32], want: &[f32], what: &str) {
@@ -249,7 +249,7 @@ mod tests {
     }
 
     /// x = eps = 0, c_dir = 0, c_noise = 1: the output is the noise term alone, which
-    /// must be `diffusion::rng`'s for every sample.
+    /// must be `crate::rng`'s for every sample.
     fn check_noise<D: Device>(g: &GpuBackend<D>, n: usize, shape: (usize, usize, usize)) {
         let len = shape.0 * shape.1 * shape.2;
         let zero = vec![0f32; len];
@@ -352,7 +352,7 @@ mod tests {
     }
 
     /// On a real GPU (skipped without one): the emulated checks (the Box-Muller noise
-    /// within one f32 ulp of `diffusion::rng` instead of bit-exact), then DDPM-256's
+    /// within one f32 ulp of `crate::rng` instead of bit-exact), then DDPM-256's
     /// latent (3x256x256) at batch 2: the DDIM step with and without noise, its noise
     /// alone, and calibration; plus the step at h's size (512x8x8, an even length).
     #[test]

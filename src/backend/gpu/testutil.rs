@@ -6,7 +6,7 @@
 
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{Act, Backend, WeightKind};
-use crate::model::unet::Precision;
+use crate::dtype::Precision;
 use crate::tensor::HostTensor;
 
 use super::cuda::CudaDevice;

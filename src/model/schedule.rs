@@ -1,10 +1,11 @@
-//! Noise schedules (betas, alpha_bar) and the authors' time sequence.
+//! The training noise schedule of a model (betas, alpha_bar): part of the model's
+//! description, read with its config. The sampler's time sequence is
+//! `diffusion::timesteps`.
 //!
 //! Everything here reproduces the reference arithmetic bit for bit:
 //! * betas are computed in f64 exactly as numpy / Python compute them;
 //! * `alpha_bar` is `cumprod(1 - beta)` in f32, sequentially, after casting the betas
 //!   to f32 (the authors: `torch.from_numpy(betas).float()`, `(1.0 - b).cumprod(0)`);
-//! * `seq(n)` is `[int(s + 1e-6) for s in numpy.linspace(0, 1, n) * 999]`.
 
 /// The training noise schedule as the sampler sees it: `alphas_cumprod[t]` for
 /// `t in 0..len()`, plus `alpha_bar(-1) = 1`.
@@ -29,9 +30,10 @@ impl Schedule {
         Self { alphas_cumprod }
     }
 
-    /// The DDPM schedule of the paper's models: linear 1e-4 .. 0.02 over 1000 steps.
+    /// The DDPM schedule of the paper's models (see [`default_betas`]); also the
+    /// schedule of a model whose files carry none.
     pub fn ddpm_linear() -> Self {
-        Self::from_betas(&linear_betas(1e-4, 0.02, 1000))
+        Self::from_betas(&default_betas())
     }
 
     /// alpha_bar(t); `t = -1` gives 1. Panics for any other `t` outside `0..len()`.
@@ -80,6 +82,18 @@ pub fn numpy_linspace(start: f64, end: f64, n: usize) -> Vec<f64> {
     y
 }
 
+/// The DDPM linear schedule of the paper's models, which is also every format's default
+/// (diffusers' schedulers, guided-diffusion's flags): betas 1e-4 .. 0.02 over 1000 steps.
+pub const DDPM_BETA_START: f64 = 1e-4;
+pub const DDPM_BETA_END: f64 = 0.02;
+pub const DDPM_STEPS: usize = 1000;
+
+/// The betas of the DDPM models the paper uses, computed as the authors do (float64
+/// linspace).
+pub fn default_betas() -> Vec<f64> {
+    linear_betas(DDPM_BETA_START, DDPM_BETA_END, DDPM_STEPS)
+}
+
 /// The DDPM / authors' linear schedule: `numpy.linspace(start, end, n)` in f64.
 pub fn linear_betas(start: f64, end: f64, n: usize) -> Vec<f64> {
     numpy_linspace(start, end, n)
@@ -107,21 +121,12 @@ pub fn squaredcos_cap_v2_betas(n: usize) -> Vec<f64> {
         .collect()
 }
 
-/// The time sequence with `n` steps over 1000 training steps:
-/// `[int(s + 1e-6) for s in numpy.linspace(0, 1, n) * 999]`, bit-exact.
-pub fn seq(n: usize) -> Vec<i64> {
-    numpy_linspace(0.0, 1.0, n).into_iter().map(|s| (s * 999.0 + 1e-6) as i64).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn small_cases() {
-        assert_eq!(seq(0), Vec::<i64>::new());
-        assert_eq!(seq(1), vec![0]);
-        assert_eq!(seq(2), vec![0, 999]);
         assert_eq!(linear_betas(0.5, 0.5, 3), vec![0.5, 0.5, 0.5]);
         let s = Schedule::from_betas(&[0.5, 0.5]);
         assert_eq!(s.alpha_bar(-1), 1.0);
