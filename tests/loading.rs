@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 use diffstyle::diffusion::timesteps::seq;
 use diffstyle::model::arch::UNetArch;
 use diffstyle::model::config::{
-    parse_authors_config, parse_diffusers_unet_config, parse_scheduler_config, preset, preset_names, validate_arch,
+    parse_authors_config, parse_diffusers_unet_config, parse_scheduler_config, preset, preset_names,
 };
 use diffstyle::model::schedule::{default_betas, linear_betas, scaled_linear_betas, squaredcos_cap_v2_betas, Schedule};
+use diffstyle::model::validate::validate_arch;
 use diffstyle::model::weights::{canonical_name, expected_tensors, load_model, LoadedModel};
 use safetensors::tensor::{serialize_to_file, TensorView};
 use safetensors::Dtype;

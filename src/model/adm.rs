@@ -1,5 +1,6 @@
-//! The ADM family (guided-diffusion / improved-diffusion `UNetModel`): its tensor list
-//! under its own names, and its op list.
+//! The ADM family's graph (guided-diffusion / improved-diffusion `UNetModel`), under
+//! its own tensor names and shapes (attention projections are conv1d weights
+//! `[o, i, 1]`).
 //!
 //! Structure (the module tree of `UNetModel`, whose names are the canonical ones):
 //! `time_embed.{0,2}` (linear, SiLU, linear on the sinusoids of width model_channels);
@@ -18,98 +19,8 @@
 //! `qkv` (conv1d C -> 3C), `proj_out` (conv1d), residual.
 
 use super::arch::UNetArch;
-use super::graph::{BatchClass, Builder, Graph, Op, Param, ParamSource, ValueId};
+use super::graph::{Builder, ConvOpts, Graph, ParamSource, ValueId};
 use crate::backend::WeightKind;
-
-/// Every tensor of the ADM `UNetModel` for `arch`, with its stored shape (attention
-/// projections are conv1d weights `[o, i, 1]`), in model order.
-pub fn expected_tensors(arch: &UNetArch) -> Vec<(String, Vec<usize>)> {
-    type List = Vec<(String, Vec<usize>)>;
-    fn wb(out: &mut List, p: &str, w: Vec<usize>) {
-        let o = w[0];
-        out.push((format!("{p}.weight"), w));
-        out.push((format!("{p}.bias"), vec![o]));
-    }
-    fn res(out: &mut List, p: &str, cin: usize, cout: usize, t: usize, film: usize) {
-        wb(out, &format!("{p}.in_layers.0"), vec![cin]);
-        wb(out, &format!("{p}.in_layers.2"), vec![cout, cin, 3, 3]);
-        wb(out, &format!("{p}.emb_layers.1"), vec![film * cout, t]);
-        wb(out, &format!("{p}.out_layers.0"), vec![cout]);
-        wb(out, &format!("{p}.out_layers.3"), vec![cout, cout, 3, 3]);
-        if cin != cout {
-            wb(out, &format!("{p}.skip_connection"), vec![cout, cin, 1, 1]);
-        }
-    }
-    fn attn(out: &mut List, p: &str, c: usize) {
-        wb(out, &format!("{p}.norm"), vec![c]);
-        wb(out, &format!("{p}.qkv"), vec![3 * c, c, 1]);
-        wb(out, &format!("{p}.proj_out"), vec![c, c, 1]);
-    }
-
-    let a = arch.adm.as_ref().expect("an ADM architecture");
-    let mut out: List = Vec::new();
-    let boc = &arch.block_out_channels;
-    let l = boc.len();
-    if l == 0 {
-        return out;
-    }
-    let t = arch.time_embed_dim;
-    let film = if a.use_scale_shift_norm { 2 } else { 1 };
-    let o = &mut out;
-    wb(o, "time_embed.0", vec![t, a.model_channels]);
-    wb(o, "time_embed.2", vec![t, t]);
-    wb(o, "input_blocks.0.0", vec![boc[0], arch.in_channels, 3, 3]);
-    let mut skips = vec![boc[0]];
-    let mut ch = boc[0];
-    let mut k = 1;
-    for (level, &cout) in boc.iter().enumerate() {
-        for _ in 0..arch.layers_per_block {
-            res(o, &format!("input_blocks.{k}.0"), ch, cout, t, film);
-            ch = cout;
-            if arch.down_attention[level] {
-                attn(o, &format!("input_blocks.{k}.1"), ch);
-            }
-            skips.push(ch);
-            k += 1;
-        }
-        if level + 1 < l {
-            if a.resblock_updown {
-                res(o, &format!("input_blocks.{k}.0"), ch, ch, t, film);
-            } else {
-                wb(o, &format!("input_blocks.{k}.0.op"), vec![ch, ch, 3, 3]);
-            }
-            skips.push(ch);
-            k += 1;
-        }
-    }
-    res(o, "middle_block.0", ch, ch, t, film);
-    attn(o, "middle_block.1", ch);
-    res(o, "middle_block.2", ch, ch, t, film);
-    let mut k = 0;
-    for (u, &cout) in boc.iter().rev().enumerate() {
-        for i in 0..=arch.layers_per_block {
-            let skip = skips.pop().expect("one skip per decoder res block");
-            res(o, &format!("output_blocks.{k}.0"), ch + skip, cout, t, film);
-            ch = cout;
-            let mut idx = 1;
-            if arch.up_attention[u] {
-                attn(o, &format!("output_blocks.{k}.1"), ch);
-                idx = 2;
-            }
-            if u + 1 < l && i == arch.layers_per_block {
-                if a.resblock_updown {
-                    res(o, &format!("output_blocks.{k}.{idx}"), ch, ch, t, film);
-                } else {
-                    wb(o, &format!("output_blocks.{k}.{idx}.conv"), vec![ch, ch, 3, 3]);
-                }
-            }
-            k += 1;
-        }
-    }
-    wb(o, "out.0", vec![ch]);
-    wb(o, "out.2", vec![arch.out_channels, boc[0], 3, 3]);
-    out
-}
 
 /// How a res block resamples.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -119,126 +30,22 @@ enum Resample {
     Down,
 }
 
-impl Builder<'_> {
-    fn resample(&mut self, name: String, x: ValueId, up: bool) -> ValueId {
-        let v = &self.g.values[x];
-        let (c, h, w, class) = (v.c, v.h, v.w, v.class);
-        let (h, w) = if up { (2 * h, 2 * w) } else { (h / 2, w / 2) };
-        let out = self.value(name, c, h, w, class);
-        self.g.ops.push(Op::Resample { x, up, out });
-        out
-    }
-
-    fn adm_res(&mut self, prefix: &str, x: (ValueId, Option<ValueId>), cout: usize, rs: Resample) -> ValueId {
-        let a = self.arch.adm.clone().expect("an ADM architecture");
-        let groups = self.arch.norm_num_groups;
-        let cin = self.chans(x);
-        let n1 = self.group_norm(&format!("{prefix}.in_layers.0"), x, groups, true);
-        // The time-embedding projection (encoder batch, broadcast to the decoder).
-        let width = if a.use_scale_shift_norm { 2 * cout } else { cout };
-        let t = self.arch.time_embed_dim;
-        let w = self.param(&format!("{prefix}.emb_layers.1.weight"), vec![width, t], WeightKind::Linear);
-        let b = self.vector(&format!("{prefix}.emb_layers.1.bias"), width);
-        let tp = self.value(format!("{prefix}.emb_layers.out"), width, 1, 1, BatchClass::Enc);
-        self.g.ops.push(Op::Linear { x: self.temb, w, b, silu_input: true, out: tp });
-        let add = (!a.use_scale_shift_norm).then_some(tp);
-        let conv1 = format!("{prefix}.in_layers.2");
-        let (h1, xs) = match rs {
-            Resample::None => (self.conv(&conv1, (n1, None), cout, 3, 1, [1; 4], false, add, None), x),
-            Resample::Up => {
-                assert!(x.1.is_none(), "a resampling res block has one input");
-                let h = self.conv(&conv1, (n1, None), cout, 3, 1, [1; 4], true, add, None);
-                (h, (self.resample(format!("{prefix}.x_upd"), x.0, true), None))
-            }
-            Resample::Down => {
-                assert!(x.1.is_none(), "a resampling res block has one input");
-                let p = self.resample(format!("{prefix}.h_upd"), n1, false);
-                let h = self.conv(&conv1, (p, None), cout, 3, 1, [1; 4], false, add, None);
-                (h, (self.resample(format!("{prefix}.x_upd"), x.0, false), None))
-            }
-        };
-        let p2 = format!("{prefix}.out_layers.0");
-        let gamma = self.vector(&format!("{p2}.weight"), cout);
-        let beta = self.vector(&format!("{p2}.bias"), cout);
-        let n2 = self.like(format!("{p2}.out"), cout, h1);
-        let film = a.use_scale_shift_norm.then_some(tp);
-        self.g.ops.push(Op::GroupNorm { x: (h1, None), gamma, beta, groups, film, silu: true, out: n2 });
-        let skip = if cin != cout {
-            self.conv(&format!("{prefix}.skip_connection"), xs, cout, 1, 1, [0; 4], false, None, None)
-        } else {
-            assert!(xs.1.is_none(), "a concatenated input always changes the channel count");
-            xs.0
-        };
-        self.conv(&format!("{prefix}.out_layers.3"), (n2, None), cout, 3, 1, [1; 4], false, None, Some(skip))
-    }
-
-    fn rows_param(&mut self, name: String, rows: Vec<usize>, shape: Vec<usize>, kind: WeightKind) -> usize {
-        self.g.params.push(Param { source: ParamSource::Rows { name, rows, shape }, kind });
-        self.g.params.len() - 1
-    }
-
-    fn adm_attention(&mut self, prefix: &str, x: ValueId, decoder: bool) -> ValueId {
-        let a = self.arch.adm.clone().expect("an ADM architecture");
-        let c = self.g.values[x].c;
-        let n = self.group_norm(&format!("{prefix}.norm"), (x, None), self.arch.norm_num_groups, false);
-        let heads = self.arch.heads(c, decoder);
-        let d = c / heads;
-        // The backend's attention reads q, k, v as three blocks of C channels
-        // (QKVAttention's order); QKVAttentionLegacy's rows are per head [q | k | v].
-        let rows: Vec<usize> = if a.use_new_attention_order {
-            (0..3 * c).collect()
-        } else {
-            (0..3)
-                .flat_map(|part| (0..heads).flat_map(move |h| (0..d).map(move |i| h * 3 * d + part * d + i)))
-                .collect()
-        };
-        let w = self.rows_param(format!("{prefix}.qkv.weight"), rows.clone(), vec![3 * c, c, 1, 1], WeightKind::Conv);
-        let b = self.rows_param(format!("{prefix}.qkv.bias"), rows, vec![3 * c], WeightKind::Vector);
-        let qkv = self.conv_with(&format!("{prefix}.qkv"), (n, None), (w, b), 3 * c, 1, 1, [0; 4], false, None, None);
-        let att = self.like(format!("{prefix}.attn"), c, x);
-        self.g.ops.push(Op::Attention { qkv, heads, out: att });
-        let w = self.param(&format!("{prefix}.proj_out.weight"), vec![c, c, 1, 1], WeightKind::Conv);
-        let b = self.vector(&format!("{prefix}.proj_out.bias"), c);
-        self.conv_with(&format!("{prefix}.proj_out"), (att, None), (w, b), c, 1, 1, [0; 4], false, None, Some(x))
-    }
-}
-
 /// The op list of an ADM `UNetModel` (see the module notes).
 pub(super) fn build(arch: &UNetArch) -> Graph {
-    let a = arch.adm.clone().expect("an ADM architecture");
-    let g = Graph { values: vec![], params: vec![], ops: vec![], decoder_start: 0, x: 0, h: 0, eps: 0, skips: vec![] };
-    let mut b = Builder { arch, g, temb: 0 };
-    let s = arch.sample_size;
+    let a = arch.adm.as_ref().expect("an ADM architecture");
+    let mut b = Builder::new(arch);
     let boc = &arch.block_out_channels;
     let l = boc.len();
-    let t = arch.time_embed_dim;
-    let mc = a.model_channels;
+    b.time_embedding(a.model_channels, "time_embed.0", "time_embed.2");
 
-    let x = b.value("x".into(), arch.in_channels, s, s, BatchClass::Enc);
-    b.g.values[x].pinned = true;
-    b.g.x = x;
-
-    let ts = b.value("time_proj".into(), mc, 1, 1, BatchClass::Enc);
-    b.g.ops.push(Op::TimeEmbed { out: ts });
-    let w1 = b.param("time_embed.0.weight", vec![t, mc], WeightKind::Linear);
-    let b1 = b.vector("time_embed.0.bias", t);
-    let t1 = b.value("time_embed.0.out".into(), t, 1, 1, BatchClass::Enc);
-    b.g.ops.push(Op::Linear { x: ts, w: w1, b: b1, silu_input: false, out: t1 });
-    let w2 = b.param("time_embed.2.weight", vec![t, t], WeightKind::Linear);
-    let b2 = b.vector("time_embed.2.bias", t);
-    let temb = b.value("temb".into(), t, 1, 1, BatchClass::Enc);
-    b.g.ops.push(Op::Linear { x: t1, w: w2, b: b2, silu_input: true, out: temb });
-    b.g.values[temb].pinned = true;
-    b.temb = temb;
-
-    let mut cur = b.conv("input_blocks.0.0", (x, None), boc[0], 3, 1, [1; 4], false, None, None);
+    let mut cur = b.conv("input_blocks.0.0", (b.g.x, None), boc[0], ConvOpts::k3());
     let mut skips: Vec<ValueId> = vec![cur];
     let mut k = 1;
     for (level, &cout) in boc.iter().enumerate() {
         for _ in 0..arch.layers_per_block {
-            cur = b.adm_res(&format!("input_blocks.{k}.0"), (cur, None), cout, Resample::None);
+            cur = res_block(&mut b, &format!("input_blocks.{k}.0"), (cur, None), cout, Resample::None);
             if arch.down_attention[level] {
-                cur = b.adm_attention(&format!("input_blocks.{k}.1"), cur, false);
+                cur = attention(&mut b, &format!("input_blocks.{k}.1"), cur, false);
             }
             skips.push(cur);
             k += 1;
@@ -246,42 +53,37 @@ pub(super) fn build(arch: &UNetArch) -> Graph {
         if level + 1 < l {
             let p = format!("input_blocks.{k}.0");
             cur = if a.resblock_updown {
-                b.adm_res(&p, (cur, None), cout, Resample::Down)
+                res_block(&mut b, &p, (cur, None), cout, Resample::Down)
             } else {
-                b.conv(&format!("{p}.op"), (cur, None), cout, 3, 2, [1; 4], false, None, None)
+                b.conv(&format!("{p}.op"), (cur, None), cout, ConvOpts::down([1; 4]))
             };
             skips.push(cur);
             k += 1;
         }
     }
     let ch = arch.h_channels();
-    cur = b.adm_res("middle_block.0", (cur, None), ch, Resample::None);
-    cur = b.adm_attention("middle_block.1", cur, false);
-    cur = b.adm_res("middle_block.2", (cur, None), ch, Resample::None);
-    b.g.values[cur].class = BatchClass::Dec;
-    b.g.values[cur].pinned = true;
-    b.g.values[cur].name = "h".into();
-    b.g.h = cur;
-    b.g.skips = skips.clone();
-    b.g.decoder_start = b.g.ops.len();
+    cur = res_block(&mut b, "middle_block.0", (cur, None), ch, Resample::None);
+    cur = attention(&mut b, "middle_block.1", cur, false);
+    cur = res_block(&mut b, "middle_block.2", (cur, None), ch, Resample::None);
+    b.mark_h(cur, &skips);
 
     let mut k = 0;
     for (u, &cout) in boc.iter().rev().enumerate() {
         for i in 0..=arch.layers_per_block {
             let skip = skips.pop().expect("one skip per decoder res block");
             let p = format!("output_blocks.{k}");
-            cur = b.adm_res(&format!("{p}.0"), (cur, Some(skip)), cout, Resample::None);
+            cur = res_block(&mut b, &format!("{p}.0"), (cur, Some(skip)), cout, Resample::None);
             let mut idx = 1;
             if arch.up_attention[u] {
-                cur = b.adm_attention(&format!("{p}.1"), cur, true);
+                cur = attention(&mut b, &format!("{p}.1"), cur, true);
                 idx = 2;
             }
             if u + 1 < l && i == arch.layers_per_block {
                 let q = format!("{p}.{idx}");
                 cur = if a.resblock_updown {
-                    b.adm_res(&q, (cur, None), cout, Resample::Up)
+                    res_block(&mut b, &q, (cur, None), cout, Resample::Up)
                 } else {
-                    b.conv(&format!("{q}.conv"), (cur, None), cout, 3, 1, [1; 4], true, None, None)
+                    b.conv(&format!("{q}.conv"), (cur, None), cout, ConvOpts::k3().upsample(true))
                 };
             }
             k += 1;
@@ -290,14 +92,99 @@ pub(super) fn build(arch: &UNetArch) -> Graph {
     let n = b.group_norm("out.0", (cur, None), arch.norm_num_groups, true);
     // Only the noise prediction: the first eps_channels output rows (a learned-variance
     // model's other outputs are never used by DDIM).
-    let e = arch.eps_channels();
-    let c0 = boc[0];
-    let w = b.rows_param("out.2.weight".into(), (0..e).collect(), vec![e, c0, 3, 3], WeightKind::Conv);
-    let bias = b.rows_param("out.2.bias".into(), (0..e).collect(), vec![e], WeightKind::Vector);
-    let eps = b.conv_with("out.2", (n, None), (w, bias), e, 3, 1, [1; 4], false, None, None);
-    b.g.values[eps].pinned = true;
-    b.g.values[eps].name = "eps".into();
-    b.g.eps = eps;
+    let (e, c0, all) = (arch.eps_channels(), boc[0], arch.out_channels);
+    let w = b.tensor("out.2.weight".into(), vec![all, c0, 3, 3]);
+    let bias = b.tensor("out.2.bias".into(), vec![all]);
+    let rows: Vec<usize> = (0..e).collect();
+    let w = b.param(ParamSource::Rows { tensor: w, rows: rows.clone() }, vec![e, c0, 3, 3], WeightKind::Conv);
+    let bias = b.param(ParamSource::Rows { tensor: bias, rows }, vec![e], WeightKind::Vector);
+    let eps = b.conv_with("out.2", (n, None), (w, bias), e, ConvOpts::k3());
     debug_assert!(skips.is_empty());
-    b.g
+    b.finish(eps)
+}
+
+/// `ResBlock`: in_layers (norm + SiLU, [resampling of h and of the skip path], conv),
+/// the time-embedding projection (added, or FiLM in the second norm), out_layers (norm
+/// + SiLU, conv) + the skip (a 1x1 conv when the channels change).
+fn res_block(b: &mut Builder, prefix: &str, x: (ValueId, Option<ValueId>), cout: usize, rs: Resample) -> ValueId {
+    let film = b.arch.adm.as_ref().expect("an ADM architecture").use_scale_shift_norm;
+    let groups = b.arch.norm_num_groups;
+    let t = b.arch.time_embed_dim;
+    let cin = b.chans(x);
+    // FiLM projects to scale and shift, 2 x cout.
+    let width = if film { 2 * cout } else { cout };
+    // The block's tensors, in the checkpoint's order.
+    let in_norm = b.norm_params(&format!("{prefix}.in_layers.0"), cin);
+    let in_conv = b.conv_params(&format!("{prefix}.in_layers.2"), cout, cin, 3);
+    let emb = b.linear_params(&format!("{prefix}.emb_layers.1"), width, t);
+    let out_norm = b.norm_params(&format!("{prefix}.out_layers.0"), cout);
+    let out_conv = b.conv_params(&format!("{prefix}.out_layers.3"), cout, cout, 3);
+    let skip_conv = (cin != cout).then(|| b.conv_params(&format!("{prefix}.skip_connection"), cout, cin, 1));
+
+    let n1 = b.group_norm_with(&format!("{prefix}.in_layers.0"), x, in_norm, groups, None, true);
+    let tp = b.temb_projection(&format!("{prefix}.emb_layers"), emb, width);
+    let add = ConvOpts::k3().temb((!film).then_some(tp));
+    let conv1 = format!("{prefix}.in_layers.2");
+    let (h1, xs) = match rs {
+        Resample::None => (b.conv_with(&conv1, (n1, None), in_conv, cout, add), x),
+        Resample::Up => {
+            assert!(x.1.is_none(), "a resampling res block has one input");
+            let h = b.conv_with(&conv1, (n1, None), in_conv, cout, add.upsample(true));
+            (h, (resample(b, format!("{prefix}.x_upd"), x.0, true), None))
+        }
+        Resample::Down => {
+            assert!(x.1.is_none(), "a resampling res block has one input");
+            let p = resample(b, format!("{prefix}.h_upd"), n1, false);
+            let h = b.conv_with(&conv1, (p, None), in_conv, cout, add);
+            (h, (resample(b, format!("{prefix}.x_upd"), x.0, false), None))
+        }
+    };
+    let p2 = format!("{prefix}.out_layers.0");
+    let n2 = b.group_norm_with(&p2, (h1, None), out_norm, groups, film.then_some(tp), true);
+    let skip = match skip_conv {
+        Some(p) => b.conv_with(&format!("{prefix}.skip_connection"), xs, p, cout, ConvOpts::k1()),
+        None => {
+            assert!(xs.1.is_none(), "a concatenated input always changes the channel count");
+            xs.0
+        }
+    };
+    b.conv_with(&format!("{prefix}.out_layers.3"), (n2, None), out_conv, cout, ConvOpts::k3().residual(skip))
+}
+
+/// Nearest 2x up-sampling (`up`) or 2x2 average pooling of `x`.
+fn resample(b: &mut Builder, name: String, x: ValueId, up: bool) -> ValueId {
+    let v = &b.g.values[x];
+    let (c, h, w, class) = (v.c, v.h, v.w, v.class);
+    let (h, w) = if up { (2 * h, 2 * w) } else { (h / 2, w / 2) };
+    let out = b.value(name, c, h, w, class);
+    b.g.ops.push(super::graph::Op::Resample { x, up, out });
+    out
+}
+
+/// `AttentionBlock`: norm, qkv (a conv1d C -> 3C), attention, proj_out, residual.
+fn attention(b: &mut Builder, prefix: &str, x: ValueId, decoder: bool) -> ValueId {
+    let new_order = b.arch.adm.as_ref().expect("an ADM architecture").use_new_attention_order;
+    let c = b.g.values[x].c;
+    let heads = b.arch.heads(c, decoder);
+    // Heads that do not divide c are refused by validation, which walks this graph.
+    let d = c / heads.max(1);
+    let norm = b.norm_params(&format!("{prefix}.norm"), c);
+    let qkv_w = b.tensor(format!("{prefix}.qkv.weight"), vec![3 * c, c, 1]);
+    let qkv_b = b.tensor(format!("{prefix}.qkv.bias"), vec![3 * c]);
+    let proj_w = b.stored(format!("{prefix}.proj_out.weight"), vec![c, c, 1], vec![c, c, 1, 1], WeightKind::Conv);
+    let proj_b = b.vector(format!("{prefix}.proj_out.bias"), c);
+
+    let n = b.group_norm_with(&format!("{prefix}.norm"), (x, None), norm, b.arch.norm_num_groups, None, false);
+    // The backend's attention reads q, k, v as three blocks of C channels
+    // (QKVAttention's order); QKVAttentionLegacy's rows are per head [q | k | v].
+    let rows: Vec<usize> = if new_order {
+        (0..3 * c).collect()
+    } else {
+        (0..3).flat_map(|part| (0..heads).flat_map(move |h| (0..d).map(move |i| h * 3 * d + part * d + i))).collect()
+    };
+    let w = b.param(ParamSource::Rows { tensor: qkv_w, rows: rows.clone() }, vec![3 * c, c, 1, 1], WeightKind::Conv);
+    let bias = b.param(ParamSource::Rows { tensor: qkv_b, rows }, vec![3 * c], WeightKind::Vector);
+    let qkv = b.conv_with(&format!("{prefix}.qkv"), (n, None), (w, bias), 3 * c, ConvOpts::k1());
+    let att = b.attend(prefix, qkv, heads, x);
+    b.conv_with(&format!("{prefix}.proj_out"), (att, None), (proj_w, proj_b), c, ConvOpts::k1().residual(x))
 }

@@ -77,7 +77,8 @@ impl UNetArch {
     /// layer of the up path, which the ADM family may give other heads).
     pub fn heads(&self, channels: usize, decoder: bool) -> usize {
         match (self.attention_head_dim, &self.adm) {
-            (Some(d), _) => channels / d,
+            // 0 heads for a width the head size exceeds; validation refuses it.
+            (Some(d), _) => channels.checked_div(d).unwrap_or(0),
             (None, Some(a)) => {
                 if decoder {
                     a.num_heads_upsample

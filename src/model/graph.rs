@@ -1,13 +1,22 @@
-//! The U-Net as a list of fused ops over named values: built once from a `UNetArch`,
-//! planned into an arena (`plan.rs`), executed by `unet.rs` on any backend.
+//! The U-Net as a list of fused ops over named values, and the checkpoint tensors it
+//! reads: built once from a `UNetArch` by the builder of its family (`ddpm.rs`,
+//! `adm.rs`; `Graph::build` in `families.rs` picks it), planned into an arena
+//! (`plan.rs`), executed by `unet.rs` on any backend.
 //!
-//! The list mirrors diffusers' `UNet2DModel.forward` (and the original DDPM `Model`),
-//! split at the middle block: the encoder ends with `h`, the decoder starts from it.
+//! Names once: a builder declares every checkpoint tensor it reads, with its stored
+//! name and shape, as it builds the ops that use it ([`Builder::tensor`]). The loader's
+//! expected-tensor list is `Graph::tensors` of the built graph, and the architecture's
+//! checks walk the ops (`validate.rs`), so nothing else spells a parameter name.
+//!
+//! The list is split at the middle block: the encoder ends with `h`, the decoder starts
+//! from it.
 
 use super::arch::UNetArch;
+use crate::backend::WeightKind;
 
 pub type ValueId = usize;
 pub type ParamId = usize;
+pub type TensorId = usize;
 
 /// Which batch size a value has: the encoder's (`n_enc`) or the decoder's (up to
 /// `n_dec`, the run's decoder batch). Skips and time-embedding projections are
@@ -114,40 +123,47 @@ impl Op {
     }
 }
 
-/// How a parameter is assembled from the checkpoint's canonical tensors.
-#[derive(Clone, Debug)]
-pub enum ParamSource {
-    /// One tensor, reshaped to `shape`.
-    Tensor { name: String, shape: Vec<usize> },
-    /// Several tensors concatenated along dim 0 (fused q/k/v), reshaped to `shape`.
-    Concat { names: Vec<String>, shape: Vec<usize> },
-    /// Rows (slices along dim 0) of one tensor, in the order given, reshaped to
-    /// `shape`: a reordering of fused q/k/v rows, or the first outputs of a layer.
-    Rows { name: String, rows: Vec<usize>, shape: Vec<usize> },
+/// A checkpoint tensor the graph reads: its canonical stored name and shape.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
 }
 
+/// How a parameter is assembled from the checkpoint's tensors.
+#[derive(Clone, Debug)]
+pub enum ParamSource {
+    /// One tensor, reshaped.
+    Tensor(TensorId),
+    /// Several tensors concatenated along dim 0 (fused q/k/v).
+    Concat(Vec<TensorId>),
+    /// Rows (slices along dim 0) of one tensor, in the order given: a reordering of
+    /// fused q/k/v rows, or the first outputs of a layer.
+    Rows { tensor: TensorId, rows: Vec<usize> },
+}
+
+/// One weight of an op, as the backend receives it.
 #[derive(Clone, Debug)]
 pub struct Param {
     pub source: ParamSource,
-    pub kind: crate::backend::WeightKind,
+    pub shape: Vec<usize>,
+    pub kind: WeightKind,
 }
 
 impl Param {
     pub fn shape(&self) -> &[usize] {
-        match &self.source {
-            ParamSource::Tensor { shape, .. } | ParamSource::Concat { shape, .. } | ParamSource::Rows { shape, .. } => {
-                shape
-            }
-        }
+        &self.shape
     }
     pub fn numel(&self) -> usize {
-        self.shape().iter().product()
+        self.shape.iter().product()
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Graph {
     pub values: Vec<Value>,
+    /// Every checkpoint tensor, in the checkpoint's module order.
+    pub tensors: Vec<StoredTensor>,
     pub params: Vec<Param>,
     /// Encoder ops, then decoder ops from `decoder_start` on.
     pub ops: Vec<Op>,
@@ -158,260 +174,254 @@ pub struct Graph {
     pub skips: Vec<ValueId>,
 }
 
-pub(super) struct Builder<'a> {
-    pub(super) arch: &'a UNetArch,
-    pub(super) g: Graph,
-    pub(super) temb: ValueId,
+/// What a convolution does besides convolving: kernel, stride, padding (top, left,
+/// bottom, right), a fused nearest 2x up-sampling of its input, and the fused
+/// time-embedding and residual additions.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct ConvOpts {
+    pub k: usize,
+    pub stride: usize,
+    pub pad: [usize; 4],
+    pub upsample: bool,
+    pub temb: Option<ValueId>,
+    pub residual: Option<ValueId>,
 }
 
-impl Builder<'_> {
-    pub(super) fn value(&mut self, name: String, c: usize, h: usize, w: usize, class: BatchClass) -> ValueId {
+impl ConvOpts {
+    /// 3x3, stride 1, padding 1.
+    pub fn k3() -> Self {
+        Self { k: 3, stride: 1, pad: [1; 4], upsample: false, temb: None, residual: None }
+    }
+    /// 1x1, stride 1, no padding.
+    pub fn k1() -> Self {
+        Self { k: 1, pad: [0; 4], ..Self::k3() }
+    }
+    /// 3x3, stride 2, with the given padding.
+    pub fn down(pad: [usize; 4]) -> Self {
+        Self { stride: 2, pad, ..Self::k3() }
+    }
+    pub fn upsample(self, upsample: bool) -> Self {
+        Self { upsample, ..self }
+    }
+    pub fn temb(self, temb: Option<ValueId>) -> Self {
+        Self { temb, ..self }
+    }
+    pub fn residual(self, residual: ValueId) -> Self {
+        Self { residual: Some(residual), ..self }
+    }
+}
+
+/// The weight and bias of a conv or linear layer, or the scale and shift of a norm.
+pub(super) type Pair = (ParamId, ParamId);
+
+/// Builds a graph: the helpers both families share.
+pub(super) struct Builder<'a> {
+    pub arch: &'a UNetArch,
+    pub g: Graph,
+    /// The time embedding every res block projects.
+    pub temb: ValueId,
+}
+
+impl<'a> Builder<'a> {
+    /// An empty graph with the input `x` (encoder batch, pinned).
+    pub fn new(arch: &'a UNetArch) -> Self {
+        let mut b = Self { arch, g: Graph::default(), temb: 0 };
+        let s = arch.sample_size;
+        let x = b.value("x".into(), arch.in_channels, s, s, BatchClass::Enc);
+        b.g.values[x].pinned = true;
+        b.g.x = x;
+        b
+    }
+
+    pub fn value(&mut self, name: String, c: usize, h: usize, w: usize, class: BatchClass) -> ValueId {
         self.g.values.push(Value { name, c, h, w, class, pinned: false });
         self.g.values.len() - 1
     }
 
-    pub(super) fn like(&mut self, name: String, c: usize, of: ValueId) -> ValueId {
+    pub fn like(&mut self, name: String, c: usize, of: ValueId) -> ValueId {
         let v = &self.g.values[of];
         let (h, w, class) = (v.h, v.w, v.class);
         self.value(name, c, h, w, class)
     }
 
-    pub(super) fn param(&mut self, name: &str, shape: Vec<usize>, kind: crate::backend::WeightKind) -> ParamId {
-        let source = ParamSource::Tensor { name: name.to_string(), shape };
-        self.g.params.push(Param { source, kind });
+    /// Declares a checkpoint tensor: the one place its name and shape are written.
+    pub fn tensor(&mut self, name: String, shape: Vec<usize>) -> TensorId {
+        debug_assert!(!self.g.tensors.iter().any(|t| t.name == name), "tensor {name} declared twice");
+        self.g.tensors.push(StoredTensor { name, shape });
+        self.g.tensors.len() - 1
+    }
+
+    pub fn param(&mut self, source: ParamSource, shape: Vec<usize>, kind: WeightKind) -> ParamId {
+        self.g.params.push(Param { source, shape, kind });
         self.g.params.len() - 1
     }
 
-    pub(super) fn vector(&mut self, name: &str, c: usize) -> ParamId {
-        self.param(name, vec![c], crate::backend::WeightKind::Vector)
+    /// A parameter that is one stored tensor of shape `stored`, used as `shape`.
+    pub fn stored(&mut self, name: String, stored: Vec<usize>, shape: Vec<usize>, kind: WeightKind) -> ParamId {
+        let t = self.tensor(name, stored);
+        self.param(ParamSource::Tensor(t), shape, kind)
     }
 
-    pub(super) fn conv_params(&mut self, prefix: &str, cout: usize, cin: usize, k: usize) -> (ParamId, ParamId) {
-        let w = self.param(&format!("{prefix}.weight"), vec![cout, cin, k, k], crate::backend::WeightKind::Conv);
-        (w, self.vector(&format!("{prefix}.bias"), cout))
+    /// `{prefix}.weight` and `{prefix}.bias` of a conv layer `[cout, cin, k, k]`.
+    pub fn conv_params(&mut self, prefix: &str, cout: usize, cin: usize, k: usize) -> Pair {
+        let shape = vec![cout, cin, k, k];
+        let w = self.stored(format!("{prefix}.weight"), shape.clone(), shape, WeightKind::Conv);
+        (w, self.vector(format!("{prefix}.bias"), cout))
     }
 
-    pub(super) fn chans(&self, x: (ValueId, Option<ValueId>)) -> usize {
+    /// `{prefix}.weight` and `{prefix}.bias` of a linear layer `[o, i]`.
+    pub fn linear_params(&mut self, prefix: &str, o: usize, i: usize) -> Pair {
+        let w = self.stored(format!("{prefix}.weight"), vec![o, i], vec![o, i], WeightKind::Linear);
+        (w, self.vector(format!("{prefix}.bias"), o))
+    }
+
+    /// Scale and shift of a norm over `c` channels.
+    pub fn norm_params(&mut self, prefix: &str, c: usize) -> Pair {
+        (self.vector(format!("{prefix}.weight"), c), self.vector(format!("{prefix}.bias"), c))
+    }
+
+    pub fn vector(&mut self, name: String, c: usize) -> ParamId {
+        self.stored(name, vec![c], vec![c], WeightKind::Vector)
+    }
+
+    pub fn chans(&self, x: (ValueId, Option<ValueId>)) -> usize {
         self.g.values[x.0].c + x.1.map_or(0, |b| self.g.values[b].c)
     }
 
-    pub(super) fn group_norm(
+    /// The time embedding: sinusoids of `width` -> linear -> SiLU -> linear
+    /// (`time_embed_dim` wide), under the family's two linear layer names. Every res
+    /// block reads it, decoder included, so it stays pinned.
+    pub fn time_embedding(&mut self, width: usize, linear_1: &str, linear_2: &str) {
+        let t = self.arch.time_embed_dim;
+        let ts = self.value("time_proj".into(), width, 1, 1, BatchClass::Enc);
+        self.g.ops.push(Op::TimeEmbed { out: ts });
+        let l1 = self.linear_params(linear_1, t, width);
+        let t1 = self.value(format!("{linear_1}.out"), t, 1, 1, BatchClass::Enc);
+        self.linear(ts, l1, false, t1);
+        let l2 = self.linear_params(linear_2, t, t);
+        let temb = self.value("temb".into(), t, 1, 1, BatchClass::Enc);
+        self.linear(t1, l2, true, temb);
+        self.g.values[temb].pinned = true;
+        self.temb = temb;
+    }
+
+    pub fn linear(&mut self, x: ValueId, (w, b): Pair, silu_input: bool, out: ValueId) {
+        self.g.ops.push(Op::Linear { x, w, b, silu_input, out });
+    }
+
+    /// The projection of silu(temb) that a res block adds (or applies as FiLM): an
+    /// encoder-batch value that the decoder reads with broadcast.
+    pub fn temb_projection(&mut self, prefix: &str, l: Pair, width: usize) -> ValueId {
+        let tp = self.value(format!("{prefix}.out"), width, 1, 1, BatchClass::Enc);
+        self.linear(self.temb, l, true, tp);
+        tp
+    }
+
+    /// A group norm with declared parameters; `film` applies `(1 + scale, shift)`.
+    pub fn group_norm_with(
         &mut self,
         prefix: &str,
         x: (ValueId, Option<ValueId>),
+        (gamma, beta): Pair,
         groups: usize,
+        film: Option<ValueId>,
         silu: bool,
     ) -> ValueId {
         let c = self.chans(x);
-        let gamma = self.vector(&format!("{prefix}.weight"), c);
-        let beta = self.vector(&format!("{prefix}.bias"), c);
         let out = self.like(format!("{prefix}.out"), c, x.0);
-        self.g.ops.push(Op::GroupNorm { x, gamma, beta, groups, film: None, silu, out });
+        self.g.ops.push(Op::GroupNorm { x, gamma, beta, groups, film, silu, out });
         out
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn conv(
-        &mut self,
-        prefix: &str,
-        x: (ValueId, Option<ValueId>),
-        cout: usize,
-        k: usize,
-        stride: usize,
-        pad: [usize; 4],
-        upsample: bool,
-        temb: Option<ValueId>,
-        residual: Option<ValueId>,
-    ) -> ValueId {
-        let cin = self.chans(x);
-        let (w, b) = self.conv_params(prefix, cout, cin, k);
-        self.conv_with(prefix, x, (w, b), cout, k, stride, pad, upsample, temb, residual)
+    /// A group norm that declares its parameters.
+    pub fn group_norm(&mut self, prefix: &str, x: (ValueId, Option<ValueId>), groups: usize, silu: bool) -> ValueId {
+        let p = self.norm_params(prefix, self.chans(x));
+        self.group_norm_with(prefix, x, p, groups, None, silu)
     }
 
-    /// A convolution with parameters registered by the caller.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn conv_with(
+    /// A convolution that declares its parameters.
+    pub fn conv(&mut self, prefix: &str, x: (ValueId, Option<ValueId>), cout: usize, o: ConvOpts) -> ValueId {
+        let p = self.conv_params(prefix, cout, self.chans(x), o.k);
+        self.conv_with(prefix, x, p, cout, o)
+    }
+
+    /// A convolution with declared parameters; its output is `{prefix}.out`.
+    pub fn conv_with(
         &mut self,
         prefix: &str,
         x: (ValueId, Option<ValueId>),
-        (w, b): (ParamId, ParamId),
+        p: Pair,
         cout: usize,
-        k: usize,
-        stride: usize,
-        pad: [usize; 4],
-        upsample: bool,
-        temb: Option<ValueId>,
-        residual: Option<ValueId>,
+        o: ConvOpts,
+    ) -> ValueId {
+        self.conv_named(format!("{prefix}.out"), x, p, cout, o)
+    }
+
+    /// A convolution with declared parameters into a value named `out_name`.
+    pub fn conv_named(
+        &mut self,
+        out_name: String,
+        x: (ValueId, Option<ValueId>),
+        (w, b): Pair,
+        cout: usize,
+        o: ConvOpts,
     ) -> ValueId {
         let src = &self.g.values[x.0];
-        let (hin, win) = if upsample { (src.h * 2, src.w * 2) } else { (src.h, src.w) };
-        let ho = (hin + pad[0] + pad[2] - k) / stride + 1;
-        let wo = (win + pad[1] + pad[3] - k) / stride + 1;
+        let (hin, win) = if o.upsample { (src.h * 2, src.w * 2) } else { (src.h, src.w) };
+        let ho = (hin + o.pad[0] + o.pad[2] - o.k) / o.stride + 1;
+        let wo = (win + o.pad[1] + o.pad[3] - o.k) / o.stride + 1;
         let class = src.class;
-        let out = self.value(format!("{prefix}.out"), cout, ho, wo, class);
+        let out = self.value(out_name, cout, ho, wo, class);
+        let ConvOpts { k, stride, pad, upsample, temb, residual } = o;
         self.g.ops.push(Op::Conv { x, w, b, k, stride, pad, upsample, temb, residual, out });
         out
     }
 
-    fn resnet(&mut self, prefix: &str, x: (ValueId, Option<ValueId>), cout: usize) -> ValueId {
-        let groups = self.arch.norm_num_groups;
-        let cin = self.chans(x);
-        let n1 = self.group_norm(&format!("{prefix}.norm1"), x, groups, true);
-        // The projection of silu(temb) for this block (encoder batch, broadcast).
-        let t = self.arch.time_embed_dim;
-        let w =
-            self.param(&format!("{prefix}.time_emb_proj.weight"), vec![cout, t], crate::backend::WeightKind::Linear);
-        let b = self.vector(&format!("{prefix}.time_emb_proj.bias"), cout);
-        let tp = self.value(format!("{prefix}.time_emb_proj.out"), cout, 1, 1, BatchClass::Enc);
-        self.g.ops.push(Op::Linear { x: self.temb, w, b, silu_input: true, out: tp });
-        let c1 = self.conv(&format!("{prefix}.conv1"), (n1, None), cout, 3, 1, [1; 4], false, Some(tp), None);
-        let n2 = self.group_norm(&format!("{prefix}.norm2"), (c1, None), groups, true);
-        let shortcut = if cin != cout {
-            self.conv(&format!("{prefix}.conv_shortcut"), x, cout, 1, 1, [0; 4], false, None, None)
-        } else {
-            assert!(x.1.is_none(), "a concatenated input always changes the channel count");
-            x.0
-        };
-        self.conv(&format!("{prefix}.conv2"), (n2, None), cout, 3, 1, [1; 4], false, None, Some(shortcut))
+    /// Multi-head attention over `qkv` (q, k, v as three blocks of C channels) into a
+    /// value like `x`.
+    pub fn attend(&mut self, prefix: &str, qkv: ValueId, heads: usize, x: ValueId) -> ValueId {
+        let c = self.g.values[x].c;
+        let out = self.like(format!("{prefix}.attn"), c, x);
+        self.g.ops.push(Op::Attention { qkv, heads, out });
+        out
     }
 
-    fn attention(&mut self, prefix: &str, x: ValueId, groups: usize) -> ValueId {
-        let c = self.g.values[x].c;
-        let n = self.group_norm(&format!("{prefix}.group_norm"), (x, None), groups, false);
-        let names = |s: &str| ["to_q", "to_k", "to_v"].map(|p| format!("{prefix}.{p}.{s}")).to_vec();
-        self.g.params.push(Param {
-            source: ParamSource::Concat { names: names("weight"), shape: vec![3 * c, c, 1, 1] },
-            kind: crate::backend::WeightKind::Conv,
-        });
-        let wqkv = self.g.params.len() - 1;
-        self.g.params.push(Param {
-            source: ParamSource::Concat { names: names("bias"), shape: vec![3 * c] },
-            kind: crate::backend::WeightKind::Vector,
-        });
-        let bqkv = self.g.params.len() - 1;
-        let qkv = self.like(format!("{prefix}.qkv"), 3 * c, x);
-        self.g.ops.push(Op::Conv {
-            x: (n, None),
-            w: wqkv,
-            b: bqkv,
-            k: 1,
-            stride: 1,
-            pad: [0; 4],
-            upsample: false,
-            temb: None,
-            residual: None,
-            out: qkv,
-        });
-        let a = self.like(format!("{prefix}.attn"), c, x);
-        let heads = self.arch.heads(c, false);
-        self.g.ops.push(Op::Attention { qkv, heads, out: a });
-        let w = self.param(&format!("{prefix}.to_out.0.weight"), vec![c, c, 1, 1], crate::backend::WeightKind::Conv);
-        let b = self.vector(&format!("{prefix}.to_out.0.bias"), c);
-        let out = self.like(format!("{prefix}.out"), c, x);
-        self.g.ops.push(Op::Conv {
-            x: (a, None),
-            w,
-            b,
-            k: 1,
-            stride: 1,
-            pad: [0; 4],
-            upsample: false,
-            temb: None,
-            residual: Some(x),
-            out,
-        });
-        out
+    /// Ends the encoder at `h`: sized for the decoder batch (the encoder fills the
+    /// first n_enc samples, the mix writes the others) and kept to the end; `skips`
+    /// are what the decoder reads.
+    pub fn mark_h(&mut self, h: ValueId, skips: &[ValueId]) {
+        let v = &mut self.g.values[h];
+        v.class = BatchClass::Dec;
+        v.pinned = true;
+        v.name = "h".into();
+        self.g.h = h;
+        self.g.skips = skips.to_vec();
+        self.g.decoder_start = self.g.ops.len();
+    }
+
+    /// Ends the graph at the noise prediction, kept to the end.
+    pub fn finish(mut self, eps: ValueId) -> Graph {
+        let v = &mut self.g.values[eps];
+        v.pinned = true;
+        v.name = "eps".into();
+        self.g.eps = eps;
+        self.g
     }
 }
 
 impl Graph {
-    pub fn build(arch: &UNetArch) -> Graph {
-        if arch.adm.is_some() {
-            return super::adm::build(arch);
-        }
-        use crate::backend::WeightKind;
-        let g =
-            Graph { values: vec![], params: vec![], ops: vec![], decoder_start: 0, x: 0, h: 0, eps: 0, skips: vec![] };
-        let mut b = Builder { arch, g, temb: 0 };
-        let s = arch.sample_size;
-        let c0 = arch.block_out_channels[0];
-        let t = arch.time_embed_dim;
+    /// The checkpoint's tensors as (name, shape): what a loader expects to find.
+    pub fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
+        self.tensors.iter().map(|t| (t.name.clone(), t.shape.clone())).collect()
+    }
 
-        let x = b.value("x".into(), arch.in_channels, s, s, BatchClass::Enc);
-        b.g.values[x].pinned = true;
-        b.g.x = x;
-
-        // Time embedding: sinusoid -> linear -> silu -> linear.
-        let ts = b.value("time_proj".into(), c0, 1, 1, BatchClass::Enc);
-        b.g.ops.push(Op::TimeEmbed { out: ts });
-        let w1 = b.param("time_embedding.linear_1.weight", vec![t, c0], WeightKind::Linear);
-        let b1 = b.vector("time_embedding.linear_1.bias", t);
-        let t1 = b.value("time_embedding.linear_1.out".into(), t, 1, 1, BatchClass::Enc);
-        b.g.ops.push(Op::Linear { x: ts, w: w1, b: b1, silu_input: false, out: t1 });
-        let w2 = b.param("time_embedding.linear_2.weight", vec![t, t], WeightKind::Linear);
-        let b2 = b.vector("time_embedding.linear_2.bias", t);
-        let temb = b.value("temb".into(), t, 1, 1, BatchClass::Enc);
-        b.g.ops.push(Op::Linear { x: t1, w: w2, b: b2, silu_input: true, out: temb });
-        // Read by every res block, decoder included.
-        b.g.values[temb].pinned = true;
-        b.temb = temb;
-
-        let mut cur = b.conv("conv_in", (x, None), c0, 3, 1, [1; 4], false, None, None);
-        let mut skips = vec![cur];
-        let levels = arch.levels();
-        for (i, &cout) in arch.block_out_channels.iter().enumerate() {
-            for j in 0..arch.layers_per_block {
-                let p = format!("down_blocks.{i}.resnets.{j}");
-                cur = b.resnet(&p, (cur, None), cout);
-                if arch.down_attention[i] {
-                    cur = b.attention(&format!("down_blocks.{i}.attentions.{j}"), cur, arch.norm_num_groups);
-                }
-                skips.push(cur);
-            }
-            if i + 1 < levels {
-                let pad = if arch.downsample_padding == 0 { [0, 0, 1, 1] } else { [1; 4] };
-                let p = format!("down_blocks.{i}.downsamplers.0.conv");
-                cur = b.conv(&p, (cur, None), cout, 3, 2, pad, false, None, None);
-                skips.push(cur);
-            }
-        }
-        let ch = arch.h_channels();
-        cur = b.resnet("mid_block.resnets.0", (cur, None), ch);
-        if arch.mid_attention {
-            cur = b.attention("mid_block.attentions.0", cur, arch.mid_attn_norm_groups);
-        }
-        cur = b.resnet("mid_block.resnets.1", (cur, None), ch);
-        // h is sized for the decoder batch: the encoder fills the first n_enc samples,
-        // the mix writes the others.
-        b.g.values[cur].class = BatchClass::Dec;
-        b.g.values[cur].pinned = true;
-        b.g.values[cur].name = "h".into();
-        b.g.h = cur;
-        b.g.skips = skips.clone();
-        b.g.decoder_start = b.g.ops.len();
-
-        let rev: Vec<usize> = arch.block_out_channels.iter().rev().copied().collect();
-        for (u, &cout) in rev.iter().enumerate() {
-            for j in 0..=arch.layers_per_block {
-                let skip = skips.pop().expect("one skip per decoder res block");
-                let p = format!("up_blocks.{u}.resnets.{j}");
-                cur = b.resnet(&p, (cur, Some(skip)), cout);
-                if arch.up_attention[u] {
-                    cur = b.attention(&format!("up_blocks.{u}.attentions.{j}"), cur, arch.norm_num_groups);
-                }
-            }
-            if u + 1 < levels {
-                let p = format!("up_blocks.{u}.upsamplers.0.conv");
-                cur = b.conv(&p, (cur, None), cout, 3, 1, [1; 4], true, None, None);
-            }
-        }
-        let n = b.group_norm("conv_norm_out", (cur, None), arch.norm_num_groups, true);
-        let eps = b.conv("conv_out", (n, None), arch.out_channels, 3, 1, [1; 4], false, None, None);
-        b.g.values[eps].pinned = true;
-        b.g.values[eps].name = "eps".into();
-        b.g.eps = eps;
-        debug_assert!(skips.is_empty());
-        b.g
+    /// The stored name of a parameter's (first) tensor.
+    pub fn param_name(&self, p: ParamId) -> &str {
+        let t = match &self.params[p].source {
+            ParamSource::Tensor(t) | ParamSource::Rows { tensor: t, .. } => *t,
+            ParamSource::Concat(ts) => ts[0],
+        };
+        &self.tensors[t].name
     }
 
     /// Floating-point operations of op `i` for one sample (multiply-add = 2).

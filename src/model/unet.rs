@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 
 use super::arch::UNetArch;
-use super::graph::{BatchClass, Graph, Op, ParamSource, ValueId};
+use super::graph::{BatchClass, Graph, Op, ParamSource, TensorId, ValueId};
 use super::plan::Plan;
 use super::weights::LoadedModel;
 use crate::backend::{Act, Backend, Cat, Conv2d};
@@ -30,15 +30,18 @@ impl<B: Backend> Workspace<B> {
     }
 }
 
-/// Assembles one parameter from the checkpoint's tensors.
-fn gather(model: &LoadedModel, source: &ParamSource) -> Result<HostTensor> {
-    let get = |name: &String| {
+/// Assembles parameter `p` of `g` from the checkpoint's tensors.
+fn gather(model: &LoadedModel, g: &Graph, p: usize) -> Result<HostTensor> {
+    let get = |t: TensorId| {
+        let name = &g.tensors[t].name;
         model.tensors.get(name).with_context(|| format!("{}: the checkpoint has no tensor `{name}`", model.source))
     };
-    let (data, shape) = match source {
-        ParamSource::Tensor { name, shape } => (get(name)?.data.clone(), shape),
-        ParamSource::Rows { name, rows, shape } => {
-            let t = get(name)?;
+    let param = &g.params[p];
+    let data = match &param.source {
+        ParamSource::Tensor(t) => get(*t)?.data.clone(),
+        ParamSource::Rows { tensor, rows } => {
+            let t = get(*tensor)?;
+            let name = &g.tensors[*tensor].name;
             let total = t.shape.first().copied().unwrap_or(0);
             anyhow::ensure!(total > 0, "{}: tensor `{name}` is empty", model.source);
             let row = t.data.len() / total;
@@ -47,30 +50,31 @@ fn gather(model: &LoadedModel, source: &ParamSource) -> Result<HostTensor> {
                 anyhow::ensure!(r < total, "{}: tensor `{name}` has no row {r}", model.source);
                 data.extend_from_slice(&t.data[r * row..(r + 1) * row]);
             }
-            (data, shape)
+            data
         }
-        ParamSource::Concat { names, shape } => {
+        ParamSource::Concat(ts) => {
             let mut data = vec![];
-            for n in names {
-                data.extend_from_slice(&get(n)?.data);
+            for &t in ts {
+                data.extend_from_slice(&get(t)?.data);
             }
-            (data, shape)
+            data
         }
     };
     anyhow::ensure!(
-        data.len() == shape.iter().product::<usize>(),
-        "{}: tensor sizes do not match the architecture ({source:?})",
-        model.source
+        data.len() == param.numel(),
+        "{}: tensor sizes do not match the architecture ({})",
+        model.source,
+        g.param_name(p)
     );
-    Ok(HostTensor::new(shape.clone(), data))
+    Ok(HostTensor::new(param.shape.clone(), data))
 }
 
 impl<B: Backend> UNet<B> {
     pub fn new(be: &B, model: &LoadedModel, precision: Precision) -> Result<Self> {
         let graph = Graph::build(&model.arch);
         let mut weights = Vec::with_capacity(graph.params.len());
-        for p in &graph.params {
-            let mut t = gather(model, &p.source)?;
+        for (i, p) in graph.params.iter().enumerate() {
+            let mut t = gather(model, &graph, i)?;
             if precision != Precision::F32 {
                 t.data.iter_mut().for_each(|v| *v = precision.round(*v));
             }

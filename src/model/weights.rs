@@ -16,6 +16,7 @@ use crate::model::arch::UNetArch;
 use crate::model::config::{
     load_config_file, load_diffusers_unet_config, load_scheduler_config, preset, preset_names, ModelConfig,
 };
+use crate::model::graph::Graph;
 use crate::model::schedule::Schedule;
 use crate::tensor::HostTensor;
 
@@ -67,110 +68,10 @@ impl LoadedModel {
     }
 }
 
-// ---------------------------------------------------------------------------------
-// The expected tensor list
-
-fn push_linear(out: &mut Vec<(String, Vec<usize>)>, p: &str, o: usize, i: usize) {
-    out.push((format!("{p}.weight"), vec![o, i]));
-    out.push((format!("{p}.bias"), vec![o]));
-}
-
-fn push_conv(out: &mut Vec<(String, Vec<usize>)>, p: &str, o: usize, i: usize, k: usize) {
-    out.push((format!("{p}.weight"), vec![o, i, k, k]));
-    out.push((format!("{p}.bias"), vec![o]));
-}
-
-fn push_norm(out: &mut Vec<(String, Vec<usize>)>, p: &str, c: usize) {
-    out.push((format!("{p}.weight"), vec![c]));
-    out.push((format!("{p}.bias"), vec![c]));
-}
-
-fn push_resnet(out: &mut Vec<(String, Vec<usize>)>, p: &str, cin: usize, cout: usize, t: usize) {
-    push_norm(out, &format!("{p}.norm1"), cin);
-    push_conv(out, &format!("{p}.conv1"), cout, cin, 3);
-    push_linear(out, &format!("{p}.time_emb_proj"), cout, t);
-    push_norm(out, &format!("{p}.norm2"), cout);
-    push_conv(out, &format!("{p}.conv2"), cout, cout, 3);
-    if cin != cout {
-        push_conv(out, &format!("{p}.conv_shortcut"), cout, cin, 1);
-    }
-}
-
-fn push_attention(out: &mut Vec<(String, Vec<usize>)>, p: &str, c: usize) {
-    push_norm(out, &format!("{p}.group_norm"), c);
-    for proj in ["to_q", "to_k", "to_v", "to_out.0"] {
-        push_linear(out, &format!("{p}.{proj}"), c, c);
-    }
-}
-
-/// Every tensor the U-Net needs, with its shape, in model order (canonical names).
-/// Channel bookkeeping follows diffusers' `UNet2DModel` / `UpBlock2D` exactly.
+/// Every tensor the U-Net of `arch` reads, with its stored shape, in the checkpoint's
+/// module order (canonical names): the built graph's declarations.
 pub fn expected_tensors(arch: &UNetArch) -> Vec<(String, Vec<usize>)> {
-    if arch.adm.is_some() {
-        return crate::model::adm::expected_tensors(arch);
-    }
-    let mut out = Vec::new();
-    let boc = &arch.block_out_channels;
-    let l = boc.len();
-    if l == 0 {
-        return out;
-    }
-    let t = arch.time_embed_dim;
-    let c0 = boc[0];
-    let lpb = arch.layers_per_block;
-
-    push_linear(&mut out, "time_embedding.linear_1", t, c0);
-    push_linear(&mut out, "time_embedding.linear_2", t, t);
-    push_conv(&mut out, "conv_in", c0, arch.in_channels, 3);
-
-    // down
-    let mut output = c0;
-    for (i, &level_channels) in boc.iter().enumerate() {
-        let input = output;
-        output = level_channels;
-        for j in 0..lpb {
-            let cin = if j == 0 { input } else { output };
-            push_resnet(&mut out, &format!("down_blocks.{i}.resnets.{j}"), cin, output, t);
-            if arch.down_attention[i] {
-                push_attention(&mut out, &format!("down_blocks.{i}.attentions.{j}"), output);
-            }
-        }
-        if i + 1 < l {
-            push_conv(&mut out, &format!("down_blocks.{i}.downsamplers.0.conv"), output, output, 3);
-        }
-    }
-
-    // middle
-    let cm = boc[l - 1];
-    push_resnet(&mut out, "mid_block.resnets.0", cm, cm, t);
-    if arch.mid_attention {
-        push_attention(&mut out, "mid_block.attentions.0", cm);
-    }
-    push_resnet(&mut out, "mid_block.resnets.1", cm, cm, t);
-
-    // up (decoder order: i = 0 is the lowest resolution)
-    let rev: Vec<usize> = boc.iter().rev().copied().collect();
-    let mut output = rev[0];
-    for i in 0..l {
-        let prev_output = output;
-        output = rev[i];
-        let input = rev[(i + 1).min(l - 1)];
-        for j in 0..=lpb {
-            let skip = if j == lpb { input } else { output };
-            let res_in = if j == 0 { prev_output } else { output };
-            push_resnet(&mut out, &format!("up_blocks.{i}.resnets.{j}"), res_in + skip, output, t);
-            if arch.up_attention[i] {
-                push_attention(&mut out, &format!("up_blocks.{i}.attentions.{j}"), output);
-            }
-        }
-        if i + 1 < l {
-            push_conv(&mut out, &format!("up_blocks.{i}.upsamplers.0.conv"), output, output, 3);
-        }
-    }
-
-    push_norm(&mut out, "conv_norm_out", c0);
-    push_conv(&mut out, "conv_out", arch.out_channels, c0, 3);
-    out
+    Graph::build(arch).expected_tensors()
 }
 
 // ---------------------------------------------------------------------------------
