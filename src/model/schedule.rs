@@ -7,6 +7,8 @@
 //! * `alpha_bar` is `cumprod(1 - beta)` in f32, sequentially, after casting the betas
 //!   to f32 (the authors: `torch.from_numpy(betas).float()`, `(1.0 - b).cumprod(0)`);
 
+use anyhow::{bail, Result};
+
 /// The training noise schedule as the sampler sees it: `alphas_cumprod[t]` for
 /// `t in 0..len()`, plus `alpha_bar(-1) = 1`.
 #[derive(Clone, Debug, PartialEq)]
@@ -57,6 +59,17 @@ impl Schedule {
     pub fn is_empty(&self) -> bool {
         self.alphas_cumprod.is_empty()
     }
+}
+
+/// Betas a schedule can be made of: at least one, each finite and in [0, 1).
+pub fn validate_betas(betas: &[f64]) -> Result<()> {
+    if betas.is_empty() {
+        bail!("the schedule has no timesteps");
+    }
+    if let Some((i, b)) = betas.iter().enumerate().find(|(_, b)| !(b.is_finite() && **b >= 0.0 && **b < 1.0)) {
+        bail!("beta[{i}] = {b} is outside [0, 1)");
+    }
+    Ok(())
 }
 
 /// numpy `linspace(start, end, n, dtype=float64)`, bit-exact: `k * step + start` with
