@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use diffstyle::commands::{self, Common, DeviceChoice, Knobs, ModelArgs};
+use diffstyle::commands::{self, Common, DeviceChoice, Knobs, ModelArgs, TransferJob};
 use diffstyle::diffusion::method::Preset;
 use diffstyle::dtype::Precision;
 
@@ -322,17 +322,19 @@ fn main() -> ExitCode {
         threads: cli.threads,
     };
     let result = match cli.cmd {
-        Cmd::Transfer { model, content, style, out, mask, dump_tensor, batch, knobs } => commands::transfer(
-            &common,
-            &model.into(),
-            &content,
-            &style,
-            &out,
-            mask.as_deref(),
-            dump_tensor.as_deref(),
-            &(*knobs).into(),
-            batch,
-        ),
+        Cmd::Transfer { model, content, style, out, mask, dump_tensor, batch, knobs } => {
+            let knobs: Knobs = (*knobs).into();
+            let job = TransferJob {
+                contents: &content,
+                styles: &style,
+                out: &out,
+                mask: mask.as_deref(),
+                dump: dump_tensor.as_deref(),
+                knobs: &knobs,
+                batch,
+            };
+            commands::transfer(&common, &model.into(), &job)
+        }
         Cmd::Invert { model, image, out, inv_steps } => {
             commands::invert(&common, &model.into(), &image, &out, inv_steps)
         }

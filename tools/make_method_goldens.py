@@ -195,7 +195,7 @@ The mask (case `mask`) is a 32x32 RGBA image, 4x the h grid: per pixel
 rectangle cuts through h cells (fractional values) and a half-alpha orange patch tests
 the luminance weights and alpha.
 
-Noise (steps with eta = 1): `dsref.rng` = `src/diffusion/rng.rs`, stream = the step's
+Noise (steps with eta = 1): `dsref.rng` = `src/rng.rs`, stream = the step's
 timestep i, sample 0, seed from settings. With omega != 0 only the calibrated step's noise
 is used (the same stream, so it does not matter which draw).
 

@@ -36,7 +36,7 @@ pub use invert::invert;
 pub use kernels::kernels;
 pub use random_model::random_model;
 pub use sample::sample;
-pub use transfer::{transfer, Knobs};
+pub use transfer::{transfer, Knobs, TransferJob};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum DeviceChoice {

@@ -66,34 +66,25 @@ fn read_input(path: &Path, m: &LoadedModel, key: &CacheKey) -> Result<Input> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn transfer(
-    c: &Common,
-    m: &ModelArgs,
-    contents: &[PathBuf],
-    styles: &[PathBuf],
-    out: &Path,
-    mask: Option<&Path>,
-    dump: Option<&Path>,
-    knobs: &Knobs,
-    batch: usize,
-) -> Result<()> {
-    on_backend!(c, |be| transfer_on(be, c, m, contents, styles, out, mask, dump, knobs, batch))
+/// What a `transfer` run is asked for: every content x style pair, `--out`, the
+/// optional mask and latent dump, the knobs and the batch size.
+#[derive(Clone, Copy)]
+pub struct TransferJob<'a> {
+    pub contents: &'a [PathBuf],
+    pub styles: &'a [PathBuf],
+    pub out: &'a Path,
+    pub mask: Option<&'a Path>,
+    pub dump: Option<&'a Path>,
+    pub knobs: &'a Knobs,
+    pub batch: usize,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn transfer_on<B: Backend>(
-    be: &B,
-    c: &Common,
-    m: &ModelArgs,
-    contents: &[PathBuf],
-    styles: &[PathBuf],
-    out: &Path,
-    mask: Option<&Path>,
-    dump: Option<&Path>,
-    knobs: &Knobs,
-    batch: usize,
-) -> Result<()> {
+pub fn transfer(c: &Common, m: &ModelArgs, job: &TransferJob) -> Result<()> {
+    on_backend!(c, |be| transfer_on(be, c, m, job))
+}
+
+fn transfer_on<B: Backend>(be: &B, c: &Common, m: &ModelArgs, job: &TransferJob) -> Result<()> {
+    let TransferJob { contents, styles, out, mask, dump, knobs, batch } = *job;
     let s = knobs.settings();
     ensure!(batch >= 1, "--batch must be at least 1");
     let model = model(m)?;

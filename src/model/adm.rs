@@ -19,16 +19,8 @@
 //! `qkv` (conv1d C -> 3C), `proj_out` (conv1d), residual.
 
 use super::arch::UNetArch;
-use super::graph::{Builder, ConvOpts, Graph, ParamSource, ValueId};
+use super::graph::{Builder, ConvOpts, Graph, ParamSource, ResNames, Resample, ValueId};
 use crate::backend::WeightKind;
-
-/// How a res block resamples.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Resample {
-    None,
-    Up,
-    Down,
-}
 
 /// The op list of an ADM `UNetModel` (see the module notes).
 pub(super) fn build(arch: &UNetArch) -> Graph {
@@ -103,62 +95,22 @@ pub(super) fn build(arch: &UNetArch) -> Graph {
     b.finish(eps)
 }
 
-/// `ResBlock`: in_layers (norm + SiLU, [resampling of h and of the skip path], conv),
-/// the time-embedding projection (added, or FiLM in the second norm), out_layers (norm
-/// + SiLU, conv) + the skip (a 1x1 conv when the channels change).
+/// `ResBlock`'s layers.
+const RES_BLOCK: ResNames = ResNames {
+    norm1: "in_layers.0",
+    conv1: "in_layers.2",
+    temb: "emb_layers.1",
+    temb_out: "emb_layers",
+    norm2: "out_layers.0",
+    conv2: "out_layers.3",
+    shortcut: "skip_connection",
+};
+
+/// `ResBlock`: with `use_scale_shift_norm` the time embedding is FiLM in the second
+/// norm; up / down blocks resample between the first norm and conv, and the skip path.
 fn res_block(b: &mut Builder, prefix: &str, x: (ValueId, Option<ValueId>), cout: usize, rs: Resample) -> ValueId {
     let film = b.arch.adm.as_ref().expect("an ADM architecture").use_scale_shift_norm;
-    let groups = b.arch.norm_num_groups;
-    let t = b.arch.time_embed_dim;
-    let cin = b.chans(x);
-    // FiLM projects to scale and shift, 2 x cout.
-    let width = if film { 2 * cout } else { cout };
-    // The block's tensors, in the checkpoint's order.
-    let in_norm = b.norm_params(&format!("{prefix}.in_layers.0"), cin);
-    let in_conv = b.conv_params(&format!("{prefix}.in_layers.2"), cout, cin, 3);
-    let emb = b.linear_params(&format!("{prefix}.emb_layers.1"), width, t);
-    let out_norm = b.norm_params(&format!("{prefix}.out_layers.0"), cout);
-    let out_conv = b.conv_params(&format!("{prefix}.out_layers.3"), cout, cout, 3);
-    let skip_conv = (cin != cout).then(|| b.conv_params(&format!("{prefix}.skip_connection"), cout, cin, 1));
-
-    let n1 = b.group_norm_with(&format!("{prefix}.in_layers.0"), x, in_norm, groups, None, true);
-    let tp = b.temb_projection(&format!("{prefix}.emb_layers"), emb, width);
-    let add = ConvOpts::k3().temb((!film).then_some(tp));
-    let conv1 = format!("{prefix}.in_layers.2");
-    let (h1, xs) = match rs {
-        Resample::None => (b.conv_with(&conv1, (n1, None), in_conv, cout, add), x),
-        Resample::Up => {
-            assert!(x.1.is_none(), "a resampling res block has one input");
-            let h = b.conv_with(&conv1, (n1, None), in_conv, cout, add.upsample(true));
-            (h, (resample(b, format!("{prefix}.x_upd"), x.0, true), None))
-        }
-        Resample::Down => {
-            assert!(x.1.is_none(), "a resampling res block has one input");
-            let p = resample(b, format!("{prefix}.h_upd"), n1, false);
-            let h = b.conv_with(&conv1, (p, None), in_conv, cout, add);
-            (h, (resample(b, format!("{prefix}.x_upd"), x.0, false), None))
-        }
-    };
-    let p2 = format!("{prefix}.out_layers.0");
-    let n2 = b.group_norm_with(&p2, (h1, None), out_norm, groups, film.then_some(tp), true);
-    let skip = match skip_conv {
-        Some(p) => b.conv_with(&format!("{prefix}.skip_connection"), xs, p, cout, ConvOpts::k1()),
-        None => {
-            assert!(xs.1.is_none(), "a concatenated input always changes the channel count");
-            xs.0
-        }
-    };
-    b.conv_with(&format!("{prefix}.out_layers.3"), (n2, None), out_conv, cout, ConvOpts::k3().residual(skip))
-}
-
-/// Nearest 2x up-sampling (`up`) or 2x2 average pooling of `x`.
-fn resample(b: &mut Builder, name: String, x: ValueId, up: bool) -> ValueId {
-    let v = &b.g.values[x];
-    let (c, h, w, class) = (v.c, v.h, v.w, v.class);
-    let (h, w) = if up { (2 * h, 2 * w) } else { (h / 2, w / 2) };
-    let out = b.value(name, c, h, w, class);
-    b.g.ops.push(super::graph::Op::Resample { x, up, out });
-    out
+    b.res_block(prefix, &RES_BLOCK, x, cout, film, rs)
 }
 
 /// `AttentionBlock`: norm, qkv (a conv1d C -> 3C), attention, proj_out, residual.

@@ -5,7 +5,7 @@
 //! `weights/names.rs` maps the other spellings onto them.
 
 use super::arch::UNetArch;
-use super::graph::{Builder, ConvOpts, Graph, ParamSource, ValueId};
+use super::graph::{Builder, ConvOpts, Graph, ParamSource, ResNames, Resample, ValueId};
 use crate::backend::WeightKind;
 
 /// The op list of a DDPM-family U-Net.
@@ -61,32 +61,20 @@ pub(super) fn build(arch: &UNetArch) -> Graph {
     b.finish(eps)
 }
 
-/// `ResnetBlock2D`: norm1 + SiLU, conv1 (+ the time-embedding projection), norm2 +
-/// SiLU, conv2 + the shortcut (a 1x1 conv when the channels change).
-fn resnet(b: &mut Builder, prefix: &str, x: (ValueId, Option<ValueId>), cout: usize) -> ValueId {
-    let groups = b.arch.norm_num_groups;
-    let t = b.arch.time_embed_dim;
-    let cin = b.chans(x);
-    // The block's tensors, in the checkpoint's order.
-    let norm1 = b.norm_params(&format!("{prefix}.norm1"), cin);
-    let conv1 = b.conv_params(&format!("{prefix}.conv1"), cout, cin, 3);
-    let proj = b.linear_params(&format!("{prefix}.time_emb_proj"), cout, t);
-    let norm2 = b.norm_params(&format!("{prefix}.norm2"), cout);
-    let conv2 = b.conv_params(&format!("{prefix}.conv2"), cout, cout, 3);
-    let shortcut = (cin != cout).then(|| b.conv_params(&format!("{prefix}.conv_shortcut"), cout, cin, 1));
+/// `ResnetBlock2D`'s layers.
+const RESNET: ResNames = ResNames {
+    norm1: "norm1",
+    conv1: "conv1",
+    temb: "time_emb_proj",
+    temb_out: "time_emb_proj",
+    norm2: "norm2",
+    conv2: "conv2",
+    shortcut: "conv_shortcut",
+};
 
-    let n1 = b.group_norm_with(&format!("{prefix}.norm1"), x, norm1, groups, None, true);
-    let tp = b.temb_projection(&format!("{prefix}.time_emb_proj"), proj, cout);
-    let c1 = b.conv_with(&format!("{prefix}.conv1"), (n1, None), conv1, cout, ConvOpts::k3().temb(Some(tp)));
-    let n2 = b.group_norm_with(&format!("{prefix}.norm2"), (c1, None), norm2, groups, None, true);
-    let skip = match shortcut {
-        Some(p) => b.conv_with(&format!("{prefix}.conv_shortcut"), x, p, cout, ConvOpts::k1()),
-        None => {
-            assert!(x.1.is_none(), "a concatenated input always changes the channel count");
-            x.0
-        }
-    };
-    b.conv_with(&format!("{prefix}.conv2"), (n2, None), conv2, cout, ConvOpts::k3().residual(skip))
+/// `ResnetBlock2D`: the time-embedding projection added after conv1, no resampling.
+fn resnet(b: &mut Builder, prefix: &str, x: (ValueId, Option<ValueId>), cout: usize) -> ValueId {
+    b.res_block(prefix, &RESNET, x, cout, false, Resample::None)
 }
 
 /// `Attention` (one or more heads, residual): group norm, q / k / v projections (run

@@ -214,6 +214,28 @@ impl ConvOpts {
 /// The weight and bias of a conv or linear layer, or the scale and shift of a norm.
 pub(super) type Pair = (ParamId, ParamId);
 
+/// A res block's layer names in one family's checkpoint.
+pub(super) struct ResNames {
+    pub norm1: &'static str,
+    pub conv1: &'static str,
+    /// The time-embedding projection (a linear layer) ...
+    pub temb: &'static str,
+    /// ... and the name of its output value.
+    pub temb_out: &'static str,
+    pub norm2: &'static str,
+    pub conv2: &'static str,
+    /// The 1x1 conv of the skip path when the channels change.
+    pub shortcut: &'static str,
+}
+
+/// How a res block resamples (the ADM family's up / down blocks).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Resample {
+    None,
+    Up,
+    Down,
+}
+
 /// Builds a graph: the helpers both families share.
 pub(super) struct Builder<'a> {
     pub arch: &'a UNetArch,
@@ -374,6 +396,71 @@ impl<'a> Builder<'a> {
         let out = self.value(out_name, cout, ho, wo, class);
         let ConvOpts { k, stride, pad, upsample, temb, residual } = o;
         self.g.ops.push(Op::Conv { x, w, b, k, stride, pad, upsample, temb, residual, out });
+        out
+    }
+
+    /// A res block (both families): norm1 + SiLU, [resampling of h and of the skip
+    /// path], conv1, the time-embedding projection (added after conv1, or with `film`
+    /// applied as scale and shift in norm2), norm2 + SiLU, conv2 + the skip (a 1x1 conv
+    /// when the channels change).
+    pub fn res_block(
+        &mut self,
+        prefix: &str,
+        n: &ResNames,
+        x: (ValueId, Option<ValueId>),
+        cout: usize,
+        film: bool,
+        rs: Resample,
+    ) -> ValueId {
+        let groups = self.arch.norm_num_groups;
+        let t = self.arch.time_embed_dim;
+        let cin = self.chans(x);
+        // FiLM projects to scale and shift, 2 x cout.
+        let width = if film { 2 * cout } else { cout };
+        let name = |layer: &str| format!("{prefix}.{layer}");
+        // The block's tensors, in the checkpoint's order.
+        let norm1 = self.norm_params(&name(n.norm1), cin);
+        let conv1 = self.conv_params(&name(n.conv1), cout, cin, 3);
+        let proj = self.linear_params(&name(n.temb), width, t);
+        let norm2 = self.norm_params(&name(n.norm2), cout);
+        let conv2 = self.conv_params(&name(n.conv2), cout, cout, 3);
+        let shortcut = (cin != cout).then(|| self.conv_params(&name(n.shortcut), cout, cin, 1));
+
+        let n1 = self.group_norm_with(&name(n.norm1), x, norm1, groups, None, true);
+        let tp = self.temb_projection(&name(n.temb_out), proj, width);
+        let add = ConvOpts::k3().temb((!film).then_some(tp));
+        let (h1, xs) = match rs {
+            Resample::None => (self.conv_with(&name(n.conv1), (n1, None), conv1, cout, add), x),
+            Resample::Up => {
+                assert!(x.1.is_none(), "a resampling res block has one input");
+                let h = self.conv_with(&name(n.conv1), (n1, None), conv1, cout, add.upsample(true));
+                (h, (self.resample(name("x_upd"), x.0, true), None))
+            }
+            Resample::Down => {
+                assert!(x.1.is_none(), "a resampling res block has one input");
+                let p = self.resample(name("h_upd"), n1, false);
+                let h = self.conv_with(&name(n.conv1), (p, None), conv1, cout, add);
+                (h, (self.resample(name("x_upd"), x.0, false), None))
+            }
+        };
+        let n2 = self.group_norm_with(&name(n.norm2), (h1, None), norm2, groups, film.then_some(tp), true);
+        let skip = match shortcut {
+            Some(p) => self.conv_with(&name(n.shortcut), xs, p, cout, ConvOpts::k1()),
+            None => {
+                assert!(xs.1.is_none(), "a concatenated input always changes the channel count");
+                xs.0
+            }
+        };
+        self.conv_with(&name(n.conv2), (n2, None), conv2, cout, ConvOpts::k3().residual(skip))
+    }
+
+    /// Nearest 2x up-sampling (`up`) or 2x2 average pooling of `x`.
+    pub fn resample(&mut self, name: String, x: ValueId, up: bool) -> ValueId {
+        let v = &self.g.values[x];
+        let (c, h, w, class) = (v.c, v.h, v.w, v.class);
+        let (h, w) = if up { (2 * h, 2 * w) } else { (h / 2, w / 2) };
+        let out = self.value(name, c, h, w, class);
+        self.g.ops.push(Op::Resample { x, up, out });
         out
     }
 

@@ -1,4 +1,4 @@
-"""Counter-based Gaussian noise, bit-identical to the Rust `src/diffusion/rng.rs`.
+"""Counter-based Gaussian noise, bit-identical to the Rust `src/rng.rs`.
 
 Philox4x32-10 + Box-Muller. Element `e` of sample `b` (e counts over that sample's
 C*H*W values, CHW order) uses pair `p = e // 2`: counter `[p lo, p hi, stream, b]`,

@@ -81,6 +81,8 @@ pub(super) fn authors_from_value(v: &Value) -> Result<(UNetArch, Vec<f64>)> {
     let down_attention: Vec<bool> = (0..l).map(|i| attn_res.contains(&(image_size >> i))).collect();
     let up_attention: Vec<bool> = (0..l).map(|i| down_attention[l - 1 - i]).collect();
 
+    // The original DDPM `Model`'s fixed choices (one head, GroupNorm(32, 1e-6), padded
+    // stride-2 downsampling, sin-first sinusoids with shift 1) are ddpm_256's.
     let arch = UNetArch {
         sample_size: image_size,
         in_channels,
@@ -89,16 +91,8 @@ pub(super) fn authors_from_value(v: &Value) -> Result<(UNetArch, Vec<f64>)> {
         layers_per_block: num_res_blocks,
         down_attention,
         up_attention,
-        mid_attention: true,
-        attention_head_dim: None,
-        norm_num_groups: 32,
-        mid_attn_norm_groups: 32,
-        norm_eps: 1e-6,
-        downsample_padding: 0,
-        flip_sin_to_cos: false,
-        freq_shift: 1.0,
         time_embed_dim: 4 * ch,
-        adm: None,
+        ..UNetArch::ddpm_256()
     };
     validate_arch(&arch).with_context(|| {
         format!(
