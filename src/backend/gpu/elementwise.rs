@@ -6,6 +6,7 @@
 use anyhow::{ensure, Result};
 
 use super::device::Device;
+use super::params::launch::{DS_ELEMENTWISE_THREADS, DS_GRID_STRIDE_MAX_BLOCKS, DS_TEMB_THREADS};
 use super::params::{CopyParams, LinearParams, TembParams, MAX_T};
 use super::{GpuBackend, GpuBuf, GpuWeight};
 use crate::backend::{Act, WeightKind};
@@ -21,8 +22,14 @@ pub(super) fn grid_y(n: usize, what: &str) -> Result<u32> {
     Ok(n as u32)
 }
 
-/// Launch contract of `copy_f32`: grid (min(ceil(len / 256), 1024), n), block 256,
-/// grid-stride over the sample.
+/// Grid x of the grid-stride kernels (`copy_f32`, `resample_f32`): one element per
+/// thread up to DS_GRID_STRIDE_MAX_BLOCKS blocks of DS_ELEMENTWISE_THREADS.
+pub(super) fn grid_stride_x(len: usize) -> u32 {
+    len.div_ceil(DS_ELEMENTWISE_THREADS).min(DS_GRID_STRIDE_MAX_BLOCKS) as u32
+}
+
+/// Launch contract of `copy_f32`: grid (grid_stride_x(len), n), block
+/// DS_ELEMENTWISE_THREADS, grid-stride over the sample.
 pub(super) fn copy<D: Device>(be: &GpuBackend<D>, src: A, dst: A) -> Result<()> {
     check_region(&dst, "copy dst")?;
     check_input(&src, dst.c, dst.h, dst.w, dst.n, "copy src")?;
@@ -39,11 +46,12 @@ pub(super) fn copy<D: Device>(be: &GpuBackend<D>, src: A, dst: A) -> Result<()> 
         src_n: int(src.n, "copy src n")?,
         _pad: 0,
     };
-    let gx = len.div_ceil(256).min(1024) as u32;
-    be.launch("copy_f32", [gx, grid_y(dst.n, "copy")?, 1], [256, 1, 1], 0, &p)
+    let block = [DS_ELEMENTWISE_THREADS as u32, 1, 1];
+    be.launch("copy_f32", [grid_stride_x(len), grid_y(dst.n, "copy")?, 1], block, 0, &p)
 }
 
-/// Launch contract of `timestep_embedding_f32`: grid (n <= MAX_T), block 128; larger
+/// Launch contract of `timestep_embedding_f32`: grid (n <= MAX_T), block
+/// DS_TEMB_THREADS; larger
 /// batches go in chunks of MAX_T samples.
 pub(super) fn timestep_embedding<D: Device>(
     be: &GpuBackend<D>,
@@ -65,13 +73,13 @@ pub(super) fn timestep_embedding<D: Device>(
             t: [0.0; MAX_T],
         };
         p.t[..ts.len()].copy_from_slice(ts);
-        be.launch("timestep_embedding_f32", [ts.len() as u32, 1, 1], [128, 1, 1], 0, &p)?;
+        be.launch("timestep_embedding_f32", [ts.len() as u32, 1, 1], [DS_TEMB_THREADS as u32, 1, 1], 0, &p)?;
     }
     Ok(())
 }
 
-/// Launch contract of `linear_f32`: grid (ceil(out_f / 8), n), block 256: one warp per
-/// output row.
+/// Launch contract of `linear_f32`: grid (ceil(out_f / warps per block), n), block
+/// DS_ELEMENTWISE_THREADS: one warp per output row.
 pub(super) fn linear<D: Device>(
     be: &GpuBackend<D>,
     x: A,
@@ -108,7 +116,9 @@ pub(super) fn linear<D: Device>(
         silu: silu_input as i32,
         _pad: 0,
     };
-    be.launch("linear_f32", [o.div_ceil(8) as u32, grid_y(out.n, "linear")?, 1], [256, 1, 1], 0, &p)
+    let rows = DS_ELEMENTWISE_THREADS / 32;
+    let grid = [o.div_ceil(rows) as u32, grid_y(out.n, "linear")?, 1];
+    be.launch("linear_f32", grid, [DS_ELEMENTWISE_THREADS as u32, 1, 1], 0, &p)
 }
 
 #[cfg(test)]

@@ -4,12 +4,13 @@ use anyhow::Result;
 
 use super::device::Device;
 use super::int;
+use super::params::launch::DS_HSPACE_THREADS;
 use super::params::HspaceParams;
 use super::{GpuBackend, GpuBuf};
 use crate::backend::check::check_hspace_mix;
 use crate::backend::Act;
 
-/// Launch contract of `hspace_mix_f32`: grid (n), block 256, one block per sample
+/// Launch contract of `hspace_mix_f32`: grid (n), block DS_HSPACE_THREADS, one block per sample
 /// (per-sample f64 moments, then the slerp coefficients, then the elementwise mix).
 /// The kernel reads one mask `[hw]` for every sample; a mask with a batch of its own
 /// (allowed by the CPU's broadcast rule) is handled by one launch per sample.
@@ -42,7 +43,7 @@ pub(super) fn hspace_mix<'a, D: Device>(
             hw: (o.h * o.w) as i32,
             gamma,
         };
-        be.launch("hspace_mix_f32", [o.n as u32, 1, 1], [256, 1, 1], 0, &p)
+        be.launch("hspace_mix_f32", [o.n as u32, 1, 1], [DS_HSPACE_THREADS as u32, 1, 1], 0, &p)
     };
     match &mask {
         Some(m) if m.n > 1 => {

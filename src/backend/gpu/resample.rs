@@ -5,15 +5,16 @@
 use anyhow::Result;
 
 use super::device::Device;
-use super::elementwise::grid_y;
+use super::elementwise::{grid_stride_x, grid_y};
 use super::int;
+use super::params::launch::DS_ELEMENTWISE_THREADS;
 use super::params::ResampleParams;
 use super::{GpuBackend, GpuBuf};
 use crate::backend::check::check_resample;
 use crate::backend::Act;
 
-/// Launch contract of `resample_f32`: grid (min(ceil(len / 256), 1024), n), block 256,
-/// grid-stride over the output sample.
+/// Launch contract of `resample_f32`: grid (grid_stride_x(len), n), block
+/// DS_ELEMENTWISE_THREADS, grid-stride over the output sample.
 pub(super) fn resample<D: Device>(
     be: &GpuBackend<D>,
     x: Act<'_, GpuBuf>,
@@ -38,8 +39,8 @@ pub(super) fn resample<D: Device>(
         wo: int(out.w, "resample width")?,
         up: up as i32,
     };
-    let gx = len.div_ceil(256).min(1024) as u32;
-    be.launch("resample_f32", [gx, grid_y(out.n, "resample")?, 1], [256, 1, 1], 0, &p)
+    let block = [DS_ELEMENTWISE_THREADS as u32, 1, 1];
+    be.launch("resample_f32", [grid_stride_x(len), grid_y(out.n, "resample")?, 1], block, 0, &p)
 }
 
 #[cfg(test)]
