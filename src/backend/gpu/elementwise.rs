@@ -121,6 +121,55 @@ pub(super) fn linear<D: Device>(
     be.launch("linear_f32", grid, [DS_ELEMENTWISE_THREADS as u32, 1, 1], 0, &p)
 }
 
+/// Micro-benchmarks: the DDPM-256 U-Net's small ops at batch 1. The broadcast copy of
+/// a latent and of an h-space tensor into a batch of 2 (the decoders' inputs), the
+/// timestep embedding (dim 128), and the linears of the time path: the embedding MLP
+/// (128 -> 512, 512 -> 512 on SiLU) and a res block's projection (512 -> 256 on SiLU).
+pub(super) fn micro<D: Device>(s: &mut super::micro::Sink<'_, D>) -> Result<()> {
+    use crate::backend::Backend;
+    use crate::tensor::HostTensor;
+    let div = if s.small { 8 } else { 1 };
+    for (case, c, side) in [("3x256x256 latent -> batch 2", 3usize, 256), ("512x8x8 h -> batch 2", 512, 8)] {
+        let (c, side) = (c.div_ceil(div), (side / div).max(4));
+        let src = s.random(c * side * side, 1)?;
+        let dst = s.be.alloc(2 * c * side * side)?;
+        let (a, o) = (Act::new(&src, 0, 1, c, side, side), Act::new(&dst, 0, 2, c, side, side));
+        let bytes = 4.0 * (3 * c * side * side) as f64;
+        let be = s.be;
+        s.time("copy", case, "auto", 0.0, bytes, o, &mut || be.copy(a, o))?;
+    }
+    for (case, n) in [("dim 128, 1 step", 1), ("dim 128, 64 steps", MAX_T)] {
+        let dim = 128 / div;
+        let t: Vec<f32> = (0..n).map(|i| (999 - 15 * i) as f32).collect();
+        let out = s.be.alloc(n * dim)?;
+        let o = Act::new(&out, 0, n, dim, 1, 1);
+        // One operation per output value: the transcendentals dominate, uncounted.
+        let (gflop, bytes) = (1e-9 * (n * dim) as f64, 4.0 * (n * dim) as f64);
+        let be = s.be;
+        s.time("timestep_embedding", case, "auto", gflop, bytes, o, &mut || be.timestep_embedding(&t, true, 0.0, o))?;
+    }
+    for (case, i, o, silu) in [
+        ("temb MLP 128->512", 128, 512, false),
+        ("temb MLP 512->512 +silu", 512, 512, true),
+        ("res temb 512->256 +silu", 512, 256, true),
+    ] {
+        let (i, o) = (i / div, o / div);
+        let x = s.random(i, 1)?;
+        let out = s.be.alloc(o)?;
+        let w = HostTensor {
+            shape: vec![o, i],
+            data: (0..o * i).map(|k| ((k * 7919) % 1000) as f32 * 1e-3 - 0.5).collect(),
+        };
+        let w = s.be.upload_weight(&w, WeightKind::Linear)?;
+        let b = s.be.upload_weight(&HostTensor { shape: vec![o], data: vec![0.1; o] }, WeightKind::Vector)?;
+        let (xa, oa) = (Act::new(&x, 0, 1, i, 1, 1), Act::new(&out, 0, 1, o, 1, 1));
+        let (gflop, bytes) = (2e-9 * (o * i) as f64, 4.0 * (o * i + i + 2 * o) as f64);
+        let be = s.be;
+        s.time("linear", case, "auto", gflop, bytes, oa, &mut || be.linear(xa, &w, &b, silu, oa))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::device::Device;

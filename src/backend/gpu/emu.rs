@@ -112,6 +112,11 @@ impl Device for EmuDevice {
     fn kind(&self) -> &'static str {
         "emu"
     }
+    /// No cache to speak of; small, so that the micro-benchmarks' flush stays cheap
+    /// while its code path still runs in the tests.
+    fn l2_cache_bytes(&self) -> usize {
+        64 * 1024
+    }
 
     fn alloc(&self, bytes: usize) -> Result<DevPtr> {
         let layout = Layout::from_size_align(bytes.max(1), 256)

@@ -57,6 +57,31 @@ pub(super) fn hspace_mix<'a, D: Device>(
     }
 }
 
+/// Micro-benchmarks: the DDPM-256 U-Net's h-space (512x8x8) mixed for a batch of 2
+/// against one content h (broadcast), without and with a mask.
+pub(super) fn micro<D: Device>(s: &mut super::micro::Sink<'_, D>) -> Result<()> {
+    use crate::backend::Backend;
+    let (c, side) = (if s.small { 64 } else { 512 }, 8);
+    let len = c * side * side;
+    let h = s.random(2 * len, 1)?;
+    let hc = s.random(len, 2)?;
+    let m: Vec<f32> = (0..side * side).map(|i| (i % 3) as f32 * 0.5).collect();
+    let mask = s.be.alloc(side * side)?;
+    let ma = Act::new(&mask, 0, 1, 1, side, side);
+    s.be.upload(ma, &m)?;
+    let out = s.be.alloc(2 * len)?;
+    let (ha, hca, o) =
+        (Act::new(&h, 0, 2, c, side, side), Act::new(&hc, 0, 1, c, side, side), Act::new(&out, 0, 2, c, side, side));
+    for (case, mask) in [("512x8x8 batch 2", None), ("512x8x8 batch 2 +mask", Some(ma))] {
+        // Moments (6 flops per element) and the mix (3, or 6 with a mask).
+        let gflop = 1e-9 * (2 * len * if mask.is_some() { 12 } else { 9 }) as f64;
+        let bytes = 4.0 * (5 * len + side * side) as f64;
+        let be = s.be;
+        s.time("hspace_mix", case, "auto", gflop, bytes, o, &mut || be.hspace_mix(ha, hca, 0.6, mask, o))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::device::Device;

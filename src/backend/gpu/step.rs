@@ -85,6 +85,43 @@ pub(super) fn calibrate<'a, D: Device>(
     Ok(())
 }
 
+/// Micro-benchmarks: the sampler's per-step updates on the DDPM-256 latent
+/// (3x256x256) for a batch of 2: the DDIM step without and with noise (one Philox call
+/// per element pair), and the calibration.
+pub(super) fn micro<D: Device>(s: &mut super::micro::Sink<'_, D>) -> Result<()> {
+    use crate::backend::Backend;
+    let side = if s.small { 32 } else { 256 };
+    let len = 2 * 3 * side * side;
+    let bufs = [s.random(len, 1)?, s.random(len, 2)?, s.random(len, 3)?];
+    let out = s.be.alloc(len)?;
+    let [x, e0, ed] = bufs.each_ref().map(|b| Act::new(b, 0, 2, 3, side, side));
+    let o = Act::new(&out, 0, 2, 3, side, side);
+    for (case, c_noise) in [("3x256x256 batch 2", 0.0), ("3x256x256 batch 2 +noise", 0.1)] {
+        let p = DdimStep {
+            x,
+            eps_x0: e0,
+            eps_dir: ed,
+            out: o,
+            a_i: 0.3,
+            a_j: 0.5,
+            c_dir: 0.6,
+            c_noise,
+            seed: 7,
+            stream: 1,
+        };
+        // x0 (3 flops), the combination (3) and the noise term (2); Philox is integer work.
+        let gflop = 1e-9 * (len * if c_noise != 0.0 { 8 } else { 6 }) as f64;
+        let be = s.be;
+        s.time("ddim_step", case, "auto", gflop, 16.0 * len as f64, o, &mut || be.ddim_step(&p))?;
+    }
+    // Two predictions and two moment passes, then the update: about 20 flops per element.
+    let be = s.be;
+    s.time("calibrate", "3x256x256 batch 2", "auto", 2e-8 * len as f64, 16.0 * len as f64, o, &mut || {
+        be.calibrate(x, e0, ed, 0.4, 0.3, o)
+    })?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::params::PhiloxTestParams;
