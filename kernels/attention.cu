@@ -3,7 +3,8 @@
 // per head, flash-attention style: one block per (query tile, head, sample) walks the
 // keys in tiles with an online softmax, so no score matrix goes to global memory.
 //
-// Kernels (all: grid (ceil(p / 32), heads, n), block 256, d = c / heads <= 512):
+// Kernels (all: grid (ceil(p / 32), heads, n), block 256, d = c / heads <= 512; the
+// launch constants are DS_ATTN_* in params.h):
 //   attention_f32            SIMT f32; dynamic smem 4 * attn::smem_floats(d) (97 KiB at
 //                            d = 512: the launch needs the max-dynamic-smem attribute)
 //   attention_bf16 / _f16    tensor cores (mma.m16n8k16, f32 accumulation); dynamic
@@ -26,11 +27,11 @@
 
 namespace attn {
 
-constexpr int NT = 256;    // threads per block
-constexpr int BQ = 32;     // queries per block
-constexpr int BK = 64;     // keys per tile
-constexpr int DC = 32;     // channels per stage
-constexpr int MAXD = 512;  // largest head dim
+constexpr int NT = DS_ATTN_THREADS;  // threads per block (params.h: the launcher's too)
+constexpr int BQ = DS_ATTN_BQ;       // queries per block
+constexpr int BK = 64;               // keys per tile
+constexpr int DC = 32;               // channels per stage
+constexpr int MAXD = DS_ATTN_MAX_D;  // largest head dim
 constexpr int SEGS = DC * (BK / 4);  // 16-byte segments per stage
 
 // Issues the copies of one stage: channels [c * DC, c * DC + DC) of `src` ([d][P] rows
@@ -439,8 +440,8 @@ DS_DEV void attention_tc(const AttentionParams& p) {
     DS_REGISTER(name, AttentionParams)
 
 DS_ATTN_KERNEL(attention_f32, 1, attn::attention_simt<attn::MAXD / attn::DC>)
-DS_ATTN_KERNEL(attention_f32_d128, 2, attn::attention_simt<128 / attn::DC>)
+DS_ATTN_KERNEL(attention_f32_d128, 2, attn::attention_simt<DS_ATTN_SMALL_D / attn::DC>)
 DS_ATTN_KERNEL(attention_bf16, 1, attn::attention_tc<__nv_bfloat16, attn::MAXD / attn::TCH>)
-DS_ATTN_KERNEL(attention_bf16_d128, 2, attn::attention_tc<__nv_bfloat16, 128 / attn::TCH>)
+DS_ATTN_KERNEL(attention_bf16_d128, 2, attn::attention_tc<__nv_bfloat16, DS_ATTN_SMALL_D / attn::TCH>)
 DS_ATTN_KERNEL(attention_f16, 1, attn::attention_tc<__half, attn::MAXD / attn::TCH>)
-DS_ATTN_KERNEL(attention_f16_d128, 2, attn::attention_tc<__half, 128 / attn::TCH>)
+DS_ATTN_KERNEL(attention_f16_d128, 2, attn::attention_tc<__half, DS_ATTN_SMALL_D / attn::TCH>)

@@ -8,22 +8,18 @@
 // concat of two sources (channel ci < ca from xa, else xb), batch broadcast, nearest
 // 2x up-sampling and zero padding.
 //
-// Launch contract (src/backend/gpu/conv.rs): block (256, 1, 1), grid
-// (ceil(N / 64), ceil(cout / BM), 1) with BM = 64 for conv2d_f32 and 128 for
-// conv2d_f16 / conv2d_bf16, no dynamic shared memory. Each block computes a
-// BM (cout) x 64 (pixels) output tile; edges are zero-padded in shared memory and
-// masked at the store.
+// Launch contract (src/backend/gpu/conv.rs): block (DS_CONV_THREADS = 256, 1, 1), grid
+// (ceil(N / DS_CONV_BN), ceil(cout / BM), 1) with BM = DS_CONV_BM (64) for conv2d_f32
+// and DS_CONV_BM_MMA (128) for conv2d_f16 / conv2d_bf16, no dynamic shared memory.
+// Each block computes a BM (cout) x 64 (pixels) output tile; edges are zero-padded in
+// shared memory and masked at the store.
 //
 // f32 weights: SIMT GEMM, 4x4 outputs per thread. f16/bf16 weights: tensor cores
 // (mma m16n8k16, f32 accumulation), 8 warps as 4 (m) x 2 (n), each a 32x32 tile;
 // activations are rounded to the weight type when staged into shared memory.
 // Both paths prefetch the next K slice into registers while computing the current one.
 
-#define CONV_BM 64       // f32 path
-#define CONV_BM_MMA 128  // f16 / bf16 path
-#define CONV_BN 64
-#define CONV_BK 32
-#define CONV_THREADS 256
+// Tile sizes and threads per block: DS_CONV_* in params.h (the launcher uses them too).
 
 // The part of one output pixel's receptive field that does not depend on kk.
 struct ConvPix {
@@ -112,32 +108,32 @@ DS_DEV void conv_store(const ConvParams& p, int co, int pix, int npix, float acc
 // across a warp).
 template <int KS>
 DS_DEV void conv_simt_f32(const ConvParams& p) {
-    __shared__ float As[CONV_BK][CONV_BM + 1];
-    __shared__ float Bs[CONV_BK][CONV_BN];
+    __shared__ float As[DS_CONV_BK][DS_CONV_BM + 1];
+    __shared__ float Bs[DS_CONV_BK][DS_CONV_BN];
     const int tid = threadIdx.x;
     const int M = p.cout, K = (p.ca + p.cb) * KS * KS, npix = p.n * p.ho * p.wo;
-    const int m0 = blockIdx.y * CONV_BM, n0 = blockIdx.x * CONV_BN;
+    const int m0 = blockIdx.y * DS_CONV_BM, n0 = blockIdx.x * DS_CONV_BN;
     const float* w = static_cast<const float*>(p.w);
 
     // Loader roles. B: one pixel column, k rows kb, kb+4, ...; A: one k column,
     // cout rows ma, ma+8, ...
-    const int bn = tid % CONV_BN, kb = tid / CONV_BN;  // kb in 0..3
-    const int ka = tid % CONV_BK, ma = tid / CONV_BK;  // ma in 0..7
+    const int bn = tid % DS_CONV_BN, kb = tid / DS_CONV_BN;  // kb in 0..3
+    const int ka = tid % DS_CONV_BK, ma = tid / DS_CONV_BK;  // ma in 0..7
     const ConvPix pc = conv_pix(p, n0 + bn, npix);
-    float ra[CONV_BK * CONV_BM / CONV_THREADS], rb[CONV_BK * CONV_BN / CONV_THREADS];
+    float ra[DS_CONV_BK * DS_CONV_BM / DS_CONV_THREADS], rb[DS_CONV_BK * DS_CONV_BN / DS_CONV_THREADS];
     const bool tap = p.tap != 0;
     auto load = [&](int k0) {
         if (tap) {
             const ConvTap t = conv_tap<KS>(p, pc, k0);
 #pragma unroll
-            for (int i = 0; i < CONV_BK * CONV_BN / CONV_THREADS; i++) rb[i] = conv_tap_load(p, pc, t, t.ci0 + kb + 4 * i);
+            for (int i = 0; i < DS_CONV_BK * DS_CONV_BN / DS_CONV_THREADS; i++) rb[i] = conv_tap_load(p, pc, t, t.ci0 + kb + 4 * i);
         } else {
 #pragma unroll
-            for (int i = 0; i < CONV_BK * CONV_BN / CONV_THREADS; i++)
+            for (int i = 0; i < DS_CONV_BK * DS_CONV_BN / DS_CONV_THREADS; i++)
                 rb[i] = conv_gather<KS>(p, pc, k0 + kb + 4 * i, K);
         }
 #pragma unroll
-        for (int i = 0; i < CONV_BK * CONV_BM / CONV_THREADS; i++) {
+        for (int i = 0; i < DS_CONV_BK * DS_CONV_BM / DS_CONV_THREADS; i++) {
             int m = m0 + ma + 8 * i, k = k0 + ka;
             ra[i] = (m < M && k < K) ? __ldg(w + (size_t)m * K + k) : 0.f;
         }
@@ -152,15 +148,15 @@ DS_DEV void conv_simt_f32(const ConvParams& p) {
         for (int j = 0; j < 4; j++) acc[i][j] = 0.f;
 
     load(0);
-    for (int k0 = 0; k0 < K; k0 += CONV_BK) {
+    for (int k0 = 0; k0 < K; k0 += DS_CONV_BK) {
 #pragma unroll
-        for (int i = 0; i < CONV_BK * CONV_BN / CONV_THREADS; i++) Bs[kb + 4 * i][bn] = rb[i];
+        for (int i = 0; i < DS_CONV_BK * DS_CONV_BN / DS_CONV_THREADS; i++) Bs[kb + 4 * i][bn] = rb[i];
 #pragma unroll
-        for (int i = 0; i < CONV_BK * CONV_BM / CONV_THREADS; i++) As[ka][ma + 8 * i] = ra[i];
+        for (int i = 0; i < DS_CONV_BK * DS_CONV_BM / DS_CONV_THREADS; i++) As[ka][ma + 8 * i] = ra[i];
         __syncthreads();
-        if (k0 + CONV_BK < K) load(k0 + CONV_BK);  // overlaps the math below
+        if (k0 + DS_CONV_BK < K) load(k0 + DS_CONV_BK);  // overlaps the math below
 #pragma unroll 8
-        for (int k = 0; k < CONV_BK; k++) {
+        for (int k = 0; k < DS_CONV_BK; k++) {
             float av[4], bv[4];
 #pragma unroll
             for (int i = 0; i < 4; i++) av[i] = As[k][ty + 16 * i];
@@ -184,7 +180,7 @@ DS_DEV void conv_simt_f32(const ConvParams& p) {
 // [n][k] (col operand), so each fragment register is one aligned 32-bit read. Rows
 // are padded by 8 halves (80 bytes) so the 8 rows g = lane/4 of a fragment load fall
 // in distinct banks.
-#define CONV_LDK (CONV_BK + 8)
+#define CONV_LDK (DS_CONV_BK + 8)
 
 // 16 bytes moved as one access (the emulator has no CUDA vector types).
 struct __align__(16) U4 {
@@ -193,21 +189,21 @@ struct __align__(16) U4 {
 
 template <class T, int KS>
 DS_DEV void conv_mma(const ConvParams& p) {
-    __align__(16) __shared__ uint16_t As[CONV_BM_MMA][CONV_LDK];
-    __align__(16) __shared__ uint16_t Bs[CONV_BN][CONV_LDK];
+    __align__(16) __shared__ uint16_t As[DS_CONV_BM_MMA][CONV_LDK];
+    __align__(16) __shared__ uint16_t Bs[DS_CONV_BN][CONV_LDK];
     const int tid = threadIdx.x;
     const int M = p.cout, K = (p.ca + p.cb) * KS * KS, npix = p.n * p.ho * p.wo;
-    const int m0 = blockIdx.y * CONV_BM_MMA, n0 = blockIdx.x * CONV_BN;
+    const int m0 = blockIdx.y * DS_CONV_BM_MMA, n0 = blockIdx.x * DS_CONV_BN;
     const uint16_t* w = static_cast<const uint16_t*>(p.w);  // raw T bits
 
     // Loader roles. B: one pixel column, k pairs 2(kq + 4i); A: k pair 2 kp, cout rows
     // ma + 16i (weights copied as stored). Pairs are packed into one 32-bit register
     // and store (global loads stay 16-bit: a weight row need not be 4-byte aligned).
-    const int bn = tid % CONV_BN, kq = tid / CONV_BN;  // kq in 0..3
-    const int kp = tid % (CONV_BK / 2), ma = tid / (CONV_BK / 2);  // ma in 0..15
+    const int bn = tid % DS_CONV_BN, kq = tid / DS_CONV_BN;  // kq in 0..3
+    const int kp = tid % (DS_CONV_BK / 2), ma = tid / (DS_CONV_BK / 2);  // ma in 0..15
     const ConvPix pc = conv_pix(p, n0 + bn, npix);
-    constexpr int NB = CONV_BK * CONV_BN / CONV_THREADS / 2;  // k pairs per thread
-    constexpr int NA = CONV_BK * CONV_BM_MMA / CONV_THREADS / 2;  // k pairs per thread
+    constexpr int NB = DS_CONV_BK * DS_CONV_BN / DS_CONV_THREADS / 2;  // k pairs per thread
+    constexpr int NA = DS_CONV_BK * DS_CONV_BM_MMA / DS_CONV_THREADS / 2;  // k pairs per thread
     uint32_t rb[NB];
     uint32_t ra[NA];
     // Tap-major weights (p.tap): the B gather of conv_tap, and a weight row slice is 64
@@ -259,7 +255,7 @@ DS_DEV void conv_mma(const ConvParams& p) {
             for (int r = 0; r < 4; r++) acc[i][j][r] = 0.f;
 
     load(0);
-    for (int k0 = 0; k0 < K; k0 += CONV_BK) {
+    for (int k0 = 0; k0 < K; k0 += DS_CONV_BK) {
 #pragma unroll
         for (int i = 0; i < NB; i++) *reinterpret_cast<uint32_t*>(&Bs[bn][2 * (kq + 4 * i)]) = rb[i];
         if (tap) {
@@ -272,9 +268,9 @@ DS_DEV void conv_mma(const ConvParams& p) {
             for (int i = 0; i < NA; i++) *reinterpret_cast<uint32_t*>(&As[ma + 16 * i][2 * kp]) = ra[i];
         }
         __syncthreads();
-        if (k0 + CONV_BK < K) load(k0 + CONV_BK);  // overlaps the math below
+        if (k0 + DS_CONV_BK < K) load(k0 + DS_CONV_BK);  // overlaps the math below
 #pragma unroll
-        for (int ks = 0; ks < CONV_BK; ks += 16) {
+        for (int ks = 0; ks < DS_CONV_BK; ks += 16) {
             uint32_t af[2][4], bf[4][2];
 #pragma unroll
             for (int i = 0; i < 2; i++) {
@@ -331,7 +327,7 @@ DS_DEV void conv2d_impl(const ConvParams& p) {
 }
 
 #define DS_CONV2D(NAME, T)                                                                       \
-    extern "C" __global__ void __launch_bounds__(CONV_THREADS, 2) NAME(const ConvParams p) {        \
+    extern "C" __global__ void __launch_bounds__(DS_CONV_THREADS, 2) NAME(const ConvParams p) {        \
         conv2d_impl<T>(p);                                                                       \
     }                                                                                            \
     DS_REGISTER(NAME, ConvParams)

@@ -16,6 +16,9 @@ DS_DEV float ds_div(float a, float b) { return a / b; }
 
 // Sums N doubles over the whole block; every thread gets the totals. Must be reached
 // by all threads of the block (it synchronises); blockDim.x a multiple of 32, <= 1024.
+static_assert(DS_HSPACE_THREADS % 32 == 0 && DS_HSPACE_THREADS <= 1024, "ds_block_sum_f64 block size");
+static_assert(DS_CALIBRATE_THREADS % 32 == 0 && DS_CALIBRATE_THREADS <= 1024, "ds_block_sum_f64 block size");
+static_assert(DS_ELEMENTWISE_THREADS % 32 == 0, "linear_f32: whole warps per block");
 template <int N>
 DS_DEV void ds_block_sum_f64(double (&v)[N]) {
     __shared__ double red[32][N];
@@ -40,7 +43,7 @@ DS_DEV void ds_block_sum_f64(double (&v)[N]) {
     __syncthreads();  // red[] may be reused by the next call
 }
 
-// ---- timestep_embedding_f32: grid (n), block (any multiple of 32, e.g. 128) ----
+// ---- timestep_embedding_f32: grid (n <= DS_MAX_T), block (DS_TEMB_THREADS; any multiple of 32) ----
 // Frequencies in f32 in diffusers' order (exponent / (half - shift), then exp); exp,
 // sin and cos are evaluated in f64 and rounded, which gives the correctly rounded f32
 // value (as the CPU's libm) rather than CUDA's 2-ulp single-precision functions: at
@@ -64,7 +67,8 @@ extern "C" __global__ void timestep_embedding_f32(const TembParams p) {
 }
 DS_REGISTER(timestep_embedding_f32, TembParams)
 
-// ---- linear_f32: grid (ceil(out_f / 8), n), block (256): one warp per output row ----
+// ---- linear_f32: grid (ceil(out_f / (DS_ELEMENTWISE_THREADS / 32)), n), block
+// (DS_ELEMENTWISE_THREADS): one warp per output row ----
 DS_DEV float ds_silu(float v) { return v / (1.0f + expf(-v)); }
 
 extern "C" __global__ void linear_f32(const LinearParams p) {
@@ -85,7 +89,8 @@ extern "C" __global__ void linear_f32(const LinearParams p) {
 }
 DS_REGISTER(linear_f32, LinearParams)
 
-// ---- copy_f32: grid (gx, n), block (256); grid-stride over the sample ----
+// ---- copy_f32: grid (gx <= DS_GRID_STRIDE_MAX_BLOCKS, n), block (DS_ELEMENTWISE_THREADS);
+// grid-stride over the sample ----
 extern "C" __global__ void copy_f32(const CopyParams p) {
     const int b = blockIdx.y;
     const float* s = p.src + (size_t)(b % p.src_n) * p.len;

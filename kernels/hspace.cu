@@ -19,7 +19,8 @@ DS_DEV void ds_slerp_coeffs(double g, double n0, double n1, double dot, double* 
     *s1 = sin(g * theta) / st;
 }
 
-// ---- hspace_mix_f32: grid (n), block (256; any multiple of 32 up to 1024), one block per sample ----
+// ---- hspace_mix_f32: grid (n), block (DS_HSPACE_THREADS; any multiple of 32 up to 1024), one block
+// per sample ----
 // Without a mask: hc is rescaled to |h| and out = slerp(gamma, h, hc_n). With a mask
 // M [hw] (shared by every channel and sample): out = slerp(gamma, h M, hc M) + (1-M) h.
 extern "C" __global__ void hspace_mix_f32(const HspaceParams p) {

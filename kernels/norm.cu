@@ -2,7 +2,8 @@
 // (the ADM res block's y * (1 + scale) + shift, scale / shift per sample and channel
 // from `film`), optional SiLU (the CPU oracle is src/backend/cpu/norm.rs).
 //
-// group_norm_f32: grid (groups, n), block any multiple of 32 up to 1024 (the launcher
+// group_norm_f32: grid (groups, n), block any multiple of 32 up to DS_NORM_MAX_THREADS
+// = 1024 (params.h; the launcher
 // picks by group size), dynamic smem 8 * (channels per group) bytes.
 // One block owns one (sample, group): the group is at most two contiguous runs of
 // memory (its xa channels, then its xb channels). Two sweeps: statistics, then
@@ -210,7 +211,7 @@ DS_DEV void chunk(long long total, int s, int splits, long long& u0, long long& 
 
 }  // namespace gn
 
-extern "C" __global__ void __launch_bounds__(1024) group_norm_f32(const GroupNormParams p) {
+extern "C" __global__ void __launch_bounds__(DS_NORM_MAX_THREADS) group_norm_f32(const GroupNormParams p) {
     __shared__ double red[32];
     DS_DYN_SMEM(float, tab);  // [cg][2]: per-channel scale, shift
     const gn::Group q = gn::group_of(p, blockIdx.x, blockIdx.y);
@@ -227,7 +228,7 @@ extern "C" __global__ void __launch_bounds__(1024) group_norm_f32(const GroupNor
 }
 DS_REGISTER(group_norm_f32, GroupNormParams)
 
-extern "C" __global__ void __launch_bounds__(1024) group_norm_stats_f32(const GroupNormParams p) {
+extern "C" __global__ void __launch_bounds__(DS_NORM_MAX_THREADS) group_norm_stats_f32(const GroupNormParams p) {
     __shared__ double red[32];
     const int g = blockIdx.x / p.splits, s = blockIdx.x % p.splits, b = blockIdx.y;
     const gn::Group q = gn::group_of(p, g, b);
@@ -255,7 +256,7 @@ extern "C" __global__ void __launch_bounds__(1024) group_norm_stats_f32(const Gr
 }
 DS_REGISTER(group_norm_stats_f32, GroupNormParams)
 
-extern "C" __global__ void __launch_bounds__(1024) group_norm_apply_f32(const GroupNormParams p) {
+extern "C" __global__ void __launch_bounds__(DS_NORM_MAX_THREADS) group_norm_apply_f32(const GroupNormParams p) {
     DS_DYN_SMEM(float, tab);  // [cg][2]: per-channel scale, shift
     const int g = blockIdx.x / p.splits, s = blockIdx.x % p.splits, b = blockIdx.y;
     const gn::Group q = gn::group_of(p, g, b);

@@ -1,6 +1,7 @@
 // Parameter blocks: every kernel takes exactly one of these by value. Mirrored by
-// #[repr(C)] structs in src/backend/gpu/params.rs; a test checks the sizes against
-// the emulated build. Layout rule: pointers first, then 32-bit fields, so that the C
+// #[repr(C)] structs in src/backend/gpu/params.rs; a test checks each one's size and
+// every field's name and offset against the emulated build (kernels/emu/kernels.cpp
+// lists the fields). Layout rule: pointers first, then 32-bit fields, so that the C
 // and Rust layouts agree without padding games.
 //
 // Conventions: activations are NCHW f32; `n` is the output batch; an input with a
@@ -9,7 +10,41 @@
 // (src/backend/gpu/<family>.rs), next to the kernel's reference test.
 #pragma once
 
-#define DS_MAX_T 64  // timesteps per timestep_embedding launch
+// ---- The launch contract: every value that a kernel and its Rust launcher both rely
+// on, written once. build.rs turns each `#define DS_<NAME> <integer>` line of this
+// file into a Rust `const` of the same name (src/backend/gpu/params.rs, `launch`), so
+// only plain integer literals belong on such lines. Values one .cu file keeps to itself
+// stay in that file.
+
+#define DS_MAX_T 64  // timesteps per timestep_embedding launch (TembParams::t)
+
+// conv.cu: block DS_CONV_THREADS, grid (ceil(N / DS_CONV_BN), ceil(cout / BM), 1).
+#define DS_CONV_THREADS 256
+#define DS_CONV_BM 64       // output channels per block, f32 (SIMT) path
+#define DS_CONV_BM_MMA 128  // output channels per block, f16 / bf16 (tensor-core) path
+#define DS_CONV_BN 64       // output pixels per block
+#define DS_CONV_BK 32       // K slice; tap-major weights need cin % DS_CONV_BK == 0
+
+// attention.cu: block DS_ATTN_THREADS, grid (ceil(p / DS_ATTN_BQ), heads, n); dynamic
+// shared memory from ds_attention_smem_bytes (kernels/emu/kernels.cpp exports the
+// kernel's own formula to the launcher).
+#define DS_ATTN_THREADS 256
+#define DS_ATTN_BQ 32       // queries per block
+#define DS_ATTN_MAX_D 512   // largest head dim (the output tile lives in registers)
+#define DS_ATTN_SMALL_D 128 // largest head dim of the _d128 variants
+
+// norm.cu: block any multiple of 32 up to DS_NORM_MAX_THREADS (__launch_bounds__).
+#define DS_NORM_MAX_THREADS 1024
+
+// One block per sample, block-wide f64 sums (ds_block_sum_f64: <= 1024 threads).
+#define DS_HSPACE_THREADS 256
+#define DS_CALIBRATE_THREADS 1024
+
+// Grid-stride and per-element kernels: block size, and the grid-x cap of the
+// grid-stride ones (copy_f32, resample_f32).
+#define DS_ELEMENTWISE_THREADS 256  // copy, linear (one warp per row), resample, ddim_step
+#define DS_GRID_STRIDE_MAX_BLOCKS 1024
+#define DS_TEMB_THREADS 128
 
 // conv2d_{f32,f16,bf16}: out = conv(up2?(cat(xa, xb)), w) + bias + temb + residual.
 struct ConvParams {

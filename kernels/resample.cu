@@ -2,9 +2,9 @@
 // src/backend/cpu/elementwise.rs): nearest-neighbour 2x up-sampling, or 2x2 average
 // pooling with stride 2 (avg_pool2d: the four taps summed in pairs, then * 0.25).
 //
-// resample_f32: grid (gx, n), block (256); grid-stride over the output sample, one
-// output element per step (memory-bound; each input is read once per output that
-// needs it).
+// resample_f32: grid (gx <= DS_GRID_STRIDE_MAX_BLOCKS, n), block (DS_ELEMENTWISE_THREADS);
+// grid-stride over the output sample, one output element per step (memory-bound; each
+// input is read once per output that needs it).
 extern "C" __global__ void resample_f32(const ResampleParams p) {
     const int b = blockIdx.y;
     const long long plane_in = (long long)p.h * p.w, plane_out = (long long)p.ho * p.wo;

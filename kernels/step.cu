@@ -55,7 +55,8 @@ extern "C" __global__ void philox_test(const PhiloxTestParams p) {
 }
 DS_REGISTER(philox_test, PhiloxTestParams)
 
-// ---- ddim_step_f32: grid (ceil(ceil(len / 2) / 256), n), block (256) ----
+// ---- ddim_step_f32: grid (ceil(ceil(len / 2) / DS_ELEMENTWISE_THREADS), n), block
+// (DS_ELEMENTWISE_THREADS) ----
 // One thread per element pair (2e, 2e+1), which is one Philox call when noisy.
 // x0 = (x - eps_x0 sqrt(1-a_i)) / sqrt(a_i); out = sqrt(a_j) x0 + c_dir eps_dir, then
 // out += c_noise z when c_noise != 0 (the CPU's order, f32, no contraction).
@@ -84,7 +85,8 @@ extern "C" __global__ void ddim_step_f32(const StepParams p) {
 }
 DS_REGISTER(ddim_step_f32, StepParams)
 
-// ---- calibrate_f32: grid (n), block (1024; any multiple of 32), one block per sample ----
+// ---- calibrate_f32: grid (n), block (DS_CALIBRATE_THREADS; any multiple of 32 up to 1024), one
+// block per sample ----
 // P = (x - sqrt(1-a) eps) / sqrt(a) and P' likewise from eps_mod (f32, recomputed in
 // each pass); means and biased stds in f64 (two passes); then
 // P'n = mean(P') + (P' - mean(P')) std(P) / std(P') (f64, rounded) and

@@ -269,9 +269,11 @@ inline __nv_bfloat162 __floats2bfloat162_rn(float a, float b) { return {__float2
 namespace emu {
 using Invoker = void (*)(const void* params);
 struct Registrar {
-    Registrar(const char* name, Invoker f, size_t param_size);
+    // `params`: the parameter struct's name, so that the host can match each kernel
+    // with its #[repr(C)] mirror (field layouts: kernels/emu/kernels.cpp).
+    Registrar(const char* name, Invoker f, size_t param_size, const char* params);
 };
 }  // namespace emu
 #define DS_REGISTER(name, P)                                                           \
     static ::emu::Registrar ds_emu_reg_##name(                                         \
-        #name, [](const void* p) { name(*reinterpret_cast<const P*>(p)); }, sizeof(P));
+        #name, [](const void* p) { name(*reinterpret_cast<const P*>(p)); }, sizeof(P), #P);

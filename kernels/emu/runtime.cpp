@@ -8,6 +8,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <functional>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -35,6 +36,7 @@ constexpr size_t kXchg = kWarpSlot;  // bytes per lane in warp exchanges
 struct Kernel {
     Invoker fn;
     size_t param_size;
+    const char* params;  // the parameter struct's name
 };
 std::map<std::string, Kernel>& registry() {
     static std::map<std::string, Kernel> r;
@@ -353,7 +355,9 @@ private:
 
 }  // namespace
 
-Registrar::Registrar(const char* name, Invoker f, size_t param_size) { registry()[name] = Kernel{f, param_size}; }
+Registrar::Registrar(const char* name, Invoker f, size_t param_size, const char* params) {
+    registry()[name] = Kernel{f, param_size, params};
+}
 
 void syncthreads() {
     Worker& w = *t_worker;
@@ -455,6 +459,25 @@ size_t ds_emu_param_size(const char* name) {
     auto& reg = emu::registry();
     auto it = reg.find(name);
     return it == reg.end() ? 0 : it->second.param_size;
+}
+
+// Name of the parameter struct of a kernel (null when unknown).
+const char* ds_emu_param_struct(const char* name) {
+    ds_emu_kernels_anchor();
+    auto& reg = emu::registry();
+    auto it = reg.find(name);
+    return it == reg.end() ? nullptr : it->second.params;
+}
+
+// The i-th registered kernel's name (null past the last), so that the host can check
+// that every kernel's parameter block is mirrored.
+const char* ds_emu_kernel_name(size_t i) {
+    ds_emu_kernels_anchor();
+    auto& reg = emu::registry();
+    if (i >= reg.size()) return nullptr;
+    auto it = reg.begin();
+    std::advance(it, i);
+    return it->first.c_str();
 }
 
 }  // extern "C"

@@ -4,41 +4,32 @@
 //! runs the tensor-core `attention_f16` / `attention_bf16`, which round q, k, v and the
 //! probabilities to that type (f32 softmax and accumulation).
 
+use std::ffi::{c_int, c_uint};
+
 use anyhow::{ensure, Result};
 
 use super::device::Device;
 use super::int;
+use super::params::launch::{DS_ATTN_BQ, DS_ATTN_MAX_D, DS_ATTN_SMALL_D, DS_ATTN_THREADS};
 use super::params::AttentionParams;
 use super::{GpuBackend, GpuBuf};
 use crate::backend::check::{check_disjoint, check_input};
 use crate::backend::Act;
 
-/// Queries per block, threads per block, head-dim chunk and key tile of
-/// `attention_f32` (kernels/attention.cu, namespace attn).
-const BQ: usize = 32;
-const THREADS: u32 = 256;
-const DC: usize = 32;
-const BK: usize = 64;
 /// Largest head dimension (the output tile lives in registers).
-pub(super) const MAX_HEAD_DIM: usize = 512;
-/// Largest head dimension of the `_d128` kernels.
-const SMALL_HEAD_DIM: usize = 128;
+pub(super) const MAX_HEAD_DIM: usize = DS_ATTN_MAX_D;
 
-/// Dynamic shared memory of `attention_f32` (attn::smem_floats): the query tile
-/// `[d rounded up to DC][BQ]`, a ring of 3 K/V stages `[DC][BK]`, the score tile
-/// `[BQ][BK + 1]` and two per-row vectors.
-fn smem_bytes(d: usize) -> u32 {
-    let dp = d.div_ceil(DC) * DC;
-    (4 * (dp * BQ + 3 * DC * BK + BQ * (BK + 1) + 2 * BQ)) as u32
+extern "C" {
+    /// Dynamic shared memory of the attention kernels for head dim `d`: the kernels'
+    /// own `attn::smem_floats` / `attn::tc_smem_bytes` (kernels/emu/kernels.cpp), from
+    /// the host build of the same source, so the launcher never restates the layout.
+    fn ds_attention_smem_bytes(d: c_int, tensor_cores: bool) -> c_uint;
 }
 
-/// Dynamic shared memory of the tensor-core kernels (attn::tc_smem_bytes): Q as
-/// 16-bit pairs `[BQ][d up to 32 + 8 halves]`, a ring of 4 f32 K/V stages `[32][64 + 8]`,
-/// the probabilities `[BQ][64 + 8 halves]`, f32 scores `[BQ][64 + 8]` and two per-row
-/// vectors.
-fn tc_smem_bytes(d: usize) -> u32 {
-    let qw = d.div_ceil(DC) * DC / 2 + 4;
-    (4 * (BQ * qw + 4 * DC * (BK + 8) + BQ * (BK / 2 + 4) + BQ * (BK + 8) + 2 * BQ)) as u32
+fn smem_bytes(d: usize, tensor_cores: bool) -> u32 {
+    debug_assert!(d <= MAX_HEAD_DIM);
+    // SAFETY: a pure function of its arguments.
+    unsafe { ds_attention_smem_bytes(d as c_int, tensor_cores) }
 }
 
 pub(super) fn attention<D: Device>(
@@ -71,21 +62,22 @@ pub(super) fn attention<D: Device>(
         _pad: 0,
     };
     int(3 * c * t, "attention sample size")?;
-    let grid = |n: usize| [t.div_ceil(BQ) as u32, heads as u32, n as u32];
-    let smem = if be.suffix() == "f32" { smem_bytes(d) } else { tc_smem_bytes(d) };
+    let grid = |n: usize| [t.div_ceil(DS_ATTN_BQ) as u32, heads as u32, n as u32];
+    let smem = smem_bytes(d, be.suffix() != "f32");
+    let block = [DS_ATTN_THREADS as u32, 1, 1];
     // Head dims up to 128 (multi-head layers) get the variant with fewer output
     // registers: two blocks per SM instead of one.
-    let kernel = format!("attention_{}{}", be.suffix(), if d <= SMALL_HEAD_DIM { "_d128" } else { "" });
+    let kernel = format!("attention_{}{}", be.suffix(), if d <= DS_ATTN_SMALL_D { "_d128" } else { "" });
     let kernel = kernel.as_str();
     if qkv.n == out.n {
-        return be.launch(kernel, grid(out.n), [THREADS, 1, 1], smem, &p);
+        return be.launch(kernel, grid(out.n), block, smem, &p);
     }
     // Broadcast batch: the kernel reads qkv sample b, so launch per output sample.
     p.n = 1;
     for b in 0..out.n {
         p.qkv = pq + 4 * ((b % qkv.n) * qkv.sample_len()) as u64;
         p.out = po + 4 * (b * out.sample_len()) as u64;
-        be.launch(kernel, grid(1), [THREADS, 1, 1], smem, &p)?;
+        be.launch(kernel, grid(1), block, smem, &p)?;
     }
     Ok(())
 }
@@ -211,11 +203,12 @@ mod tests {
 
     #[test]
     fn shared_memory_sizes() {
-        // The values of attn::smem_floats(d) * 4 and attn::tc_smem_bytes(d) in
-        // kernels/attention.cu; d = 512 must stay within sm_86 / sm_89's 99 KiB.
-        assert_eq!((super::smem_bytes(33), super::tc_smem_bytes(33)), (41344, 55552));
-        assert_eq!((super::smem_bytes(512), super::tc_smem_bytes(512)), (98688, 84224));
-        assert!(super::smem_bytes(512).max(super::tc_smem_bytes(512)) <= 99 * 1024);
+        // attn::smem_floats(d) * 4 and attn::tc_smem_bytes(d) of kernels/attention.cu,
+        // as the launcher gets them; d = 512 must stay within sm_86 / sm_89's 99 KiB.
+        let both = |d| (super::smem_bytes(d, false), super::smem_bytes(d, true));
+        assert_eq!(both(33), (41344, 55552));
+        assert_eq!(both(512), (98688, 84224));
+        assert!(both(512).0.max(both(512).1) <= 99 * 1024);
     }
 
     #[test]

@@ -3,29 +3,26 @@
 //! by the kernel from the (concatenated, broadcast, up-sampled, zero-padded) input;
 //! bias, temb and residual are added in its epilogue.
 //!
-//! Launch contract: block (256, 1, 1), grid (ceil(N / 64), ceil(cout / BM), 1), no
-//! dynamic shared memory; BM = 64 for `conv2d_f32` (SIMT) and 128 for `conv2d_f16` /
-//! `conv2d_bf16` (tensor cores).
+//! Launch contract (`DS_CONV_*` of kernels/params.h): block (DS_CONV_THREADS, 1, 1),
+//! grid (ceil(N / DS_CONV_BN), ceil(cout / BM), 1), no dynamic shared memory; BM =
+//! DS_CONV_BM for `conv2d_f32` (SIMT) and DS_CONV_BM_MMA for `conv2d_f16` / `conv2d_bf16`
+//! (tensor cores).
 
 use anyhow::{ensure, Result};
 
 use super::device::Device;
+use super::params::launch::{DS_CONV_BM, DS_CONV_BM_MMA, DS_CONV_BN, DS_CONV_THREADS};
 use super::params::ConvParams;
 use super::{int, GpuBackend};
 use crate::backend::check::{check_conv2d, ConvShape};
 use crate::backend::Conv2d;
 use crate::dtype::Precision;
 
-/// Threads per block (kernels/conv.cu `CONV_THREADS`).
-const THREADS: u32 = 256;
-/// Output pixels per block (`CONV_BN`).
-const BLOCK_N: usize = 64;
-
-/// Output channels per block: `CONV_BM` (f32) or `CONV_BM_MMA` (f16 / bf16).
+/// Output channels per block: the SIMT tile (f32) or the tensor-core tile (f16 / bf16).
 fn block_m(p: Precision) -> usize {
     match p {
-        Precision::F32 => 64,
-        Precision::F16 | Precision::Bf16 => 128,
+        Precision::F32 => DS_CONV_BM,
+        Precision::F16 | Precision::Bf16 => DS_CONV_BM_MMA,
     }
 }
 
@@ -74,8 +71,8 @@ pub(super) fn conv2d<D: Device>(be: &GpuBackend<D>, p: &Conv2d<'_, GpuBackend<D>
         res_n: int(p.residual.as_ref().map_or(1, |r| r.n), "residual batch")?,
         tap: wt.tap_major as i32,
     };
-    let grid = [(npix as usize).div_ceil(BLOCK_N) as u32, grid_y as u32, 1];
-    be.launch(&format!("conv2d_{}", be.suffix()), grid, [THREADS, 1, 1], 0, &params)
+    let grid = [(npix as usize).div_ceil(DS_CONV_BN) as u32, grid_y as u32, 1];
+    be.launch(&format!("conv2d_{}", be.suffix()), grid, [DS_CONV_THREADS as u32, 1, 1], 0, &params)
 }
 
 /// Micro-benchmarks: the U-Net's convolutions at batch 1 (3x3 at 256x256 with temb,
@@ -129,7 +126,7 @@ pub(super) fn micro<D: Device>(s: &mut super::micro::Sink<'_, D>) -> Result<()> 
         let wbytes = if s.be.precision() == Precision::F32 { 4.0 } else { 2.0 };
         let bytes = 4.0 * (cin * side * side + cout * ho * wo) as f64 + wbytes * (cout * cin * k * k) as f64;
         let mut variants = vec![("auto", true)];
-        if k == 3 && cin.is_multiple_of(32) {
+        if k == 3 && cin.is_multiple_of(super::params::launch::DS_CONV_BK) {
             variants.push(("per-element", false));
         }
         for (name, allow_tap) in variants {

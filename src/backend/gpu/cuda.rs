@@ -111,6 +111,7 @@ pub struct CudaDevice {
     raw: Mutex<Raw>,
     name: String,
     cc: (i32, i32),
+    l2_bytes: usize,
 }
 
 // SAFETY: the driver's handles may be used from any thread once the context is made
@@ -153,6 +154,7 @@ impl CudaDevice {
                 attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
                 attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
             );
+            let l2_bytes = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)?.max(0) as usize;
             let mut buf = [0 as c_char; 256];
             check(sys::cuDeviceGetName(buf.as_mut_ptr(), buf.len() as c_int, dev), "cuDeviceGetName")?;
             let name = CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned();
@@ -174,7 +176,7 @@ impl CudaDevice {
             check(sys::cuModuleLoadData(&mut module, image.as_ptr() as *const c_void), "loading the kernels")
                 .map_err(|e| anyhow!("{e} (the embedded kernels do not run on {name}, sm_{}{})", cc.0, cc.1))?;
             let raw = Raw { ctx, module, funcs: HashMap::new(), graphs: HashMap::new(), next_graph: 0 };
-            Ok(Self { raw: Mutex::new(raw), name, cc })
+            Ok(Self { raw: Mutex::new(raw), name, cc, l2_bytes })
         }
     }
 
@@ -222,6 +224,9 @@ impl Device for CudaDevice {
     }
     fn kind(&self) -> &'static str {
         "cuda"
+    }
+    fn l2_cache_bytes(&self) -> usize {
+        self.l2_bytes
     }
 
     fn alloc(&self, bytes: usize) -> Result<DevPtr> {

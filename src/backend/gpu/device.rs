@@ -34,6 +34,8 @@ pub trait Device: Send + Sync + 'static {
     fn describe(&self) -> String;
     /// Short backend name (`cuda` / `emu`).
     fn kind(&self) -> &'static str;
+    /// Bytes of L2 cache (the micro-benchmarks overwrite twice that between timed runs).
+    fn l2_cache_bytes(&self) -> usize;
     /// `bytes` of device memory, 256-byte aligned; out of memory is an error.
     fn alloc(&self, bytes: usize) -> Result<DevPtr>;
     /// Frees an allocation (errors are ignored: this runs in `Drop`).

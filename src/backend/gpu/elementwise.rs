@@ -6,6 +6,7 @@
 use anyhow::{ensure, Result};
 
 use super::device::Device;
+use super::params::launch::{DS_ELEMENTWISE_THREADS, DS_GRID_STRIDE_MAX_BLOCKS, DS_TEMB_THREADS};
 use super::params::{CopyParams, LinearParams, TembParams, MAX_T};
 use super::{GpuBackend, GpuBuf, GpuWeight};
 use crate::backend::{Act, WeightKind};
@@ -21,8 +22,14 @@ pub(super) fn grid_y(n: usize, what: &str) -> Result<u32> {
     Ok(n as u32)
 }
 
-/// Launch contract of `copy_f32`: grid (min(ceil(len / 256), 1024), n), block 256,
-/// grid-stride over the sample.
+/// Grid x of the grid-stride kernels (`copy_f32`, `resample_f32`): one element per
+/// thread up to DS_GRID_STRIDE_MAX_BLOCKS blocks of DS_ELEMENTWISE_THREADS.
+pub(super) fn grid_stride_x(len: usize) -> u32 {
+    len.div_ceil(DS_ELEMENTWISE_THREADS).min(DS_GRID_STRIDE_MAX_BLOCKS) as u32
+}
+
+/// Launch contract of `copy_f32`: grid (grid_stride_x(len), n), block
+/// DS_ELEMENTWISE_THREADS, grid-stride over the sample.
 pub(super) fn copy<D: Device>(be: &GpuBackend<D>, src: A, dst: A) -> Result<()> {
     check_region(&dst, "copy dst")?;
     check_input(&src, dst.c, dst.h, dst.w, dst.n, "copy src")?;
@@ -39,11 +46,12 @@ pub(super) fn copy<D: Device>(be: &GpuBackend<D>, src: A, dst: A) -> Result<()> 
         src_n: int(src.n, "copy src n")?,
         _pad: 0,
     };
-    let gx = len.div_ceil(256).min(1024) as u32;
-    be.launch("copy_f32", [gx, grid_y(dst.n, "copy")?, 1], [256, 1, 1], 0, &p)
+    let block = [DS_ELEMENTWISE_THREADS as u32, 1, 1];
+    be.launch("copy_f32", [grid_stride_x(len), grid_y(dst.n, "copy")?, 1], block, 0, &p)
 }
 
-/// Launch contract of `timestep_embedding_f32`: grid (n <= MAX_T), block 128; larger
+/// Launch contract of `timestep_embedding_f32`: grid (n <= MAX_T), block
+/// DS_TEMB_THREADS; larger
 /// batches go in chunks of MAX_T samples.
 pub(super) fn timestep_embedding<D: Device>(
     be: &GpuBackend<D>,
@@ -65,13 +73,13 @@ pub(super) fn timestep_embedding<D: Device>(
             t: [0.0; MAX_T],
         };
         p.t[..ts.len()].copy_from_slice(ts);
-        be.launch("timestep_embedding_f32", [ts.len() as u32, 1, 1], [128, 1, 1], 0, &p)?;
+        be.launch("timestep_embedding_f32", [ts.len() as u32, 1, 1], [DS_TEMB_THREADS as u32, 1, 1], 0, &p)?;
     }
     Ok(())
 }
 
-/// Launch contract of `linear_f32`: grid (ceil(out_f / 8), n), block 256: one warp per
-/// output row.
+/// Launch contract of `linear_f32`: grid (ceil(out_f / warps per block), n), block
+/// DS_ELEMENTWISE_THREADS: one warp per output row.
 pub(super) fn linear<D: Device>(
     be: &GpuBackend<D>,
     x: A,
@@ -108,7 +116,58 @@ pub(super) fn linear<D: Device>(
         silu: silu_input as i32,
         _pad: 0,
     };
-    be.launch("linear_f32", [o.div_ceil(8) as u32, grid_y(out.n, "linear")?, 1], [256, 1, 1], 0, &p)
+    let rows = DS_ELEMENTWISE_THREADS / 32;
+    let grid = [o.div_ceil(rows) as u32, grid_y(out.n, "linear")?, 1];
+    be.launch("linear_f32", grid, [DS_ELEMENTWISE_THREADS as u32, 1, 1], 0, &p)
+}
+
+/// Micro-benchmarks: the DDPM-256 U-Net's small ops at batch 1. The broadcast copy of
+/// a latent and of an h-space tensor into a batch of 2 (the decoders' inputs), the
+/// timestep embedding (dim 128), and the linears of the time path: the embedding MLP
+/// (128 -> 512, 512 -> 512 on SiLU) and a res block's projection (512 -> 256 on SiLU).
+pub(super) fn micro<D: Device>(s: &mut super::micro::Sink<'_, D>) -> Result<()> {
+    use crate::backend::Backend;
+    use crate::tensor::HostTensor;
+    let div = if s.small { 8 } else { 1 };
+    for (case, c, side) in [("3x256x256 latent -> batch 2", 3usize, 256), ("512x8x8 h -> batch 2", 512, 8)] {
+        let (c, side) = (c.div_ceil(div), (side / div).max(4));
+        let src = s.random(c * side * side, 1)?;
+        let dst = s.be.alloc(2 * c * side * side)?;
+        let (a, o) = (Act::new(&src, 0, 1, c, side, side), Act::new(&dst, 0, 2, c, side, side));
+        let bytes = 4.0 * (3 * c * side * side) as f64;
+        let be = s.be;
+        s.time("copy", case, "auto", 0.0, bytes, o, &mut || be.copy(a, o))?;
+    }
+    for (case, n) in [("dim 128, 1 step", 1), ("dim 128, 64 steps", MAX_T)] {
+        let dim = 128 / div;
+        let t: Vec<f32> = (0..n).map(|i| (999 - 15 * i) as f32).collect();
+        let out = s.be.alloc(n * dim)?;
+        let o = Act::new(&out, 0, n, dim, 1, 1);
+        // One operation per output value: the transcendentals dominate, uncounted.
+        let (gflop, bytes) = (1e-9 * (n * dim) as f64, 4.0 * (n * dim) as f64);
+        let be = s.be;
+        s.time("timestep_embedding", case, "auto", gflop, bytes, o, &mut || be.timestep_embedding(&t, true, 0.0, o))?;
+    }
+    for (case, i, o, silu) in [
+        ("temb MLP 128->512", 128, 512, false),
+        ("temb MLP 512->512 +silu", 512, 512, true),
+        ("res temb 512->256 +silu", 512, 256, true),
+    ] {
+        let (i, o) = (i / div, o / div);
+        let x = s.random(i, 1)?;
+        let out = s.be.alloc(o)?;
+        let w = HostTensor {
+            shape: vec![o, i],
+            data: (0..o * i).map(|k| ((k * 7919) % 1000) as f32 * 1e-3 - 0.5).collect(),
+        };
+        let w = s.be.upload_weight(&w, WeightKind::Linear)?;
+        let b = s.be.upload_weight(&HostTensor { shape: vec![o], data: vec![0.1; o] }, WeightKind::Vector)?;
+        let (xa, oa) = (Act::new(&x, 0, 1, i, 1, 1), Act::new(&out, 0, 1, o, 1, 1));
+        let (gflop, bytes) = (2e-9 * (o * i) as f64, 4.0 * (o * i + i + 2 * o) as f64);
+        let be = s.be;
+        s.time("linear", case, "auto", gflop, bytes, oa, &mut || be.linear(xa, &w, &b, silu, oa))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -24,6 +24,62 @@ extern "C" {
         err_len: usize,
     ) -> c_int;
     fn ds_emu_param_size(name: *const c_char) -> usize;
+    fn ds_emu_param_struct(name: *const c_char) -> *const c_char;
+    fn ds_emu_kernel_name(i: usize) -> *const c_char;
+    fn ds_emu_param_field(
+        i: usize,
+        strukt: *mut *const c_char,
+        field: *mut *const c_char,
+        offset: *mut usize,
+        size: *mut usize,
+        align: *mut usize,
+    ) -> bool;
+}
+
+/// A static C string of the runtime (null: none).
+fn c_str(p: *const c_char) -> Option<String> {
+    // SAFETY: the runtime returns null or a NUL-terminated string that lives as long as
+    // the program (registry keys and string literals).
+    (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+}
+
+/// Names of every kernel of the emulated build.
+pub fn kernel_names() -> Vec<String> {
+    // SAFETY: plain calls; out of range gives null.
+    (0..).map_while(|i| c_str(unsafe { ds_emu_kernel_name(i) })).collect()
+}
+
+/// Name of the C parameter struct a kernel takes, `None` if there is no such kernel.
+pub fn kernel_param_struct(name: &str) -> Option<String> {
+    let c = CString::new(name).ok()?;
+    // SAFETY: `c` is a valid NUL-terminated string; the call only reads it.
+    c_str(unsafe { ds_emu_param_struct(c.as_ptr()) })
+}
+
+/// One field of a C parameter struct, as the C compiler laid it out.
+#[derive(Clone, Debug)]
+pub struct CField {
+    pub strukt: String,
+    pub name: String,
+    pub offset: usize,
+    pub size: usize,
+    pub align: usize,
+}
+
+/// Every field of every parameter struct (kernels/emu/kernels.cpp), in declaration
+/// order.
+pub fn param_fields() -> Vec<CField> {
+    let mut out = vec![];
+    loop {
+        let (mut s, mut f) = (std::ptr::null(), std::ptr::null());
+        let (mut offset, mut size, mut align) = (0, 0, 0);
+        // SAFETY: valid out-pointers; the strings are static in the runtime.
+        if !unsafe { ds_emu_param_field(out.len(), &mut s, &mut f, &mut offset, &mut size, &mut align) } {
+            return out;
+        }
+        let (strukt, name) = (c_str(s).unwrap_or_default(), c_str(f).unwrap_or_default());
+        out.push(CField { strukt, name, offset, size, align });
+    }
 }
 
 /// Parameter-block size of an emulated kernel, `None` if there is no such kernel.
@@ -55,6 +111,11 @@ impl Device for EmuDevice {
     }
     fn kind(&self) -> &'static str {
         "emu"
+    }
+    /// No cache to speak of; small, so that the micro-benchmarks' flush stays cheap
+    /// while its code path still runs in the tests.
+    fn l2_cache_bytes(&self) -> usize {
+        64 * 1024
     }
 
     fn alloc(&self, bytes: usize) -> Result<DevPtr> {

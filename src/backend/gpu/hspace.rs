@@ -4,12 +4,13 @@ use anyhow::Result;
 
 use super::device::Device;
 use super::int;
+use super::params::launch::DS_HSPACE_THREADS;
 use super::params::HspaceParams;
 use super::{GpuBackend, GpuBuf};
 use crate::backend::check::check_hspace_mix;
 use crate::backend::Act;
 
-/// Launch contract of `hspace_mix_f32`: grid (n), block 256, one block per sample
+/// Launch contract of `hspace_mix_f32`: grid (n), block DS_HSPACE_THREADS, one block per sample
 /// (per-sample f64 moments, then the slerp coefficients, then the elementwise mix).
 /// The kernel reads one mask `[hw]` for every sample; a mask with a batch of its own
 /// (allowed by the CPU's broadcast rule) is handled by one launch per sample.
@@ -42,7 +43,7 @@ pub(super) fn hspace_mix<'a, D: Device>(
             hw: (o.h * o.w) as i32,
             gamma,
         };
-        be.launch("hspace_mix_f32", [o.n as u32, 1, 1], [256, 1, 1], 0, &p)
+        be.launch("hspace_mix_f32", [o.n as u32, 1, 1], [DS_HSPACE_THREADS as u32, 1, 1], 0, &p)
     };
     match &mask {
         Some(m) if m.n > 1 => {
@@ -54,6 +55,31 @@ pub(super) fn hspace_mix<'a, D: Device>(
         }
         _ => launch(&h, &hc, mask.as_ref(), &out),
     }
+}
+
+/// Micro-benchmarks: the DDPM-256 U-Net's h-space (512x8x8) mixed for a batch of 2
+/// against one content h (broadcast), without and with a mask.
+pub(super) fn micro<D: Device>(s: &mut super::micro::Sink<'_, D>) -> Result<()> {
+    use crate::backend::Backend;
+    let (c, side) = (if s.small { 64 } else { 512 }, 8);
+    let len = c * side * side;
+    let h = s.random(2 * len, 1)?;
+    let hc = s.random(len, 2)?;
+    let m: Vec<f32> = (0..side * side).map(|i| (i % 3) as f32 * 0.5).collect();
+    let mask = s.be.alloc(side * side)?;
+    let ma = Act::new(&mask, 0, 1, 1, side, side);
+    s.be.upload(ma, &m)?;
+    let out = s.be.alloc(2 * len)?;
+    let (ha, hca, o) =
+        (Act::new(&h, 0, 2, c, side, side), Act::new(&hc, 0, 1, c, side, side), Act::new(&out, 0, 2, c, side, side));
+    for (case, mask) in [("512x8x8 batch 2", None), ("512x8x8 batch 2 +mask", Some(ma))] {
+        // Moments (6 flops per element) and the mix (3, or 6 with a mask).
+        let gflop = 1e-9 * (2 * len * if mask.is_some() { 12 } else { 9 }) as f64;
+        let bytes = 4.0 * (5 * len + side * side) as f64;
+        let be = s.be;
+        s.time("hspace_mix", case, "auto", gflop, bytes, o, &mut || be.hspace_mix(ha, hca, 0.6, mask, o))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

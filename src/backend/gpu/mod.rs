@@ -118,7 +118,7 @@ pub struct GpuWeight {
 /// Whether a conv weight of `shape` is stored tap-major: 3x3 weights whose input
 /// channels come in whole 32-channel K slices (both conv kernels gather per tap then).
 fn tap_major(shape: &[usize]) -> bool {
-    shape.len() == 4 && shape[2] == 3 && shape[3] == 3 && shape[1].is_multiple_of(32)
+    shape.len() == 4 && shape[2] == 3 && shape[3] == 3 && shape[1].is_multiple_of(params::launch::DS_CONV_BK)
 }
 
 impl GpuWeight {

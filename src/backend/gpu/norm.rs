@@ -7,6 +7,7 @@
 use anyhow::{ensure, Result};
 
 use super::device::Device;
+use super::params::launch::DS_NORM_MAX_THREADS;
 use super::params::GroupNormParams;
 use super::{GpuBackend, GpuBuf, GpuWeight, SCRATCH_BYTES};
 use crate::backend::{Act, Cat};
@@ -89,7 +90,7 @@ fn group_norm_with<D: Device>(
     }
     let smem = (8 * cg) as u32;
     // Large chunks get many threads, small ones few (the block reductions cost per warp).
-    let threads = |elems: usize| (elems / 8).next_multiple_of(32).clamp(64, 1024) as u32;
+    let threads = |elems: usize| (elems / 8).next_multiple_of(32).clamp(64, DS_NORM_MAX_THREADS) as u32;
     if splits == 1 {
         return be.launch("group_norm_f32", [groups as u32, out.n as u32, 1], [threads(count), 1, 1], smem, &p);
     }

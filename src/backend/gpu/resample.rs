@@ -5,15 +5,16 @@
 use anyhow::Result;
 
 use super::device::Device;
-use super::elementwise::grid_y;
+use super::elementwise::{grid_stride_x, grid_y};
 use super::int;
+use super::params::launch::DS_ELEMENTWISE_THREADS;
 use super::params::ResampleParams;
 use super::{GpuBackend, GpuBuf};
 use crate::backend::check::check_resample;
 use crate::backend::Act;
 
-/// Launch contract of `resample_f32`: grid (min(ceil(len / 256), 1024), n), block 256,
-/// grid-stride over the output sample.
+/// Launch contract of `resample_f32`: grid (grid_stride_x(len), n), block
+/// DS_ELEMENTWISE_THREADS, grid-stride over the output sample.
 pub(super) fn resample<D: Device>(
     be: &GpuBackend<D>,
     x: Act<'_, GpuBuf>,
@@ -38,8 +39,30 @@ pub(super) fn resample<D: Device>(
         wo: int(out.w, "resample width")?,
         up: up as i32,
     };
-    let gx = len.div_ceil(256).min(1024) as u32;
-    be.launch("resample_f32", [gx, grid_y(out.n, "resample")?, 1], [256, 1, 1], 0, &p)
+    let block = [DS_ELEMENTWISE_THREADS as u32, 1, 1];
+    be.launch("resample_f32", [grid_stride_x(len), grid_y(out.n, "resample")?, 1], block, 0, &p)
+}
+
+/// Micro-benchmarks: the res block's resampling at the DDPM-256 U-Net's 128-channel
+/// resolutions (2x2 average pooling 256x256 -> 128x128, nearest up-sampling 128x128 ->
+/// 256x256), batch 1.
+pub(super) fn micro<D: Device>(s: &mut super::micro::Sink<'_, D>) -> Result<()> {
+    use crate::backend::Backend;
+    let div = if s.small { 8 } else { 1 };
+    for (case, side, up) in [("avg-pool 128x256x256 -> 128x128", 256, false), ("up2 128x128x128 -> 256x256", 128, true)]
+    {
+        let (c, side) = (128 / div, side / div);
+        let so = if up { 2 * side } else { side / 2 };
+        let x = s.random(c * side * side, 1)?;
+        let out = s.be.alloc(c * so * so)?;
+        let (xa, o) = (Act::new(&x, 0, 1, c, side, side), Act::new(&out, 0, 1, c, so, so));
+        // Pooling: 3 adds and a multiply per output; up-sampling moves data only.
+        let gflop = if up { 0.0 } else { 4e-9 * (c * so * so) as f64 };
+        let bytes = 4.0 * (c * (side * side + so * so)) as f64;
+        let be = s.be;
+        s.time("resample", case, "auto", gflop, bytes, o, &mut || be.resample(xa, up, o))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

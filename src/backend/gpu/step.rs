@@ -6,12 +6,14 @@ use anyhow::Result;
 use super::device::Device;
 use super::elementwise::grid_y;
 use super::int;
+use super::params::launch::{DS_CALIBRATE_THREADS, DS_ELEMENTWISE_THREADS};
 use super::params::{CalibrateParams, StepParams};
 use super::{GpuBackend, GpuBuf};
 use crate::backend::check::{check_calibrate, check_ddim_step};
 use crate::backend::{Act, DdimStep};
 
-/// Launch contract of `ddim_step_f32`: grid (ceil(ceil(len / 2) / 256), n), block 256;
+/// Launch contract of `ddim_step_f32`: grid (ceil(ceil(len / 2) / DS_ELEMENTWISE_THREADS),
+/// n), block DS_ELEMENTWISE_THREADS;
 /// one thread per element pair (one Philox call per pair when `c_noise != 0`).
 pub(super) fn ddim_step<D: Device>(be: &GpuBackend<D>, p: &DdimStep<'_, GpuBuf>) -> Result<()> {
     let out = &p.out;
@@ -37,11 +39,12 @@ pub(super) fn ddim_step<D: Device>(be: &GpuBackend<D>, p: &DdimStep<'_, GpuBuf>)
         c_dir: p.c_dir,
         c_noise: p.c_noise,
     };
-    let gx = len.div_ceil(2).div_ceil(256) as u32;
-    be.launch("ddim_step_f32", [gx, grid_y(out.n, "ddim_step")?, 1], [256, 1, 1], 0, &params)
+    let gx = len.div_ceil(2).div_ceil(DS_ELEMENTWISE_THREADS) as u32;
+    let block = [DS_ELEMENTWISE_THREADS as u32, 1, 1];
+    be.launch("ddim_step_f32", [gx, grid_y(out.n, "ddim_step")?, 1], block, 0, &params)
 }
 
-/// Launch contract of `calibrate_f32`: grid (n), block 1024, one block per sample (two
+/// Launch contract of `calibrate_f32`: grid (n), block DS_CALIBRATE_THREADS, one block per sample (two
 /// reduction passes in f64, then the elementwise update). The kernel reads inputs of
 /// the output's batch; broadcast inputs are handled by one launch per sample.
 pub(super) fn calibrate<'a, D: Device>(
@@ -70,7 +73,7 @@ pub(super) fn calibrate<'a, D: Device>(
             a,
             omega,
         };
-        be.launch("calibrate_f32", [o.n as u32, 1, 1], [1024, 1, 1], 0, &p)
+        be.launch("calibrate_f32", [o.n as u32, 1, 1], [DS_CALIBRATE_THREADS as u32, 1, 1], 0, &p)
     };
     if x.n == out.n && eps.n == out.n && eps_mod.n == out.n {
         return launch(&x, &eps, &eps_mod, &out);
@@ -82,9 +85,46 @@ pub(super) fn calibrate<'a, D: Device>(
     Ok(())
 }
 
+/// Micro-benchmarks: the sampler's per-step updates on the DDPM-256 latent
+/// (3x256x256) for a batch of 2: the DDIM step without and with noise (one Philox call
+/// per element pair), and the calibration.
+pub(super) fn micro<D: Device>(s: &mut super::micro::Sink<'_, D>) -> Result<()> {
+    use crate::backend::Backend;
+    let side = if s.small { 32 } else { 256 };
+    let len = 2 * 3 * side * side;
+    let bufs = [s.random(len, 1)?, s.random(len, 2)?, s.random(len, 3)?];
+    let out = s.be.alloc(len)?;
+    let [x, e0, ed] = bufs.each_ref().map(|b| Act::new(b, 0, 2, 3, side, side));
+    let o = Act::new(&out, 0, 2, 3, side, side);
+    for (case, c_noise) in [("3x256x256 batch 2", 0.0), ("3x256x256 batch 2 +noise", 0.1)] {
+        let p = DdimStep {
+            x,
+            eps_x0: e0,
+            eps_dir: ed,
+            out: o,
+            a_i: 0.3,
+            a_j: 0.5,
+            c_dir: 0.6,
+            c_noise,
+            seed: 7,
+            stream: 1,
+        };
+        // x0 (3 flops), the combination (3) and the noise term (2); Philox is integer work.
+        let gflop = 1e-9 * (len * if c_noise != 0.0 { 8 } else { 6 }) as f64;
+        let be = s.be;
+        s.time("ddim_step", case, "auto", gflop, 16.0 * len as f64, o, &mut || be.ddim_step(&p))?;
+    }
+    // Two predictions and two moment passes, then the update: about 20 flops per element.
+    let be = s.be;
+    s.time("calibrate", "3x256x256 batch 2", "auto", 2e-8 * len as f64, 16.0 * len as f64, o, &mut || {
+        be.calibrate(x, e0, ed, 0.4, 0.3, o)
+    })?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
-    use bytemuck::{Pod, Zeroable};
+    use super::super::params::PhiloxTestParams;
 
     use super::super::device::Device;
     use super::super::testutil::*;
@@ -92,15 +132,6 @@ mod tests {
     use crate::backend::{Backend, DdimStep};
     use crate::dtype::Precision;
     use crate::rng::{fill_gaussian, gaussian_pair, philox4x32_10};
-
-    /// Mirror of step.cu's `PhiloxTestParams` (test hook for the generator alone).
-    #[repr(C)]
-    #[derive(Clone, Copy, Pod, Zeroable)]
-    struct PhiloxTestParams {
-        out: u64,
-        c: [u32; 4],
-        k: [u32; 2],
-    }
 
     /// Distance in units in the last place between two finite f32 (0 when equal).
     fn ulps(a: f32, b: f32) -> u32 {
