@@ -2,7 +2,7 @@
 // calibration. Elementwise f32 arithmetic in the CPU's order without FMA contraction
 // (ds_mul / ds_add of elementwise.cu), per-sample statistics in f64.
 
-// ---- Philox4x32-10 and Box-Muller, bit-compatible with src/diffusion/rng.rs ----
+// ---- Philox4x32-10 and Box-Muller, bit-compatible with src/rng.rs ----
 struct DsU4 {
     unsigned x, y, z, w;
 };

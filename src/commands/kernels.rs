@@ -14,7 +14,7 @@ use crate::dtype::Precision;
 /// `diffstyle kernels`: every kernel family's micro-benchmarks (`backend::gpu::micro`)
 /// on the GPU (U-Net shapes) or the emulator (small shapes), per precision.
 pub fn kernels(c: &Common, precisions: &[Precision], small: bool, out: Option<&Path>) -> Result<()> {
-    use crate::backend::gpu::micro::{format, run_all};
+    use crate::backend::gpu::{micro::format, micro_benchmarks};
     ensure!(!precisions.is_empty(), "--precisions is empty");
     if let Some(o) = out {
         check_parent(o)?;
@@ -26,12 +26,12 @@ pub fn kernels(c: &Common, precisions: &[Precision], small: bool, out: Option<&P
             DeviceChoice::Emu => {
                 let be = GpuBackend::new(EmuDevice::new(), precision);
                 device = be.describe();
-                run_all(&be, true)?
+                micro_benchmarks(&be, true)?
             }
             DeviceChoice::Cuda | DeviceChoice::Auto => {
                 let be = GpuBackend::new(CudaDevice::new(0).context("kernels")?, precision);
                 device = be.describe();
-                run_all(&be, small)?
+                micro_benchmarks(&be, small)?
             }
             DeviceChoice::Cpu => bail!("kernels times the GPU kernels: use --device cuda (or emu)"),
         };

@@ -106,19 +106,6 @@ impl<'a, D: Device> Sink<'a, D> {
     }
 }
 
-/// Every family's micro-benchmarks on `be`.
-pub fn run_all<D: Device>(be: &GpuBackend<D>, small: bool) -> Result<Vec<KernelTiming>> {
-    let mut sink = Sink::new(be, small)?;
-    super::conv::micro(&mut sink)?;
-    super::norm::micro(&mut sink)?;
-    super::attention::micro(&mut sink)?;
-    super::elementwise::micro(&mut sink)?;
-    super::resample::micro(&mut sink)?;
-    super::hspace::micro(&mut sink)?;
-    super::step::micro(&mut sink)?;
-    Ok(sink.out)
-}
-
 /// A table of timings as text.
 pub fn format(rows: &[KernelTiming]) -> String {
     let mut s = format!(
@@ -144,7 +131,7 @@ mod tests {
     #[test]
     fn micro_benchmarks_run_on_the_emulator() {
         for prec in [Precision::F32, Precision::Bf16] {
-            let rows = super::run_all(&emu(prec), true).unwrap();
+            let rows = super::super::micro_benchmarks(&emu(prec), true).unwrap();
             let families = [
                 "conv",
                 "group_norm",

@@ -496,3 +496,18 @@ impl<D: Device> Backend for GpuBackend<D> {
         step::calibrate(self, x, eps, eps_mod, a, omega, out)
     }
 }
+
+/// Every kernel family's micro-benchmarks on `be`: each family file holds its own
+/// `micro` next to its reference tests; `micro.rs` times them. The list lives here so
+/// that `micro.rs` names no family file.
+pub fn micro_benchmarks<D: Device>(be: &GpuBackend<D>, small: bool) -> Result<Vec<micro::KernelTiming>> {
+    let mut sink = micro::Sink::new(be, small)?;
+    conv::micro(&mut sink)?;
+    norm::micro(&mut sink)?;
+    attention::micro(&mut sink)?;
+    elementwise::micro(&mut sink)?;
+    resample::micro(&mut sink)?;
+    hspace::micro(&mut sink)?;
+    step::micro(&mut sink)?;
+    Ok(sink.out)
+}
