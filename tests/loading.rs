@@ -1294,3 +1294,22 @@ fn sharded_weights_load_like_one_file() {
     std::fs::write(twice.join("diffusion_pytorch_model.safetensors.index.json"), v.to_string()).unwrap();
     assert_err_contains(load_model(&twice, None, None), &["both map to", n0]);
 }
+
+/// Random weights are drawn in the checkpoint's module order (the graph builders'
+/// declaration order), so `random-model` files, and every benchmark made from them,
+/// stay the same from one build to the next: pinned for a DDPM and an ADM layout.
+#[test]
+fn random_weights_follow_the_module_order() {
+    let adm = preset("adm-afhq-256").unwrap().arch;
+    let adm = UNetArch {
+        sample_size: 32,
+        block_out_channels: vec![32, 64],
+        down_attention: vec![false, true],
+        up_attention: vec![true, false],
+        ..adm
+    };
+    for (arch, want) in [(tiny_arch(), "3d2b2a974c212e07"), (adm, "895d063ff3db4dbb")] {
+        let m = LoadedModel::random(&arch, Schedule::ddpm_linear(), 7);
+        assert_eq!(m.hash, want, "{}", arch.family_name());
+    }
+}
