@@ -13,8 +13,11 @@
     T* name = reinterpret_cast<T*>(ds_dyn_smem_##name)
 // The emulated build registers kernels by name; nvcc needs nothing.
 #define DS_REGISTER(name, P)
+// The emulator's checks name the call site of a wrapper (mma.cuh); nvcc needs nothing.
+#define DS_SITE_PARAM
 #else
 #include "emu/emu.h"
+#define DS_SITE_PARAM , DS_EMU_SITE
 #endif
 
 #include "params.h"

@@ -34,7 +34,7 @@ DS_DEV void mma_16816(float d[4], const uint32_t a[4], const uint32_t b[2]) {
     } mine;
     for (int i = 0; i < 4; i++) mine.a[i] = a[i];
     for (int i = 0; i < 2; i++) mine.b[i] = b[i];
-    const unsigned char* base = emu::warp_publish(&mine, sizeof(Frag));
+    const unsigned char* base = emu::warp_publish(&mine, sizeof(Frag), __FILE__, __LINE__);
     auto frag = [&](int lane) {
         Frag f;
         memcpy(&f, base + lane * emu::kWarpSlot, sizeof(Frag));
@@ -65,7 +65,7 @@ DS_DEV void mma_16816(float d[4], const uint32_t a[4], const uint32_t b[2]) {
                 for (int h = 0; h < 2; h++) B[2 * q + 8 * k2 + h][c] = half_at(fb.b[k2], h);
         }
     }
-    emu::warp_done();
+    emu::warp_done(__FILE__, __LINE__);
     for (int i = 0; i < 4; i++) {
         float acc = d[i];
         for (int k = 0; k < 16; k++) acc = std::fma(A[i / 2][k], B[k][i % 2], acc);
@@ -78,7 +78,7 @@ DS_DEV void mma_16816(float d[4], const uint32_t a[4], const uint32_t b[2]) {
 // 8x8 matrix m; register m of every lane receives row lane/4, columns 2(lane%4) and
 // 2(lane%4)+1 of matrix m (with TRANS: column lane/4, rows 2(lane%4), 2(lane%4)+1).
 template <int N, bool TRANS>
-DS_DEV void ldmatrix(uint32_t r[N], const void* row_addr) {
+DS_DEV void ldmatrix(uint32_t r[N], const void* row_addr DS_SITE_PARAM) {
     static_assert(N == 1 || N == 2 || N == 4, "ldmatrix loads 1, 2 or 4 matrices");
 #ifdef __CUDA_ARCH__
     unsigned s = (unsigned)__cvta_generic_to_shared(row_addr);
@@ -102,7 +102,10 @@ DS_DEV void ldmatrix(uint32_t r[N], const void* row_addr) {
         asm volatile("ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16 {%0}, [%1];\n" : "=r"(r[0]) : "r"(s));
 #else
     const unsigned char* mine = static_cast<const unsigned char*>(row_addr);
-    const unsigned char* base = emu::warp_publish(&mine, sizeof(mine));
+    // Each row is 16 bytes at a 16-byte aligned address.
+    if ((emu::checks() & emu::kCheckAlign) && (reinterpret_cast<uintptr_t>(mine) & 15))
+        emu::check_failed("align", ds_file, ds_line, "ldmatrix row address %p is not 16-byte aligned", (const void*)mine);
+    const unsigned char* base = emu::warp_publish(&mine, sizeof(mine), ds_file, ds_line);
     int lane = (int)emu::g_thread->lane;
     for (int m = 0; m < N; m++) {
         uint16_t e[2];
@@ -115,40 +118,36 @@ DS_DEV void ldmatrix(uint32_t r[N], const void* row_addr) {
         }
         r[m] = (uint32_t)e[0] | ((uint32_t)e[1] << 16);
     }
-    emu::warp_done();
+    emu::warp_done(__FILE__, __LINE__);
 #endif
 }
 
 // cp.async of 16 bytes global -> shared; when !valid the 16 bytes are zero-filled
 // (the source is not read). The host body copies at once.
-DS_DEV void cp_async_16(void* smem, const void* gmem, bool valid = true) {
+DS_DEV void cp_async_16(void* smem, const void* gmem, bool valid = true DS_SITE_PARAM) {
 #ifdef __CUDA_ARCH__
     unsigned s = (unsigned)__cvta_generic_to_shared(smem);
     int n = valid ? 16 : 0;
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
 #else
-    if (valid)
-        memcpy(smem, gmem, 16);
-    else
-        memset(smem, 0, 16);
+    emu::async_copy(smem, gmem, 16, valid, ds_file, ds_line);
 #endif
 }
 // 4-byte variant (cp.async.ca), for sources without 16-byte alignment.
-DS_DEV void cp_async_4(void* smem, const void* gmem, bool valid = true) {
+DS_DEV void cp_async_4(void* smem, const void* gmem, bool valid = true DS_SITE_PARAM) {
 #ifdef __CUDA_ARCH__
     unsigned s = (unsigned)__cvta_generic_to_shared(smem);
     int n = valid ? 4 : 0;
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
 #else
-    if (valid)
-        memcpy(smem, gmem, 4);
-    else
-        memset(smem, 0, 4);
+    emu::async_copy(smem, gmem, 4, valid, ds_file, ds_line);
 #endif
 }
 DS_DEV void cp_async_commit() {
 #ifdef __CUDA_ARCH__
     asm volatile("cp.async.commit_group;\n" ::);
+#else
+    emu::async_commit();
 #endif
 }
 // Waits until at most N committed groups are still in flight.
@@ -156,5 +155,7 @@ template <int N>
 DS_DEV void cp_async_wait() {
 #ifdef __CUDA_ARCH__
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#else
+    emu::async_wait(N);
 #endif
 }

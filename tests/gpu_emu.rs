@@ -6,7 +6,7 @@
 mod common;
 
 use common::{fixtures, fixtures_adm, run_case_in, run_case_on};
-use diffstyle::backend::gpu::emu::EmuDevice;
+use diffstyle::backend::gpu::emu::{EmuChecks, EmuDevice};
 use diffstyle::backend::gpu::GpuBackend;
 use diffstyle::diffusion::method::{Engine, Settings};
 use diffstyle::dtype::Precision;
@@ -116,4 +116,31 @@ fn graph_replay_equals_direct_launches() {
 fn batched_pairs_equal_single() {
     let worst = common::batched_pairs_equal_single(&emu(Precision::F32), Precision::F32);
     assert_eq!(worst, 0.0, "batched pairs differ from single pairs by up to {worst:e}");
+}
+
+/// One whole U-Net forward of each family (DDPM with attention, ADM with FiLM,
+/// resampling and the legacy QKV order), in f32 and bf16 (the tensor-core, cp.async and
+/// ldmatrix paths), runs clean under every emulator check and gives the very bits of
+/// the unchecked run.
+#[test]
+fn forward_runs_clean_under_every_check() {
+    use diffstyle::backend::Backend;
+    let fwd = |be: &GpuBackend<EmuDevice>, model: &diffstyle::model::weights::LoadedModel, p: Precision| {
+        let unet = UNet::new(be, model, p).unwrap();
+        let ws = unet.workspace(be, 1, 1).unwrap();
+        let x: Vec<f32> = (0..unet.x(&ws).len()).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+        be.upload(unet.x(&ws), &x).unwrap();
+        unet.forward(be, &ws, &[500.0]).unwrap();
+        be.download(unet.eps(&ws, 1)).unwrap()
+    };
+    let ddpm = load_model(&fixtures().join("model"), None, None).unwrap();
+    let adm_dir = fixtures_adm().join("model");
+    let adm = load_model(&adm_dir.join("model.safetensors"), Some(&adm_dir.join("model.json")), None).unwrap();
+    for model in [&ddpm, &adm] {
+        for p in [Precision::F32, Precision::Bf16] {
+            let checked = GpuBackend::new(EmuDevice::with_checks(EmuChecks { seed: 3, ..EmuChecks::all() }), p);
+            let want = fwd(&emu(p), model, p);
+            assert_eq!(fwd(&checked, model, p), want, "{} {p:?}", model.source);
+        }
+    }
 }

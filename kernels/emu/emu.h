@@ -42,20 +42,40 @@ struct BlockCtx {
 extern thread_local ThreadCtx* g_thread;
 extern thread_local BlockCtx* g_block;
 
-// Barrier over the block's live threads (threads that returned count as arrived).
-void syncthreads();
+// The checks a launch runs (DIFFSTYLE_EMU_CHECK, parsed by src/backend/gpu/emu.rs).
+enum Check : unsigned {
+    kCheckAsync = 1u << 3,  // cp.async lands at its wait_group, destination poisoned until then
+    kCheckSched = 1u << 4,  // seeded permutation of the fibers' order
+    kCheckSync = 1u << 5,   // a barrier or warp collective reached from different call sites
+    kCheckAlign = 1u << 6,  // cp.async / ldmatrix addresses aligned
+};
+// The checks of the running launch.
+unsigned checks();
+// Records a failed check for the launch (naming the kernel, block, thread and `site`)
+// and ends the block: the launch then returns the message as its error.
+[[noreturn]] void check_failed(const char* check, const char* file, int line, const char* fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+// Barrier over the block's live threads (threads that returned count as arrived);
+// `file` / `line`: the call site, for the sync check.
+void syncthreads(const char* file, int line);
 // Barrier over the live threads of the caller's warp.
-void syncwarp();
+void syncwarp(const char* file, int line);
 // Each lane of the warp contributes `bytes` (<= 128) from `mine`; afterwards `all`
 // holds the 32 contributions, lane after lane (`all` must have 32*bytes). Lanes that
 // have exited leave stale data.
-void warp_exchange(const void* mine, void* all, size_t bytes);
+void warp_exchange(const void* mine, void* all, size_t bytes, const char* file, int line);
 // The cheaper form: publishes this lane's bytes and returns the warp's exchange area
 // (lane l's bytes at l * kWarpSlot), readable until warp_done(), which every lane must
 // call before the next exchange.
 constexpr size_t kWarpSlot = 128;
-const unsigned char* warp_publish(const void* mine, size_t bytes);
-void warp_done();
+const unsigned char* warp_publish(const void* mine, size_t bytes, const char* file, int line);
+void warp_done(const char* file, int line);
+// cp.async of `bytes` from `src` (zeros when !valid) to shared `dst`: at once, or with
+// the async check, read now and landed by the wait that covers its group.
+void async_copy(void* dst, const void* src, size_t bytes, bool valid, const char* file, int line);
+void async_commit();
+void async_wait(int pending);
 [[noreturn]] void trap(const char* what);
 
 }  // namespace emu
@@ -76,71 +96,73 @@ void warp_done();
 #define __align__(n) alignas(n)
 // Per OS thread = per running block (blocks on one OS thread run one after another).
 #define __shared__ static thread_local
-#define __syncthreads() ::emu::syncthreads()
-#define __syncwarp(...) ::emu::syncwarp()
+#define __syncthreads() ::emu::syncthreads(__FILE__, __LINE__)
+#define __syncwarp(...) ::emu::syncwarp(__FILE__, __LINE__)
+// The call site of a warp primitive, as default arguments evaluated where it is called.
+#define DS_EMU_SITE const char *ds_file = __builtin_FILE(), int ds_line = __builtin_LINE()
 #define __threadfence() __atomic_thread_fence(__ATOMIC_SEQ_CST)
 #define __trap() ::emu::trap("__trap()")
 #define DS_DYN_SMEM(T, name) T* name = reinterpret_cast<T*>(::emu::g_block->dyn_smem)
 
 // ---- warp primitives (full-warp participation assumed) ----
 template <class T>
-inline T ds_emu_shfl(T v, int src_lane) {
+inline T ds_emu_shfl(T v, int src_lane, const char* ds_file, int ds_line) {
     static_assert(sizeof(T) <= 16, "shuffle of a large type");
-    const unsigned char* base = ::emu::warp_publish(&v, sizeof(T));
+    const unsigned char* base = ::emu::warp_publish(&v, sizeof(T), ds_file, ds_line);
     T r;
     std::memcpy(&r, base + (src_lane & 31) * ::emu::kWarpSlot, sizeof(T));
-    ::emu::warp_done();
+    ::emu::warp_done(ds_file, ds_line);
     return r;
 }
 template <class T>
-inline T __shfl_sync(unsigned, T v, int src, int width = 32) {
+inline T __shfl_sync(unsigned, T v, int src, int width = 32, DS_EMU_SITE) {
     int lane = (int)::emu::g_thread->lane;
     int base = lane & ~(width - 1);
-    return ds_emu_shfl(v, base + (src & (width - 1)));
+    return ds_emu_shfl(v, base + (src & (width - 1)), ds_file, ds_line);
 }
 template <class T>
-inline T __shfl_xor_sync(unsigned, T v, int lane_mask, int width = 32) {
+inline T __shfl_xor_sync(unsigned, T v, int lane_mask, int width = 32, DS_EMU_SITE) {
     int lane = (int)::emu::g_thread->lane;
     int base = lane & ~(width - 1);
     int src = lane ^ lane_mask;
     if (src < base || src >= base + width) src = lane;
-    return ds_emu_shfl(v, src);
+    return ds_emu_shfl(v, src, ds_file, ds_line);
 }
 template <class T>
-inline T __shfl_down_sync(unsigned, T v, unsigned delta, int width = 32) {
+inline T __shfl_down_sync(unsigned, T v, unsigned delta, int width = 32, DS_EMU_SITE) {
     int lane = (int)::emu::g_thread->lane;
     int base = lane & ~(width - 1);
     int src = lane + (int)delta;
     if (src >= base + width) src = lane;
-    return ds_emu_shfl(v, src);
+    return ds_emu_shfl(v, src, ds_file, ds_line);
 }
 template <class T>
-inline T __shfl_up_sync(unsigned, T v, unsigned delta, int width = 32) {
+inline T __shfl_up_sync(unsigned, T v, unsigned delta, int width = 32, DS_EMU_SITE) {
     int lane = (int)::emu::g_thread->lane;
     int base = lane & ~(width - 1);
     int src = lane - (int)delta;
     if (src < base) src = lane;
-    return ds_emu_shfl(v, src);
+    return ds_emu_shfl(v, src, ds_file, ds_line);
 }
-inline unsigned __ballot_sync(unsigned, int pred) {
+inline unsigned __ballot_sync(unsigned, int pred, DS_EMU_SITE) {
     int mine = pred != 0;
-    const unsigned char* base = ::emu::warp_publish(&mine, sizeof(int));
+    const unsigned char* base = ::emu::warp_publish(&mine, sizeof(int), ds_file, ds_line);
     unsigned r = 0;
     for (int i = 0; i < 32; i++) {
         int v;
         std::memcpy(&v, base + i * ::emu::kWarpSlot, sizeof(int));
         r |= (unsigned)(v != 0) << i;
     }
-    ::emu::warp_done();
+    ::emu::warp_done(ds_file, ds_line);
     return r;
 }
-inline int __any_sync(unsigned m, int pred) { return __ballot_sync(m, pred) != 0; }
-inline int __all_sync(unsigned, int pred) {
+inline int __any_sync(unsigned m, int pred, DS_EMU_SITE) { return __ballot_sync(m, pred, ds_file, ds_line) != 0; }
+inline int __all_sync(unsigned, int pred, DS_EMU_SITE) {
     // Only live lanes matter; a partial warp's missing lanes hold stale zeros, so
     // count against the number of lanes that contributed.
     int all[32];
     int mine = pred != 0 ? 1 : 2;
-    ::emu::warp_exchange(&mine, all, sizeof(int));
+    ::emu::warp_exchange(&mine, all, sizeof(int), ds_file, ds_line);
     for (int i = 0; i < 32; i++)
         if (all[i] == 2) return 0;
     return 1;

@@ -1,5 +1,7 @@
 // The kernels, compiled for the host against the emulation runtime.
 #include "../all.cu"
+// Test-only kernels that the emulator's checks must catch (host build only).
+#include "broken.cu"
 
 // Referenced by the runtime so that the linker keeps this object (and with it the
 // kernels' registrars) when it is pulled from the static library.
@@ -55,6 +57,9 @@ static const DsField kFields[] = {
 #undef S
 #define S PhiloxTestParams
     F(out), F(c), F(k),
+#undef S
+#define S BrokenParams
+    F(out), F(src), F(fixed), F(_pad),
 #undef S
 };
 #undef F

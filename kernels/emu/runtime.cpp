@@ -5,7 +5,9 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <array>
 #include <atomic>
+#include <cstdarg>
 #include <condition_variable>
 #include <functional>
 #include <iterator>
@@ -72,6 +74,32 @@ ds_emu_switch:
 )");
 #endif
 
+// One launch's checks and its first failure (blocks run on several OS threads).
+struct LaunchState {
+    const char* kernel = "";
+    unsigned checks = 0;
+    unsigned long long seed = 0;
+    std::atomic<bool> failed{false};
+    std::mutex mu;
+    std::string error;
+};
+
+// A cp.async issued under the async check: its bytes (read at issue) land at the wait
+// that covers its group.
+struct Pending {
+    unsigned char* dst;
+    std::array<unsigned char, 16> data;
+    size_t bytes;
+    unsigned group;
+};
+
+// Where a barrier was reached first in its current generation, for the sync check.
+struct Site {
+    const char* file = nullptr;
+    int line = 0;
+    unsigned thread = 0;
+};
+
 struct Fiber {
 #if defined(__x86_64__)
     void* sp = nullptr;
@@ -84,6 +112,7 @@ struct Fiber {
 
 struct WarpSync {
     unsigned live = 0, count = 0, gen = 0;
+    Site site;
     alignas(16) unsigned char xchg[32 * kXchg];
 };
 
@@ -101,12 +130,16 @@ struct Worker {
     unsigned long long progress = 0;  // barrier arrivals and exits
     unsigned long long idle = 0;      // consecutive wake-ups that found their barrier closed
     unsigned nt = 0;                  // block size
+    LaunchState* launch = nullptr;
+    Site site;                                  // of the open block barrier
+    std::vector<std::vector<Pending>> pending;  // per thread (async check)
+    std::vector<unsigned> committed;            // per thread: cp.async groups committed
 #if defined(__x86_64__)
     void* sched_sp = nullptr;
 #else
     ucontext_t sched;
 #endif
-    Worker() : fibers(kMaxThreads), threads(kMaxThreads) {
+    Worker() : fibers(kMaxThreads), threads(kMaxThreads), pending(kMaxThreads), committed(kMaxThreads) {
         size_t total = kMaxThreads * (kPage + kStack);
         void* p = mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
         if (p == MAP_FAILED) trap("cannot map fiber stacks");
@@ -146,12 +179,23 @@ void switch_fiber(unsigned from, unsigned to) {
 }
 
 [[noreturn]] void deadlock() {
-    Worker& w = *t_worker;
-    std::fprintf(stderr,
-                 "emu: deadlock in block (%u,%u,%u): threads wait at barriers that can never complete "
-                 "(divergent __syncthreads or warp primitives)\n",
-                 w.block.bid.x, w.block.bid.y, w.block.bid.z);
-    std::abort();
+    check_failed("sync", "", 0,
+                 "deadlock: threads wait at barriers that can never complete (divergent __syncthreads "
+                 "or warp primitives)");
+}
+
+// Lands every copy of thread `t` in a group older than the `keep` most recent.
+void land(Worker& w, unsigned t, unsigned keep) {
+    auto& p = w.pending[t];
+    unsigned done = w.committed[t] > keep ? w.committed[t] - keep : 0;
+    size_t k = 0;
+    for (auto& c : p) {
+        if (c.group < done)
+            std::memcpy(c.dst, c.data.data(), c.bytes);
+        else
+            p[k++] = c;
+    }
+    p.resize(k);
 }
 
 // Called by a fiber whose barrier is still closed: lets the next live fiber run.
@@ -186,8 +230,11 @@ void release_warp_barrier_if_complete(WarpSync& s) {
 extern "C" void ds_emu_fiber_entry() {
     Worker& w = *t_worker;
     w.kernel->fn(w.params);
-    // The thread has returned: it no longer takes part in barriers.
+    // The thread has returned: it no longer takes part in barriers. Its copies still
+    // in flight land (the hardware finishes them too).
     unsigned me = w.cur;
+    w.committed[me] += 1;
+    land(w, me, 0);
     w.fibers[me].done = true;
     w.live--;
     release_block_barrier_if_complete(w);
@@ -234,8 +281,19 @@ void init_fiber(Worker& w, unsigned i) {
 #endif
 }
 
-void run_block(Worker& w, const Kernel& k, const void* params, dim3 bid, dim3 bdim, dim3 gdim, size_t smem) {
+uint64_t splitmix(uint64_t z) {
+    z += 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+void run_block(Worker& w, const Kernel& k, const void* params, dim3 bid, dim3 bdim, dim3 gdim, size_t smem,
+               LaunchState& launch) {
+    if (launch.failed.load()) return;  // a block already failed a check: the launch fails
     unsigned nt = bdim.x * bdim.y * bdim.z;
+    w.launch = &launch;
+    w.site = Site{};
     w.kernel = &k;
     w.params = params;
     w.block.bid = bid;
@@ -253,6 +311,7 @@ void run_block(Worker& w, const Kernel& k, const void* params, dim3 bid, dim3 bd
         w.warps[i].live = (i + 1) * 32 <= nt ? 32 : nt - i * 32;
         w.warps[i].count = 0;
         w.warps[i].gen = 0;
+        w.warps[i].site = Site{};
     }
     for (unsigned i = 0; i < nt; i++) {
         ThreadCtx& t = w.threads[i];
@@ -263,24 +322,39 @@ void run_block(Worker& w, const Kernel& k, const void* params, dim3 bid, dim3 bd
         t.lane = i % 32;
         t.warp = i / 32;
         init_fiber(w, i);
+        w.pending[i].clear();
+        w.committed[i] = 0;
+    }
+    // The order the fibers run in: 0, 1, 2, ... or, with the sched check, a permutation
+    // seeded by the launch's seed and the block (a missing barrier then shows).
+    std::vector<unsigned> order(nt);
+    for (unsigned i = 0; i < nt; i++) order[i] = i;
+    if (launch.checks & kCheckSched) {
+        uint64_t s = splitmix(launch.seed ^ splitmix(((uint64_t)bid.z << 42) ^ ((uint64_t)bid.y << 21) ^ bid.x));
+        for (unsigned i = nt - 1; i > 0; i--) {
+            s = splitmix(s);
+            std::swap(order[i], order[s % (i + 1)]);
+        }
     }
     for (unsigned i = 0; i < nt; i++) {
-        w.fibers[i].next = (i + 1) % nt;
-        w.fibers[i].prev = (i + nt - 1) % nt;
+        w.fibers[order[i]].next = order[(i + 1) % nt];
+        w.fibers[order[i]].prev = order[(i + nt - 1) % nt];
     }
     w.nt = nt;
     w.idle = 0;
     g_block = &w.block;
-    // Control comes back here when the last fiber returns.
-    w.cur = 0;
-    g_thread = &w.threads[0];
+    // Control comes back here when the last fiber returns (or a check ends the block).
+    unsigned first = order[0];
+    w.cur = first;
+    g_thread = &w.threads[first];
 #if defined(__x86_64__)
-    ds_emu_switch(&w.sched_sp, w.fibers[0].sp);
+    ds_emu_switch(&w.sched_sp, w.fibers[first].sp);
 #else
-    swapcontext(&w.sched, &w.fibers[0].ctx);
+    swapcontext(&w.sched, &w.fibers[first].ctx);
 #endif
     g_thread = nullptr;
     g_block = nullptr;
+    w.launch = nullptr;
 }
 
 // ---------------------------------------------------------------- worker pool
@@ -359,8 +433,54 @@ Registrar::Registrar(const char* name, Invoker f, size_t param_size, const char*
     registry()[name] = Kernel{f, param_size, params};
 }
 
-void syncthreads() {
+// The sync check: every thread of one barrier generation arrives from one call site.
+void check_site(Site& open, unsigned count, const char* what, const char* file, int line) {
     Worker& w = *t_worker;
+    if (!(w.launch && (w.launch->checks & kCheckSync))) return;
+    if (count == 0) {
+        open = Site{file, line, g_thread->linear};
+    } else if (open.line != line || std::strcmp(open.file, file) != 0) {
+        check_failed("sync", file, line, "%s reached here while thread %u waits at %s:%d (a divergent barrier)", what,
+                     open.thread, open.file, open.line);
+    }
+}
+
+unsigned checks() {
+    Worker* w = t_worker;
+    return w && w->launch ? w->launch->checks : 0;
+}
+
+void check_failed(const char* check, const char* file, int line, const char* fmt, ...) {
+    Worker& w = *t_worker;
+    char what[512];
+    va_list ap;
+    va_start(ap, fmt);
+    std::vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    const ThreadCtx& t = *g_thread;
+    char msg[1024];
+    std::snprintf(msg, sizeof msg, "emu check `%s`: kernel %s, block (%u,%u,%u), thread (%u,%u,%u): %s%s%s%s", check,
+                  w.launch ? w.launch->kernel : "?", w.block.bid.x, w.block.bid.y, w.block.bid.z, t.tid.x, t.tid.y,
+                  t.tid.z, what, *file ? " at " : "", file, *file ? (":" + std::to_string(line)).c_str() : "");
+    if (!w.launch) trap(msg);
+    {
+        std::lock_guard<std::mutex> g(w.launch->mu);
+        if (!w.launch->failed.load()) w.launch->error = msg;
+        w.launch->failed.store(true);
+    }
+    // End the block: back to the scheduler; its fibers are never resumed.
+    unsigned me = w.cur;
+#if defined(__x86_64__)
+    ds_emu_switch(&w.fibers[me].sp, w.sched_sp);
+#else
+    swapcontext(&w.fibers[me].ctx, &w.sched);
+#endif
+    trap("a failed block was resumed");
+}
+
+void syncthreads(const char* file, int line) {
+    Worker& w = *t_worker;
+    check_site(w.site, w.count, "__syncthreads", file, line);
     unsigned g = w.gen;
     note_progress();
     if (++w.count == w.live) {
@@ -371,9 +491,10 @@ void syncthreads() {
     while (w.gen == g) wait_turn();
 }
 
-void syncwarp() {
+void syncwarp(const char* file, int line) {
     Worker& w = *t_worker;
     WarpSync& s = w.warps[g_thread->warp];
+    check_site(s.site, s.count, "a warp collective", file, line);
     unsigned g = s.gen;
     note_progress();
     if (++s.count == s.live) {
@@ -384,25 +505,58 @@ void syncwarp() {
     while (s.gen == g) wait_turn();
 }
 
-const unsigned char* warp_publish(const void* mine, size_t bytes) {
+const unsigned char* warp_publish(const void* mine, size_t bytes, const char* file, int line) {
     if (bytes > kXchg) trap("warp_publish: more than 128 bytes per lane");
     WarpSync& s = t_worker->warps[g_thread->warp];
     std::memcpy(s.xchg + g_thread->lane * kXchg, mine, bytes);
-    syncwarp();
+    syncwarp(file, line);
     return s.xchg;
 }
 
-void warp_done() { syncwarp(); }
+void warp_done(const char* file, int line) { syncwarp(file, line); }
 
-void warp_exchange(const void* mine, void* all, size_t bytes) {
+void async_copy(void* dst, const void* src, size_t bytes, bool valid, const char* file, int line) {
+    unsigned c = checks();
+    auto d = reinterpret_cast<uintptr_t>(dst), s = reinterpret_cast<uintptr_t>(src);
+    if ((c & kCheckAlign) && ((d % bytes) != 0 || (valid && (s % bytes) != 0)))
+        check_failed("align", file, line, "cp.async of %zu bytes from %p to %p: both must be %zu-byte aligned", bytes,
+                     src, dst, bytes);
+    if (!(c & kCheckAsync)) {
+        if (valid)
+            std::memcpy(dst, src, bytes);
+        else
+            std::memset(dst, 0, bytes);
+        return;
+    }
+    // Read now, land at the wait: until then the destination holds NaN bit patterns.
+    Worker& w = *t_worker;
+    unsigned t = g_thread->linear;
+    Pending p{static_cast<unsigned char*>(dst), {}, bytes, w.committed[t]};
+    if (valid)
+        std::memcpy(p.data.data(), src, bytes);
+    else
+        p.data.fill(0);
+    std::memset(dst, 0xff, bytes);
+    w.pending[t].push_back(p);
+}
+
+void async_commit() {
+    if (checks() & kCheckAsync) t_worker->committed[g_thread->linear]++;
+}
+
+void async_wait(int pending) {
+    if (checks() & kCheckAsync) land(*t_worker, g_thread->linear, (unsigned)pending);
+}
+
+void warp_exchange(const void* mine, void* all, size_t bytes, const char* file, int line) {
     if (bytes > kXchg) trap("warp_exchange: more than 128 bytes per lane");
     Worker& w = *t_worker;
     WarpSync& s = w.warps[g_thread->warp];
     std::memcpy(s.xchg + g_thread->lane * kXchg, mine, bytes);
-    syncwarp();
+    syncwarp(file, line);
     for (unsigned l = 0; l < 32; l++)
         std::memcpy(static_cast<unsigned char*>(all) + l * bytes, s.xchg + l * kXchg, bytes);
-    syncwarp();  // nobody overwrites the exchange before every lane has read it
+    syncwarp(file, line);  // nobody overwrites the exchange before every lane has read it
 }
 
 void trap(const char* what) {
@@ -418,9 +572,11 @@ extern "C" {
 int ds_emu_kernels_anchor();
 
 // Launches `name` over grid x block with `smem` bytes of dynamic shared memory and
-// one parameter struct; returns 0, or non-zero with a message in err.
+// one parameter struct, under the checks `checks` (emu::Check bits; `seed` for sched);
+// returns 0, or non-zero with a message in err (a bad launch or a failed check).
 int ds_emu_launch(const char* name, const unsigned grid[3], const unsigned block[3], unsigned smem,
-                  const void* params, size_t params_size, char* err, size_t err_len) {
+                  const void* params, size_t params_size, unsigned checks, unsigned long long seed, char* err,
+                  size_t err_len) {
     auto fail = [&](const std::string& m) {
         std::snprintf(err, err_len, "%s", m.c_str());
         return 1;
@@ -445,10 +601,15 @@ int ds_emu_launch(const char* name, const unsigned grid[3], const unsigned block
     dim3 g{grid[0], grid[1], grid[2]};
     dim3 b{block[0], block[1], block[2]};
     unsigned long long nblocks = (unsigned long long)g.x * g.y * g.z;
+    emu::LaunchState state;
+    state.kernel = it->first.c_str();
+    state.checks = checks;
+    state.seed = seed;
     emu::Pool::get().run(nblocks, [&](unsigned long long i) {
         dim3 bid{(unsigned)(i % g.x), (unsigned)((i / g.x) % g.y), (unsigned)(i / ((unsigned long long)g.x * g.y))};
-        emu::run_block(emu::worker(), k, pbuf.data(), bid, b, g, smem);
+        emu::run_block(emu::worker(), k, pbuf.data(), bid, b, g, smem, state);
     });
+    if (state.failed.load()) return fail(state.error);
     return 0;
 }
 

@@ -24,7 +24,7 @@ pub fn kernels(c: &Common, precisions: &[Precision], small: bool, out: Option<&P
     for &precision in precisions {
         let rs = match c.device {
             DeviceChoice::Emu => {
-                let be = GpuBackend::new(EmuDevice::new(), precision);
+                let be = GpuBackend::new(EmuDevice::from_env()?, precision);
                 device = be.describe();
                 micro_benchmarks(&be, true)?
             }

@@ -74,7 +74,7 @@ pub(crate) enum Picked {
 pub(crate) fn pick(c: &Common) -> Result<Picked> {
     Ok(match c.device {
         DeviceChoice::Cpu => Picked::Cpu(CpuBackend::new(c.threads)),
-        DeviceChoice::Emu => Picked::Emu(GpuBackend::new(EmuDevice::new(), c.precision)),
+        DeviceChoice::Emu => Picked::Emu(GpuBackend::new(EmuDevice::from_env()?, c.precision)),
         DeviceChoice::Cuda => Picked::Cuda(GpuBackend::new(CudaDevice::new(0).context("--device cuda")?, c.precision)),
         DeviceChoice::Auto => match CudaDevice::new(0) {
             Ok(d) => Picked::Cuda(GpuBackend::new(d, c.precision)),

@@ -20,6 +20,8 @@ extern "C" {
         smem: c_uint,
         params: *const c_void,
         params_size: usize,
+        checks: c_uint,
+        seed: u64,
         err: *mut c_char,
         err_len: usize,
     ) -> c_int;
@@ -90,8 +92,70 @@ pub fn kernel_param_size(name: &str) -> Option<usize> {
     (n != 0).then_some(n)
 }
 
+/// The emulator's checks (compute-sanitizer style), chosen with
+/// `DIFFSTYLE_EMU_CHECK=async,sched,sync,align` (or `all`) and `DIFFSTYLE_EMU_SEED`:
+/// - `async`: `cp.async` reads its source at issue and lands at the `wait_group` that
+///   covers its group, the destination holding NaN bit patterns until then (a missing or
+///   too-large wait shows);
+/// - `sched`: the fibers of each block run in a seeded permutation of their order (a
+///   missing barrier shows as a changed result);
+/// - `sync`: a barrier or warp collective reached from different call sites by threads
+///   of one block / warp fails the launch (as does a barrier that can never complete);
+/// - `align`: `cp.async` and `ldmatrix` addresses checked for their alignment.
+///
+/// A failed check fails the launch with the kernel, block, thread and call site.
+/// `race`, `init` and `mem` (shadow state of every shared / global access) are not
+/// implemented yet and are refused by name.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EmuChecks {
+    pub bits: u32,
+    pub seed: u64,
+}
+
+impl EmuChecks {
+    /// Every check and its bit (kernels/emu/emu.h, `emu::Check`).
+    pub const KNOWN: [(&'static str, u32); 4] =
+        [("async", 1 << 3), ("sched", 1 << 4), ("sync", 1 << 5), ("align", 1 << 6)];
+    /// Named in the design, not implemented yet.
+    const PLANNED: [&'static str; 3] = ["race", "init", "mem"];
+
+    /// Every implemented check, seed 0.
+    pub fn all() -> Self {
+        Self { bits: Self::KNOWN.iter().map(|k| k.1).fold(0, |a, b| a | b), seed: 0 }
+    }
+
+    /// Parses a `DIFFSTYLE_EMU_CHECK` value (comma-separated names, or `all`; empty:
+    /// none) and an optional `DIFFSTYLE_EMU_SEED`.
+    pub fn parse(spec: &str, seed: Option<&str>) -> Result<Self> {
+        let mut bits = 0;
+        for name in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            if name == "all" {
+                bits |= Self::all().bits;
+            } else if let Some((_, b)) = Self::KNOWN.iter().find(|k| k.0 == name) {
+                bits |= b;
+            } else if Self::PLANNED.contains(&name) {
+                bail!("DIFFSTYLE_EMU_CHECK: the `{name}` check is not implemented yet (implemented: async, sched, sync, align, all)");
+            } else {
+                bail!("DIFFSTYLE_EMU_CHECK: unknown check `{name}` (known: async, sched, sync, align, all)");
+            }
+        }
+        let seed = match seed.map(str::trim) {
+            None | Some("") => 0,
+            Some(s) => s.parse().map_err(|_| anyhow!("DIFFSTYLE_EMU_SEED: `{s}` is not a whole number"))?,
+        };
+        Ok(Self { bits, seed })
+    }
+
+    /// The checks the environment asks for.
+    pub fn from_env() -> Result<Self> {
+        let spec = std::env::var("DIFFSTYLE_EMU_CHECK").unwrap_or_default();
+        Self::parse(&spec, std::env::var("DIFFSTYLE_EMU_SEED").ok().as_deref())
+    }
+}
+
 #[derive(Default)]
 pub struct EmuDevice {
+    checks: EmuChecks,
     /// Live allocations (address -> layout), to free them and to reject bad frees.
     allocs: Mutex<HashMap<DevPtr, Layout>>,
     /// Graphs: their launch lists, replayed in order.
@@ -100,8 +164,19 @@ pub struct EmuDevice {
 }
 
 impl EmuDevice {
+    /// The emulator without checks.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The emulator running `checks` on every launch.
+    pub fn with_checks(checks: EmuChecks) -> Self {
+        Self { checks, ..Self::default() }
+    }
+
+    /// The emulator with the checks of `DIFFSTYLE_EMU_CHECK` / `DIFFSTYLE_EMU_SEED`.
+    pub fn from_env() -> Result<Self> {
+        Ok(Self::with_checks(EmuChecks::from_env()?))
     }
 }
 
@@ -158,7 +233,7 @@ impl Device for EmuDevice {
 
     fn launch(&self, kernel: &str, grid: [u32; 3], block: [u32; 3], smem: u32, params: &[u8]) -> Result<()> {
         let name = CString::new(kernel).map_err(|_| anyhow!("bad kernel name {kernel:?}"))?;
-        let mut err = [0 as c_char; 512];
+        let mut err = [0 as c_char; 1024];
         // SAFETY: pointers are valid for the sizes passed; the runtime copies the
         // parameter block and writes at most err.len() bytes of message.
         let rc = unsafe {
@@ -169,6 +244,8 @@ impl Device for EmuDevice {
                 smem,
                 params.as_ptr() as *const c_void,
                 params.len(),
+                self.checks.bits,
+                self.checks.seed,
                 err.as_mut_ptr(),
                 err.len(),
             )
@@ -212,5 +289,82 @@ impl Device for EmuDevice {
 
     fn graph_destroy(&self, g: GraphId) {
         self.graphs.lock().unwrap_or_else(|e| e.into_inner()).remove(&g);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::gpu::params::BrokenParams;
+
+    #[test]
+    fn check_names_parse_and_unknown_ones_are_refused() {
+        assert_eq!(EmuChecks::parse("", None).unwrap(), EmuChecks::default());
+        assert_eq!(EmuChecks::parse("all", Some("7")).unwrap(), EmuChecks { seed: 7, ..EmuChecks::all() });
+        assert_eq!(EmuChecks::parse(" sync , align", None).unwrap().bits, (1 << 5) | (1 << 6));
+        assert!(EmuChecks::parse("race", None).unwrap_err().to_string().contains("not implemented"));
+        assert!(EmuChecks::parse("speed", None).unwrap_err().to_string().contains("unknown check `speed`"));
+        assert!(EmuChecks::parse("all", Some("x")).unwrap_err().to_string().contains("DIFFSTYLE_EMU_SEED"));
+    }
+
+    /// Runs broken kernel `name` (or its fixed version) on 2 blocks of 64 threads;
+    /// returns the outputs or the launch's error.
+    fn run(dev: &EmuDevice, name: &str, fixed: bool) -> Result<Vec<f32>> {
+        let threads = 64usize;
+        let src: Vec<f32> = (0..threads * 4 + 8).map(|i| 1.0 + i as f32).collect();
+        let (s, o) = (dev.alloc(src.len() * 4)?, dev.alloc(2 * threads * 4)?);
+        dev.htod(s, bytemuck::cast_slice(&src))?;
+        dev.fill_u32(o, u32::MAX, 2 * threads)?;
+        let p = BrokenParams { out: o, src: s, fixed: fixed as i32, _pad: 0 };
+        let r = dev.launch(name, [2, 1, 1], [threads as u32, 1, 1], (src.len() * 4) as u32, bytemuck::bytes_of(&p));
+        let mut out = vec![0f32; 2 * threads];
+        dev.dtoh(o, bytemuck::cast_slice_mut(&mut out))?;
+        dev.free(s);
+        dev.free(o);
+        r.map(|_| out)
+    }
+
+    fn with(names: &str, seed: u64) -> EmuDevice {
+        EmuDevice::with_checks(EmuChecks { seed, ..EmuChecks::parse(names, None).unwrap() })
+    }
+
+    /// Each check catches its broken kernel, which the plain emulator lets through, and
+    /// passes the fixed version under every check.
+    #[test]
+    fn checks_catch_broken_kernels() {
+        let plain = EmuDevice::new();
+        let all = with("all", 1);
+        let finite = |v: &[f32]| v.iter().all(|x| x.is_finite());
+        for name in [
+            "broken_missing_wait",
+            "broken_missing_barrier",
+            "broken_divergent_barrier",
+            "broken_divergent_shuffle",
+            "broken_misaligned_cp_async",
+            "broken_misaligned_ldmatrix",
+        ] {
+            let ok = run(&plain, name, true).unwrap();
+            assert!(finite(&ok), "{name}: the fixed kernel");
+            assert_eq!(run(&all, name, true).unwrap(), ok, "{name}: the fixed kernel under every check");
+            // The plain emulator does not see the bug.
+            assert_eq!(run(&plain, name, false).unwrap(), ok, "{name}: passes unchecked");
+        }
+        // async: the block reads shared memory its copies have not landed in.
+        let out = run(&with("async", 0), "broken_missing_wait", false).unwrap();
+        assert!(out.iter().any(|x| x.is_nan()), "a missing cp.async wait shows");
+        // sched: some seed runs a reader before its writer.
+        let caught = (0..8)
+            .any(|seed| run(&with("sched", seed), "broken_missing_barrier", false).unwrap().iter().any(|x| x.is_nan()));
+        assert!(caught, "a missing barrier shows under sched");
+        for (name, check, needle) in [
+            ("broken_divergent_barrier", "sync", "__syncthreads reached here while thread"),
+            ("broken_divergent_shuffle", "sync", "a warp collective reached here while thread"),
+            ("broken_misaligned_cp_async", "align", "cp.async of 16 bytes"),
+            ("broken_misaligned_ldmatrix", "align", "ldmatrix row address"),
+        ] {
+            let e = format!("{:#}", run(&with(check, 0), name, false).unwrap_err());
+            assert!(e.contains(&format!("emu check `{check}`: kernel {name}, block (")), "{e}");
+            assert!(e.contains(needle) && e.contains("broken.cu:"), "{e}");
+        }
     }
 }

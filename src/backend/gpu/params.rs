@@ -197,6 +197,19 @@ pub struct CopyParams {
 
 #[cfg(test)]
 mirror! {
+    /// kernels/emu/broken.cu's `BrokenParams` (the kernels the emulator's checks must
+    /// catch).
+    #[derive(Clone, Copy, Pod, Zeroable)]
+    pub struct BrokenParams {
+        pub out: u64,
+        pub src: u64,
+        pub fixed: i32,
+        pub _pad: i32,
+    }
+}
+
+#[cfg(test)]
+mirror! {
     /// step.cu's `PhiloxTestParams` (the test hook for the generator alone).
     #[derive(Clone, Copy, Pod, Zeroable)]
     pub struct PhiloxTestParams {
@@ -285,6 +298,14 @@ mod tests {
             check::<CalibrateParams>(&["calibrate_f32"]),
             check::<CopyParams>(&["copy_f32"]),
             check::<PhiloxTestParams>(&["philox_test"]),
+            check::<BrokenParams>(&[
+                "broken_missing_wait",
+                "broken_missing_barrier",
+                "broken_divergent_barrier",
+                "broken_divergent_shuffle",
+                "broken_misaligned_cp_async",
+                "broken_misaligned_ldmatrix",
+            ]),
         ]
         .concat();
         for k in kernel_names() {

@@ -11,7 +11,7 @@ use crate::tensor::HostTensor;
 
 use super::cuda::CudaDevice;
 use super::device::Device;
-use super::emu::EmuDevice;
+use super::emu::{EmuChecks, EmuDevice};
 use super::GpuBackend;
 
 /// Offset of every test region inside its buffer (exercises `off`).
@@ -19,8 +19,16 @@ pub const OFF: usize = 5;
 /// NaN floats after every test region.
 const GUARD: usize = 7;
 
+/// The emulated backend for the per-op tests: every implemented emulator check on
+/// (`DIFFSTYLE_EMU_CHECK` / `DIFFSTYLE_EMU_SEED` choose others), so each kernel is
+/// checked at every shape its tests run.
 pub fn emu(precision: Precision) -> GpuBackend<EmuDevice> {
-    GpuBackend::new(EmuDevice::new(), precision)
+    let checks = if std::env::var_os("DIFFSTYLE_EMU_CHECK").is_some() {
+        EmuChecks::from_env().expect("DIFFSTYLE_EMU_CHECK")
+    } else {
+        EmuChecks { seed: EmuChecks::from_env().map(|c| c.seed).unwrap_or(0), ..EmuChecks::all() }
+    };
+    GpuBackend::new(EmuDevice::with_checks(checks), precision)
 }
 
 /// The backend on GPU 0, or `None` (printing why) when this machine has no usable GPU
