@@ -144,3 +144,83 @@ fn forward_runs_clean_under_every_check() {
         }
     }
 }
+
+/// A device whose kernels "fault" from the `at`-th launch on: the fault shows only at
+/// the next synchronisation, as on a GPU.
+struct Faulting {
+    inner: EmuDevice,
+    launches: std::sync::atomic::AtomicUsize,
+    at: usize,
+}
+
+impl diffstyle::backend::gpu::device::Device for Faulting {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+    fn l2_cache_bytes(&self) -> usize {
+        self.inner.l2_cache_bytes()
+    }
+    fn alloc(&self, bytes: usize) -> anyhow::Result<u64> {
+        self.inner.alloc(bytes)
+    }
+    fn free(&self, ptr: u64) {
+        self.inner.free(ptr)
+    }
+    fn htod(&self, dst: u64, src: &[u8]) -> anyhow::Result<()> {
+        self.inner.htod(dst, src)
+    }
+    fn dtoh(&self, src: u64, dst: &mut [u8]) -> anyhow::Result<()> {
+        self.inner.dtoh(src, dst)
+    }
+    fn fill_u32(&self, dst: u64, value: u32, count: usize) -> anyhow::Result<()> {
+        self.inner.fill_u32(dst, value, count)
+    }
+    fn launch(&self, kernel: &str, grid: [u32; 3], block: [u32; 3], smem: u32, params: &[u8]) -> anyhow::Result<()> {
+        self.launches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.launch(kernel, grid, block, smem, params)
+    }
+    fn sync(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.launches.load(std::sync::atomic::Ordering::SeqCst) < self.at, "an illegal memory access");
+        Ok(())
+    }
+    fn graph_create(&self, launches: &[diffstyle::backend::gpu::device::Launch]) -> anyhow::Result<u64> {
+        self.inner.graph_create(launches)
+    }
+    fn graph_set_params(&self, g: u64, index: usize, params: &[u8]) -> anyhow::Result<()> {
+        self.inner.graph_set_params(g, index, params)
+    }
+    fn graph_launch(&self, g: u64) -> anyhow::Result<()> {
+        self.inner.graph_launch(g)
+    }
+    fn graph_destroy(&self, g: u64) {
+        self.inner.graph_destroy(g)
+    }
+}
+
+/// `DIFFSTYLE_CUDA_SYNC=1` (`GpuBackend::synchronous`): no graphs, the same bits, and a
+/// fault is reported by the launch of the kernel that caused it, by name.
+#[test]
+fn synchronous_mode_names_the_faulting_kernel() {
+    use diffstyle::backend::Backend;
+    let model = load_model(&fixtures().join("model"), None, None).unwrap();
+    let run = |be: &GpuBackend<Faulting>| -> anyhow::Result<Vec<f32>> {
+        let unet = UNet::new(be, &model, Precision::F32)?;
+        let ws = unet.workspace(be, 1, 1)?;
+        let x = vec![0.25f32; unet.x(&ws).len()];
+        be.upload(unet.x(&ws), &x)?;
+        be.begin_step()?;
+        unet.forward(be, &ws, &[500.0])?;
+        be.end_step()?;
+        be.download(unet.eps(&ws, 1))
+    };
+    let dev = |at| Faulting { inner: EmuDevice::new(), launches: Default::default(), at };
+    let plain = GpuBackend::new(dev(usize::MAX), Precision::F32);
+    let sync = GpuBackend::new(dev(usize::MAX), Precision::F32).synchronous();
+    assert_eq!(run(&sync).unwrap(), run(&plain).unwrap());
+    assert_eq!(sync.graph_stats().created, 0, "no graphs in synchronous mode");
+    let e = format!("{:#}", run(&GpuBackend::new(dev(5), Precision::F32).synchronous()).unwrap_err());
+    assert!(e.contains("kernel ") && e.contains("failed") && e.contains("an illegal memory access"), "{e}");
+}

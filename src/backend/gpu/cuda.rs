@@ -32,6 +32,37 @@ fn err_name(r: CUresult) -> String {
     }
 }
 
+/// Why the kernels did not load: only an image the GPU cannot run means "not for this
+/// GPU"; anything else (a context broken by an earlier fault, out of memory) is named
+/// as it is.
+fn module_load_error(r: CUresult, name: &str, cc: (i32, i32)) -> anyhow::Error {
+    use CUresult as R;
+    let e = err_name(r);
+    match r {
+        R::CUDA_ERROR_NO_BINARY_FOR_GPU
+        | R::CUDA_ERROR_INVALID_IMAGE
+        | R::CUDA_ERROR_INVALID_PTX
+        | R::CUDA_ERROR_UNSUPPORTED_PTX_VERSION
+        | R::CUDA_ERROR_JIT_COMPILER_NOT_FOUND => {
+            anyhow!(
+                "CUDA error in loading the kernels: {e} (the embedded kernels do not run on {name}, sm_{}{})",
+                cc.0,
+                cc.1
+            )
+        }
+        R::CUDA_ERROR_ILLEGAL_ADDRESS
+        | R::CUDA_ERROR_LAUNCH_FAILED
+        | R::CUDA_ERROR_ILLEGAL_INSTRUCTION
+        | R::CUDA_ERROR_MISALIGNED_ADDRESS
+        | R::CUDA_ERROR_HARDWARE_STACK_ERROR
+        | R::CUDA_ERROR_ASSERT => anyhow!(
+            "CUDA error in loading the kernels: {e}: the GPU context is broken by an earlier kernel fault in this \
+             process; rerun with DIFFSTYLE_CUDA_SYNC=1 to name the kernel that faulted"
+        ),
+        _ => anyhow!("CUDA error in loading the kernels on {name}: {e}"),
+    }
+}
+
 fn check(r: CUresult, what: &str) -> Result<()> {
     if r == CUresult::CUDA_SUCCESS {
         Ok(())
@@ -48,6 +79,9 @@ struct Graph {
 }
 
 struct Raw {
+    /// The device whose primary context `ctx` is: released by `Drop` whatever state
+    /// the context is in (after a fault every call in it fails).
+    dev: sys::CUdevice,
     ctx: sys::CUcontext,
     module: sys::CUmodule,
     funcs: HashMap<String, (sys::CUfunction, u32)>,
@@ -173,9 +207,12 @@ impl CudaDevice {
             let mut image = vec![0u64; FATBIN.len().div_ceil(8)];
             bytemuck::cast_slice_mut::<u64, u8>(&mut image)[..FATBIN.len()].copy_from_slice(FATBIN);
             let mut module: sys::CUmodule = std::ptr::null_mut();
-            check(sys::cuModuleLoadData(&mut module, image.as_ptr() as *const c_void), "loading the kernels")
-                .map_err(|e| anyhow!("{e} (the embedded kernels do not run on {name}, sm_{}{})", cc.0, cc.1))?;
-            let raw = Raw { ctx, module, funcs: HashMap::new(), graphs: HashMap::new(), next_graph: 0 };
+            let r = sys::cuModuleLoadData(&mut module, image.as_ptr() as *const c_void);
+            if r != CUresult::CUDA_SUCCESS {
+                sys::cuDevicePrimaryCtxRelease_v2(dev);
+                return Err(module_load_error(r, &name, cc));
+            }
+            let raw = Raw { dev, ctx, module, funcs: HashMap::new(), graphs: HashMap::new(), next_graph: 0 };
             Ok(Self { raw: Mutex::new(raw), name, cc, l2_bytes })
         }
     }
@@ -210,10 +247,9 @@ impl Drop for CudaDevice {
                 sys::cuGraphDestroy(g.graph);
             }
             sys::cuModuleUnload(raw.module);
-            let mut dev: sys::CUdevice = 0;
-            if sys::cuCtxGetDevice(&mut dev) == CUresult::CUDA_SUCCESS {
-                sys::cuDevicePrimaryCtxRelease_v2(dev);
-            }
+            // Unconditionally: a context left retained after a fault would poison the
+            // next device opened in this process (the primary context is shared).
+            sys::cuDevicePrimaryCtxRelease_v2(raw.dev);
         }
     }
 }

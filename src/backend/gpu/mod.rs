@@ -156,6 +156,9 @@ pub struct GpuBackend<D: Device> {
     stats: Arc<Stats>,
     graphs: Mutex<Graphs>,
     use_graphs: bool,
+    /// Synchronise after every launch and name the kernel that failed
+    /// (`DIFFSTYLE_CUDA_SYNC=1`): how to find a faulting kernel on a GPU.
+    sync_each: bool,
     /// Scratch for ops that pass partial results between two launches (split group
     /// norm): allocated once, at the first use, and shared by every op (launches are
     /// ordered, so one op's use ends before the next one's begins).
@@ -167,20 +170,37 @@ pub struct GpuBackend<D: Device> {
 pub(crate) const SCRATCH_BYTES: usize = 2 * 1024 * 1024;
 
 impl<D: Device> GpuBackend<D> {
+    /// The backend on `dev`; with `DIFFSTYLE_CUDA_SYNC=1` in the environment it runs
+    /// as [`Self::synchronous`].
     pub fn new(dev: D, precision: Precision) -> Self {
-        Self {
+        let be = Self {
             dev: Arc::new(dev),
             precision,
             stats: Arc::default(),
             graphs: Mutex::default(),
             use_graphs: true,
+            sync_each: false,
             scratch: Mutex::default(),
+        };
+        if std::env::var_os("DIFFSTYLE_CUDA_SYNC").is_some_and(|v| v != "0" && !v.is_empty()) {
+            be.synchronous()
+        } else {
+            be
         }
     }
 
     /// Runs every op as a direct launch, never as a graph (for comparisons).
     pub fn without_graphs(mut self) -> Self {
         self.use_graphs = false;
+        self
+    }
+
+    /// No graphs, and a synchronisation after every launch, so that a kernel that
+    /// faults is named by the error (a graph or an asynchronous launch reports the
+    /// fault at some later call).
+    pub fn synchronous(mut self) -> Self {
+        self.use_graphs = false;
+        self.sync_each = true;
         self
     }
 
@@ -332,7 +352,13 @@ impl<D: Device> GpuBackend<D> {
             rec.push(Launch { kernel: kernel.to_string(), grid, block, smem, params: params.to_vec() });
             return Ok(());
         }
-        self.dev.launch(kernel, grid, block, smem, params)
+        self.dev.launch(kernel, grid, block, smem, params)?;
+        if self.sync_each {
+            self.dev
+                .sync()
+                .with_context(|| format!("kernel {kernel} (grid {grid:?}, block {block:?}, {smem} B shared) failed"))?;
+        }
+        Ok(())
     }
 }
 
