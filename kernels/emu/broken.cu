@@ -83,3 +83,14 @@ extern "C" __global__ void broken_misaligned_ldmatrix(const BrokenParams p) {
     p.out[blockIdx.x * blockDim.x + t] = (float)(r[0] & 0xffff);
 }
 DS_REGISTER(broken_misaligned_ldmatrix, BrokenParams)
+
+// Any mode: thread 1 waits for its warp while the warp waits for it at the block
+// barrier; the launch fails as a deadlock (it used to abort the process).
+extern "C" __global__ void broken_deadlock(const BrokenParams p) {
+    int t = (int)threadIdx.x;
+    if (p.fixed || t != 1) __syncthreads();
+    __syncwarp();
+    if (!p.fixed && t == 1) __syncthreads();
+    p.out[blockIdx.x * blockDim.x + t] = p.src[t];
+}
+DS_REGISTER(broken_deadlock, BrokenParams)

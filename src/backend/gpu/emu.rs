@@ -349,6 +349,10 @@ mod tests {
             // The plain emulator does not see the bug.
             assert_eq!(run(&plain, name, false).unwrap(), ok, "{name}: passes unchecked");
         }
+        // A barrier that can never complete fails the launch, checks or not.
+        assert!(run(&plain, "broken_deadlock", true).is_ok());
+        let e = format!("{:#}", run(&plain, "broken_deadlock", false).unwrap_err());
+        assert!(e.contains("kernel broken_deadlock") && e.contains("deadlock"), "{e}");
         // async: the block reads shared memory its copies have not landed in.
         let out = run(&with("async", 0), "broken_missing_wait", false).unwrap();
         assert!(out.iter().any(|x| x.is_nan()), "a missing cp.async wait shows");

@@ -305,6 +305,7 @@ mod tests {
                 "broken_divergent_shuffle",
                 "broken_misaligned_cp_async",
                 "broken_misaligned_ldmatrix",
+                "broken_deadlock",
             ]),
         ]
         .concat();
