@@ -9,7 +9,6 @@ struct BrokenParams {
     float* out;       // [blocks][threads]
     const float* src;  // [threads * 4 + 8], 16-byte aligned
     int fixed;
-    int _pad;
 };
 
 // async: copies land at their wait; without it the block reads poisoned shared memory.

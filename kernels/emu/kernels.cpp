@@ -59,7 +59,7 @@ static const DsField kFields[] = {
     F(out), F(c), F(k),
 #undef S
 #define S BrokenParams
-    F(out), F(src), F(fixed), F(_pad),
+    F(out), F(src), F(fixed),
 #undef S
 };
 #undef F
