@@ -121,11 +121,8 @@ fn nvcc_candidates() -> Vec<PathBuf> {
     if let Some(p) = env::var_os("NVCC") {
         return vec![PathBuf::from(p)];
     }
-    let mut c: Vec<PathBuf> = ["CUDA_HOME", "CUDA_PATH"]
-        .iter()
-        .filter_map(|v| env::var_os(v))
-        .map(|d| Path::new(&d).join("bin/nvcc"))
-        .collect();
+    let mut c: Vec<PathBuf> =
+        ["CUDA_HOME", "CUDA_PATH"].iter().filter_map(env::var_os).map(|d| Path::new(&d).join("bin/nvcc")).collect();
     if let Some(path) = env::var_os("PATH") {
         c.extend(env::split_paths(&path).map(|d| d.join("nvcc")));
     }

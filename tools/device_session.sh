@@ -15,7 +15,9 @@
 # One overall deadline: each step runs under `timeout` with what is left of it (and its
 # own cap); a step that no longer fits is recorded as skipped. After EVERY step
 # $OUT/summary.json is rewritten (per step: status, rc, seconds, key figures, the tail
-# of its output) and the archive of everything else is refreshed.
+# of its output) and the archive of everything else is refreshed. A real-GPU test that
+# finds no usable GPU passes with "skipped: no usable GPU": counts.tests_without_gpu says
+# how many did (0 on a working GPU).
 #
 # Here:  tools/prepare_gpu_check.sh   (binaries for sm_90a only, wheels)
 # There: device run, carry ["target/gpu-check.tar.xz", "target/wheels"],
@@ -86,7 +88,7 @@ json_str() {
 }
 
 STEPS=()   # one JSON object per step, in order
-N_OK=0 N_FAILED=0 N_TIMEOUT=0 N_SKIPPED=0
+N_OK=0 N_FAILED=0 N_TIMEOUT=0 N_SKIPPED=0 N_NO_GPU=0
 STATE=running   # then done, "out of time" (a step was skipped for lack of time) or killed
 CUT=0
 GPU_LINE=""
@@ -101,8 +103,8 @@ write_summary() {
         printf '  "gpu": %s,\n' "$(json_str "$GPU_LINE")"
         printf '  "started_utc": "%s",\n  "deadline_s": %d,\n  "elapsed_s": %d,\n' \
             "$(date -u -d "@$T0" +%FT%TZ 2>/dev/null || echo "$T0")" "$DEADLINE_S" $(($(date +%s) - T0))
-        printf '  "counts": {"ok": %d, "failed": %d, "timeout": %d, "skipped": %d},\n' \
-            "$N_OK" "$N_FAILED" "$N_TIMEOUT" "$N_SKIPPED"
+        printf '  "counts": {"ok": %d, "failed": %d, "timeout": %d, "skipped": %d, "tests_without_gpu": %d},\n' \
+            "$N_OK" "$N_FAILED" "$N_TIMEOUT" "$N_SKIPPED" "$N_NO_GPU"
         printf '  "steps": ['
         for i in "${STEPS[@]}"; do printf '%s\n    %s' "$sep" "$i"; sep=","; done
         printf '\n  ]\n}\n'
@@ -147,6 +149,8 @@ step() {
     key=$(grep -E -- "$key_re" "$f" 2>/dev/null | head -12 | cut -c1-200)
     tail=$(tail -n 6 "$f" 2>/dev/null | cut -c1-200)
     [ "$status" = ok ] || tail -n 15 "$f" | sed 's/^/   | /'
+    # A real-GPU test passes when it finds no usable GPU: count those apart.
+    grep -q 'skipped: no usable GPU' "$f" 2>/dev/null && N_NO_GPU=$((N_NO_GPU + 1))
     record "$name" "$status" "$rc" "$s" "$t" "$key" "$tail"
     return 0
 }
