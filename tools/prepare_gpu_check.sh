@@ -13,11 +13,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export DS_CUDA_ARCHS=${DS_CUDA_ARCHS:-sm_90a}
 bash tools/install_nvcc.sh
-cargo build --release
+# The fatbin this build embeds: build.rs's OUT_DIR, as cargo reports it.
+out_dir=$(cargo build --release --message-format=json | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "build-script-executed" and "#diffstyle@" in m["package_id"]:
+        print(m["out_dir"])
+' | tail -1)
+fatbin="$out_dir/kernels.fatbin"
 # An empty fatbin means a binary without kernels: useless on the GPU.
-fatbin=$(ls -t target/release/build/diffstyle-*/out/kernels.fatbin | head -1)
-if [ ! -s "$fatbin" ]; then
-  echo "prepare_gpu_check: $fatbin is empty: the release build has no GPU kernels (nvcc not found?)" >&2
+if [ -z "$out_dir" ] || [ ! -s "$fatbin" ]; then
+  echo "prepare_gpu_check: '$fatbin' is missing or empty: the release build has no GPU kernels (nvcc not found?)" >&2
   exit 1
 fi
 echo "kernels for $DS_CUDA_ARCHS: $fatbin ($(stat -c %s "$fatbin") bytes)"
