@@ -257,7 +257,9 @@ fi
 
 # ---- 2. real-GPU tests, one process each ----------------------------------------------
 TEST_KEY='test result|skipped|panicked|FAILED|rel_l2|error'
-for name in $("$T/diffstyle" --list cuda_ 2>/dev/null | sed -n 's/: test$//p'); do
+LIB_TESTS=$("$T/diffstyle" --list cuda_ 2>/dev/null | sed -n 's/: test$//p')
+[ -n "$LIB_TESTS" ] || { say "no cuda_ tests listed by $T/diffstyle --list cuda_"; record "list lib cuda_" failed 1 0 null "" ""; }
+for name in $LIB_TESTS; do
     step "lib:$name" "$TEST_CAP_S" 5 "$TEST_KEY" -- "$T/diffstyle" --exact "$name" --test-threads 1 --nocapture
 done
 GPU_TESTS=$("$T/gpu_cuda" --list 2>/dev/null | sed -n 's/: test$//p')
@@ -294,7 +296,7 @@ if [ "$DRY" = 1 ]; then
     skip torch:wheels "dry run: no PyTorch GPU"
 else
     step torch:wheels 90 20 'nstall|[Ee]rror' -- bash tools/fetch_wheels.sh --install
-    python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null && TORCH_READY=1
+    timeout 90 python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null && TORCH_READY=1
 fi
 torch_step torch:eager-b1 150 30 --impls eager_f32,eager_f16 --batches 1 --pairs none --throughput none \
     --ours "$W/ours" --out "$W/torch_forward.json"
@@ -316,11 +318,12 @@ torch_step torch:pair-in-domain 150 60 --impls eager_f16 --batches 1 --pairs in-
 step kernels 90 30 'TFLOP|GB/s|[Ee]rror' -- "$D" --device "$DEV" kernels --precisions bf16 --out "$W/kernels.json"
 if [ "$DRY" = 1 ]; then
     skip sanitizer "dry run: no GPU"
-elif ! command -v compute-sanitizer >/dev/null; then
+elif ! SAN=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1) ||
+    [ -z "$SAN" ]; then
     skip sanitizer "compute-sanitizer is not on this machine"
 else
     for tool in memcheck racecheck; do
-        step "sanitizer:$tool" 120 40 'ERROR SUMMARY|[Ee]rror|hazard' -- compute-sanitizer --tool "$tool" \
+        step "sanitizer:$tool" 120 40 'ERROR SUMMARY|[Ee]rror|hazard' -- "$SAN" --tool "$tool" \
             --error-exitcode 3 "$D" --device cuda kernels --small --precisions bf16
     done
 fi
