@@ -1,20 +1,31 @@
 //! Builds the kernels twice from the same sources:
 //! 1. for the host, as C++17 against the emulation runtime in `kernels/emu/` (always;
 //!    this is what `--device emu` and the emulated tests run);
-//! 2. with nvcc into one fatbin (SASS for sm_80/86/89/90a, PTX for compute_80) that the
-//!    binary embeds, when nvcc can be found. Without nvcc the build still succeeds with
-//!    one warning, and `--device cuda` explains how to get it.
+//! 2. with nvcc into one fatbin (SASS for sm_80/86/89/90a, PTX for compute_80; or the
+//!    list in `DS_CUDA_ARCHS`, e.g. `sm_90a` alone for the H200 binaries carried to a
+//!    lent GPU) that the binary embeds, when nvcc can be found. Without nvcc the build
+//!    still succeeds with one warning, and `--device cuda` explains how to get it.
+//!
+//! Reruns: when the kernels change, when any of the environment variables it reads
+//! changes, and when the toolchain changes or appears: the nvcc it used is watched, and
+//! while none is found every path it probed is watched, the pinned
+//! `.toolchain/cuda/.../nvcc` included. Cargo treats a watched path that does not exist
+//! as changed, so a build without nvcc reruns this script (and rebuilds the crate) on
+//! every build until nvcc is installed (tools/install_nvcc.sh) or `DS_SKIP_NVCC` is set.
 
 use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const ARCHS: &[(&str, &str)] =
-    &[("compute_80", "sm_80"), ("compute_86", "sm_86"), ("compute_89", "sm_89"), ("compute_90a", "sm_90a")];
+/// The fatbin's targets unless `DS_CUDA_ARCHS` says otherwise: `sm_XY` is SASS for that
+/// GPU, `compute_XY` is PTX (JIT-compiled by the driver for newer GPUs).
+const DEFAULT_ARCHS: &str = "sm_80,sm_86,sm_89,sm_90a,compute_80";
+/// Where tools/install_nvcc.sh puts the pinned nvcc, relative to the manifest.
+const PINNED_NVCC: &str = ".toolchain/cuda/nvidia/cu13/bin/nvcc";
 
 fn main() {
     println!("cargo:rerun-if-changed=kernels");
-    for v in ["NVCC", "CUDA_HOME", "CUDA_PATH", "DS_SKIP_NVCC"] {
+    for v in ["NVCC", "CUDA_HOME", "CUDA_PATH", "DS_SKIP_NVCC", "DS_CUDA_ARCHS"] {
         println!("cargo:rerun-if-env-changed={v}");
     }
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
@@ -42,22 +53,28 @@ fn main() {
     emu.compile("ds_emu");
 
     let fatbin = out.join("kernels.fatbin");
-    let status = match find_nvcc() {
-        _ if env::var_os("DS_SKIP_NVCC").is_some() => {
+    let skip = env::var_os("DS_SKIP_NVCC").is_some();
+    let nvcc = if skip { None } else { find_nvcc() };
+    if !skip {
+        watch_toolchain(nvcc.as_deref());
+    }
+    let status = match nvcc {
+        _ if skip => {
             std::fs::write(&fatbin, []).expect("write empty fatbin");
             "skipped: DS_SKIP_NVCC was set when this binary was built".to_string()
         }
         None => {
             println!(
                 "cargo:warning=nvcc not found (NVCC, CUDA_HOME, CUDA_PATH, PATH, .toolchain/cuda): building \
-                 without GPU kernels; run tools/install_nvcc.sh to get the pinned toolchain"
+                 without GPU kernels; run tools/install_nvcc.sh to get the pinned toolchain (until then \
+                 every build reruns build.rs to look for it; DS_SKIP_NVCC=1 stops that)"
             );
             std::fs::write(&fatbin, []).expect("write empty fatbin");
             "nvcc was not found when this binary was built".to_string()
         }
         Some(nvcc) => {
             compile_fatbin(&nvcc, &fatbin);
-            format!("compiled by {}", nvcc.display())
+            format!("compiled by {} for {}", nvcc.display(), arch_list())
         }
     };
     println!("cargo:rustc-env=DS_KERNELS_STATUS={status}");
@@ -97,30 +114,84 @@ fn host_has_fma() -> bool {
     }
 }
 
-fn find_nvcc() -> Option<PathBuf> {
-    let exe = |p: PathBuf| p.is_file().then_some(p);
+/// Every path `find_nvcc` probes, in its order: `NVCC` (alone when set), then
+/// `$CUDA_HOME/bin/nvcc`, `$CUDA_PATH/bin/nvcc`, each `PATH` entry's nvcc and the pinned
+/// toolchain's.
+fn nvcc_candidates() -> Vec<PathBuf> {
     if let Some(p) = env::var_os("NVCC") {
-        return exe(PathBuf::from(p));
+        return vec![PathBuf::from(p)];
     }
-    for var in ["CUDA_HOME", "CUDA_PATH"] {
-        if let Some(p) = env::var_os(var).and_then(|d| exe(Path::new(&d).join("bin/nvcc"))) {
-            return Some(p);
-        }
-    }
-    if let Some(p) = env::var_os("PATH").and_then(|path| env::split_paths(&path).find_map(|d| exe(d.join("nvcc")))) {
-        return Some(p);
+    let mut c: Vec<PathBuf> =
+        ["CUDA_HOME", "CUDA_PATH"].iter().filter_map(env::var_os).map(|d| Path::new(&d).join("bin/nvcc")).collect();
+    if let Some(path) = env::var_os("PATH") {
+        c.extend(env::split_paths(&path).map(|d| d.join("nvcc")));
     }
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    exe(manifest.join(".toolchain/cuda/nvidia/cu13/bin/nvcc"))
+    c.push(manifest.join(PINNED_NVCC));
+    c
+}
+
+fn find_nvcc() -> Option<PathBuf> {
+    nvcc_candidates().into_iter().find(|p| p.is_file())
+}
+
+/// Makes cargo rerun this script when the toolchain changes or appears. With an nvcc:
+/// that file (through symlinks: replacing or removing it, or the `.toolchain` link it
+/// sits behind, reruns). Without one: every probed path and `PATH` itself, so that
+/// installing the pinned nvcc (or linking `.toolchain` in) after a first build gives a
+/// real fatbin on the next build instead of the empty one.
+fn watch_toolchain(nvcc: Option<&Path>) {
+    match nvcc {
+        Some(p) => println!("cargo:rerun-if-changed={}", p.display()),
+        None => {
+            println!("cargo:rerun-if-env-changed=PATH");
+            for p in nvcc_candidates() {
+                println!("cargo:rerun-if-changed={}", p.display());
+            }
+        }
+    }
+}
+
+/// `DS_CUDA_ARCHS` (comma-separated `sm_XY` / `compute_XY`, default `DEFAULT_ARCHS`) as
+/// nvcc `-gencode` values.
+fn gencodes() -> Vec<String> {
+    let list = arch_list();
+    let codes: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(|a| match (a.strip_prefix("sm_"), a.strip_prefix("compute_")) {
+            (Some(n), _) if is_arch_number(n) => format!("arch=compute_{n},code=sm_{n}"),
+            (_, Some(n)) if is_arch_number(n) => format!("arch=compute_{n},code=compute_{n}"),
+            _ => {
+                panic!("DS_CUDA_ARCHS={list}: `{a}` is not sm_<NN>[a|f] or compute_<NN>[a|f] (e.g. sm_90a,compute_80)")
+            }
+        })
+        .collect();
+    assert!(!codes.is_empty(), "DS_CUDA_ARCHS={list} names no architecture");
+    codes
+}
+
+fn arch_list() -> String {
+    let list = env::var("DS_CUDA_ARCHS").unwrap_or_default();
+    if list.trim().is_empty() {
+        DEFAULT_ARCHS.to_string()
+    } else {
+        list
+    }
+}
+
+fn is_arch_number(n: &str) -> bool {
+    let digits = n.trim_end_matches(['a', 'f']);
+    digits.len() >= 2 && digits.len() + 1 >= n.len() && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
 fn compile_fatbin(nvcc: &Path, fatbin: &Path) {
     let mut cmd = Command::new(nvcc);
     cmd.args(["--fatbin", "-O3", "-std=c++17", "--threads", "0", "-lineinfo", "-Ikernels"]);
-    for (virt, real) in ARCHS {
-        cmd.arg("-gencode").arg(format!("arch={virt},code={real}"));
+    for g in gencodes() {
+        cmd.arg("-gencode").arg(g);
     }
-    cmd.args(["-gencode", "arch=compute_80,code=compute_80"]);
     cmd.arg("-o").arg(fatbin).arg("kernels/all.cu");
     let res = cmd.output().unwrap_or_else(|e| panic!("cannot run {}: {e}", nvcc.display()));
     if !res.status.success() {

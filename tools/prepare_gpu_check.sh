@@ -1,14 +1,33 @@
 #!/usr/bin/env bash
-# Builds, here (cargo is not on the GPU machine), what tools/gpu_check.sh runs there:
+# Builds, here (cargo is not on the GPU machine), what tools/device_session.sh and
+# tools/gpu_check.sh run there:
 # the release binary and the real-GPU test binaries, stripped, under target/gpu-check/,
 # and the same packed as target/gpu-check.tar.xz: what travels to a device call is
 # limited to 64 MiB with the tracked files (~30 MB), so carry the archive (the device
 # scripts unpack it) and target/wheels (the Python packages the baselines need there;
 # tools/fetch_wheels.sh):  carry ["target/gpu-check.tar.xz", "target/wheels"].
+# The kernels are compiled for the lent GPU only (an H200: DS_CUDA_ARCHS=sm_90a, read
+# by build.rs), which keeps the binaries small; set DS_CUDA_ARCHS to build for another.
+# (A later plain `cargo build --release` reruns build.rs for the default list.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export DS_CUDA_ARCHS=${DS_CUDA_ARCHS:-sm_90a}
 bash tools/install_nvcc.sh
-cargo build --release
+# The fatbin this build embeds: build.rs's OUT_DIR, as cargo reports it.
+out_dir=$(cargo build --release --message-format=json | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "build-script-executed" and "#diffstyle@" in m["package_id"]:
+        print(m["out_dir"])
+' | tail -1)
+fatbin="$out_dir/kernels.fatbin"
+# An empty fatbin means a binary without kernels: useless on the GPU.
+if [ -z "$out_dir" ] || [ ! -s "$fatbin" ]; then
+  echo "prepare_gpu_check: '$fatbin' is missing or empty: the release build has no GPU kernels (nvcc not found?)" >&2
+  exit 1
+fi
+echo "kernels for $DS_CUDA_ARCHS: $fatbin ($(stat -c %s "$fatbin") bytes)"
 out=target/gpu-check
 rm -rf "$out" && mkdir -p "$out/tests"
 cp target/release/diffstyle "$out/diffstyle"
