@@ -1,6 +1,6 @@
 // Deliberately broken kernels, compiled into the emulated build only: each has one bug
 // that real hardware punishes at random and the plain emulator lets through, and the
-// check that must catch it (src/backend/gpu/emu.rs, `checks_catch_broken_kernels`).
+// check that must catch it (src/backend/gpu/emu_checks.rs).
 // With `fixed` set each runs its correct version, which must pass every check.
 #pragma once
 #include "../mma.cuh"

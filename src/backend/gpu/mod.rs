@@ -11,6 +11,8 @@
 pub mod cuda;
 pub mod device;
 pub mod emu;
+#[cfg(test)]
+mod emu_checks;
 pub mod params;
 
 mod attention;
