@@ -124,6 +124,13 @@ impl EmuChecks {
         Self { bits: Self::KNOWN.iter().map(|k| k.1).fold(0, |a, b| a | b), seed: 0 }
     }
 
+    /// The implemented checks' names, for messages.
+    fn listed() -> String {
+        let mut names: Vec<&str> = Self::KNOWN.iter().map(|k| k.0).collect();
+        names.push("all");
+        names.join(", ")
+    }
+
     /// Parses a `DIFFSTYLE_EMU_CHECK` value (comma-separated names, or `all`; empty:
     /// none) and an optional `DIFFSTYLE_EMU_SEED`.
     pub fn parse(spec: &str, seed: Option<&str>) -> Result<Self> {
@@ -134,9 +141,12 @@ impl EmuChecks {
             } else if let Some((_, b)) = Self::KNOWN.iter().find(|k| k.0 == name) {
                 bits |= b;
             } else if Self::PLANNED.contains(&name) {
-                bail!("DIFFSTYLE_EMU_CHECK: the `{name}` check is not implemented yet (implemented: async, sched, sync, align, all)");
+                bail!(
+                    "DIFFSTYLE_EMU_CHECK: the `{name}` check is not implemented yet (implemented: {})",
+                    Self::listed()
+                );
             } else {
-                bail!("DIFFSTYLE_EMU_CHECK: unknown check `{name}` (known: async, sched, sync, align, all)");
+                bail!("DIFFSTYLE_EMU_CHECK: unknown check `{name}` (known: {})", Self::listed());
             }
         }
         let seed = match seed.map(str::trim) {
