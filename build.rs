@@ -1,6 +1,7 @@
 //! Builds the kernels twice from the same sources:
 //! 1. for the host, as C++17 against the emulation runtime in `kernels/emu/` (always;
-//!    this is what `--device emu` and the emulated tests run);
+//!    this is what `--device emu` and the emulated tests run), plus an instrumented
+//!    copy of the same for the emulator's race / init / mem checks;
 //! 2. with nvcc into one fatbin (SASS for sm_80/86/89/90a, PTX for compute_80; or the
 //!    list in `DS_CUDA_ARCHS`, e.g. `sm_90a` alone for the H200 binaries carried to a
 //!    lent GPU) that the binary embeds, when nvcc can be found. Without nvcc the build
@@ -31,26 +32,22 @@ fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     write_launch_constants(&out.join("launch.rs"));
 
-    // The emulated kernels are always optimised: at -O0 the fibers are far too slow.
-    let mut emu = cc::Build::new();
-    emu.cpp(true)
-        .std("c++17")
-        .opt_level(2)
-        .include("kernels")
+    // The copy of the kernels for the race / init / mem checks: every load and store
+    // calls a hook (GCC's -fsanitize=thread instrumentation, whose hooks
+    // kernels/emu/memcheck.cpp defines in place of the TSAN runtime); line tables name
+    // the access sites. Its objects join the plain build's library.
+    let checked = emu_build()
+        .file("kernels/emu/kernels_checked.cpp")
+        .flag("-fsanitize=thread")
+        .flag("--param=tsan-instrument-func-entry-exit=0")
+        .flag("-g1")
+        .compile_intermediates();
+    emu_build()
         .file("kernels/emu/runtime.cpp")
+        .file("kernels/emu/memcheck.cpp")
         .file("kernels/emu/kernels.cpp")
-        .warnings(false)
-        .flag_if_supported("-Wno-unknown-pragmas")
-        // No contraction of a*b+c: the emulated kernels keep the f32 rounding of each
-        // operation as written (the CPU oracle's order).
-        .flag_if_supported("-ffp-contract=off");
-    // The kernels call fmaf() as the GPU's FMA; without the instruction it is a slow
-    // library routine. Enabled when the build machine has it (the emulator runs where
-    // it was built: tests, --device emu).
-    if host_has_fma() {
-        emu.flag("-mfma");
-    }
-    emu.compile("ds_emu");
+        .objects(checked)
+        .compile("ds_emu");
 
     let fatbin = out.join("kernels.fatbin");
     let skip = env::var_os("DS_SKIP_NVCC").is_some();
@@ -78,6 +75,28 @@ fn main() {
         }
     };
     println!("cargo:rustc-env=DS_KERNELS_STATUS={status}");
+}
+
+/// The host build of the kernels and their emulation runtime. Always optimised: at -O0
+/// the fibers are far too slow.
+fn emu_build() -> cc::Build {
+    let mut emu = cc::Build::new();
+    emu.cpp(true)
+        .std("c++17")
+        .opt_level(2)
+        .include("kernels")
+        .warnings(false)
+        .flag_if_supported("-Wno-unknown-pragmas")
+        // No contraction of a*b+c: the emulated kernels keep the f32 rounding of each
+        // operation as written (the CPU oracle's order).
+        .flag_if_supported("-ffp-contract=off");
+    // The kernels call fmaf() as the GPU's FMA; without the instruction it is a slow
+    // library routine. Enabled when the build machine has it (the emulator runs where
+    // it was built: tests, --device emu).
+    if host_has_fma() {
+        emu.flag("-mfma");
+    }
+    emu
 }
 
 /// The launch contract's constants (`#define DS_<NAME> <integer>` in kernels/params.h)

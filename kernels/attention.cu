@@ -434,7 +434,7 @@ DS_DEV void attention_tc(const AttentionParams& p) {
 // Entry points: the general kernels (head dim <= 512) and, for head dim <= 128, variants
 // with a quarter of the output registers, so that several blocks fit on an SM.
 #define DS_ATTN_KERNEL(name, min_blocks, ...)                                                      \
-    extern "C" __global__ void __launch_bounds__(attn::NT, min_blocks) name(const AttentionParams p) { \
+    DS_KERNEL void __launch_bounds__(attn::NT, min_blocks) name(const AttentionParams p) { \
         __VA_ARGS__(p);                                                                            \
     }                                                                                              \
     DS_REGISTER(name, AttentionParams)

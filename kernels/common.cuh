@@ -15,9 +15,14 @@
 #define DS_REGISTER(name, P)
 // The emulator's checks name the call site of a wrapper (mma.cuh); nvcc needs nothing.
 #define DS_SITE_PARAM
+// Kernels keep their names in the fatbin (the launchers look them up by name).
+#define DS_KERNEL extern "C" __global__
 #else
 #include "emu/emu.h"
 #define DS_SITE_PARAM , DS_EMU_SITE
+// On the host a kernel is reached through its DS_REGISTER entry; internal linkage lets
+// the plain and the instrumented copy of one kernel live in one binary.
+#define DS_KERNEL static
 #endif
 
 #include "params.h"

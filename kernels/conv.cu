@@ -327,7 +327,7 @@ DS_DEV void conv2d_impl(const ConvParams& p) {
 }
 
 #define DS_CONV2D(NAME, T)                                                                       \
-    extern "C" __global__ void __launch_bounds__(DS_CONV_THREADS, 2) NAME(const ConvParams p) {        \
+    DS_KERNEL void __launch_bounds__(DS_CONV_THREADS, 2) NAME(const ConvParams p) {        \
         conv2d_impl<T>(p);                                                                       \
     }                                                                                            \
     DS_REGISTER(NAME, ConvParams)

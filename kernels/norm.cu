@@ -211,7 +211,7 @@ DS_DEV void chunk(long long total, int s, int splits, long long& u0, long long& 
 
 }  // namespace gn
 
-extern "C" __global__ void __launch_bounds__(DS_NORM_MAX_THREADS) group_norm_f32(const GroupNormParams p) {
+DS_KERNEL void __launch_bounds__(DS_NORM_MAX_THREADS) group_norm_f32(const GroupNormParams p) {
     __shared__ double red[32];
     DS_DYN_SMEM(float, tab);  // [cg][2]: per-channel scale, shift
     const gn::Group q = gn::group_of(p, blockIdx.x, blockIdx.y);
@@ -228,7 +228,7 @@ extern "C" __global__ void __launch_bounds__(DS_NORM_MAX_THREADS) group_norm_f32
 }
 DS_REGISTER(group_norm_f32, GroupNormParams)
 
-extern "C" __global__ void __launch_bounds__(DS_NORM_MAX_THREADS) group_norm_stats_f32(const GroupNormParams p) {
+DS_KERNEL void __launch_bounds__(DS_NORM_MAX_THREADS) group_norm_stats_f32(const GroupNormParams p) {
     __shared__ double red[32];
     const int g = blockIdx.x / p.splits, s = blockIdx.x % p.splits, b = blockIdx.y;
     const gn::Group q = gn::group_of(p, g, b);
@@ -256,7 +256,7 @@ extern "C" __global__ void __launch_bounds__(DS_NORM_MAX_THREADS) group_norm_sta
 }
 DS_REGISTER(group_norm_stats_f32, GroupNormParams)
 
-extern "C" __global__ void __launch_bounds__(DS_NORM_MAX_THREADS) group_norm_apply_f32(const GroupNormParams p) {
+DS_KERNEL void __launch_bounds__(DS_NORM_MAX_THREADS) group_norm_apply_f32(const GroupNormParams p) {
     DS_DYN_SMEM(float, tab);  // [cg][2]: per-channel scale, shift
     const int g = blockIdx.x / p.splits, s = blockIdx.x % p.splits, b = blockIdx.y;
     const gn::Group q = gn::group_of(p, g, b);

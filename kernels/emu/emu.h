@@ -10,7 +10,12 @@
 // - __half / __nv_bfloat16 only through the conversion functions below (no arithmetic
 //   operators, no constructors from float);
 // - warp-level primitives with the full-warp mask; tensor-core / async-copy
-//   instructions only through the wrappers of mma.cuh.
+//   instructions only through the wrappers of mma.cuh;
+// - kernels declared `DS_KERNEL void name(const Params p)` and registered with
+//   DS_REGISTER (on the host they are static, reached through the registry).
+// The kernels are compiled twice for the host: plainly (kernels.cpp) and instrumented
+// for the race / init / mem checks (kernels_checked.cpp). The functions below are
+// `static` so that each copy calls its own.
 #pragma once
 
 #include <cmath>
@@ -44,6 +49,9 @@ extern thread_local BlockCtx* g_block;
 
 // The checks a launch runs (DIFFSTYLE_EMU_CHECK, parsed by src/backend/gpu/emu.rs).
 enum Check : unsigned {
+    kCheckRace = 1u << 0,   // shared memory: conflicting accesses of two threads in one barrier interval
+    kCheckInit = 1u << 1,   // shared memory read before this block wrote it
+    kCheckMem = 1u << 2,    // global accesses outside their allocation, shared outside the block's
     kCheckAsync = 1u << 3,  // cp.async lands at its wait_group, destination poisoned until then
     kCheckSched = 1u << 4,  // seeded permutation of the fibers' order
     kCheckSync = 1u << 5,   // a barrier or warp collective reached from different call sites
@@ -106,7 +114,7 @@ void async_wait(int pending);
 
 // ---- warp primitives (full-warp participation assumed) ----
 template <class T>
-inline T ds_emu_shfl(T v, int src_lane, const char* ds_file, int ds_line) {
+static inline T ds_emu_shfl(T v, int src_lane, const char* ds_file, int ds_line) {
     static_assert(sizeof(T) <= 16, "shuffle of a large type");
     const unsigned char* base = ::emu::warp_publish(&v, sizeof(T), ds_file, ds_line);
     T r;
@@ -115,13 +123,13 @@ inline T ds_emu_shfl(T v, int src_lane, const char* ds_file, int ds_line) {
     return r;
 }
 template <class T>
-inline T __shfl_sync(unsigned, T v, int src, int width = 32, DS_EMU_SITE) {
+static inline T __shfl_sync(unsigned, T v, int src, int width = 32, DS_EMU_SITE) {
     int lane = (int)::emu::g_thread->lane;
     int base = lane & ~(width - 1);
     return ds_emu_shfl(v, base + (src & (width - 1)), ds_file, ds_line);
 }
 template <class T>
-inline T __shfl_xor_sync(unsigned, T v, int lane_mask, int width = 32, DS_EMU_SITE) {
+static inline T __shfl_xor_sync(unsigned, T v, int lane_mask, int width = 32, DS_EMU_SITE) {
     int lane = (int)::emu::g_thread->lane;
     int base = lane & ~(width - 1);
     int src = lane ^ lane_mask;
@@ -129,7 +137,7 @@ inline T __shfl_xor_sync(unsigned, T v, int lane_mask, int width = 32, DS_EMU_SI
     return ds_emu_shfl(v, src, ds_file, ds_line);
 }
 template <class T>
-inline T __shfl_down_sync(unsigned, T v, unsigned delta, int width = 32, DS_EMU_SITE) {
+static inline T __shfl_down_sync(unsigned, T v, unsigned delta, int width = 32, DS_EMU_SITE) {
     int lane = (int)::emu::g_thread->lane;
     int base = lane & ~(width - 1);
     int src = lane + (int)delta;
@@ -137,14 +145,14 @@ inline T __shfl_down_sync(unsigned, T v, unsigned delta, int width = 32, DS_EMU_
     return ds_emu_shfl(v, src, ds_file, ds_line);
 }
 template <class T>
-inline T __shfl_up_sync(unsigned, T v, unsigned delta, int width = 32, DS_EMU_SITE) {
+static inline T __shfl_up_sync(unsigned, T v, unsigned delta, int width = 32, DS_EMU_SITE) {
     int lane = (int)::emu::g_thread->lane;
     int base = lane & ~(width - 1);
     int src = lane - (int)delta;
     if (src < base) src = lane;
     return ds_emu_shfl(v, src, ds_file, ds_line);
 }
-inline unsigned __ballot_sync(unsigned, int pred, DS_EMU_SITE) {
+static inline unsigned __ballot_sync(unsigned, int pred, DS_EMU_SITE) {
     int mine = pred != 0;
     const unsigned char* base = ::emu::warp_publish(&mine, sizeof(int), ds_file, ds_line);
     unsigned r = 0;
@@ -156,8 +164,8 @@ inline unsigned __ballot_sync(unsigned, int pred, DS_EMU_SITE) {
     ::emu::warp_done(ds_file, ds_line);
     return r;
 }
-inline int __any_sync(unsigned m, int pred, DS_EMU_SITE) { return __ballot_sync(m, pred, ds_file, ds_line) != 0; }
-inline int __all_sync(unsigned, int pred, DS_EMU_SITE) {
+static inline int __any_sync(unsigned m, int pred, DS_EMU_SITE) { return __ballot_sync(m, pred, ds_file, ds_line) != 0; }
+static inline int __all_sync(unsigned, int pred, DS_EMU_SITE) {
     // Only live lanes matter; a partial warp's missing lanes hold stale zeros, so
     // count against the number of lanes that contributed.
     int all[32];
@@ -169,41 +177,42 @@ inline int __all_sync(unsigned, int pred, DS_EMU_SITE) {
 }
 
 // ---- math ----
-inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
-inline double rsqrt(double x) { return 1.0 / std::sqrt(x); }
+// (Those glibc declares too keep external linkage: they touch no kernel memory.)
+static inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+static inline double rsqrt(double x) { return 1.0 / std::sqrt(x); }
 inline float __expf(float x) { return std::exp(x); }
 inline float __logf(float x) { return std::log(x); }
 inline float __sinf(float x) { return std::sin(x); }
 inline float __cosf(float x) { return std::cos(x); }
-inline float __fdividef(float a, float b) { return a / b; }
-inline float __frcp_rn(float x) { return 1.0f / x; }
-inline float __fsqrt_rn(float x) { return std::sqrt(x); }
-inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
-inline float __fmul_rn(float a, float b) { return a * b; }
-inline float __fadd_rn(float a, float b) { return a + b; }
-inline float __saturatef(float x) { return x < 0.f ? 0.f : (x > 1.f ? 1.f : x); }
+static inline float __fdividef(float a, float b) { return a / b; }
+static inline float __frcp_rn(float x) { return 1.0f / x; }
+static inline float __fsqrt_rn(float x) { return std::sqrt(x); }
+static inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
+static inline float __fmul_rn(float a, float b) { return a * b; }
+static inline float __fadd_rn(float a, float b) { return a + b; }
+static inline float __saturatef(float x) { return x < 0.f ? 0.f : (x > 1.f ? 1.f : x); }
 inline void sincosf(float x, float* s, float* c) { *s = std::sin(x); *c = std::cos(x); }
 inline void sincos(double x, double* s, double* c) { *s = std::sin(x); *c = std::cos(x); }
-inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
-inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
-inline int __float_as_int(float f) { int u; std::memcpy(&u, &f, 4); return u; }
-inline float __int_as_float(int u) { float f; std::memcpy(&f, &u, 4); return f; }
-inline unsigned __umulhi(unsigned a, unsigned b) { return (unsigned)(((uint64_t)a * b) >> 32); }
-inline unsigned long long __umul64hi(unsigned long long a, unsigned long long b) {
+static inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
+static inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
+static inline int __float_as_int(float f) { int u; std::memcpy(&u, &f, 4); return u; }
+static inline float __int_as_float(int u) { float f; std::memcpy(&f, &u, 4); return f; }
+static inline unsigned __umulhi(unsigned a, unsigned b) { return (unsigned)(((uint64_t)a * b) >> 32); }
+static inline unsigned long long __umul64hi(unsigned long long a, unsigned long long b) {
     return (unsigned long long)(((__uint128_t)a * b) >> 64);
 }
-template <class T> inline T __ldg(const T* p) { return *p; }
-inline int min(int a, int b) { return a < b ? a : b; }
-inline int max(int a, int b) { return a > b ? a : b; }
-inline unsigned min(unsigned a, unsigned b) { return a < b ? a : b; }
-inline unsigned max(unsigned a, unsigned b) { return a > b ? a : b; }
-inline long long min(long long a, long long b) { return a < b ? a : b; }
-inline long long max(long long a, long long b) { return a > b ? a : b; }
-inline float min(float a, float b) { return std::fmin(a, b); }
-inline float max(float a, float b) { return std::fmax(a, b); }
+template <class T> static inline T __ldg(const T* p) { return *p; }
+static inline int min(int a, int b) { return a < b ? a : b; }
+static inline int max(int a, int b) { return a > b ? a : b; }
+static inline unsigned min(unsigned a, unsigned b) { return a < b ? a : b; }
+static inline unsigned max(unsigned a, unsigned b) { return a > b ? a : b; }
+static inline long long min(long long a, long long b) { return a < b ? a : b; }
+static inline long long max(long long a, long long b) { return a > b ? a : b; }
+static inline float min(float a, float b) { return std::fmin(a, b); }
+static inline float max(float a, float b) { return std::fmax(a, b); }
 
 // ---- atomics (blocks of one launch may run on different OS threads) ----
-inline float atomicAdd(float* p, float v) {
+static inline float atomicAdd(float* p, float v) {
     unsigned* u = reinterpret_cast<unsigned*>(p);
     unsigned old = __atomic_load_n(u, __ATOMIC_RELAXED);
     while (!__atomic_compare_exchange_n(u, &old, __float_as_uint(__uint_as_float(old) + v), true, __ATOMIC_SEQ_CST,
@@ -211,15 +220,15 @@ inline float atomicAdd(float* p, float v) {
     }
     return __uint_as_float(old);
 }
-inline int atomicAdd(int* p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
-inline unsigned atomicAdd(unsigned* p, unsigned v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
-inline int atomicMax(int* p, int v) {
+static inline int atomicAdd(int* p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+static inline unsigned atomicAdd(unsigned* p, unsigned v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+static inline int atomicMax(int* p, int v) {
     int old = __atomic_load_n(p, __ATOMIC_RELAXED);
     while (old < v && !__atomic_compare_exchange_n(p, &old, v, true, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED)) {
     }
     return old;
 }
-inline int atomicCAS(int* p, int cmp, int v) {
+static inline int atomicCAS(int* p, int cmp, int v) {
     __atomic_compare_exchange_n(p, &cmp, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
     return cmp;
 }
@@ -238,8 +247,8 @@ struct __nv_bfloat162 {
     __nv_bfloat16 x, y;
 };
 
-inline float __bfloat162float(__nv_bfloat16 h) { return __uint_as_float((unsigned)h.bits_ << 16); }
-inline __nv_bfloat16 __float2bfloat16(float f) {
+static inline float __bfloat162float(__nv_bfloat16 h) { return __uint_as_float((unsigned)h.bits_ << 16); }
+static inline __nv_bfloat16 __float2bfloat16(float f) {
     unsigned u = __float_as_uint(f);
     __nv_bfloat16 r;
     if ((u & 0x7fffffffu) > 0x7f800000u) {
@@ -249,9 +258,9 @@ inline __nv_bfloat16 __float2bfloat16(float f) {
     }
     return r;
 }
-inline __nv_bfloat16 __float2bfloat16_rn(float f) { return __float2bfloat16(f); }
+static inline __nv_bfloat16 __float2bfloat16_rn(float f) { return __float2bfloat16(f); }
 
-inline float __half2float(__half h) {
+static inline float __half2float(__half h) {
     unsigned s = (unsigned)(h.bits_ & 0x8000u) << 16;
     unsigned e = (h.bits_ >> 10) & 0x1fu;
     unsigned m = h.bits_ & 0x3ffu;
@@ -262,7 +271,7 @@ inline float __half2float(__half h) {
     }
     return __uint_as_float(s | ((e + 112u) << 23) | (m << 13));
 }
-inline __half __float2half(float f) {
+static inline __half __float2half(float f) {
     unsigned u = __float_as_uint(f);
     unsigned s = (u >> 16) & 0x8000u;
     unsigned a = u & 0x7fffffffu;
@@ -282,9 +291,9 @@ inline __half __float2half(float f) {
     }
     return r;
 }
-inline __half __float2half_rn(float f) { return __float2half(f); }
-inline __half2 __floats2half2_rn(float a, float b) { return {__float2half(a), __float2half(b)}; }
-inline __nv_bfloat162 __floats2bfloat162_rn(float a, float b) { return {__float2bfloat16(a), __float2bfloat16(b)}; }
+static inline __half __float2half_rn(float f) { return __float2half(f); }
+static inline __half2 __floats2half2_rn(float a, float b) { return {__float2half(a), __float2half(b)}; }
+static inline __nv_bfloat162 __floats2bfloat162_rn(float a, float b) { return {__float2bfloat16(a), __float2bfloat16(b)}; }
 
 // ---- kernel registry: DS_REGISTER(name, Params) after each `extern "C" __global__`
 // kernel taking one `const Params` argument makes it launchable by name ----
@@ -293,9 +302,13 @@ using Invoker = void (*)(const void* params);
 struct Registrar {
     // `params`: the parameter struct's name, so that the host can match each kernel
     // with its #[repr(C)] mirror (field layouts: kernels/emu/kernels.cpp).
-    Registrar(const char* name, Invoker f, size_t param_size, const char* params);
+    // `checked`: a kernel of the instrumented copy (kernels_checked.cpp).
+    Registrar(const char* name, Invoker f, size_t param_size, const char* params, bool checked);
 };
 }  // namespace emu
-#define DS_REGISTER(name, P)                                                           \
-    static ::emu::Registrar ds_emu_reg_##name(                                         \
-        #name, [](const void* p) { name(*reinterpret_cast<const P*>(p)); }, sizeof(P), #P);
+#ifndef DS_EMU_CHECKED_BUILD
+#define DS_EMU_CHECKED_BUILD 0
+#endif
+#define DS_REGISTER(name, P)                                                                             \
+    static ::emu::Registrar ds_emu_reg_##name(                                                           \
+        #name, [](const void* p) { name(*reinterpret_cast<const P*>(p)); }, sizeof(P), #P, DS_EMU_CHECKED_BUILD);

@@ -1,48 +1,67 @@
 // The emulation runtime: fibers, barriers, the block scheduler, the worker pool and
 // the C entry points that src/backend/gpu/emu.rs calls. See emu.h.
-#include "emu.h"
-
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include <array>
-#include <atomic>
 #include <cstdarg>
 #include <condition_variable>
 #include <functional>
 #include <iterator>
-#include <map>
-#include <memory>
-#include <mutex>
-#include <string>
 #include <thread>
-#include <vector>
 
-#if !defined(__x86_64__)
-#include <ucontext.h>
-#endif
+#include "worker.h"
 
 namespace emu {
 
 thread_local ThreadCtx* g_thread = nullptr;
 thread_local BlockCtx* g_block = nullptr;
 
+namespace rt {
+
+std::map<std::string, Kernel>& registry(bool checked) {
+    static std::map<std::string, Kernel> plain, instrumented;
+    return checked ? instrumented : plain;
+}
+
+Worker::Worker() : fibers(kMaxThreads), threads(kMaxThreads), pending(kMaxThreads), committed(kMaxThreads) {
+    size_t total = kMaxThreads * (kPage + kStack);
+    void* p = mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) trap("cannot map fiber stacks");
+    stacks = static_cast<unsigned char*>(p);
+    // A guard page below each stack turns an overflow into a fault, not corruption.
+    for (unsigned i = 0; i < kMaxThreads; i++) mprotect(stacks + i * (kPage + kStack), kPage, PROT_NONE);
+    // A fixed window, so that the mem check knows where the block's bytes may lie.
+    p = mmap(nullptr, kSmemWindow, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) trap("cannot map shared memory");
+    smem = static_cast<unsigned char*>(p);
+    shadow_init(*this);
+}
+
+Worker::~Worker() {
+    shadow_free(*this);
+    munmap(smem, kSmemWindow);
+    munmap(stacks, kMaxThreads * (kPage + kStack));
+}
+
+thread_local Worker* t_worker = nullptr;
+
+}  // namespace rt
+
+using namespace rt;
+
 namespace {
 
-constexpr size_t kStack = 64 * 1024;  // per CUDA thread
-constexpr size_t kPage = 4096;
-constexpr unsigned kMaxThreads = 1024;
-constexpr size_t kMaxSmem = 227 * 1024;
-constexpr size_t kXchg = kWarpSlot;  // bytes per lane in warp exchanges
-
-struct Kernel {
-    Invoker fn;
-    size_t param_size;
-    const char* params;  // the parameter struct's name
-};
-std::map<std::string, Kernel>& registry() {
-    static std::map<std::string, Kernel> r;
-    return r;
+// Owns the thread's Worker, so that its stacks (68 MiB of address space and ~2000
+// mappings: a guard page per stack) go when the thread does. A test harness runs each
+// test on a thread of its own, and every launching thread works too: leaked Workers
+// used to exhaust the process's mapping limit (vm.max_map_count) after ~30 tests.
+thread_local std::unique_ptr<Worker> t_worker_owner;
+Worker& worker() {
+    if (!t_worker) {
+        t_worker_owner.reset(new Worker());
+        t_worker = t_worker_owner.get();
+    }
+    return *t_worker;
 }
 
 // ---------------------------------------------------------------- context switch
@@ -74,97 +93,6 @@ ds_emu_switch:
 )");
 #endif
 
-// One launch's checks and its first failure (blocks run on several OS threads).
-struct LaunchState {
-    const char* kernel = "";
-    unsigned checks = 0;
-    unsigned long long seed = 0;
-    std::atomic<bool> failed{false};
-    std::mutex mu;
-    std::string error;
-};
-
-// A cp.async issued under the async check: its bytes (read at issue) land at the wait
-// that covers its group.
-struct Pending {
-    unsigned char* dst;
-    std::array<unsigned char, 16> data;
-    size_t bytes;
-    unsigned group;
-};
-
-// Where a barrier was reached first in its current generation, for the sync check.
-struct Site {
-    const char* file = nullptr;
-    int line = 0;
-    unsigned thread = 0;
-};
-
-struct Fiber {
-#if defined(__x86_64__)
-    void* sp = nullptr;
-#else
-    ucontext_t ctx;
-#endif
-    bool done = false;
-    unsigned next = 0, prev = 0;  // neighbours in the ring of the block's live fibers
-};
-
-struct WarpSync {
-    unsigned live = 0, count = 0, gen = 0;
-    Site site;
-    alignas(16) unsigned char xchg[32 * kXchg];
-};
-
-struct Worker {
-    unsigned char* stacks = nullptr;  // kMaxThreads * (guard page + kStack)
-    std::vector<Fiber> fibers;
-    std::vector<ThreadCtx> threads;
-    WarpSync warps[kMaxThreads / 32];
-    std::vector<unsigned char> smem;
-    BlockCtx block;
-    unsigned live = 0, count = 0, gen = 0;  // block barrier
-    unsigned cur = 0;
-    const Kernel* kernel = nullptr;
-    const void* params = nullptr;
-    unsigned long long progress = 0;  // barrier arrivals and exits
-    unsigned long long idle = 0;      // consecutive wake-ups that found their barrier closed
-    unsigned nt = 0;                  // block size
-    LaunchState* launch = nullptr;
-    Site site;                                  // of the open block barrier
-    std::vector<std::vector<Pending>> pending;  // per thread (async check)
-    std::vector<unsigned> committed;            // per thread: cp.async groups committed
-#if defined(__x86_64__)
-    void* sched_sp = nullptr;
-#else
-    ucontext_t sched;
-#endif
-    Worker() : fibers(kMaxThreads), threads(kMaxThreads), pending(kMaxThreads), committed(kMaxThreads) {
-        size_t total = kMaxThreads * (kPage + kStack);
-        void* p = mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-        if (p == MAP_FAILED) trap("cannot map fiber stacks");
-        stacks = static_cast<unsigned char*>(p);
-        // A guard page below each stack turns an overflow into a fault, not corruption.
-        for (unsigned i = 0; i < kMaxThreads; i++) mprotect(stacks + i * (kPage + kStack), kPage, PROT_NONE);
-    }
-    ~Worker() { munmap(stacks, kMaxThreads * (kPage + kStack)); }
-    unsigned char* stack_top(unsigned i) { return stacks + i * (kPage + kStack) + kPage + kStack; }
-};
-
-thread_local Worker* t_worker = nullptr;
-// Owns the thread's Worker, so that its stacks (68 MiB of address space and ~2000
-// mappings: a guard page per stack) go when the thread does. A test harness runs each
-// test on a thread of its own, and every launching thread works too: leaked Workers
-// used to exhaust the process's mapping limit (vm.max_map_count) after ~30 tests.
-thread_local std::unique_ptr<Worker> t_worker_owner;
-Worker& worker() {
-    if (!t_worker) {
-        t_worker_owner.reset(new Worker());
-        t_worker = t_worker_owner.get();
-    }
-    return *t_worker;
-}
-
 // Fibers pass control round robin among themselves (one stack switch per hand-over);
 // the scheduler gets it back only when the block's last fiber returns.
 void switch_fiber(unsigned from, unsigned to) {
@@ -190,8 +118,10 @@ void land(Worker& w, unsigned t, unsigned keep) {
     unsigned done = w.committed[t] > keep ? w.committed[t] - keep : 0;
     size_t k = 0;
     for (auto& c : p) {
-        if (c.group < done)
+        if (c.group < done) {
+            shadow_access(c.dst, c.bytes, true, c.pc);
             std::memcpy(c.dst, c.data.data(), c.bytes);
+        }
         else
             p[k++] = c;
     }
@@ -299,11 +229,11 @@ void run_block(Worker& w, const Kernel& k, const void* params, dim3 bid, dim3 bd
     w.block.bid = bid;
     w.block.bdim = bdim;
     w.block.gdim = gdim;
-    if (w.smem.size() < smem + 16) w.smem.resize(smem + 16);
     // Poison dynamic shared memory (NaN bit patterns), as outputs are poisoned.
-    std::memset(w.smem.data(), 0xff, smem + 16);
-    uintptr_t s = reinterpret_cast<uintptr_t>(w.smem.data());
-    w.block.dyn_smem = reinterpret_cast<unsigned char*>((s + 15) & ~uintptr_t(15));
+    std::memset(w.smem, 0xff, smem + 16);
+    w.block.dyn_smem = w.smem;  // page-aligned
+    w.shadow_on = (launch.checks & kShadowChecks) != 0;
+    if (w.shadow_on) shadow_begin_block(w);
     w.live = nt;
     w.count = 0;
     w.gen = 0;
@@ -355,6 +285,7 @@ void run_block(Worker& w, const Kernel& k, const void* params, dim3 bid, dim3 bd
     g_thread = nullptr;
     g_block = nullptr;
     w.launch = nullptr;
+    w.shadow_on = false;
 }
 
 // ---------------------------------------------------------------- worker pool
@@ -429,8 +360,8 @@ private:
 
 }  // namespace
 
-Registrar::Registrar(const char* name, Invoker f, size_t param_size, const char* params) {
-    registry()[name] = Kernel{f, param_size, params};
+Registrar::Registrar(const char* name, Invoker f, size_t param_size, const char* params, bool checked) {
+    registry(checked)[name] = Kernel{f, param_size, params};
 }
 
 // The sync check: every thread of one barrier generation arrives from one call site.
@@ -461,7 +392,7 @@ void check_failed(const char* check, const char* file, int line, const char* fmt
     char msg[1024];
     std::snprintf(msg, sizeof msg, "emu check `%s`: kernel %s, block (%u,%u,%u), thread (%u,%u,%u): %s%s%s%s", check,
                   w.launch ? w.launch->kernel : "?", w.block.bid.x, w.block.bid.y, w.block.bid.z, t.tid.x, t.tid.y,
-                  t.tid.z, what, *file ? " at " : "", file, *file ? (":" + std::to_string(line)).c_str() : "");
+                  t.tid.z, what, *file ? " at " : "", file, line > 0 ? (":" + std::to_string(line)).c_str() : "");
     if (!w.launch) trap(msg);
     {
         std::lock_guard<std::mutex> g(w.launch->mu);
@@ -521,6 +452,11 @@ void async_copy(void* dst, const void* src, size_t bytes, bool valid, const char
     if ((c & kCheckAlign) && ((d % bytes) != 0 || (valid && (s % bytes) != 0)))
         check_failed("align", file, line, "cp.async of %zu bytes from %p to %p: both must be %zu-byte aligned", bytes,
                      src, dst, bytes);
+    // The kernel instruction this copy belongs to (the wrapper is inlined there).
+    uintptr_t pc = reinterpret_cast<uintptr_t>(__builtin_return_address(0));
+    if (valid) shadow_access(src, bytes, false, pc);
+    // Written from issue on (the async check lands it again at its wait).
+    shadow_access(dst, bytes, true, pc);
     if (!(c & kCheckAsync)) {
         if (valid)
             std::memcpy(dst, src, bytes);
@@ -531,7 +467,7 @@ void async_copy(void* dst, const void* src, size_t bytes, bool valid, const char
     // Read now, land at the wait: until then the destination holds NaN bit patterns.
     Worker& w = *t_worker;
     unsigned t = g_thread->linear;
-    Pending p{static_cast<unsigned char*>(dst), {}, bytes, w.committed[t]};
+    Pending p{static_cast<unsigned char*>(dst), {}, bytes, w.committed[t], pc};
     if (valid)
         std::memcpy(p.data.data(), src, bytes);
     else
@@ -570,6 +506,7 @@ void trap(const char* what) {
 extern "C" {
 
 int ds_emu_kernels_anchor();
+int ds_emu_checked_kernels_anchor();
 
 // Launches `name` over grid x block with `smem` bytes of dynamic shared memory and
 // one parameter struct, under the checks `checks` (emu::Check bits; `seed` for sched);
@@ -582,29 +519,38 @@ int ds_emu_launch(const char* name, const unsigned grid[3], const unsigned block
         return 1;
     };
     ds_emu_kernels_anchor();
-    auto& reg = emu::registry();
+    // race / init / mem run the instrumented copy of the kernels.
+    bool instrumented = (checks & emu::rt::kShadowChecks) != 0;
+    if (instrumented) ds_emu_checked_kernels_anchor();
+    auto& reg = emu::rt::registry(instrumented);
     auto it = reg.find(name);
-    if (it == reg.end()) return fail(std::string("no kernel named ") + name + " in the emulated build");
-    const emu::Kernel& k = it->second;
+    if (it == reg.end())
+        return fail(std::string("no kernel named ") + name + " in the emulated build" +
+                    (instrumented ? " (instrumented copy)" : ""));
+    const emu::rt::Kernel& k = it->second;
     if (params_size != k.param_size)
         return fail(std::string(name) + ": parameter block of " + std::to_string(params_size) +
                     " bytes, the kernel takes " + std::to_string(k.param_size));
     unsigned long long nt = (unsigned long long)block[0] * block[1] * block[2];
-    if (nt == 0 || nt > emu::kMaxThreads || block[2] > 64)
+    if (nt == 0 || nt > emu::rt::kMaxThreads || block[2] > 64)
         return fail(std::string(name) + ": invalid block shape");
     if (grid[0] == 0 || grid[1] == 0 || grid[2] == 0 || grid[1] > 65535 || grid[2] > 65535)
         return fail(std::string(name) + ": invalid grid shape");
-    if (smem > emu::kMaxSmem) return fail(std::string(name) + ": too much dynamic shared memory");
+    if (smem > emu::rt::kMaxSmem) return fail(std::string(name) + ": too much dynamic shared memory");
     // Copy the parameters: the kernel may outlive nothing, but keep the caller's bytes
     // immutable during the launch as on a GPU.
     std::vector<unsigned char> pbuf((const unsigned char*)params, (const unsigned char*)params + params_size);
     dim3 g{grid[0], grid[1], grid[2]};
     dim3 b{block[0], block[1], block[2]};
     unsigned long long nblocks = (unsigned long long)g.x * g.y * g.z;
-    emu::LaunchState state;
+    emu::rt::LaunchState state;
     state.kernel = it->first.c_str();
     state.checks = checks;
     state.seed = seed;
+    state.smem = smem;
+    state.params = pbuf.data();
+    state.params_len = pbuf.size();
+    if (checks & emu::kCheckMem) emu::rt::snapshot_allocs(state);
     emu::Pool::get().run(nblocks, [&](unsigned long long i) {
         dim3 bid{(unsigned)(i % g.x), (unsigned)((i / g.x) % g.y), (unsigned)(i / ((unsigned long long)g.x * g.y))};
         emu::run_block(emu::worker(), k, pbuf.data(), bid, b, g, smem, state);
@@ -617,7 +563,7 @@ int ds_emu_launch(const char* name, const unsigned grid[3], const unsigned block
 // #[repr(C)] mirrors against the C structs.
 size_t ds_emu_param_size(const char* name) {
     ds_emu_kernels_anchor();
-    auto& reg = emu::registry();
+    auto& reg = emu::rt::registry(false);
     auto it = reg.find(name);
     return it == reg.end() ? 0 : it->second.param_size;
 }
@@ -625,7 +571,7 @@ size_t ds_emu_param_size(const char* name) {
 // Name of the parameter struct of a kernel (null when unknown).
 const char* ds_emu_param_struct(const char* name) {
     ds_emu_kernels_anchor();
-    auto& reg = emu::registry();
+    auto& reg = emu::rt::registry(false);
     auto it = reg.find(name);
     return it == reg.end() ? nullptr : it->second.params;
 }
@@ -634,7 +580,7 @@ const char* ds_emu_param_struct(const char* name) {
 // that every kernel's parameter block is mirrored.
 const char* ds_emu_kernel_name(size_t i) {
     ds_emu_kernels_anchor();
-    auto& reg = emu::registry();
+    auto& reg = emu::rt::registry(false);
     if (i >= reg.size()) return nullptr;
     auto it = reg.begin();
     std::advance(it, i);

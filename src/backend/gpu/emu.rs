@@ -36,6 +36,8 @@ extern "C" {
         size: *mut usize,
         align: *mut usize,
     ) -> bool;
+    fn ds_emu_note_alloc(p: *const c_void, bytes: usize);
+    fn ds_emu_note_free(p: *const c_void);
 }
 
 /// A static C string of the runtime (null: none).
@@ -93,7 +95,16 @@ pub fn kernel_param_size(name: &str) -> Option<usize> {
 }
 
 /// The emulator's checks (compute-sanitizer style), chosen with
-/// `DIFFSTYLE_EMU_CHECK=async,sched,sync,align` (or `all`) and `DIFFSTYLE_EMU_SEED`:
+/// `DIFFSTYLE_EMU_CHECK=race,init,mem,async,sched,sync,align` (or `all`) and
+/// `DIFFSTYLE_EMU_SEED`:
+/// - `race`: two threads of a block access one byte of shared memory in one barrier
+///   interval (read after write, write after read or write after write, no
+///   `__syncthreads` / `__syncwarp` between them); the cp.async / ldmatrix / mma
+///   wrappers' accesses included;
+/// - `init`: a read of shared memory (dynamic or static `__shared__`) that no thread of
+///   the block has written;
+/// - `mem`: a global access outside every allocation of the device, or a shared access
+///   past the block's dynamic shared memory;
 /// - `async`: `cp.async` reads its source at issue and lands at the `wait_group` that
 ///   covers its group, the destination holding NaN bit patterns until then (a missing or
 ///   too-large wait shows);
@@ -103,9 +114,9 @@ pub fn kernel_param_size(name: &str) -> Option<usize> {
 ///   of one block / warp fails the launch (as does a barrier that can never complete);
 /// - `align`: `cp.async` and `ldmatrix` addresses checked for their alignment.
 ///
-/// A failed check fails the launch with the kernel, block, thread and call site.
-/// `race`, `init` and `mem` (shadow state of every shared / global access) are not
-/// implemented yet and are refused by name.
+/// A failed check fails the launch with the kernel, block, thread and access site.
+/// `race`, `init` and `mem` run an instrumented copy of the kernels (every load and
+/// store calls a hook; kernels/emu/memcheck.cpp), several times slower than the plain one.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EmuChecks {
     pub bits: u32,
@@ -114,17 +125,22 @@ pub struct EmuChecks {
 
 impl EmuChecks {
     /// Every check and its bit (kernels/emu/emu.h, `emu::Check`).
-    pub const KNOWN: [(&'static str, u32); 4] =
-        [("async", 1 << 3), ("sched", 1 << 4), ("sync", 1 << 5), ("align", 1 << 6)];
-    /// Named in the design, not implemented yet.
-    const PLANNED: [&'static str; 3] = ["race", "init", "mem"];
+    pub const KNOWN: [(&'static str, u32); 7] = [
+        ("race", 1 << 0),
+        ("init", 1 << 1),
+        ("mem", 1 << 2),
+        ("async", 1 << 3),
+        ("sched", 1 << 4),
+        ("sync", 1 << 5),
+        ("align", 1 << 6),
+    ];
 
-    /// Every implemented check, seed 0.
+    /// Every check, seed 0.
     pub fn all() -> Self {
         Self { bits: Self::KNOWN.iter().map(|k| k.1).fold(0, |a, b| a | b), seed: 0 }
     }
 
-    /// The implemented checks' names, for messages.
+    /// The checks' names, for messages.
     fn listed() -> String {
         let mut names: Vec<&str> = Self::KNOWN.iter().map(|k| k.0).collect();
         names.push("all");
@@ -140,11 +156,6 @@ impl EmuChecks {
                 bits |= Self::all().bits;
             } else if let Some((_, b)) = Self::KNOWN.iter().find(|k| k.0 == name) {
                 bits |= b;
-            } else if Self::PLANNED.contains(&name) {
-                bail!(
-                    "DIFFSTYLE_EMU_CHECK: the `{name}` check is not implemented yet (implemented: {})",
-                    Self::listed()
-                );
             } else {
                 bail!("DIFFSTYLE_EMU_CHECK: unknown check `{name}` (known: {})", Self::listed());
             }
@@ -162,6 +173,9 @@ impl EmuChecks {
         Self::parse(&spec, std::env::var("DIFFSTYLE_EMU_SEED").ok().as_deref())
     }
 }
+
+/// Bytes after every emulated allocation that belong to none (see `alloc`).
+const REDZONE: usize = 256;
 
 #[derive(Default)]
 pub struct EmuDevice {
@@ -204,7 +218,9 @@ impl Device for EmuDevice {
     }
 
     fn alloc(&self, bytes: usize) -> Result<DevPtr> {
-        let layout = Layout::from_size_align(bytes.max(1), 256)
+        // A red zone after each allocation: a small overrun lands there, as within a
+        // GPU allocation's granularity, and the mem check (which knows `bytes`) names it.
+        let layout = Layout::from_size_align(bytes.max(1) + REDZONE, 256)
             .map_err(|_| anyhow!("out of memory: {bytes} bytes is not a valid allocation"))?;
         // SAFETY: the layout has a non-zero size.
         let p = unsafe { std::alloc::alloc(layout) };
@@ -212,12 +228,16 @@ impl Device for EmuDevice {
             bail!("out of memory ({:.1} MiB requested on the emulated device)", bytes as f64 / 1048576.0);
         }
         let addr = p as DevPtr;
+        // SAFETY: records the address range for the mem check; nothing is dereferenced.
+        unsafe { ds_emu_note_alloc(p as *const c_void, bytes) };
         self.allocs.lock().unwrap_or_else(|e| e.into_inner()).insert(addr, layout);
         Ok(addr)
     }
 
     fn free(&self, ptr: DevPtr) {
         if let Some(layout) = self.allocs.lock().unwrap_or_else(|e| e.into_inner()).remove(&ptr) {
+            // SAFETY: forgets the range before the memory goes back to the allocator.
+            unsafe { ds_emu_note_free(ptr as *const c_void) };
             // SAFETY: `ptr` was returned by `alloc` with this layout and is freed once.
             unsafe { std::alloc::dealloc(ptr as *mut u8, layout) }
         }
@@ -311,7 +331,7 @@ mod tests {
         assert_eq!(EmuChecks::parse("", None).unwrap(), EmuChecks::default());
         assert_eq!(EmuChecks::parse("all", Some("7")).unwrap(), EmuChecks { seed: 7, ..EmuChecks::all() });
         assert_eq!(EmuChecks::parse(" sync , align", None).unwrap().bits, (1 << 5) | (1 << 6));
-        assert!(EmuChecks::parse("race", None).unwrap_err().to_string().contains("not implemented"));
+        assert_eq!(EmuChecks::parse("race,init,mem", None).unwrap().bits, 0b111);
         assert!(EmuChecks::parse("speed", None).unwrap_err().to_string().contains("unknown check `speed`"));
         assert!(EmuChecks::parse("all", Some("x")).unwrap_err().to_string().contains("DIFFSTYLE_EMU_SEED"));
     }

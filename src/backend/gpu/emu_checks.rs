@@ -57,6 +57,10 @@ fn checks_catch_broken_kernels() {
         .any(|seed| run(&with("sched", seed), "broken_missing_barrier", false).unwrap().iter().any(|x| x.is_nan()));
     assert!(caught, "a missing barrier shows under sched");
     for (name, check, needle) in [
+        ("broken_missing_barrier", "race", "reads byte 0 of dynamic shared memory while thread (0,0,0)"),
+        ("broken_racy_write", "race", "writes byte 4 of dynamic shared memory while thread (0,0,0)"),
+        ("broken_unwritten_shared", "init", "which no thread of this block has written"),
+        ("broken_out_of_bounds", "mem", "4 bytes past the end of the 512-byte allocation"),
         ("broken_divergent_barrier", "sync", "__syncthreads reached here while thread"),
         ("broken_divergent_shuffle", "sync", "a warp collective reached here while thread"),
         ("broken_misaligned_cp_async", "align", "cp.async of 16 bytes"),

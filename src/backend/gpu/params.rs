@@ -198,9 +198,12 @@ pub struct CopyParams {
 /// The kernels of kernels/emu/broken.cu, whose bugs the emulator's checks must catch;
 /// the last one deadlocks in any mode.
 #[cfg(test)]
-pub const BROKEN_KERNELS: [&str; 7] = [
+pub const BROKEN_KERNELS: [&str; 10] = [
     "broken_missing_wait",
     "broken_missing_barrier",
+    "broken_racy_write",
+    "broken_unwritten_shared",
+    "broken_out_of_bounds",
     "broken_divergent_barrier",
     "broken_divergent_shuffle",
     "broken_misaligned_cp_async",
