@@ -4,8 +4,11 @@
 //!    copy of the same for the emulator's race / init / mem checks;
 //! 2. with nvcc into one fatbin (SASS for sm_80/86/89/90a, PTX for compute_80; or the
 //!    list in `DS_CUDA_ARCHS`, e.g. `sm_90a` alone for the H200 binaries carried to a
-//!    lent GPU) that the binary embeds, when nvcc can be found. Without nvcc the build
-//!    still succeeds with one warning, and `--device cuda` explains how to get it.
+//!    lent GPU) that the binary embeds, when nvcc can be found, recording ptxas's
+//!    registers and shared memory per kernel and architecture and each kernel's
+//!    `__launch_bounds__` (`kernel_limits.rs`, checked at every launch by
+//!    src/backend/gpu/limits.rs). Without nvcc the build still succeeds with one
+//!    warning (and empty tables), and `--device cuda` explains how to get it.
 //!
 //! Reruns: when the kernels change, when any of the environment variables it reads
 //! changes, and when the toolchain changes or appears: the nvcc it used is watched, and
@@ -39,7 +42,7 @@ fn main() {
     let checked = emu_build()
         .file("kernels/emu/kernels_checked.cpp")
         .flag("-fsanitize=thread")
-        .flag("--param=tsan-instrument-func-entry-exit=0")
+        .flag_if_supported("--param=tsan-instrument-func-entry-exit=0")
         .flag("-g1")
         .compile_intermediates();
     emu_build()
@@ -55,6 +58,8 @@ fn main() {
     if !skip {
         watch_toolchain(nvcc.as_deref());
     }
+    let limits = out.join("kernel_limits.rs");
+    std::fs::write(&limits, limits_source(&[], &[])).expect("write kernel_limits.rs");
     let status = match nvcc {
         _ if skip => {
             std::fs::write(&fatbin, []).expect("write empty fatbin");
@@ -70,7 +75,7 @@ fn main() {
             "nvcc was not found when this binary was built".to_string()
         }
         Some(nvcc) => {
-            compile_fatbin(&nvcc, &fatbin);
+            std::fs::write(&limits, compile_fatbin(&nvcc, &fatbin, &out)).expect("write kernel_limits.rs");
             format!("compiled by {} for {}", nvcc.display(), arch_list())
         }
     };
@@ -205,20 +210,91 @@ fn is_arch_number(n: &str) -> bool {
     digits.len() >= 2 && digits.len() + 1 >= n.len() && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
-fn compile_fatbin(nvcc: &Path, fatbin: &Path) {
+/// Compiles the fatbin and returns the kernels' launch limits as the Rust source of
+/// `kernel_limits.rs`. One ptxas at a time (no `--threads`): its per-kernel report
+/// spans several lines that parallel runs would interleave.
+fn compile_fatbin(nvcc: &Path, fatbin: &Path, out: &Path) -> String {
+    let keep = out.join("nvcc-keep");
+    let _ = std::fs::remove_dir_all(&keep);
+    std::fs::create_dir_all(&keep).expect("create the nvcc keep folder");
     let mut cmd = Command::new(nvcc);
-    cmd.args(["--fatbin", "-O3", "-std=c++17", "--threads", "0", "-lineinfo", "-Ikernels"]);
+    cmd.args(["--fatbin", "-O3", "-std=c++17", "-lineinfo", "-Ikernels", "--resource-usage", "--keep"]);
+    cmd.arg("--keep-dir").arg(&keep);
     for g in gencodes() {
         cmd.arg("-gencode").arg(g);
     }
     cmd.arg("-o").arg(fatbin).arg("kernels/all.cu");
     let res = cmd.output().unwrap_or_else(|e| panic!("cannot run {}: {e}", nvcc.display()));
+    let report = format!("{}{}", String::from_utf8_lossy(&res.stdout), String::from_utf8_lossy(&res.stderr));
     if !res.status.success() {
-        panic!(
-            "nvcc failed to compile kernels/all.cu ({}):\n{}{}",
-            nvcc.display(),
-            String::from_utf8_lossy(&res.stdout),
-            String::from_utf8_lossy(&res.stderr)
-        );
+        panic!("nvcc failed to compile kernels/all.cu ({}):\n{report}", nvcc.display());
     }
+    let mut ptx = String::new();
+    for e in std::fs::read_dir(&keep).expect("read the nvcc keep folder").flatten() {
+        if e.path().extension().is_some_and(|x| x == "ptx") {
+            ptx += &std::fs::read_to_string(e.path()).expect("read a kept PTX file");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&keep);
+    limits_source(&ptxas_usage(&report), &launch_bounds(&ptx))
+}
+
+/// (arch, kernel, registers per thread, static shared memory bytes) for every kernel
+/// ptxas compiled, from its `--resource-usage` report: "Compiling entry function 'K'
+/// for 'sm_XY'" then, after the function's properties, "Used R registers, ..., S bytes
+/// smem, ..." (no smem figure: none).
+fn ptxas_usage(report: &str) -> Vec<(String, String, u32, u32)> {
+    let mut out = vec![];
+    let mut cur: Option<(String, String)> = None;
+    for line in report.lines() {
+        if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+            let kernel = rest.split('\'').next().unwrap_or("").to_string();
+            let arch = rest.split("for '").nth(1).and_then(|a| a.split('\'').next()).unwrap_or("").to_string();
+            cur = Some((arch, kernel));
+        } else if let (Some(used), Some((arch, kernel))) = (line.split("Used ").nth(1), cur.as_ref()) {
+            let number_before = |unit: &str| {
+                used.split(", ").find_map(|f| f.trim().strip_suffix(unit).and_then(|n| n.trim().parse::<u32>().ok()))
+            };
+            let regs = number_before("registers")
+                .unwrap_or_else(|| panic!("ptxas report for {kernel} ({arch}): no register count in `{line}`"));
+            out.push((arch.clone(), kernel.clone(), regs, number_before("bytes smem").unwrap_or(0)));
+            cur = None;
+        }
+    }
+    out
+}
+
+/// (kernel, threads per block) of each PTX entry's `.maxntid` (its `__launch_bounds__`);
+/// one entry per kernel (every architecture's PTX says the same).
+fn launch_bounds(ptx: &str) -> Vec<(String, u32)> {
+    let mut out: Vec<(String, u32)> = vec![];
+    let mut entry: Option<String> = None;
+    for line in ptx.lines() {
+        let t = line.trim();
+        if let Some(rest) = t.strip_prefix(".visible .entry ").or_else(|| t.strip_prefix(".entry ")) {
+            entry = Some(rest.split('(').next().unwrap_or("").trim().to_string());
+        } else if let (Some(dims), Some(k)) = (t.strip_prefix(".maxntid "), entry.as_ref()) {
+            let n = dims.split(',').map(|d| d.trim().parse::<u32>().unwrap_or(0)).product::<u32>();
+            if !out.iter().any(|(name, _)| name == k) {
+                out.push((k.clone(), n));
+            }
+        } else if t.starts_with('{') {
+            entry = None;
+        }
+    }
+    out
+}
+
+/// `kernel_limits.rs`: the tables of `src/backend/gpu/limits.rs`.
+fn limits_source(usage: &[(String, String, u32, u32)], bounds: &[(String, u32)]) -> String {
+    let mut rs = String::from("// Generated by build.rs from ptxas's report and the PTX; do not edit.\n");
+    rs += "pub const PTXAS: &[Usage] = &[\n";
+    for (arch, kernel, regs, smem) in usage {
+        rs += &format!("    Usage {{ arch: {arch:?}, kernel: {kernel:?}, registers: {regs}, static_smem: {smem} }},\n");
+    }
+    rs += "];\npub const LAUNCH_BOUNDS: &[(&str, u32)] = &[\n";
+    for (kernel, n) in bounds {
+        rs += &format!("    ({kernel:?}, {n}),\n");
+    }
+    rs + "];\n"
 }

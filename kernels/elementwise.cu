@@ -48,7 +48,7 @@ DS_DEV void ds_block_sum_f64(double (&v)[N]) {
 // sin and cos are evaluated in f64 and rounded, which gives the correctly rounded f32
 // value (as the CPU's libm) rather than CUDA's 2-ulp single-precision functions: at
 // t ~ 1000 an ulp of the frequency moves the argument by ~6e-5.
-DS_KERNEL void timestep_embedding_f32(const TembParams p) {
+DS_KERNEL void __launch_bounds__(DS_TEMB_THREADS) timestep_embedding_f32(const TembParams p) {
     const int b = blockIdx.x;
     const int half = p.dim / 2;
     const float tb = p.t[b];
@@ -71,7 +71,7 @@ DS_REGISTER(timestep_embedding_f32, TembParams)
 // (DS_ELEMENTWISE_THREADS): one warp per output row ----
 DS_DEV float ds_silu(float v) { return v / (1.0f + expf(-v)); }
 
-DS_KERNEL void linear_f32(const LinearParams p) {
+DS_KERNEL void __launch_bounds__(DS_ELEMENTWISE_THREADS) linear_f32(const LinearParams p) {
     const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     const int lane = threadIdx.x & 31;
     const int b = blockIdx.y;
@@ -91,7 +91,7 @@ DS_REGISTER(linear_f32, LinearParams)
 
 // ---- copy_f32: grid (gx <= DS_GRID_STRIDE_MAX_BLOCKS, n), block (DS_ELEMENTWISE_THREADS);
 // grid-stride over the sample ----
-DS_KERNEL void copy_f32(const CopyParams p) {
+DS_KERNEL void __launch_bounds__(DS_ELEMENTWISE_THREADS) copy_f32(const CopyParams p) {
     const int b = blockIdx.y;
     const float* s = p.src + (size_t)(b % p.src_n) * p.len;
     float* d = p.dst + (size_t)b * p.len;

@@ -23,7 +23,7 @@ DS_DEV void ds_slerp_coeffs(double g, double n0, double n1, double dot, double* 
 // per sample ----
 // Without a mask: hc is rescaled to |h| and out = slerp(gamma, h, hc_n). With a mask
 // M [hw] (shared by every channel and sample): out = slerp(gamma, h M, hc M) + (1-M) h.
-DS_KERNEL void hspace_mix_f32(const HspaceParams p) {
+DS_KERNEL void __launch_bounds__(DS_HSPACE_THREADS) hspace_mix_f32(const HspaceParams p) {
     __shared__ double coef[2];
     const int b = blockIdx.x;
     const size_t len = (size_t)p.c * p.hw;

@@ -5,7 +5,7 @@
 // resample_f32: grid (gx <= DS_GRID_STRIDE_MAX_BLOCKS, n), block (DS_ELEMENTWISE_THREADS);
 // grid-stride over the output sample, one output element per step (memory-bound; each
 // input is read once per output that needs it).
-DS_KERNEL void resample_f32(const ResampleParams p) {
+DS_KERNEL void __launch_bounds__(DS_ELEMENTWISE_THREADS) resample_f32(const ResampleParams p) {
     const int b = blockIdx.y;
     const long long plane_in = (long long)p.h * p.w, plane_out = (long long)p.ho * p.wo;
     const long long len = (long long)p.c * plane_out;

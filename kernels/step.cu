@@ -40,7 +40,7 @@ struct PhiloxTestParams {
     unsigned c[4];
     unsigned k[2];
 };
-DS_KERNEL void philox_test(const PhiloxTestParams p) {
+DS_KERNEL void __launch_bounds__(32) philox_test(const PhiloxTestParams p) {
     if (threadIdx.x != 0) return;
     const DsU4 r = ds_philox4x32_10(DsU4{p.c[0], p.c[1], p.c[2], p.c[3]}, p.k[0], p.k[1]);
     p.out[0] = r.x;
@@ -66,7 +66,7 @@ DS_DEV float ds_ddim_elem(const StepParams& p, float x, float e0, float ed, floa
     const float v = ds_add(ds_mul(sa_j, x0), ds_mul(p.c_dir, ed));
     return p.c_noise != 0.0f ? ds_add(v, ds_mul(p.c_noise, z)) : v;
 }
-DS_KERNEL void ddim_step_f32(const StepParams p) {
+DS_KERNEL void __launch_bounds__(DS_ELEMENTWISE_THREADS) ddim_step_f32(const StepParams p) {
     const int b = blockIdx.y;
     const size_t pair = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     const size_t e = 2 * pair;
@@ -91,7 +91,7 @@ DS_REGISTER(ddim_step_f32, StepParams)
 // each pass); means and biased stds in f64 (two passes); then
 // P'n = mean(P') + (P' - mean(P')) std(P) / std(P') (f64, rounded) and
 // out = x + sqrt(a) (P'n - P) + omega sqrt(1-a) (eps_mod - eps) in f32.
-DS_KERNEL void calibrate_f32(const CalibrateParams p) {
+DS_KERNEL void __launch_bounds__(DS_CALIBRATE_THREADS) calibrate_f32(const CalibrateParams p) {
     const int b = blockIdx.x;
     const size_t len = (size_t)p.len;
     const float* x = p.x + (size_t)b * len;

@@ -32,6 +32,14 @@ fn smem_bytes(d: usize, tensor_cores: bool) -> u32 {
     unsafe { ds_attention_smem_bytes(d as c_int, tensor_cores) }
 }
 
+/// The kernel, block and dynamic shared memory for head dim `d` at precision `suffix`:
+/// head dims up to 128 (multi-head layers) get the variant with fewer output registers
+/// (two blocks per SM instead of one).
+fn variant(suffix: &str, d: usize) -> (String, [u32; 3], u32) {
+    let kernel = format!("attention_{suffix}{}", if d <= DS_ATTN_SMALL_D { "_d128" } else { "" });
+    (kernel, [DS_ATTN_THREADS as u32, 1, 1], smem_bytes(d, suffix != "f32"))
+}
+
 pub(super) fn attention<D: Device>(
     be: &GpuBackend<D>,
     qkv: Act<'_, GpuBuf>,
@@ -63,11 +71,7 @@ pub(super) fn attention<D: Device>(
     };
     int(3 * c * t, "attention sample size")?;
     let grid = |n: usize| [t.div_ceil(DS_ATTN_BQ) as u32, heads as u32, n as u32];
-    let smem = smem_bytes(d, be.suffix() != "f32");
-    let block = [DS_ATTN_THREADS as u32, 1, 1];
-    // Head dims up to 128 (multi-head layers) get the variant with fewer output
-    // registers: two blocks per SM instead of one.
-    let kernel = format!("attention_{}{}", be.suffix(), if d <= DS_ATTN_SMALL_D { "_d128" } else { "" });
+    let (kernel, block, smem) = variant(be.suffix(), d);
     let kernel = kernel.as_str();
     if qkv.n == out.n {
         return be.launch(kernel, grid(out.n), block, smem, &p);
@@ -104,6 +108,18 @@ pub(super) fn micro<D: Device>(s: &mut super::micro::Sink<'_, D>) -> Result<()> 
 
 #[cfg(test)]
 mod tests {
+    /// Every head dim the launcher takes fits every architecture of the fatbin (shared
+    /// memory grows with it; the tests' shapes reach only a few).
+    #[test]
+    fn every_head_dim_fits_the_launch_limits() {
+        for suffix in ["f32", "f16", "bf16"] {
+            for d in 1..=super::MAX_HEAD_DIM {
+                let (kernel, block, smem) = super::variant(suffix, d);
+                super::super::limits::check(&kernel, block, smem).unwrap();
+            }
+        }
+    }
+
     use super::super::device::Device;
     use super::super::testutil::*;
     use super::super::GpuBackend;

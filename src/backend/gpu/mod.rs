@@ -19,6 +19,7 @@ mod attention;
 mod conv;
 mod elementwise;
 mod hspace;
+pub mod limits;
 pub mod micro;
 mod norm;
 mod resample;
@@ -347,8 +348,11 @@ impl<D: Device> GpuBackend<D> {
         w.mem.ptr
     }
 
-    /// Launches `kernel` with one parameter block (or records it inside a step).
+    /// Launches `kernel` with one parameter block (or records it inside a step). The
+    /// block and its shared memory must fit the kernel's compiled limits on every
+    /// architecture of the fatbin (`limits`), on the emulator too.
     pub(crate) fn launch<P: Pod>(&self, kernel: &str, grid: [u32; 3], block: [u32; 3], smem: u32, p: &P) -> Result<()> {
+        limits::check(kernel, block, smem)?;
         let params = bytemuck::bytes_of(p);
         if let Some(rec) = self.lock_graphs().recording.as_mut() {
             rec.push(Launch { kernel: kernel.to_string(), grid, block, smem, params: params.to_vec() });
