@@ -1,7 +1,8 @@
 //! Builds the kernels twice from the same sources:
 //! 1. for the host, as C++17 against the emulation runtime in `kernels/emu/` (always;
-//!    this is what `--device emu` and the emulated tests run), plus an instrumented
-//!    copy of the same for the emulator's race / init / mem checks;
+//!    this is what `--device emu` and the emulated tests run), plus two more copies
+//!    of the same: instrumented for the emulator's race / init / mem checks, and with
+//!    FMA contraction (the model of a GPU's rounding);
 //! 2. with nvcc into one fatbin (SASS for sm_80/86/89/90a, PTX for compute_80; or the
 //!    list in `DS_CUDA_ARCHS`, e.g. `sm_90a` alone for the H200 binaries carried to a
 //!    lent GPU) that the binary embeds, when nvcc can be found, recording ptxas's
@@ -45,11 +46,16 @@ fn main() {
         .flag_if_supported("--param=tsan-instrument-func-entry-exit=0")
         .flag("-g1")
         .compile_intermediates();
+    // The copy with a*b+c contracted into FMA, as nvcc does: the model of a GPU's
+    // rounding that the real-GPU tests' tolerances are checked against (the last
+    // -ffp-contract wins; with no FMA on the build machine it equals the plain copy).
+    let fma = emu_build().file("kernels/emu/kernels_fma.cpp").flag("-ffp-contract=fast").compile_intermediates();
     emu_build()
         .file("kernels/emu/runtime.cpp")
         .file("kernels/emu/memcheck.cpp")
         .file("kernels/emu/kernels.cpp")
         .objects(checked)
+        .objects(fma)
         .compile("ds_emu");
 
     let fatbin = out.join("kernels.fatbin");

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::run_case_on;
+use common::{run_case_on, FORWARD_BOUNDS, MIN_PSNR_16BIT, MIN_PSNR_F32};
 use diffstyle::backend::cpu::CpuBackend;
 use diffstyle::backend::gpu::cuda::CudaDevice;
 use diffstyle::backend::gpu::GpuBackend;
@@ -41,7 +41,7 @@ fn method_cases_f32() {
         "harmonize",
         "edit_999",
     ] {
-        run_case_on(&be, Precision::F32, case, 40.0);
+        run_case_on(&be, Precision::F32, case, MIN_PSNR_F32);
     }
 }
 
@@ -50,7 +50,7 @@ fn method_reduced_precision() {
     for p in [Precision::Bf16, Precision::F16] {
         let Some(be) = gpu(p) else { return };
         for case in ["defaults", "mask", "omega"] {
-            run_case_on(&be, p, case, 30.0);
+            run_case_on(&be, p, case, MIN_PSNR_16BIT);
         }
     }
 }
@@ -82,7 +82,7 @@ fn ddpm256_forward_vs_cpu() {
         })
         .collect();
     let cpu = forward_on(&CpuBackend::new(0), &model, Precision::F32, &x);
-    for (p, bound) in [(Precision::F32, 1e-4), (Precision::Bf16, 3e-2), (Precision::F16, 1e-2)] {
+    for (p, bound) in FORWARD_BOUNDS {
         let be = gpu(p).expect("the GPU was usable a moment ago");
         let got = forward_on(&be, &model, p, &x);
         let e = rel_l2(&got, &cpu);

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{fixtures, fixtures_adm, run_case_in, run_case_on, tensor};
+use common::{fixtures, fixtures_adm, run_case_in, run_case_on, tensor, MIN_PSNR_16BIT, MIN_PSNR_F32};
 use diffstyle::backend::cpu::CpuBackend;
 use diffstyle::diffusion::method::{Engine, Settings};
 use diffstyle::dtype::Precision;
@@ -14,7 +14,7 @@ use diffstyle::tensor::psnr_model_space;
 use safetensors::SafeTensors;
 
 fn run_case(name: &str) -> f64 {
-    run_case_on(&CpuBackend::new(0), Precision::F32, name, 40.0)
+    run_case_on(&CpuBackend::new(0), Precision::F32, name, MIN_PSNR_F32)
 }
 
 macro_rules! cases {
@@ -34,19 +34,19 @@ cases!(defaults, omega, dt_lambda, mask, replace_lt_gen, replace_zero, inv_ne_ge
 /// learned sigma) through the whole method, fast settings (tests/fixtures/method_adm).
 #[test]
 fn adm_fast() {
-    run_case_in(&CpuBackend::new(0), Precision::F32, &fixtures_adm(), "adm_fast", 40.0);
+    run_case_in(&CpuBackend::new(0), Precision::F32, &fixtures_adm(), "adm_fast", MIN_PSNR_F32);
 }
 
 #[test]
 fn adm_mask_omega() {
-    run_case_in(&CpuBackend::new(0), Precision::F32, &fixtures_adm(), "adm_mask_omega", 40.0);
+    run_case_in(&CpuBackend::new(0), Precision::F32, &fixtures_adm(), "adm_mask_omega", MIN_PSNR_F32);
 }
 
 /// ADM weights stored as f16 / bf16 (computed in f32) against the golden: >= 30 dB.
 #[test]
 fn adm_reduced_precision_weights() {
     for p in [Precision::F16, Precision::Bf16] {
-        let psnr = run_case_in(&CpuBackend::new(0), p, &fixtures_adm(), "adm_fast", 30.0);
+        let psnr = run_case_in(&CpuBackend::new(0), p, &fixtures_adm(), "adm_fast", MIN_PSNR_16BIT);
         eprintln!("ADM {p:?} weights vs the f64 golden: PSNR {psnr:.1} dB");
     }
 }

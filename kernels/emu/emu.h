@@ -13,9 +13,10 @@
 //   instructions only through the wrappers of mma.cuh;
 // - kernels declared `DS_KERNEL void name(const Params p)` and registered with
 //   DS_REGISTER (on the host they are static, reached through the registry).
-// The kernels are compiled twice for the host: plainly (kernels.cpp) and instrumented
-// for the race / init / mem checks (kernels_checked.cpp). The functions below are
-// `static` so that each copy calls its own.
+// The kernels are compiled three times for the host: plainly (kernels.cpp),
+// instrumented for the race / init / mem checks (kernels_checked.cpp) and with FMA
+// contraction (kernels_fma.cpp). The functions below are `static` so that each copy
+// calls its own.
 #pragma once
 
 #include <cmath>
@@ -56,6 +57,7 @@ enum Check : unsigned {
     kCheckSched = 1u << 4,  // seeded permutation of the fibers' order
     kCheckSync = 1u << 5,   // a barrier or warp collective reached from different call sites
     kCheckAlign = 1u << 6,  // cp.async / ldmatrix addresses aligned
+    kModeFma = 1u << 7,     // not a check: run the copy compiled with FMA contraction
 };
 // The checks of the running launch.
 unsigned checks();
@@ -188,8 +190,18 @@ static inline float __fdividef(float a, float b) { return a / b; }
 static inline float __frcp_rn(float x) { return 1.0f / x; }
 static inline float __fsqrt_rn(float x) { return std::sqrt(x); }
 static inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
-static inline float __fmul_rn(float a, float b) { return a * b; }
-static inline float __fadd_rn(float a, float b) { return a + b; }
+// nvcc never contracts these into an FMA; neither may the host compiler in the FMA copy
+// (kernels_fma.cpp): the empty asm makes the rounded product / the operands opaque.
+static inline float ds_emu_opaque(float x) {
+#if defined(__x86_64__)
+    __asm__("" : "+x"(x));
+#else
+    __asm__("" : "+r"(x));
+#endif
+    return x;
+}
+static inline float __fmul_rn(float a, float b) { return ds_emu_opaque(a * b); }
+static inline float __fadd_rn(float a, float b) { return ds_emu_opaque(a) + ds_emu_opaque(b); }
 static inline float __saturatef(float x) { return x < 0.f ? 0.f : (x > 1.f ? 1.f : x); }
 inline void sincosf(float x, float* s, float* c) { *s = std::sin(x); *c = std::cos(x); }
 inline void sincos(double x, double* s, double* c) { *s = std::sin(x); *c = std::cos(x); }
@@ -302,13 +314,13 @@ using Invoker = void (*)(const void* params);
 struct Registrar {
     // `params`: the parameter struct's name, so that the host can match each kernel
     // with its #[repr(C)] mirror (field layouts: kernels/emu/kernels.cpp).
-    // `checked`: a kernel of the instrumented copy (kernels_checked.cpp).
-    Registrar(const char* name, Invoker f, size_t param_size, const char* params, bool checked);
+    // `copy`: 0 plain (kernels.cpp), 1 instrumented, 2 contracted (kernels_copy.inc).
+    Registrar(const char* name, Invoker f, size_t param_size, const char* params, int copy);
 };
 }  // namespace emu
-#ifndef DS_EMU_CHECKED_BUILD
-#define DS_EMU_CHECKED_BUILD 0
+#ifndef DS_EMU_COPY
+#define DS_EMU_COPY 0
 #endif
 #define DS_REGISTER(name, P)                                                                             \
     static ::emu::Registrar ds_emu_reg_##name(                                                           \
-        #name, [](const void* p) { name(*reinterpret_cast<const P*>(p)); }, sizeof(P), #P, DS_EMU_CHECKED_BUILD);
+        #name, [](const void* p) { name(*reinterpret_cast<const P*>(p)); }, sizeof(P), #P, DS_EMU_COPY);

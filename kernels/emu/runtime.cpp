@@ -18,9 +18,9 @@ thread_local BlockCtx* g_block = nullptr;
 
 namespace rt {
 
-std::map<std::string, Kernel>& registry(bool checked) {
-    static std::map<std::string, Kernel> plain, instrumented;
-    return checked ? instrumented : plain;
+std::map<std::string, Kernel>& registry(int copy) {
+    static std::map<std::string, Kernel> copies[kCopies];
+    return copies[copy];
 }
 
 Worker::Worker() : fibers(kMaxThreads), threads(kMaxThreads), pending(kMaxThreads), committed(kMaxThreads) {
@@ -360,8 +360,8 @@ private:
 
 }  // namespace
 
-Registrar::Registrar(const char* name, Invoker f, size_t param_size, const char* params, bool checked) {
-    registry(checked)[name] = Kernel{f, param_size, params};
+Registrar::Registrar(const char* name, Invoker f, size_t param_size, const char* params, int copy) {
+    registry(copy)[name] = Kernel{f, param_size, params};
 }
 
 // The sync check: every thread of one barrier generation arrives from one call site.
@@ -506,7 +506,8 @@ void trap(const char* what) {
 extern "C" {
 
 int ds_emu_kernels_anchor();
-int ds_emu_checked_kernels_anchor();
+int ds_emu_kernels_anchor_1();
+int ds_emu_kernels_anchor_2();
 
 // Launches `name` over grid x block with `smem` bytes of dynamic shared memory and
 // one parameter struct, under the checks `checks` (emu::Check bits; `seed` for sched);
@@ -519,14 +520,17 @@ int ds_emu_launch(const char* name, const unsigned grid[3], const unsigned block
         return 1;
     };
     ds_emu_kernels_anchor();
-    // race / init / mem run the instrumented copy of the kernels.
-    bool instrumented = (checks & emu::rt::kShadowChecks) != 0;
-    if (instrumented) ds_emu_checked_kernels_anchor();
-    auto& reg = emu::rt::registry(instrumented);
+    ds_emu_kernels_anchor_1();
+    ds_emu_kernels_anchor_2();
+    // race / init / mem run the instrumented copy of the kernels, fma the contracted one.
+    bool shadow = (checks & emu::rt::kShadowChecks) != 0, fma = (checks & emu::kModeFma) != 0;
+    if (shadow && fma) return fail("the fma mode cannot be combined with the race, init or mem checks");
+    int copy = shadow ? 1 : fma ? 2 : 0;
+    static const char* const kCopyNames[emu::rt::kCopies] = {"", " (instrumented copy)", " (FMA copy)"};
+    auto& reg = emu::rt::registry(copy);
     auto it = reg.find(name);
     if (it == reg.end())
-        return fail(std::string("no kernel named ") + name + " in the emulated build" +
-                    (instrumented ? " (instrumented copy)" : ""));
+        return fail(std::string("no kernel named ") + name + " in the emulated build" + kCopyNames[copy]);
     const emu::rt::Kernel& k = it->second;
     if (params_size != k.param_size)
         return fail(std::string(name) + ": parameter block of " + std::to_string(params_size) +
@@ -563,7 +567,7 @@ int ds_emu_launch(const char* name, const unsigned grid[3], const unsigned block
 // #[repr(C)] mirrors against the C structs.
 size_t ds_emu_param_size(const char* name) {
     ds_emu_kernels_anchor();
-    auto& reg = emu::rt::registry(false);
+    auto& reg = emu::rt::registry(0);
     auto it = reg.find(name);
     return it == reg.end() ? 0 : it->second.param_size;
 }
@@ -571,7 +575,7 @@ size_t ds_emu_param_size(const char* name) {
 // Name of the parameter struct of a kernel (null when unknown).
 const char* ds_emu_param_struct(const char* name) {
     ds_emu_kernels_anchor();
-    auto& reg = emu::rt::registry(false);
+    auto& reg = emu::rt::registry(0);
     auto it = reg.find(name);
     return it == reg.end() ? nullptr : it->second.params;
 }
@@ -580,7 +584,7 @@ const char* ds_emu_param_struct(const char* name) {
 // that every kernel's parameter block is mirrored.
 const char* ds_emu_kernel_name(size_t i) {
     ds_emu_kernels_anchor();
-    auto& reg = emu::rt::registry(false);
+    auto& reg = emu::rt::registry(0);
     if (i >= reg.size()) return nullptr;
     auto it = reg.begin();
     std::advance(it, i);

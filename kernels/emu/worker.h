@@ -30,7 +30,7 @@ constexpr size_t kXchg = kWarpSlot;  // bytes per lane in warp exchanges
 // to align its start to 16 bytes and the 16 poisoned bytes after it.
 constexpr size_t kSmemWindow = kMaxSmem + 32;
 // The checks that need every memory access seen: they run the instrumented copy of
-// the kernels (kernels_checked.cpp) and the hooks of memcheck.cpp.
+// the kernels (copy 1, kernels_checked.cpp) and the hooks of memcheck.cpp.
 constexpr unsigned kShadowChecks = kCheckRace | kCheckInit | kCheckMem;
 
 struct Kernel {
@@ -38,8 +38,9 @@ struct Kernel {
     size_t param_size;
     const char* params;  // the parameter struct's name
 };
-// The kernels by name: the plain build's, or (checked) the instrumented copy's.
-std::map<std::string, Kernel>& registry(bool checked);
+// The kernels by name of one copy (emu.h's Registrar: 0 plain, 1 instrumented, 2 FMA).
+constexpr int kCopies = 3;
+std::map<std::string, Kernel>& registry(int copy);
 
 // One launch's checks and its first failure (blocks run on several OS threads).
 struct LaunchState {

@@ -114,6 +114,11 @@ pub fn kernel_param_size(name: &str) -> Option<usize> {
 ///   of one block / warp fails the launch (as does a barrier that can never complete);
 /// - `align`: `cp.async` and `ldmatrix` addresses checked for their alignment.
 ///
+/// Not a check but a model: `fma` runs a copy of the kernels compiled with `a*b+c`
+/// contracted into fused multiply-adds as nvcc does (the plain copy keeps the CPU
+/// oracle's rounding of each operation), so the real-GPU tests' tolerances can be
+/// checked against a GPU's kind of rounding here; `all` leaves it out.
+///
 /// A failed check fails the launch with the kernel, block, thread and access site.
 /// `race`, `init` and `mem` run an instrumented copy of the kernels (every load and
 /// store calls a hook; kernels/emu/memcheck.cpp), several times slower than the plain one.
@@ -135,15 +140,25 @@ impl EmuChecks {
         ("align", 1 << 6),
     ];
 
+    /// race, init and mem: the checks that run the instrumented copy of the kernels.
+    const INSTRUMENTED: u32 = 0b111;
+    /// The FMA-contraction mode's name and bit (`emu::kModeFma`).
+    pub const FMA: (&'static str, u32) = ("fma", 1 << 7);
+
     /// Every check, seed 0.
     pub fn all() -> Self {
         Self { bits: Self::KNOWN.iter().map(|k| k.1).fold(0, |a, b| a | b), seed: 0 }
     }
 
+    /// The kernels compiled with FMA contraction, no check.
+    pub fn fma() -> Self {
+        Self { bits: Self::FMA.1, seed: 0 }
+    }
+
     /// The checks' names, for messages.
     fn listed() -> String {
         let mut names: Vec<&str> = Self::KNOWN.iter().map(|k| k.0).collect();
-        names.push("all");
+        names.extend(["all", Self::FMA.0]);
         names.join(", ")
     }
 
@@ -154,11 +169,14 @@ impl EmuChecks {
         for name in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             if name == "all" {
                 bits |= Self::all().bits;
-            } else if let Some((_, b)) = Self::KNOWN.iter().find(|k| k.0 == name) {
+            } else if let Some((_, b)) = Self::KNOWN.iter().chain([&Self::FMA]).find(|k| k.0 == name) {
                 bits |= b;
             } else {
                 bail!("DIFFSTYLE_EMU_CHECK: unknown check `{name}` (known: {})", Self::listed());
             }
+        }
+        if bits & Self::FMA.1 != 0 && bits & Self::INSTRUMENTED != 0 {
+            bail!("DIFFSTYLE_EMU_CHECK: `fma` runs its own copy of the kernels and cannot be combined with race, init or mem");
         }
         let seed = match seed.map(str::trim) {
             None | Some("") => 0,
@@ -173,6 +191,14 @@ impl EmuChecks {
         Self::parse(&spec, std::env::var("DIFFSTYLE_EMU_SEED").ok().as_deref())
     }
 }
+
+/// The factor by which a test's error must stay under its bound on the FMA model
+/// (`EmuChecks::fma`) for the bound to count as calibrated for a GPU: the per-op tests'
+/// `testutil::bound` under `DIFFSTYLE_EMU_CHECK=fma`, and tests/gpu_emu.rs for the
+/// real-GPU tests' bounds. Two: a GPU's rounding differs from the model's only in
+/// order (tensor-core sums, libm), which moves an error by a small factor, not by
+/// orders; most bounds are dominated by 16-bit storage, the same everywhere.
+pub const FMA_MARGIN: f64 = 2.0;
 
 /// Bytes after every emulated allocation that belong to none (see `alloc`).
 const REDZONE: usize = 256;
@@ -332,6 +358,8 @@ mod tests {
         assert_eq!(EmuChecks::parse("all", Some("7")).unwrap(), EmuChecks { seed: 7, ..EmuChecks::all() });
         assert_eq!(EmuChecks::parse(" sync , align", None).unwrap().bits, (1 << 5) | (1 << 6));
         assert_eq!(EmuChecks::parse("race,init,mem", None).unwrap().bits, 0b111);
+        assert_eq!(EmuChecks::parse("fma,sched", None).unwrap().bits, (1 << 7) | (1 << 4));
+        assert!(EmuChecks::parse("fma,all", None).unwrap_err().to_string().contains("cannot be combined"));
         assert!(EmuChecks::parse("speed", None).unwrap_err().to_string().contains("unknown check `speed`"));
         assert!(EmuChecks::parse("all", Some("x")).unwrap_err().to_string().contains("DIFFSTYLE_EMU_SEED"));
     }
