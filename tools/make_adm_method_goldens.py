@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from dsref.rows import h_rows  # noqa: E402
 from dsref import rng  # noqa: E402
 from dsref.adm import AdmSplit, AdmUNet  # noqa: E402
 from dsref.imageio import load_image, load_mask  # noqa: E402
@@ -120,10 +121,12 @@ def main():
             res[dtype] = (x, cxT, sxT, ch, stats)
         x, cxT, sxT, ch, stats = res[torch.float64]
         keys = sorted(ch)
+        rows = h_rows(len(keys))
         save_file({"x0": x.float().contiguous(), "content_xT": cxT.float().contiguous(),
                    "style_xT": sxT.float().contiguous(),
-                   "content_h": torch.cat([ch[k] for k in keys]).float().contiguous(),
-                   "content_h_keys": torch.tensor(keys, dtype=torch.float32)},
+                   "content_h": torch.cat([ch[keys[r]] for r in rows]).float().contiguous(),
+                   "content_h_keys": torch.tensor(keys, dtype=torch.float32),
+                   "content_h_rows": torch.tensor(rows, dtype=torch.float32)},
                   os.path.join(d, "expected.safetensors"))
         p32 = psnr(res[torch.float32][0], x)
         diff = ", ".join(f"{k} {v}" for k, v in over.items()) or "(defaults)"

@@ -6,7 +6,8 @@ expected.safetensors) computed by the float64 reference in tools/dsref (docs/met
     python3 tools/make_method_goldens.py      # deterministic; rerun gives identical files
 
 expected.safetensors (float32): x0 [1,3,S,S] (final latent, unclamped), content_xT,
-style_xT [1,3,S,S], content_h [K,C,s,s], content_h_keys [K] (ascending); roundtrip also
+style_xT [1,3,S,S], content_h [R,C,s,s] (rows content_h_rows of the K keys,
+tools/dsref/rows.py), content_h_keys [K] (ascending); roundtrip also
 has recon (= x0).
 """
 import json
@@ -22,6 +23,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from dsref.rows import h_rows  # noqa: E402
 from dsref import rng  # noqa: E402
 from dsref.imageio import load_image, load_mask  # noqa: E402
 from dsref.method import Settings, Stats, ddim_generate, generate, invert  # noqa: E402
@@ -186,8 +188,9 @@ loaded as `(u8 / 255 - 0.5) / 0.5`), optional `mask.png`, and `expected.safetens
 |--------|-------|-|
 | `x0` | [1, 3, 32, 32] | final latent of the generation, unclamped |
 | `content_xT`, `style_xT` | [1, 3, 32, 32] | DDIM inversion results (n = inv_steps) |
-| `content_h` | [K, 64, 8, 8] | the content trajectory's h, K = inv_steps - 1 |
-| `content_h_keys` | [K] | its timesteps, ascending (seq(inv_steps) without 999) |
+| `content_h` | [R, 64, 8, 8] | the content trajectory's h at rows `content_h_rows` |
+| `content_h_keys` | [K] | the trajectory's timesteps, ascending (seq(inv_steps) without 999), K = inv_steps - 1 |
+| `content_h_rows` | [R] | the rows of the K kept in `content_h` (first, quarters, last: tools/dsref/rows.py) |
 | `recon` | [1, 3, 32, 32] | roundtrip only: equal to x0 |
 
 The mask (case `mask`) is a 32x32 RGBA image, 4x the h grid: per pixel
@@ -270,10 +273,12 @@ def main():
         st = Settings(**cfg)
         x, cxT, sxT, ch, stats = r64.run(d, st)
         keys = sorted(ch)
+        rows = h_rows(len(keys))
         out = {"x0": x.float().contiguous(), "content_xT": cxT.float().contiguous(),
                "style_xT": sxT.float().contiguous(),
-               "content_h": torch.cat([ch[k] for k in keys]).float().contiguous(),
-               "content_h_keys": torch.tensor(keys, dtype=torch.float32)}
+               "content_h": torch.cat([ch[keys[r]] for r in rows]).float().contiguous(),
+               "content_h_keys": torch.tensor(keys, dtype=torch.float32),
+               "content_h_rows": torch.tensor(rows, dtype=torch.float32)}
         info = {}
         if name == "roundtrip":
             out["recon"] = out["x0"].clone()
