@@ -4,16 +4,14 @@
 
 mod common;
 
-use common::{run_case_on, FORWARD_BOUNDS, MIN_PSNR_16BIT, MIN_PSNR_F32};
+use common::{forward_on, run_case_on, FORWARD_BOUNDS, MIN_PSNR_16BIT, MIN_PSNR_F32};
 use diffstyle::backend::cpu::CpuBackend;
 use diffstyle::backend::gpu::cuda::CudaDevice;
 use diffstyle::backend::gpu::GpuBackend;
-use diffstyle::backend::Backend;
 use diffstyle::dtype::Precision;
 use diffstyle::model::arch::UNetArch;
 use diffstyle::model::schedule::Schedule;
 
-use diffstyle::model::unet::UNet;
 use diffstyle::model::weights::LoadedModel;
 use diffstyle::tensor::rel_l2;
 
@@ -53,15 +51,6 @@ fn method_reduced_precision() {
             run_case_on(&be, p, case, MIN_PSNR_16BIT);
         }
     }
-}
-
-/// One U-Net forward at t = 500 of `x` on `be`.
-fn forward_on<B: Backend>(be: &B, model: &LoadedModel, p: Precision, x: &[f32]) -> Vec<f32> {
-    let unet = UNet::new(be, model, p).unwrap();
-    let ws = unet.workspace(be, 1, 1).unwrap();
-    be.upload(unet.x(&ws), x).unwrap();
-    unet.forward(be, &ws, &[500.0]).unwrap();
-    be.download(unet.eps(&ws, 1)).unwrap()
 }
 
 /// One forward of the 256x256 DDPM U-Net (113 M parameters, random weights) against

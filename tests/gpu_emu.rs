@@ -6,8 +6,8 @@
 mod common;
 
 use common::{
-    fixtures, fixtures_adm, run_case_in, run_case_margin, run_case_on, FORWARD_BOUNDS, MARGIN, MIN_PSNR_16BIT,
-    MIN_PSNR_F32,
+    fixtures, fixtures_adm, forward_input, forward_on, run_case_in, run_case_margin, run_case_on, FORWARD_BOUNDS,
+    MARGIN, MIN_PSNR_16BIT, MIN_PSNR_F32,
 };
 use diffstyle::backend::gpu::emu::{EmuChecks, EmuDevice};
 use diffstyle::backend::gpu::GpuBackend;
@@ -123,8 +123,8 @@ fn forward_runs_clean_under_every_check() {
     for model in [&ddpm, &adm] {
         for p in [Precision::F32, Precision::Bf16] {
             let checked = GpuBackend::new(EmuDevice::with_checks(EmuChecks { seed: 3, ..EmuChecks::all() }), p);
-            let want = forward_on(&emu(p), model, p);
-            assert_eq!(forward_on(&checked, model, p), want, "{} {p:?}", model.source);
+            let want = forward_on(&emu(p), model, p, &forward_input(model));
+            assert_eq!(forward_on(&checked, model, p, &forward_input(model)), want, "{} {p:?}", model.source);
         }
     }
 }
@@ -168,34 +168,21 @@ fn fma_model_forwards() {
         ("adm", load_model(&adm.join("model.safetensors"), Some(&adm.join("model.json")), None).unwrap()),
     ];
     for (name, model) in &models {
-        let cpu = forward_on(&diffstyle::backend::cpu::CpuBackend::new(2), model, Precision::F32);
+        let x = forward_input(model);
+        let cpu = forward_on(&diffstyle::backend::cpu::CpuBackend::new(2), model, Precision::F32, &x);
         for (p, bound) in FORWARD_BOUNDS {
-            let got = forward_on(&fma(p), model, p);
+            let got = forward_on(&fma(p), model, p, &x);
             let e = diffstyle::tensor::rel_l2(&got, &cpu);
             eprintln!("{name} forward {p:?} on the FMA model vs CPU f32: rel. L2 {e:.2e} (bound {bound:e})");
             assert!(e * MARGIN < bound, "{name} {p:?}: rel. L2 {e:e} not {MARGIN}x under {bound:e}");
         }
-        let plain = forward_on(&emu(Precision::F32), model, Precision::F32);
+        let plain = forward_on(&emu(Precision::F32), model, Precision::F32, &x);
         assert_ne!(
-            forward_on(&fma(Precision::F32), model, Precision::F32),
+            forward_on(&fma(Precision::F32), model, Precision::F32, &x),
             plain,
             "{name}: the FMA copy rounds as the plain one"
         );
     }
-}
-
-/// One U-Net forward at t = 500 of a fixed input on `be`.
-fn forward_on<B: diffstyle::backend::Backend>(
-    be: &B,
-    model: &diffstyle::model::weights::LoadedModel,
-    p: Precision,
-) -> Vec<f32> {
-    let unet = UNet::new(be, model, p).unwrap();
-    let ws = unet.workspace(be, 1, 1).unwrap();
-    let x: Vec<f32> = (0..unet.x(&ws).len()).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
-    be.upload(unet.x(&ws), &x).unwrap();
-    unet.forward(be, &ws, &[500.0]).unwrap();
-    be.download(unet.eps(&ws, 1)).unwrap()
 }
 
 /// A device whose kernels "fault" from the `at`-th launch on: the fault shows only at

@@ -82,6 +82,26 @@ pub const FORWARD_BOUNDS: [(Precision, f64); 3] =
 /// 20 log10 of it in dB).
 pub const MARGIN: f64 = diffstyle::backend::gpu::emu::FMA_MARGIN;
 
+/// One U-Net forward at t = 500 of `x` on `be` with weights stored at `p`: eps.
+pub fn forward_on<B: Backend>(
+    be: &B,
+    model: &diffstyle::model::weights::LoadedModel,
+    p: Precision,
+    x: &[f32],
+) -> Vec<f32> {
+    let unet = UNet::new(be, model, p).unwrap();
+    let ws = unet.workspace(be, 1, 1).unwrap();
+    be.upload(unet.x(&ws), x).unwrap();
+    unet.forward(be, &ws, &[500.0]).unwrap();
+    be.download(unet.eps(&ws, 1)).unwrap()
+}
+
+/// A fixed input in [-1, 1) for one sample of `model`.
+pub fn forward_input(model: &diffstyle::model::weights::LoadedModel) -> Vec<f32> {
+    let len = model.arch.in_channels * model.arch.sample_size * model.arch.sample_size;
+    (0..len).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect()
+}
+
 /// Runs one case on `be` with weights stored at `precision`; returns the PSNR of the
 /// output against the golden, asserting `min_psnr` (and, in f32, the inversion's
 /// closeness to the golden trajectory).
