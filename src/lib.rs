@@ -10,5 +10,7 @@ pub mod dtype;
 pub mod eval;
 pub mod io;
 pub mod model;
+pub mod pipeline;
 pub mod rng;
+pub mod serve;
 pub mod tensor;

@@ -1,7 +1,7 @@
 //! The crate's layers import only downwards, and no two files import each other.
 //!
 //! The order (ARCHITECTURE.md): tensor, dtype, rng → backend → model → diffusion → io →
-//! bench, eval → commands → main. This test reads every file under `src/`, collects the
+//! bench, eval, pipeline → serve → commands → main. This test reads every file under `src/`, collects the
 //! crate paths it names (`crate::…`, `super::…`, `self::…`, `diffstyle::…` in
 //! main.rs; `use` groups in braces included; comments and string literals skipped),
 //! resolves each to the file of the module it reaches, and fails on
@@ -23,9 +23,10 @@ fn layer(top: &str) -> Option<usize> {
         "model" => 2,
         "diffusion" => 3,
         "io" => 4,
-        "bench" | "eval" => 5,
-        "commands" => 6,
-        "main" => 7,
+        "bench" | "eval" | "pipeline" => 5,
+        "serve" => 6,
+        "commands" => 7,
+        "main" => 8,
         _ => return None,
     })
 }

@@ -4,32 +4,21 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use super::{
-    cache_key, check_parent, engine, model, on_backend, report_device, shapes, stem, Common, ModelArgs, Progress,
-};
-use crate::backend::Backend;
+use super::{check_parent, model, pipeline_options, report_pipeline, stem, Common, ModelArgs, Progress};
 use crate::diffusion::method::Settings;
-use crate::io::cache;
-use crate::model::unet::UNet;
+use crate::pipeline::Pipeline;
 
 pub fn invert(c: &Common, m: &ModelArgs, image: &Path, out: &Path, inv_steps: usize) -> Result<()> {
-    on_backend!(c, |be| invert_on(be, c, m, image, out, inv_steps))
-}
-
-fn invert_on<B: Backend>(be: &B, c: &Common, m: &ModelArgs, image: &Path, out: &Path, inv_steps: usize) -> Result<()> {
     let model = model(m)?;
     let s = Settings { inv_steps, ..Settings::default() };
     s.validate(&model.schedule)?;
     check_parent(out)?;
-    let unet = UNet::new(be, &model, c.precision)?;
-    let mut eng = engine(be, &unet, &model)?;
-    let x0 = crate::io::image::load_image(image, model.arch.sample_size)?.data;
+    let p = Pipeline::new(model, &pipeline_options(c, 1))?;
+    let im = p.image_from_path(image)?;
     let bar = Progress::new(c, inv_steps - 1, &format!("invert {}", stem(image)));
-    let inv = eng.invert(&x0, inv_steps, &mut || bar.tick())?;
+    let inv = p.invert_batch(&[&im], inv_steps, &mut || bar.tick())?.remove(0);
     drop(bar);
-    let (shape, h_shape) = shapes(&model);
-    let rec = cache::Cached { x0: inv.x0, x_t: inv.x_t, h: inv.h, keys: inv.keys };
-    cache::save(out, &rec, &cache_key(&model, c.precision, inv_steps), &image.display().to_string(), shape, h_shape)?;
-    report_device(c, be);
+    p.save_inversion(out, &inv, inv_steps, &image.display().to_string())?;
+    report_pipeline(c, &p);
     Ok(())
 }

@@ -8,17 +8,15 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
 
-use crate::backend::cpu::CpuBackend;
-use crate::backend::gpu::cuda::CudaDevice;
-use crate::backend::gpu::emu::EmuDevice;
-use crate::backend::gpu::GpuBackend;
 use crate::backend::Backend;
 use crate::diffusion::method::Engine;
 use crate::dtype::Precision;
-use crate::io::cache::CacheKey;
 use crate::model::config::{load_config_file, preset, ModelConfig};
 use crate::model::unet::UNet;
 use crate::model::weights::{load_model, LoadedModel};
+pub use crate::pipeline::device::DeviceChoice;
+use crate::pipeline::device::Picked;
+use crate::pipeline::{Pipeline, PipelineOptions};
 
 mod bench;
 mod evaluate;
@@ -27,8 +25,10 @@ mod invert;
 mod kernels;
 mod random_model;
 mod sample;
+mod serve;
 mod transfer;
 
+pub use crate::pipeline::Knobs;
 pub use bench::bench;
 pub use evaluate::evaluate;
 pub use info::info;
@@ -36,19 +36,8 @@ pub use invert::invert;
 pub use kernels::kernels;
 pub use random_model::random_model;
 pub use sample::sample;
-pub use transfer::{transfer, Knobs, TransferJob};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum DeviceChoice {
-    /// The f32 CPU backend.
-    Cpu,
-    /// An NVIDIA GPU (compute capability 8.0+) through the hand-written kernels.
-    Cuda,
-    /// The same kernels run by the host emulator: slow, for checking kernels without a GPU.
-    Emu,
-    /// A GPU when one is usable, else the CPU.
-    Auto,
-}
+pub use serve::{serve, ServeArgs};
+pub use transfer::{transfer, TransferJob};
 
 pub struct Common {
     pub device: DeviceChoice,
@@ -65,46 +54,14 @@ pub struct ModelArgs {
 }
 
 /// The backend `--device` asks for.
-pub(crate) enum Picked {
-    Cpu(CpuBackend),
-    Emu(GpuBackend<EmuDevice>),
-    Cuda(GpuBackend<CudaDevice>),
-}
-
 pub(crate) fn pick(c: &Common) -> Result<Picked> {
-    Ok(match c.device {
-        DeviceChoice::Cpu => Picked::Cpu(CpuBackend::new(c.threads)),
-        DeviceChoice::Emu => Picked::Emu(GpuBackend::new(EmuDevice::from_env()?, c.precision)),
-        DeviceChoice::Cuda => Picked::Cuda(GpuBackend::new(CudaDevice::new(0).context("--device cuda")?, c.precision)),
-        DeviceChoice::Auto => match CudaDevice::new(0) {
-            Ok(d) => Picked::Cuda(GpuBackend::new(d, c.precision)),
-            Err(e) => {
-                if c.verbose {
-                    eprintln!("--device auto: using the CPU ({e:#})");
-                }
-                Picked::Cpu(CpuBackend::new(c.threads))
-            }
-        },
-    })
+    crate::pipeline::device::pick(c.device, c.precision, c.threads, c.verbose)
 }
 
 /// Runs `$body` with `$be` bound to the picked backend (each arm is monomorphised).
 macro_rules! on_backend {
     ($c:expr, |$be:ident| $body:expr) => {
-        match $crate::commands::pick($c)? {
-            $crate::commands::Picked::Cpu(b) => {
-                let $be = &b;
-                $body
-            }
-            $crate::commands::Picked::Emu(b) => {
-                let $be = &b;
-                $body
-            }
-            $crate::commands::Picked::Cuda(b) => {
-                let $be = &b;
-                $body
-            }
-        }
+        $crate::with_backend!($crate::commands::pick($c)?, |$be| $body)
     };
 }
 pub(crate) use on_backend;
@@ -123,6 +80,30 @@ pub(crate) fn report_device<B: Backend>(c: &Common, be: &B) {
             Some(b) => eprintln!("device: {}; peak device memory {:.1} MiB", be.describe(), b as f64 / 1048576.0),
             None => eprintln!("device: {}", be.describe()),
         }
+    }
+}
+
+/// `--verbose`: where a pipeline ran and, on a GPU, its peak device memory.
+pub(crate) fn report_pipeline(c: &Common, p: &Pipeline) {
+    if c.verbose {
+        match p.peak_device_bytes() {
+            Some(b) => eprintln!("device: {}; peak device memory {:.1} MiB", p.info().device, b as f64 / 1048576.0),
+            None => eprintln!("device: {}", p.info().device),
+        }
+    }
+}
+
+/// A pipeline on the global options' device, precision and threads, running up to
+/// `batch` images or pairs at once (one engine, no cache: each command run is one job).
+pub(crate) fn pipeline_options(c: &Common, batch: usize) -> PipelineOptions {
+    PipelineOptions {
+        device: c.device,
+        precision: c.precision,
+        threads: c.threads,
+        max_batch: batch,
+        small_batches: false,
+        cache_mib: 0,
+        verbose: c.verbose,
     }
 }
 
@@ -177,15 +158,6 @@ impl Drop for Progress {
 
 pub(crate) fn stem(p: &Path) -> String {
     p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "input".into())
-}
-
-pub(crate) fn cache_key(m: &LoadedModel, precision: Precision, inv_steps: usize) -> CacheKey {
-    CacheKey { model_hash: format!("{}-{precision:?}", m.hash).to_lowercase(), inv_steps }
-}
-
-pub(crate) fn shapes(m: &LoadedModel) -> ([usize; 3], [usize; 3]) {
-    let a = &m.arch;
-    ([a.in_channels, a.sample_size, a.sample_size], [a.h_channels(), a.h_size(), a.h_size()])
 }
 
 pub(crate) fn check_parent(out: &Path) -> Result<()> {

@@ -74,41 +74,77 @@ impl Preset {
     }
 }
 
+/// A knob out of its range: the knob (its `Settings` field name, which is also its
+/// server form field) and what is wrong with its value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadKnob {
+    pub knob: &'static str,
+    pub problem: String,
+}
+
+impl BadKnob {
+    /// The command-line flag of the knob (`t_edit` -> `--t-edit`).
+    pub fn flag(&self) -> String {
+        format!("--{}", self.knob.replace('_', "-"))
+    }
+}
+
+impl std::fmt::Display for BadKnob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.flag(), self.problem)
+    }
+}
+
+impl std::error::Error for BadKnob {}
+
 impl Settings {
-    /// Refuses out-of-range knobs before any work is done.
+    /// Refuses out-of-range knobs and settings the model cannot run, before any work.
     pub fn validate(&self, sched: &Schedule) -> Result<()> {
-        let tmax = sched.len() as i64 - 1;
-        ensure!(
-            self.gamma.is_finite() && (0.0..=1.0).contains(&self.gamma),
-            "--gamma must be in [0, 1], got {}",
-            self.gamma
-        );
-        ensure!(self.inv_steps >= 2, "--inv-steps must be at least 2, got {}", self.inv_steps);
-        ensure!(self.gen_steps >= 2, "--gen-steps must be at least 2, got {}", self.gen_steps);
-        ensure!(
-            self.inv_steps <= sched.len() && self.gen_steps <= sched.len(),
-            "--inv-steps and --gen-steps must not exceed the schedule's {} steps",
-            sched.len()
-        );
-        ensure!(
-            self.replace_steps <= sched.len(),
-            "--replace-steps must be 0 (every step) or at most {}, got {}",
-            sched.len(),
-            self.replace_steps
-        );
-        for (name, v) in [("--t-edit", self.t_edit), ("--t-boost", self.t_boost), ("--dt-end", self.dt_end)] {
-            ensure!((0..=tmax).contains(&v), "{name} must be in [0, {tmax}], got {v}");
+        self.check_knobs(sched.len())?;
+        check_schedule(sched)
+    }
+
+    /// The range of every knob, for a schedule of `steps` steps; names the first
+    /// knob out of range.
+    pub fn check_knobs(&self, steps: usize) -> std::result::Result<(), BadKnob> {
+        let bad = |knob, problem: String| Err(BadKnob { knob, problem });
+        let tmax = steps as i64 - 1;
+        if !(self.gamma.is_finite() && (0.0..=1.0).contains(&self.gamma)) {
+            return bad("gamma", format!("must be in [0, 1], got {}", self.gamma));
         }
-        ensure!(
-            self.dt_lambda.is_finite() && self.dt_lambda > 0.0,
-            "--dt-lambda must be a positive number, got {}",
-            self.dt_lambda
-        );
-        ensure!(self.omega.is_finite(), "--omega must be finite, got {}", self.omega);
-        // The time sequences assume the authors' 1000-step schedule (t_0 = 999).
-        ensure!(sched.len() == 1000, "the time sequences need a 1000-step schedule, the model has {}", sched.len());
+        for (knob, v) in [("inv_steps", self.inv_steps), ("gen_steps", self.gen_steps)] {
+            if v < 2 {
+                return bad(knob, format!("must be at least 2, got {v}"));
+            }
+            if v > steps {
+                return bad(knob, format!("must not exceed the schedule's {steps} steps, got {v}"));
+            }
+        }
+        if self.replace_steps > steps {
+            return bad(
+                "replace_steps",
+                format!("must be 0 (every step) or at most {steps}, got {}", self.replace_steps),
+            );
+        }
+        for (knob, v) in [("t_edit", self.t_edit), ("t_boost", self.t_boost), ("dt_end", self.dt_end)] {
+            if !(0..=tmax).contains(&v) {
+                return bad(knob, format!("must be in [0, {tmax}], got {v}"));
+            }
+        }
+        if !(self.dt_lambda.is_finite() && self.dt_lambda > 0.0) {
+            return bad("dt_lambda", format!("must be a positive number, got {}", self.dt_lambda));
+        }
+        if !self.omega.is_finite() {
+            return bad("omega", format!("must be finite, got {}", self.omega));
+        }
         Ok(())
     }
+}
+
+/// The time sequences assume the authors' 1000-step schedule (t_0 = 999).
+pub fn check_schedule(sched: &Schedule) -> Result<()> {
+    ensure!(sched.len() == 1000, "the time sequences need a 1000-step schedule, the model has {}", sched.len());
+    Ok(())
 }
 
 /// What inverting one image yields.

@@ -22,6 +22,11 @@ use crate::tensor::HostTensor;
 /// the file and says what is wrong: not found, unreadable, empty, not an image /
 /// unsupported format, corrupt or truncated data, zero size.
 pub fn decode_image(path: &Path) -> Result<DynamicImage> {
+    decode_image_bytes(&read_image_file(path)?, &path.display().to_string())
+}
+
+/// The bytes of an image file, with an error naming the file when it cannot be read.
+fn read_image_file(path: &Path) -> Result<Vec<u8>> {
     let shown = path.display();
     let meta = fs::metadata(path).map_err(|e| match e.kind() {
         ErrorKind::NotFound => anyhow!("cannot read image '{shown}': file not found"),
@@ -33,17 +38,21 @@ pub fn decode_image(path: &Path) -> Result<DynamicImage> {
     if meta.is_dir() {
         bail!("cannot read image '{shown}': it is a directory, not an image file");
     }
-    let bytes = fs::read(path).map_err(|e| match e.kind() {
+    fs::read(path).map_err(|e| match e.kind() {
         ErrorKind::NotFound => anyhow!("cannot read image '{shown}': file not found"),
         ErrorKind::PermissionDenied => {
             anyhow!("cannot read image '{shown}': unreadable (permission denied)")
         }
         _ => anyhow!("cannot read image '{shown}': unreadable ({e})"),
-    })?;
+    })
+}
+
+/// [`decode_image`] of bytes already in memory (an upload); `shown` names them in errors.
+pub fn decode_image_bytes(bytes: &[u8], shown: &str) -> Result<DynamicImage> {
     if bytes.is_empty() {
         bail!("cannot decode image '{shown}': the file is empty (0 bytes), not an image");
     }
-    let format = image::guess_format(&bytes).map_err(|_| {
+    let format = image::guess_format(bytes).map_err(|_| {
         anyhow!(
             "cannot decode image '{shown}': not an image or unsupported format \
              (the content is not PNG, JPEG or WebP data)"
@@ -58,12 +67,12 @@ pub fn decode_image(path: &Path) -> Result<DynamicImage> {
              (supported: PNG, JPEG, WebP)"
         ),
     };
-    if let Some((w, h)) = png_header_size(&bytes).filter(|_| format == ImageFormat::Png) {
+    if let Some((w, h)) = png_header_size(bytes).filter(|_| format == ImageFormat::Png) {
         if w == 0 || h == 0 {
             bail!("cannot decode image '{shown}': zero size ({w}x{h}) in the PNG header");
         }
     }
-    let img = image::load_from_memory_with_format(&bytes, format).map_err(|e| match e {
+    let img = image::load_from_memory_with_format(bytes, format).map_err(|e| match e {
         ImageError::Decoding(d) => {
             anyhow!("cannot decode image '{shown}': corrupt or truncated {name} data ({d})")
         }
@@ -320,8 +329,20 @@ pub fn load_image(path: &Path, size: usize) -> Result<HostTensor> {
     if size == 0 {
         bail!("cannot load image '{}': target size must be positive", path.display());
     }
-    let img = decode_image(path)?;
-    let (w, h, rgb) = to_rgb8_on_white(&img);
+    Ok(preprocess(&decode_image(path)?, size))
+}
+
+/// [`load_image`] of encoded bytes in memory; `shown` names them in errors.
+pub fn load_image_bytes(bytes: &[u8], shown: &str, size: usize) -> Result<HostTensor> {
+    if size == 0 {
+        bail!("cannot load image '{shown}': target size must be positive");
+    }
+    Ok(preprocess(&decode_image_bytes(bytes, shown)?, size))
+}
+
+/// The authors' preprocessing of a decoded image (see [`load_image`]).
+fn preprocess(img: &DynamicImage, size: usize) -> HostTensor {
+    let (w, h, rgb) = to_rgb8_on_white(img);
     let (left, top, side) = center_crop_square(w, h);
     let sq = if side == w && side == h { rgb } else { crop_interleaved(&rgb, w, 3, left, top, side) };
     let px = if side == size { sq } else { resize_bilinear_u8(&sq, side, side, 3, size, size) };
@@ -333,7 +354,7 @@ pub fn load_image(path: &Path, size: usize) -> Result<HostTensor> {
             data[ch * plane + i] = (v - 0.5) / 0.5;
         }
     }
-    Ok(HostTensor::new(vec![3, size, size], data))
+    HostTensor::new(vec![3, size, size], data)
 }
 
 /// One model-space value to u8 with torchvision `save_image` arithmetic on
@@ -378,16 +399,20 @@ pub fn encode_png_rgb8(rgb: &[u8], h: usize, w: usize) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Saves a CHW model-space image (3 x h x w) as an RGB PNG, atomically.
-pub fn save_png(path: &Path, x: &[f32], h: usize, w: usize) -> Result<()> {
-    let shown = path.display();
+/// A CHW model-space image (3 x h x w) as RGB PNG bytes.
+pub fn encode_png(x: &[f32], h: usize, w: usize) -> Result<Vec<u8>> {
     if h == 0 || w == 0 {
-        bail!("cannot save '{shown}': zero-size image ({h}x{w})");
+        bail!("zero-size image ({h}x{w})");
     }
     if x.len() != 3 * h * w {
-        bail!("cannot save '{shown}': expected 3x{h}x{w} = {} values, got {}", 3 * h * w, x.len());
+        bail!("expected 3x{h}x{w} = {} values, got {}", 3 * h * w, x.len());
     }
-    let png = encode_png_rgb8(&latent_to_rgb8(x, h, w), h, w).map_err(|e| anyhow!("cannot save '{shown}': {e}"))?;
+    encode_png_rgb8(&latent_to_rgb8(x, h, w), h, w)
+}
+
+/// Saves a CHW model-space image (3 x h x w) as an RGB PNG, atomically.
+pub fn save_png(path: &Path, x: &[f32], h: usize, w: usize) -> Result<()> {
+    let png = encode_png(x, h, w).map_err(|e| anyhow!("cannot save '{}': {e}", path.display()))?;
     write_atomic(path, &png)
 }
 

@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::{bail, Result};
 use image::DynamicImage;
 
-use crate::io::image::{center_crop_square, crop_interleaved, decode_image};
+use crate::io::image::{center_crop_square, crop_interleaved, decode_image, decode_image_bytes};
 
 /// Per-pixel mask value in [0, 1] (f64), row-major, with the image size.
 ///
@@ -77,8 +77,20 @@ pub fn load_mask(path: &Path, grid: usize) -> Result<Vec<f32>> {
     if grid == 0 {
         bail!("cannot load mask '{}': grid size must be positive", path.display());
     }
-    let img = decode_image(path)?;
-    let (w, h, vals) = mask_values(&img);
+    Ok(reduce(&decode_image(path)?, grid))
+}
+
+/// [`load_mask`] of encoded bytes in memory (an upload); `shown` names them in errors.
+pub fn load_mask_bytes(bytes: &[u8], shown: &str, grid: usize) -> Result<Vec<f32>> {
+    if grid == 0 {
+        bail!("cannot load mask '{shown}': grid size must be positive");
+    }
+    Ok(reduce(&decode_image_bytes(bytes, shown)?, grid))
+}
+
+/// A decoded mask image reduced to the `grid x grid` values (see [`load_mask`]).
+fn reduce(img: &DynamicImage, grid: usize) -> Vec<f32> {
+    let (w, h, vals) = mask_values(img);
     let (left, top, s) = center_crop_square(w, h);
     let sq = crop_interleaved(&vals, w, 1, left, top, s);
 
@@ -99,7 +111,7 @@ pub fn load_mask(path: &Path, grid: usize) -> Result<Vec<f32>> {
             out[gy * grid + gx] = v.clamp(0.0, 1.0) as f32;
         }
     }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]

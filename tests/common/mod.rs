@@ -2,6 +2,8 @@
 //! `tests/fixtures/method` and one case run on any backend.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::path::{Path, PathBuf};
 
 use diffstyle::backend::Backend;

@@ -1,0 +1,374 @@
+//! The HTTP contract (README, "Server"): routes, form parts, and errors as JSON
+//! `{"error": ..., "field": ...}` naming the culprit. Handlers only parse, check and
+//! queue; decoding runs on blocking threads and the model on the engine thread.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::multipart::MultipartRejection;
+use axum::extract::{DefaultBodyLimit, Multipart, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use tokio::sync::oneshot;
+
+use super::metrics::{resident_bytes, Gauges, Metrics};
+use super::queue::{Answer, Job, Queue, Refused, Work};
+use crate::diffusion::method::{Inversion, Settings};
+use crate::pipeline::cache::is_id;
+use crate::pipeline::knobs::KNOB_NAMES;
+use crate::pipeline::{Image, Knobs, Mask, Pair, Pipeline, Source};
+
+/// The routes, for the request metrics (anything else is counted as "other").
+const ROUTES: [&str; 5] = ["/", "/healthz", "/metrics", "/v1/transfer", "/v1/invert"];
+
+/// Seconds a client is asked to wait after a 503.
+const RETRY_AFTER_S: u64 = 1;
+
+pub struct Inner {
+    pub p: Arc<Pipeline>,
+    pub queue: Arc<Queue>,
+    pub metrics: Arc<Metrics>,
+    pub draining: AtomicBool,
+    pub max_body: usize,
+    pub read_timeout: Duration,
+}
+
+type St = State<Arc<Inner>>;
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    error: String,
+    field: Option<String>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, field: Option<&str>, error: impl Into<String>) -> Self {
+        Self { status, error: error.into(), field: field.map(str::to_string) }
+    }
+    fn bad(field: &str, error: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, Some(field), error)
+    }
+    fn unavailable(error: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, None, error)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.error, "field": self.field });
+        let mut r = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_S));
+        }
+        r
+    }
+}
+
+pub fn router(st: Arc<Inner>) -> Router {
+    let max_body = st.max_body;
+    Router::new()
+        .route("/", get(page))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/v1/transfer", post(transfer))
+        .route("/v1/invert", post(invert))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(st.clone(), track))
+        .with_state(st)
+}
+
+/// Counts a request when its answer is made, or as 499 when the client left first.
+struct Tracked {
+    st: Arc<Inner>,
+    route: &'static str,
+    t0: Instant,
+    status: Option<u16>,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.st.metrics.in_flight.fetch_sub(1, Relaxed);
+        self.st.metrics.request(self.route, self.status.unwrap_or(499), self.t0.elapsed());
+    }
+}
+
+async fn track(State(st): St, req: Request, next: Next) -> Response {
+    let route = ROUTES.iter().find(|r| **r == req.uri().path()).copied().unwrap_or("other");
+    st.metrics.in_flight.fetch_add(1, Relaxed);
+    let mut t = Tracked { st: st.clone(), route, t0: Instant::now(), status: None };
+    let r = next.run(req).await;
+    t.status = Some(r.status().as_u16());
+    r
+}
+
+async fn page() -> Html<&'static str> {
+    Html(include_str!("page.html"))
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, None, format!("no route {} {}", req.method(), req.uri().path()))
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        None,
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    )
+}
+
+impl Inner {
+    fn ready(&self) -> bool {
+        self.p.is_alive() && !self.draining.load(Relaxed)
+    }
+
+    fn open(&self) -> Result<(), ApiError> {
+        match self.ready() {
+            true => Ok(()),
+            false if !self.p.is_alive() => Err(ApiError::unavailable("the engine has stopped")),
+            false => Err(ApiError::unavailable("the server is shutting down")),
+        }
+    }
+}
+
+async fn healthz(State(st): St) -> Response {
+    match st.open() {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn metrics(State(st): St) -> Response {
+    let g = Gauges {
+        queue_depth: st.queue.depth(),
+        queue_capacity: st.queue.capacity(),
+        cache: st.p.cache_stats(),
+        device_peak_bytes: st.p.peak_device_bytes(),
+        resident_bytes: resident_bytes(),
+        ready: st.ready(),
+    };
+    let text = st.metrics.render(&g);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+}
+
+/// The parts of a form by name; every name must be one of `allowed`, given once.
+async fn read_parts(
+    st: &Inner,
+    headers: &HeaderMap,
+    mp: Result<Multipart, MultipartRejection>,
+    allowed: &[&str],
+) -> Result<HashMap<String, Bytes>, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Some("body"),
+            format!("the request body is larger than the server's limit of {} bytes (--max-body-mib)", st.max_body),
+        )
+    };
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > st.max_body as u64) {
+        return Err(too_large());
+    }
+    let mut mp =
+        mp.map_err(|e| ApiError::bad("body", format!("expected a multipart/form-data body: {}", e.body_text())))?;
+    let read = async {
+        let mut parts = HashMap::new();
+        while let Some(f) = mp.next_field().await.map_err(|e| multipart_error(&e, &too_large))? {
+            let name = f.name().unwrap_or_default().to_string();
+            if name.is_empty() {
+                return Err(ApiError::bad("body", "a form part without a name"));
+            }
+            if !allowed.contains(&name.as_str()) {
+                return Err(ApiError::bad(
+                    &name,
+                    format!("unknown form part '{name}' (expected: {})", allowed.join(", ")),
+                ));
+            }
+            let bytes = f.bytes().await.map_err(|e| multipart_error(&e, &too_large))?;
+            if parts.insert(name.clone(), bytes).is_some() {
+                return Err(ApiError::bad(&name, format!("form part '{name}' given more than once")));
+            }
+        }
+        Ok(parts)
+    };
+    match tokio::time::timeout(st.read_timeout, read).await {
+        Ok(r) => r,
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            Some("body"),
+            format!("the request body did not arrive within {} s", st.read_timeout.as_secs_f64()),
+        )),
+    }
+}
+
+fn multipart_error(e: &axum::extract::multipart::MultipartError, too_large: &dyn Fn() -> ApiError) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        too_large()
+    } else {
+        ApiError::bad("body", format!("malformed multipart/form-data body: {e}"))
+    }
+}
+
+fn text<'a>(parts: &'a HashMap<String, Bytes>, name: &str) -> Result<Option<&'a str>, ApiError> {
+    parts
+        .get(name)
+        .map(|b| {
+            std::str::from_utf8(b).map_err(|_| ApiError::bad(name, format!("form part '{name}' must be UTF-8 text")))
+        })
+        .transpose()
+}
+
+/// Decodes an uploaded image (or mask) on a blocking thread.
+async fn decode<T: Send + 'static>(
+    st: &Arc<Inner>,
+    bytes: Bytes,
+    field: &'static str,
+    f: fn(&Pipeline, &[u8], &str) -> anyhow::Result<T>,
+) -> Result<T, ApiError> {
+    let p = st.p.clone();
+    tokio::task::spawn_blocking(move || f(&p, &bytes, field))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, Some(field), format!("decoding failed: {e}")))?
+        .map_err(|e| ApiError::bad(field, format!("{e:#}")))
+}
+
+/// The knobs of a transfer form: the preset first, then every knob given.
+fn settings(parts: &HashMap<String, Bytes>, steps: usize) -> Result<Settings, ApiError> {
+    let mut k = Knobs::default();
+    for name in KNOB_NAMES {
+        if let Some(v) = text(parts, name)? {
+            k.set(name, v).map_err(|e| ApiError::bad(name, format!("{} {}", e.knob, e.problem)))?;
+        }
+    }
+    let s = k.settings();
+    s.check_knobs(steps).map_err(|e| ApiError::bad(e.knob, format!("{} {}", e.knob, e.problem)))?;
+    Ok(s)
+}
+
+/// One side of a pair: an uploaded image (`file`) or a cached inversion's id (`id`).
+async fn source(
+    st: &Arc<Inner>,
+    parts: &mut HashMap<String, Bytes>,
+    file: &'static str,
+    id: &'static str,
+    inv_steps: usize,
+) -> Result<Source, ApiError> {
+    match (parts.remove(file), text(parts, id)?) {
+        (Some(_), Some(_)) => Err(ApiError::bad(id, format!("give either '{file}' or '{id}', not both"))),
+        (None, None) => Err(ApiError::bad(
+            file,
+            format!("missing form part '{file}' (an image file) or '{id}' (an id from /v1/invert)"),
+        )),
+        (Some(bytes), None) => Ok(Source::Image(decode(st, bytes, file, Pipeline::image_from_bytes).await?)),
+        (None, Some(v)) => Ok(Source::Inversion(cached(st, v.trim(), id, inv_steps)?)),
+    }
+}
+
+fn cached(st: &Inner, v: &str, field: &str, inv_steps: usize) -> Result<Arc<Inversion>, ApiError> {
+    if !is_id(v) {
+        return Err(ApiError::bad(field, format!("'{}' is not an inversion id (32 hex digits)", v.escape_default())));
+    }
+    let inv = st.p.cached(v).ok_or_else(|| {
+        ApiError::bad(
+            field,
+            format!("unknown inversion id {v}: never made by /v1/invert here, or evicted from the cache"),
+        )
+    })?;
+    let made = inv.keys.len() + 1;
+    if inv.keys != Inversion::keys_for(inv_steps) {
+        return Err(ApiError::bad(
+            field,
+            format!("inversion {v} was made with inv_steps {made}, this request asks for inv_steps {inv_steps}"),
+        ));
+    }
+    Ok(inv)
+}
+
+/// Queues `work` and waits for its answer.
+async fn run(st: &Inner, work: Work) -> Result<Answer, ApiError> {
+    let (reply, answer) = oneshot::channel();
+    st.queue.push(Job { work, reply }).map_err(|r| match r {
+        Refused::Full => {
+            ApiError::unavailable(format!("the queue is full ({} jobs waiting); retry later", st.queue.capacity()))
+        }
+        Refused::Closed => ApiError::unavailable("the server is shutting down"),
+    })?;
+    let internal = |e: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, None, e);
+    answer.await.map_err(|_| internal("the engine stopped before answering".into()))?.map_err(internal)
+}
+
+async fn transfer(
+    State(st): St,
+    headers: HeaderMap,
+    mp: Result<Multipart, MultipartRejection>,
+) -> Result<Response, ApiError> {
+    st.open()?;
+    let allowed: Vec<&str> =
+        ["content", "style", "mask", "content_id", "style_id"].into_iter().chain(KNOB_NAMES).collect();
+    let mut parts = read_parts(&st, &headers, mp, &allowed).await?;
+    let s = settings(&parts, st.p.model().schedule.len())?;
+    let content = source(&st, &mut parts, "content", "content_id", s.inv_steps).await?;
+    let style = source(&st, &mut parts, "style", "style_id", s.inv_steps).await?;
+    let mask = match parts.remove("mask") {
+        Some(b) => Some(decode(&st, b, "mask", Pipeline::mask_from_bytes).await?),
+        None => None,
+    };
+    let work = Work::Transfer { pair: Pair { content, style }, settings: s, mask: mask.map(|m: Mask| m) };
+    match run(&st, work).await? {
+        Answer::Png { png, batch } => Ok((
+            [
+                (header::CONTENT_TYPE, "image/png".to_string()),
+                ("x-diffstyle-batch-size".parse().expect("header name"), batch.to_string()),
+            ],
+            png,
+        )
+            .into_response()),
+        Answer::Inverted { .. } => unreachable!("a transfer answers with an image"),
+    }
+}
+
+async fn invert(
+    State(st): St,
+    headers: HeaderMap,
+    mp: Result<Multipart, MultipartRejection>,
+) -> Result<Response, ApiError> {
+    st.open()?;
+    let mut parts = read_parts(&st, &headers, mp, &["image", "inv_steps"]).await?;
+    let mut k = Knobs::default();
+    if let Some(v) = text(&parts, "inv_steps")? {
+        k.set("inv_steps", v).map_err(|e| ApiError::bad("inv_steps", format!("{} {}", e.knob, e.problem)))?;
+    }
+    let inv_steps = k.settings().inv_steps;
+    Settings { inv_steps, ..Settings::default() }
+        .check_knobs(st.p.model().schedule.len())
+        .map_err(|e| ApiError::bad(e.knob, format!("{} {}", e.knob, e.problem)))?;
+    if st.p.cache_stats().capacity == 0 {
+        return Err(ApiError::bad(
+            "image",
+            "this server keeps no inversions (--cache-mib 0), so an id would be useless",
+        ));
+    }
+    let bytes =
+        parts.remove("image").ok_or_else(|| ApiError::bad("image", "missing form part 'image' (an image file)"))?;
+    let image: Image = decode(&st, bytes, "image", Pipeline::image_from_bytes).await?;
+    let id = st.p.inversion_id(&image, inv_steps);
+    let id = if st.p.cached(&id).is_some() {
+        id
+    } else {
+        match run(&st, Work::Invert { image, inv_steps }).await? {
+            Answer::Inverted { id } => id,
+            Answer::Png { .. } => unreachable!("an inversion answers with an id"),
+        }
+    };
+    Ok(Json(serde_json::json!({ "id": id, "inv_steps": inv_steps })).into_response())
+}

@@ -1,0 +1,361 @@
+//! `diffstyle serve` end to end: a server process on an ephemeral loopback port with
+//! the tiny fixture model on the CPU, driven over raw HTTP. The contract (routes,
+//! parts, knobs, errors), its images against `diffstyle transfer`'s, the inversion
+//! cache, batching, the bounded queue, faults, and shutdown.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::http::{abandon_upload, get, multipart, post_form, request, Part, Server, BOUNDARY};
+
+fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_diffstyle"))
+}
+
+fn model() -> PathBuf {
+    common::fixtures().join("model")
+}
+
+fn example(name: &str) -> Vec<u8> {
+    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(name)).expect("example image")
+}
+
+/// A server on the CPU with one thread (tests run side by side) and `args`.
+fn server(args: &[&str]) -> Server {
+    let m = model();
+    let mut all = vec!["--model", m.to_str().unwrap()];
+    all.extend_from_slice(args);
+    Server::start(&bin(), &["--device", "cpu", "--threads", "1"], &all)
+}
+
+/// Cheap knobs that still mix, inject with noise and run every kind of step.
+const KNOBS: [(&str, &str); 6] =
+    [("preset", "fast"), ("inv_steps", "6"), ("gen_steps", "8"), ("gamma", "0.6"), ("t_boost", "300"), ("seed", "7")];
+
+fn knob_parts() -> Vec<(&'static str, Part<'static>)> {
+    KNOBS.iter().map(|(n, v)| (*n, Part::Text(v))).collect()
+}
+
+/// `diffstyle transfer` with the same knobs: the PNG bytes it writes.
+fn cli_png(content: &[u8], style: &[u8], mask: Option<&[u8]>) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, s, m, out) =
+        (dir.path().join("c.png"), dir.path().join("s.png"), dir.path().join("m.png"), dir.path().join("o.png"));
+    std::fs::write(&c, content).unwrap();
+    std::fs::write(&s, style).unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.args(["--device", "cpu", "--threads", "1", "-q", "transfer", "--model"]).arg(model());
+    cmd.arg("--content").arg(&c).arg("--style").arg(&s).arg("--out").arg(&out);
+    if let Some(mb) = mask {
+        std::fs::write(&m, mb).unwrap();
+        cmd.arg("--mask").arg(&m);
+    }
+    for (n, v) in KNOBS {
+        cmd.arg(format!("--{}", n.replace('_', "-"))).arg(v);
+    }
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::read(out).unwrap()
+}
+
+/// A PNG of `w x h` pixels of seeded noise (a fresh, uncached image).
+fn noise_png(seed: u32, w: u32, h: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2654435761).wrapping_add(1);
+    let img = image::RgbImage::from_fn(w, h, |_, _| {
+        let mut px = [0u8; 3];
+        for p in &mut px {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            *p = x as u8;
+        }
+        image::Rgb(px)
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+/// A form: (part name, part) in order.
+type Form = Vec<(&'static str, Part<'static>)>;
+
+fn transfer_form<'a>(content: &'a [u8], style: &'a [u8]) -> Vec<(&'static str, Part<'a>)> {
+    let mut parts = vec![("content", Part::File("content.png", content)), ("style", Part::File("style.png", style))];
+    parts.extend(knob_parts());
+    parts
+}
+
+#[test]
+fn transfers_match_the_cli_and_inversions_are_cached() {
+    let s = server(&["--max-batch", "2", "--batch-window-ms", "0"]);
+    let (content, style) = (example("content.png"), example("style.png"));
+    assert_eq!(get(&s.addr, "/healthz").status, 200);
+    let page = get(&s.addr, "/");
+    assert_eq!(page.status, 200);
+    assert!(page.header("content-type").unwrap().starts_with("text/html"));
+    assert!(page.text().contains("/v1/transfer") && page.text().contains("type=\"file\""));
+
+    let want = cli_png(&content, &style, None);
+    let r = post_form(&s.addr, "/v1/transfer", &transfer_form(&content, &style));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("image/png"));
+    assert!(r.body == want, "the server's PNG differs from `diffstyle transfer`'s");
+    assert_eq!(s.metric("diffstyle_inversion_cache_misses_total"), 2.0);
+
+    // The style by id: same pixels; the content image found in the cache.
+    let inv =
+        post_form(&s.addr, "/v1/invert", &[("image", Part::File("s.png", &style)), ("inv_steps", Part::Text("6"))]);
+    assert_eq!(inv.status, 200, "{}", inv.text());
+    let id = inv.json()["id"].as_str().unwrap().to_string();
+    let again = post_form(
+        &s.addr,
+        "/v1/invert",
+        &[("image", Part::File("other-name.png", &style)), ("inv_steps", Part::Text("6"))],
+    );
+    assert_eq!(again.json()["id"].as_str(), Some(id.as_str()), "the same image gets the same id");
+    let mut parts = vec![("content", Part::File("c.png", &content[..])), ("style_id", Part::Text(&id))];
+    parts.extend(knob_parts());
+    let r2 = post_form(&s.addr, "/v1/transfer", &parts);
+    assert_eq!(r2.status, 200, "{}", r2.text());
+    assert!(r2.body == want, "transfer by style_id differs");
+    assert_eq!(s.metric("diffstyle_inversion_cache_misses_total"), 2.0, "nothing inverted twice");
+    assert!(s.metric("diffstyle_inversion_cache_hits_total") >= 3.0);
+    assert_eq!(s.metric("diffstyle_inversion_cache_entries"), 2.0);
+
+    // A mask, as `--mask`.
+    let mask = noise_png(3, 40, 24);
+    let want_m = cli_png(&content, &style, Some(&mask));
+    let mut parts = transfer_form(&content, &style);
+    parts.push(("mask", Part::File("m.png", &mask)));
+    let r3 = post_form(&s.addr, "/v1/transfer", &parts);
+    assert_eq!(r3.status, 200, "{}", r3.text());
+    assert!(r3.body == want_m && r3.body != want, "masked transfer differs from the CLI's");
+
+    let metrics = get(&s.addr, "/metrics");
+    assert!(metrics.header("content-type").unwrap().starts_with("text/plain"));
+    let t = metrics.text();
+    for needle in [
+        "diffstyle_requests_total{route=\"/v1/transfer\",status=\"200\"} 3",
+        "diffstyle_request_duration_seconds_bucket{route=\"/v1/transfer\",le=\"+Inf\"} 3",
+        "diffstyle_queue_depth 0",
+        "diffstyle_batches_total{kind=\"transfer\",size=\"1\"} 3",
+        "process_resident_memory_bytes ",
+    ] {
+        assert!(t.contains(needle), "/metrics lacks `{needle}`:\n{t}");
+    }
+}
+
+#[test]
+fn bad_requests_get_clear_errors_and_hurt_nothing() {
+    let s = server(&["--max-body-mib", "1"]);
+    let (content, style) = (example("content.png"), example("style.png"));
+    let leak = |v: Vec<u8>| -> &'static [u8] { Box::leak(v.into_boxed_slice()) };
+    let (c, st, truncated) = (leak(content.clone()), leak(style.clone()), leak(style[..200].to_vec()));
+    // The good form with `extra` parts put in (replacing their namesakes) and `drop` left out.
+    let form = |extra: &[(&'static str, Part<'static>)], drop: &[&str]| {
+        let mut p: Form = transfer_form(c, st).into_iter().filter(|(n, _)| !drop.contains(n)).collect();
+        for &(n, v) in extra {
+            p.retain(|(m, _)| *m != n);
+            p.push((n, v));
+        }
+        p
+    };
+    // (what, the form, the field named, a word of the message)
+    let cases: Vec<(&str, Form, &str, &str)> = vec![
+        ("gamma out of range", form(&[("gamma", Part::Text("1.5"))], &[]), "gamma", "[0, 1]"),
+        ("t_edit not an integer", form(&[("t_edit", Part::Text("4.5"))], &[]), "t_edit", "integer"),
+        ("negative steps", form(&[("gen_steps", Part::Text("-3"))], &[]), "gen_steps", "non-negative"),
+        ("too many steps", form(&[("inv_steps", Part::Text("1001"))], &[]), "inv_steps", "1000"),
+        ("t_boost out of range", form(&[("t_boost", Part::Text("1000"))], &[]), "t_boost", "[0, 999]"),
+        ("dt_lambda zero", form(&[("dt_lambda", Part::Text("0"))], &[]), "dt_lambda", "positive"),
+        ("omega not finite", form(&[("omega", Part::Text("inf"))], &[]), "omega", "finite"),
+        ("unknown preset", form(&[("preset", Part::Text("slow"))], &[]), "preset", "in-domain"),
+        ("unknown part", form(&[("colour", Part::Text("red"))], &[]), "colour", "unknown form part"),
+        ("missing style", form(&[], &["style"]), "style", "missing"),
+        (
+            "undecodable content",
+            form(&[("content", Part::File("c.png", b"not an image"))], &[]),
+            "content",
+            "cannot decode",
+        ),
+        ("truncated style", form(&[("style", Part::File("s.png", truncated))], &[]), "style", "truncated"),
+        ("bad mask", form(&[("mask", Part::File("m.png", b"\x89PNG"))], &[]), "mask", "mask"),
+        (
+            "both content and id",
+            form(&[("content_id", Part::Text("00000000000000000000000000000000"))], &[]),
+            "content_id",
+            "either",
+        ),
+        ("malformed id", form(&[("style_id", Part::Text("zz"))], &["style"]), "style_id", "not an inversion id"),
+        (
+            "unknown id",
+            form(&[("style_id", Part::Text("0123456789abcdef0123456789abcdef"))], &["style"]),
+            "style_id",
+            "unknown",
+        ),
+    ];
+    for (what, parts, field, needle) in cases {
+        let r = post_form(&s.addr, "/v1/transfer", &parts);
+        assert_eq!(r.status, 400, "{what}: {}", r.text());
+        assert_eq!(r.field(), field, "{what}: {}", r.text());
+        let err = r.json()["error"].as_str().unwrap().to_string();
+        assert!(err.contains(needle), "{what}: `{err}` lacks `{needle}`");
+    }
+    // Not multipart; a broken multipart body; a part without a name.
+    let ct = |v: &str| vec![("Content-Type", v.to_string())];
+    let r = request(&s.addr, "POST", "/v1/transfer", &ct("application/json"), b"{}").unwrap();
+    assert_eq!((r.status, r.field().as_str()), (400, "body"), "{}", r.text());
+    let broken = format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"content\"\r\n\r\nabc");
+    let r = request(
+        &s.addr,
+        "POST",
+        "/v1/transfer",
+        &ct(&format!("multipart/form-data; boundary={BOUNDARY}")),
+        broken.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!((r.status, r.field().as_str()), (400, "body"), "{}", r.text());
+    // Over --max-body-mib: declared up front, and streamed without a length.
+    let big = vec![7u8; 3 << 20];
+    let r = post_form(&s.addr, "/v1/transfer", &[("content", Part::File("big.png", &big))]);
+    assert_eq!(r.status, 413, "{}", r.text());
+    let body = multipart(&[("content", Part::File("big.png", &big))]);
+    let mut chunked = Vec::new();
+    for c in body.chunks(64 << 10) {
+        chunked.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+        chunked.extend_from_slice(c);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let mut h = ct(&format!("multipart/form-data; boundary={BOUNDARY}"));
+    h.push(("Transfer-Encoding", "chunked".into()));
+    let r = request_chunked(&s.addr, &h, &chunked);
+    assert_eq!(r.status, 413, "{}", r.text());
+    // Routes and methods.
+    assert_eq!(get(&s.addr, "/v2/transfer").status, 404);
+    assert_eq!(get(&s.addr, "/v1/transfer").status, 405);
+    // /v1/invert's own errors.
+    let r = post_form(&s.addr, "/v1/invert", &[("inv_steps", Part::Text("6"))]);
+    assert_eq!((r.status, r.field().as_str()), (400, "image"), "{}", r.text());
+    let r = post_form(&s.addr, "/v1/invert", &[("image", Part::File("s.png", &style)), ("inv_steps", Part::Text("1"))]);
+    assert_eq!((r.status, r.field().as_str()), (400, "inv_steps"), "{}", r.text());
+    // Uploads cut short, and a client that leaves before its answer.
+    let good = multipart(&transfer_form(&content, &style));
+    for cut in [0, 10, good.len() / 2, good.len() - 1] {
+        abandon_upload(&s.addr, &good, cut);
+    }
+    // Still serving, and correctly.
+    assert_eq!(get(&s.addr, "/healthz").status, 200);
+    let r = post_form(&s.addr, "/v1/transfer", &transfer_form(&content, &style));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.body == cli_png(&content, &style, None));
+}
+
+/// A request whose body is already chunk-encoded.
+fn request_chunked(addr: &str, headers: &[(&str, String)], body: &[u8]) -> common::http::Resp {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let mut head = format!("POST /v1/transfer HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (n, v) in headers {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let _ = s.write_all(head.as_bytes()).and_then(|_| s.write_all(body));
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw);
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().as_bytes().to_vec();
+    common::http::Resp { status, headers: vec![], body }
+}
+
+#[test]
+fn concurrent_requests_run_as_one_batch_with_the_same_pixels() {
+    let s = server(&["--max-batch", "4", "--batch-window-ms", "1500"]);
+    let style = example("style.png");
+    let contents: Vec<Vec<u8>> = (0..3).map(|k| noise_png(k, 48, 40)).collect();
+    // Alone first (each a batch of one after the window) ...
+    let alone: Vec<Vec<u8>> = contents
+        .iter()
+        .map(|c| {
+            let r = post_form(&s.addr, "/v1/transfer", &transfer_form(c, &style));
+            assert_eq!(r.status, 200, "{}", r.text());
+            r.body
+        })
+        .collect();
+    // ... then side by side: one batch, identical images.
+    let together: Vec<(Option<String>, Vec<u8>)> = std::thread::scope(|sc| {
+        let hs: Vec<_> = contents
+            .iter()
+            .map(|c| {
+                let (addr, style) = (&s.addr, &style);
+                sc.spawn(move || {
+                    let r = post_form(addr, "/v1/transfer", &transfer_form(c, style));
+                    assert_eq!(r.status, 200, "{}", r.text());
+                    (r.header("x-diffstyle-batch-size").map(str::to_string), r.body)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (k, (batch, png)) in together.iter().enumerate() {
+        assert_eq!(batch.as_deref(), Some("3"), "request {k} ran in a batch of {batch:?}");
+        assert!(*png == alone[k], "request {k}: batched pixels differ from the lone run");
+    }
+    assert_eq!(s.metric("diffstyle_batches_total{kind=\"transfer\",size=\"3\"}"), 1.0);
+}
+
+#[test]
+fn a_full_queue_answers_503_and_shutdown_finishes_running_work() {
+    let mut s = server(&["--max-batch", "1", "--max-queue", "1", "--batch-window-ms", "0"]);
+    let (content, style) = (example("content.png"), example("style.png"));
+    // Long enough to still run while the others arrive.
+    let slow = |c: &'static [u8], st: &'static [u8]| {
+        let mut p = transfer_form(c, st);
+        p.retain(|(n, _)| *n != "gen_steps");
+        p.push(("gen_steps", Part::Text("400")));
+        p
+    };
+    let c: &'static [u8] = Box::leak(content.into_boxed_slice());
+    let st: &'static [u8] = Box::leak(style.into_boxed_slice());
+    let statuses: Vec<(u16, Option<String>)> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..4)
+            .map(|k| {
+                let addr = &s.addr;
+                let parts = slow(c, st);
+                sc.spawn(move || {
+                    std::thread::sleep(Duration::from_millis(150 * k));
+                    let r = post_form(addr, "/v1/transfer", &parts);
+                    (r.status, r.header("retry-after").map(str::to_string))
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ok = statuses.iter().filter(|(st, _)| *st == 200).count();
+    let full: Vec<_> = statuses.iter().filter(|(st, _)| *st == 503).collect();
+    assert!(ok >= 2 && !full.is_empty() && ok + full.len() == 4, "{statuses:?}");
+    assert!(full.iter().all(|(_, ra)| ra.as_deref() == Some("1")), "503 without Retry-After: {statuses:?}");
+
+    // Shutdown: the running request completes; new connections are refused; exit 0.
+    let t0 = Instant::now();
+    let finished = std::thread::scope(|sc| {
+        let addr = s.addr.clone();
+        let h = sc.spawn(move || post_form(&addr, "/v1/transfer", &slow(c, st)).status);
+        while s.metric("diffstyle_requests_in_flight") < 2.0 && t0.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        s.terminate();
+        h.join().unwrap()
+    });
+    assert_eq!(finished, 200, "the request running at SIGTERM was not finished");
+    let status = s.wait(Duration::from_secs(60)).expect("the server exits after SIGTERM");
+    assert!(status.success(), "exit status {status:?}");
+    assert!(std::net::TcpStream::connect(&s.addr).is_err(), "still accepting after shutdown");
+    let log: Vec<String> = s.log.try_iter().collect();
+    assert!(log.iter().any(|l| l.contains("SIGTERM")), "{log:?}");
+}
