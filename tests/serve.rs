@@ -359,3 +359,35 @@ fn a_full_queue_answers_503_and_shutdown_finishes_running_work() {
     let log: Vec<String> = s.log.try_iter().collect();
     assert!(log.iter().any(|l| l.contains("SIGTERM")), "{log:?}");
 }
+
+#[test]
+fn slow_clients_are_cut_off_after_the_read_timeout() {
+    use std::io::{Read, Write};
+    let s = server(&["--read-timeout-s", "1"]);
+    // Headers that never end: the connection is closed.
+    let mut a = std::net::TcpStream::connect(&s.addr).unwrap();
+    a.write_all(b"POST /v1/transfer HTTP/1.1\r\nHost: x\r\n").unwrap();
+    // A body that stops half-way: 408, naming the body.
+    let body = multipart(&transfer_form(&example("content.png"), &example("style.png")));
+    let mut b = std::net::TcpStream::connect(&s.addr).unwrap();
+    let head = format!(
+        "POST /v1/transfer HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    b.write_all(head.as_bytes()).unwrap();
+    b.write_all(&body[..body.len() / 2]).unwrap();
+    let t0 = Instant::now();
+    for c in [&a, &b] {
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    }
+    let mut got = Vec::new();
+    let n = a.read_to_end(&mut got).expect("the stalled-header connection is closed, not left hanging");
+    assert!(t0.elapsed() < Duration::from_secs(5), "closed only after {:?}", t0.elapsed());
+    assert!(n == 0 || String::from_utf8_lossy(&got).starts_with("HTTP/1.1 408"), "{}", String::from_utf8_lossy(&got));
+    let mut got = Vec::new();
+    let _ = b.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("\"field\":\"body\""), "{text}");
+    assert_eq!(get(&s.addr, "/healthz").status, 200);
+}

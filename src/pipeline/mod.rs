@@ -265,6 +265,16 @@ impl Pipeline {
         Image { digest: cache::image_digest(&x0), x0: x0.into() }
     }
 
+    /// An image already in model space (CHW, `3 x sample_size x sample_size`, values in
+    /// [-1, 1]), made by the caller.
+    pub fn image_from_model_space(&self, x0: Vec<f32>) -> Result<Image> {
+        let (shape, _) = self.shapes();
+        let want: usize = shape.iter().product();
+        ensure!(x0.len() == want, "the image has {} values, the model takes {want} ({shape:?})", x0.len());
+        ensure!(x0.iter().all(|v| v.is_finite()), "the image has non-finite values");
+        Ok(self.image(x0))
+    }
+
     /// Decodes and preprocesses an image file (PNG, JPEG, WebP).
     pub fn image_from_path(&self, path: &Path) -> Result<Image> {
         Ok(self.image(crate::io::image::load_image(path, self.info.sample_size)?.data))

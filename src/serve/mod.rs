@@ -65,24 +65,50 @@ pub fn serve(p: Pipeline, o: &ServeOptions) -> Result<()> {
 }
 
 async fn listen(inner: Arc<api::Inner>, o: &ServeOptions) -> Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+
     let listener = tokio::net::TcpListener::bind(&o.addr)
         .await
         .with_context(|| format!("--addr {}: cannot listen there", o.addr))?;
     let addr = listener.local_addr().context("the listening socket has no address")?;
+    let app = api::router(inner.clone());
+    // hyper's HTTP/1 connections with a timer, so that a client that never finishes its
+    // headers is dropped (axum::serve sets no timer); each connection is watched so
+    // that shutdown can wait for them.
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(o.read_timeout);
+    let graceful = GracefulShutdown::new();
     eprintln!("listening on http://{addr}");
-    let signalled = Arc::new(tokio::sync::Notify::new());
-    let (st, sig) = (inner.clone(), signalled.clone());
-    let shutdown = async move {
-        let which = stop_signal().await;
-        st.draining.store(true, Relaxed);
-        eprintln!("{which}: shutting down (no new work; finishing what runs)");
-        sig.notify_one();
-    };
-    let server = axum::serve(listener, api::router(inner)).with_graceful_shutdown(shutdown);
+    let mut stop = std::pin::pin!(stop_signal());
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    let conn = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+                    let watched = graceful.watch(conn);
+                    tokio::spawn(async move {
+                        // A client that goes away mid-request is its own problem.
+                        let _ = watched.await;
+                    });
+                }
+                // Out of file descriptors, say: wait instead of spinning.
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            },
+            which = &mut stop => {
+                inner.draining.store(true, Relaxed);
+                eprintln!("{which}: shutting down (no new connections; finishing what runs)");
+                break;
+            }
+        }
+    }
+    drop(listener);
     let drain = o.drain_timeout;
     tokio::select! {
-        r = server => r.context("the HTTP server failed")?,
-        _ = async { signalled.notified().await; tokio::time::sleep(drain).await } => {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(drain) => {
             eprintln!("requests still open after {} s: exiting anyway (--drain-timeout-s)", drain.as_secs_f64());
         }
     }
