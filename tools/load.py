@@ -317,6 +317,9 @@ def main():
     ap.add_argument("--image-size", type=int, default=48, help="side of the random images sent")
     ap.add_argument("--knob", action="append", default=[], metavar="NAME=VALUE",
                     help="knobs of every transfer (default: preset=fast)")
+    ap.add_argument("--cli-baseline", type=int, default=0, metavar="N",
+                    help="also time N `diffstyle transfer` processes, one after another (what serving without "
+                         "a server means: a fresh content and a style file per request, model loaded each time)")
     ap.add_argument("--out", help="write the results as JSON here")
     args = ap.parse_args()
     args.knobs = [tuple(k.split("=", 1)) for k in (args.knob or [])] or [("preset", "fast")]
@@ -386,13 +389,39 @@ def main():
             except subprocess.TimeoutExpired:
                 proc.kill()
                 code = "killed"
-    res = report(args, rounds, fault_log, health, rss, m0, m1, code if proc else None)
+    base = cli_baseline(args) if args.cli_baseline else None
+    res = report(args, rounds, fault_log, health, rss, m0, m1, code if proc else None, base)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(res, f, indent=1)
 
 
-def report(args, rounds, fault_log, health, rss, m0, m1, exit_code):
+def cli_baseline(args):
+    """N sequential CLI transfers with the load's knobs; seconds each."""
+    import tempfile
+    rng = random.Random(5)
+    style = png(args.image_size, args.image_size, random.Random(7))
+    times = []
+    with tempfile.TemporaryDirectory() as d:
+        sp = os.path.join(d, "s.png")
+        with open(sp, "wb") as f:
+            f.write(style)
+        for k in range(args.cli_baseline):
+            cp = os.path.join(d, "c.png")
+            with open(cp, "wb") as f:
+                f.write(png(args.image_size, args.image_size, rng))
+            cmd = [args.bin, "--device", args.device, "--threads", str(args.threads), "-q", "transfer", "--model",
+                   args.model, "--content", cp, "--style", sp, "--out", os.path.join(d, "o.png")]
+            for n, v in args.knobs:
+                cmd += [f"--{n.replace('_', '-')}", v]
+            t0 = time.time()
+            subprocess.run(cmd, check=True)
+            times.append(time.time() - t0)
+    return {"n": len(times), "transfers_per_s": round(len(times) / sum(times), 2),
+            "p50_ms": round(1e3 * pct(times, 50)), "p95_ms": round(1e3 * pct(times, 95))}
+
+
+def report(args, rounds, fault_log, health, rss, m0, m1, exit_code, base=None):
     def delta(prefix):
         out = {}
         for k, v in m1.items():
@@ -419,6 +448,7 @@ def report(args, rounds, fault_log, health, rss, m0, m1, exit_code):
                     "p99_ms": round(1e3 * (pct([t for _, t in health], 99) or 0), 1)},
         "rss_mib": {k: round(v / 1048576, 1) for k, v in rss.items()},
         "exit_code_after_sigterm": exit_code,
+        "cli_baseline": base,
     }
     for rnd, secs in rounds:
         ok = sum(v for (kind, st), v in rnd.status.items() if st == 200)
@@ -459,6 +489,11 @@ def markdown(r):
     out += ["", "Faults (what came back): " + "; ".join(f"{n}: {res}" for n, res in r["faults"])]
     out += ["", "Server resident memory (MiB): " + ", ".join(f"{k} {v}" for k, v in r["rss_mib"].items())
             + f"; exit code after SIGTERM: {r['exit_code_after_sigterm']}."]
+    if r.get("cli_baseline"):
+        b = r["cli_baseline"]
+        out += ["", f"Baseline, one `diffstyle transfer` process per request ({b['n']} in a row, same knobs, a fresh "
+                    f"content and the style as a file each time): {b['transfers_per_s']} transfers/s, "
+                    f"p50 {b['p50_ms']} ms, p95 {b['p95_ms']} ms."]
     return "\n".join(out)
 
 

@@ -1,7 +1,12 @@
-//! The in-memory inversion cache: inversions by id, bounded in bytes, least recently
-//! used evicted first. An id is a digest of what makes an inversion: the model (its
-//! hash and the weight precision), the inversion steps and the preprocessed image, so a
-//! style many requests share is inverted once, and the same image always gets the same id.
+//! The in-memory inversion cache: inversions by id, bounded in bytes. An id is a digest
+//! of what makes an inversion: the model (its hash and the weight precision), the
+//! inversion steps and the preprocessed image, so a style many requests share is
+//! inverted once, and the same image always gets the same id.
+//!
+//! Eviction is a segmented LRU: a new entry is on probation; one used again (or kept on
+//! purpose, as `/v1/invert` does) is protected, up to 80% of the bytes. The least
+//! recently used entry on probation goes first, so a stream of one-off inversions (every
+//! request's own content) cannot push out the styles that many requests share.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -58,25 +63,65 @@ pub struct CacheStats {
     pub capacity: usize,
 }
 
+/// The protected segment's share of the capacity, percent.
+const PROTECTED_PERCENT: usize = 80;
+
+struct Entry {
+    inv: Arc<Inversion>,
+    bytes: usize,
+    /// When it was last placed in its segment (the key in that segment's order).
+    tick: u64,
+    protected: bool,
+}
+
 #[derive(Default)]
 struct Lru {
-    /// id -> (inversion, its bytes, its last use).
-    map: HashMap<String, (Arc<Inversion>, usize, u64)>,
-    /// last use -> id, oldest first.
-    order: BTreeMap<u64, String>,
+    map: HashMap<String, Entry>,
+    /// tick -> id per segment, oldest first.
+    probation: BTreeMap<u64, String>,
+    protected: BTreeMap<u64, String>,
     clock: u64,
     bytes: usize,
+    protected_bytes: usize,
 }
 
 impl Lru {
-    fn touch(&mut self, id: &str) -> Option<Arc<Inversion>> {
+    /// Moves `id` to the most recent end of the protected (or probation) segment.
+    fn place(&mut self, id: &str, protect: bool) -> Option<Arc<Inversion>> {
         self.clock += 1;
         let now = self.clock;
-        let (inv, _, used) = self.map.get_mut(id)?;
-        self.order.remove(used);
-        *used = now;
-        self.order.insert(now, id.to_string());
-        Some(inv.clone())
+        let e = self.map.get_mut(id)?;
+        let (old, was) = (e.tick, e.protected);
+        (e.tick, e.protected) = (now, protect);
+        let (inv, bytes) = (e.inv.clone(), e.bytes);
+        if was { &mut self.protected } else { &mut self.probation }.remove(&old);
+        if protect { &mut self.protected } else { &mut self.probation }.insert(now, id.to_string());
+        match (was, protect) {
+            (false, true) => self.protected_bytes += bytes,
+            (true, false) => self.protected_bytes -= bytes,
+            _ => {}
+        }
+        Some(inv)
+    }
+
+    /// Demotes the oldest protected entries while the segment is over its share.
+    fn balance(&mut self, capacity: usize) {
+        while self.protected_bytes > capacity / 100 * PROTECTED_PERCENT {
+            let Some((_, id)) = self.protected.first_key_value().map(|(t, id)| (*t, id.clone())) else { break };
+            self.place(&id, false);
+        }
+    }
+
+    /// Removes the entry to evict next; false when empty.
+    fn evict_one(&mut self) -> bool {
+        let Some((_, id)) = self.probation.pop_first().or_else(|| self.protected.pop_first()) else { return false };
+        if let Some(e) = self.map.remove(&id) {
+            self.bytes -= e.bytes;
+            if e.protected {
+                self.protected_bytes -= e.bytes;
+            }
+        }
+        true
     }
 }
 
@@ -111,36 +156,44 @@ impl InversionCache {
         self.capacity
     }
 
-    /// The inversion stored under `id`, now the most recently used; counts a hit or a miss.
+    /// The inversion stored under `id` (now protected: it was used again); counts a
+    /// hit or a miss.
     pub fn get(&self, id: &str) -> Option<Arc<Inversion>> {
-        let got = self.lock().touch(id);
+        let mut l = self.lock();
+        let got = l.place(id, true);
+        l.balance(self.capacity);
         let counter = if got.is_some() { &self.hits } else { &self.misses };
         counter.fetch_add(1, Relaxed);
         got
     }
 
-    /// Stores `inv` under `id`, evicting the least recently used entries to make room.
-    /// Returns false (and stores nothing) when it is larger than the whole cache.
+    /// Protects `id` as if it had been used again, without counting a lookup; false
+    /// when it is not held.
+    pub fn keep(&self, id: &str) -> bool {
+        let mut l = self.lock();
+        let held = l.place(id, true).is_some();
+        l.balance(self.capacity);
+        held
+    }
+
+    /// Stores `inv` under `id` on probation, evicting to make room. Returns false (and
+    /// stores nothing) when it is larger than the whole cache.
     pub fn insert(&self, id: &str, inv: Arc<Inversion>) -> bool {
         let size = inversion_bytes(&inv);
         if size > self.capacity {
             return false;
         }
         let mut l = self.lock();
-        if l.touch(id).is_some() {
+        if l.map.contains_key(id) {
             return true;
         }
-        while l.bytes + size > self.capacity {
-            let Some((_, old)) = l.order.pop_first() else { break };
-            if let Some((_, b, _)) = l.map.remove(&old) {
-                l.bytes -= b;
-                self.evictions.fetch_add(1, Relaxed);
-            }
+        while l.bytes + size > self.capacity && l.evict_one() {
+            self.evictions.fetch_add(1, Relaxed);
         }
         l.clock += 1;
         let now = l.clock;
-        l.order.insert(now, id.to_string());
-        l.map.insert(id.to_string(), (inv, size, now));
+        l.probation.insert(now, id.to_string());
+        l.map.insert(id.to_string(), Entry { inv, bytes: size, tick: now, protected: false });
         l.bytes += size;
         true
     }
@@ -168,18 +221,48 @@ mod tests {
     }
 
     #[test]
-    fn least_recently_used_goes_first_and_bytes_stay_bounded() {
-        let c = InversionCache::new(100);
-        assert!(c.insert("a", inv(1.0)) && c.insert("b", inv(2.0)));
-        assert_eq!(c.get("a").unwrap().x0[0], 1.0); // a is now newer than b
-        assert!(c.insert("c", inv(3.0))); // 120 > 100: b goes
+    fn one_off_entries_go_first_and_bytes_stay_bounded() {
+        // Room for 5 entries of 40 bytes; 4 of them (160 bytes) may be protected.
+        let c = InversionCache::new(200);
+        for id in ["a", "b", "c"] {
+            assert!(c.insert(id, inv(1.0)));
+        }
+        assert!(c.get("a").is_some()); // a: used again, protected
+        for id in ["d", "e", "f"] {
+            assert!(c.insert(id, inv(2.0)));
+        }
+        // f pushed out b, the oldest on probation, not a (older, but protected).
         assert!(c.get("b").is_none());
-        assert_eq!(c.get("c").unwrap().x0[0], 3.0);
-        assert_eq!(c.get("a").unwrap().x0[0], 1.0);
+        assert!(c.get("a").is_some());
+        // A stream of one-off entries never reaches the protected one.
+        for k in 0..20 {
+            assert!(c.insert(&format!("x{k}"), inv(3.0)));
+        }
+        assert!(c.get("a").is_some());
+        assert!(c.get("c").is_none());
         let s = c.stats();
-        assert_eq!((s.hits, s.misses, s.evictions, s.entries, s.bytes), (3, 1, 1, 2, 80));
+        assert_eq!((s.hits, s.misses, s.entries, s.bytes), (3, 2, 5, 200));
+        assert_eq!(s.evictions, 26 - 5); // 26 inserted, 5 held
         assert!(!InversionCache::new(39).insert("x", inv(0.0)), "larger than the cache");
         assert!(!InversionCache::new(0).insert("x", inv(0.0)));
+    }
+
+    #[test]
+    fn the_protected_segment_keeps_to_its_share_and_lru_order() {
+        let c = InversionCache::new(200);
+        for id in ["a", "b", "c", "d", "e"] {
+            assert!(c.insert(id, inv(1.0)));
+            assert!(c.keep(id));
+        }
+        assert!(!c.keep("zz"));
+        // Only 4 fit in the protected 160 bytes: a, the oldest, was demoted to
+        // probation, so a new entry evicts it first.
+        assert!(c.insert("f", inv(2.0)));
+        assert!(c.get("a").is_none());
+        for id in ["b", "c", "d", "e", "f"] {
+            assert!(c.get(id).is_some(), "{id}");
+        }
+        assert_eq!(c.stats().bytes, 200);
     }
 
     #[test]

@@ -330,6 +330,12 @@ impl Pipeline {
         self.cache.get(id)
     }
 
+    /// Protects the cached inversion `id` from one-off entries (see `cache.rs`), as
+    /// if it had been used again; false when the cache does not hold it.
+    pub fn keep(&self, id: &str) -> bool {
+        self.cache.keep(id)
+    }
+
     /// Sends one op to the engine thread and waits for it, calling `progress` once per
     /// step.
     fn call(&self, op: Op, progress: &mut dyn FnMut()) -> Result<Done> {

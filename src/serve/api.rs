@@ -22,7 +22,7 @@ use super::queue::{Answer, Job, Queue, Refused, Work};
 use crate::diffusion::method::{Inversion, Settings};
 use crate::pipeline::cache::is_id;
 use crate::pipeline::knobs::KNOB_NAMES;
-use crate::pipeline::{Image, Knobs, Mask, Pair, Pipeline, Source};
+use crate::pipeline::{Image, Knobs, Pair, Pipeline, Source};
 
 /// The routes, for the request metrics (anything else is counted as "other").
 const ROUTES: [&str; 5] = ["/", "/healthz", "/metrics", "/v1/transfer", "/v1/invert"];
@@ -37,6 +37,18 @@ pub struct Inner {
     pub draining: AtomicBool,
     pub max_body: usize,
     pub read_timeout: Duration,
+    /// Request bodies being received at once: each may hold up to `max_body` bytes.
+    pub uploads: tokio::sync::Semaphore,
+    /// Images being decoded at once: a small file may decode to hundreds of MiB.
+    pub decodes: tokio::sync::Semaphore,
+}
+
+impl Inner {
+    /// Concurrent uploads allowed for a queue of `max_queue` jobs: enough to keep it
+    /// full while the bodies of bad requests arrive too.
+    pub fn max_uploads(max_queue: usize) -> usize {
+        (2 * max_queue).max(16)
+    }
 }
 
 type St = State<Arc<Inner>>;
@@ -181,6 +193,10 @@ async fn read_parts(
     }
     let mut mp =
         mp.map_err(|e| ApiError::bad("body", format!("expected a multipart/form-data body: {}", e.body_text())))?;
+    let _slot = st
+        .uploads
+        .try_acquire()
+        .map_err(|_| ApiError::unavailable("too many request bodies arriving at once; retry later"))?;
     let read = async {
         let mut parts = HashMap::new();
         while let Some(f) = mp.next_field().await.map_err(|e| multipart_error(&e, &too_large))? {
@@ -235,6 +251,7 @@ async fn decode<T: Send + 'static>(
     field: &'static str,
     f: fn(&Pipeline, &[u8], &str) -> anyhow::Result<T>,
 ) -> Result<T, ApiError> {
+    let _slot = st.decodes.acquire().await.map_err(|_| ApiError::unavailable("the server is shutting down"))?;
     let p = st.p.clone();
     tokio::task::spawn_blocking(move || f(&p, &bytes, field))
         .await
@@ -323,7 +340,7 @@ async fn transfer(
         Some(b) => Some(decode(&st, b, "mask", Pipeline::mask_from_bytes).await?),
         None => None,
     };
-    let work = Work::Transfer { pair: Pair { content, style }, settings: s, mask: mask.map(|m: Mask| m) };
+    let work = Work::Transfer { pair: Pair { content, style }, settings: s, mask };
     match run(&st, work).await? {
         Answer::Png { png, batch } => Ok((
             [

@@ -55,6 +55,8 @@ pub fn serve(p: Pipeline, o: &ServeOptions) -> Result<()> {
         draining: AtomicBool::new(false),
         max_body: o.max_body,
         read_timeout: o.read_timeout,
+        uploads: tokio::sync::Semaphore::new(api::Inner::max_uploads(o.max_queue)),
+        decodes: tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())),
     });
     let served = rt.block_on(listen(inner, o));
     // Whatever is still queued runs (its clients may have gone); then the engine stops.

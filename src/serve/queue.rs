@@ -203,18 +203,18 @@ fn run_together(p: &Pipeline, batch: &[Job]) -> anyhow::Result<Vec<Answer>> {
                 })
                 .collect();
             let invs = p.invert_batch(&images, *inv_steps, &mut || {})?;
-            let cap = p.cache_stats().capacity;
             images
                 .iter()
                 .zip(invs)
                 .map(|(im, inv)| {
-                    let size = inversion_bytes(&inv);
+                    // An id is only useful while the cache holds it: keep it there.
+                    let id = p.inversion_id(im, *inv_steps);
                     anyhow::ensure!(
-                        size <= cap,
+                        p.keep(&id),
                         "the inversion ({:.1} MiB) is larger than the whole inversion cache (--cache-mib)",
-                        size as f64 / 1048576.0
+                        inversion_bytes(&inv) as f64 / 1048576.0
                     );
-                    Ok(Answer::Inverted { id: p.inversion_id(im, *inv_steps) })
+                    Ok(Answer::Inverted { id })
                 })
                 .collect()
         }
