@@ -158,7 +158,8 @@ enum Cmd {
         #[arg(long, default_value_t = 64)]
         max_queue: usize,
         /// Memory for cached inversions (a style many requests share is inverted once),
-        /// MiB, least recently used evicted first; 0 = no cache (and no /v1/invert).
+        /// MiB; one-off inversions are evicted before reused ones (a segmented LRU);
+        /// 0 = no cache (and no /v1/invert).
         #[arg(long, default_value_t = 1024)]
         cache_mib: usize,
         /// Largest request body, MiB (413 beyond).

@@ -317,6 +317,7 @@ def main():
     ap.add_argument("--image-size", type=int, default=48, help="side of the random images sent")
     ap.add_argument("--knob", action="append", default=[], metavar="NAME=VALUE",
                     help="knobs of every transfer (default: preset=fast)")
+    ap.add_argument("--solo", type=int, default=5, help="requests sent one at a time first (latency alone)")
     ap.add_argument("--cli-baseline", type=int, default=0, metavar="N",
                     help="also time N `diffstyle transfer` processes, one after another (what serving without "
                          "a server means: a fresh content and a style file per request, model loaded each time)")
@@ -359,6 +360,16 @@ def main():
         warm = Round()
         a = argparse.Namespace(**{**vars(args), "requests": 2 * args.clients, "duration": 60})
         run_round(cl, a, styles, style_ids, 1, warm)
+        # One client alone: the latency of a cached-style request with nothing queued.
+        solo = []
+        srng = random.Random(3)
+        for _ in range(args.solo):
+            parts = [("content", ("c.png", png(args.image_size, args.image_size, srng))),
+                     ("style_id", style_ids[0])] + list(args.knobs)
+            t0 = time.time()
+            st, _, body = cl.call("POST", "/v1/transfer", form(parts))
+            assert st == 200, body
+            solo.append(time.time() - t0)
         rss = {"after warm-up": rss_of(pid, cl)}
         m0 = cl.metrics()
         health, stop = [], threading.Event()
@@ -390,7 +401,7 @@ def main():
                 proc.kill()
                 code = "killed"
     base = cli_baseline(args) if args.cli_baseline else None
-    res = report(args, rounds, fault_log, health, rss, m0, m1, code if proc else None, base)
+    res = report(args, rounds, fault_log, health, rss, m0, m1, code if proc else None, base, solo)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(res, f, indent=1)
@@ -421,7 +432,7 @@ def cli_baseline(args):
             "p50_ms": round(1e3 * pct(times, 50)), "p95_ms": round(1e3 * pct(times, 95))}
 
 
-def report(args, rounds, fault_log, health, rss, m0, m1, exit_code, base=None):
+def report(args, rounds, fault_log, health, rss, m0, m1, exit_code, base=None, solo=()):
     def delta(prefix):
         out = {}
         for k, v in m1.items():
@@ -449,6 +460,7 @@ def report(args, rounds, fault_log, health, rss, m0, m1, exit_code, base=None):
         "rss_mib": {k: round(v / 1048576, 1) for k, v in rss.items()},
         "exit_code_after_sigterm": exit_code,
         "cli_baseline": base,
+        "solo": {"n": len(solo), "p50_ms": round(1e3 * (pct(solo, 50) or 0)), "max_ms": round(1e3 * max(solo, default=0))},
     }
     for rnd, secs in rounds:
         ok = sum(v for (kind, st), v in rnd.status.items() if st == 200)
@@ -489,6 +501,10 @@ def markdown(r):
     out += ["", "Faults (what came back): " + "; ".join(f"{n}: {res}" for n, res in r["faults"])]
     out += ["", "Server resident memory (MiB): " + ", ".join(f"{k} {v}" for k, v in r["rss_mib"].items())
             + f"; exit code after SIGTERM: {r['exit_code_after_sigterm']}."]
+    so = r["solo"]
+    if so["n"]:
+        out += ["", f"One client alone ({so['n']} requests in a row, fresh content, cached style by id): "
+                    f"p50 {so['p50_ms']} ms, max {so['max_ms']} ms."]
     if r.get("cli_baseline"):
         b = r["cli_baseline"]
         out += ["", f"Baseline, one `diffstyle transfer` process per request ({b['n']} in a row, same knobs, a fresh "

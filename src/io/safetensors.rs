@@ -1,5 +1,5 @@
 //! The one safetensors writer: inversion caches, `--dump-tensor` and `random-model`
-//! checkpoints all go through [`write`], atomically (a failed write leaves no file).
+//! checkpoints all go through [`write()`], atomically (a failed write leaves no file).
 
 use std::collections::HashMap;
 use std::path::Path;

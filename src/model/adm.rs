@@ -14,7 +14,7 @@
 //!
 //! `ResBlock`: `in_layers.{0,2}` (norm + SiLU, conv 3x3; with up / down the resampling
 //! sits between them and is applied to the skip path too), `emb_layers.1` (linear on
-//! silu(emb), 2C wide with the FiLM norm), `out_layers.{0,3}` (norm [FiLM] + SiLU, conv),
+//! silu(emb), 2C wide with the FiLM norm), `out_layers.{0,3}` (norm (FiLM) + SiLU, conv),
 //! `skip_connection` (1x1 conv when the channels change). `AttentionBlock`: `norm`,
 //! `qkv` (conv1d C -> 3C), `proj_out` (conv1d), residual.
 

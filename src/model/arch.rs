@@ -61,7 +61,7 @@ pub struct UNetArch {
     pub downsample_padding: usize,
     pub flip_sin_to_cos: bool,
     pub freq_shift: f32,
-    /// Width of the time-embedding MLP (4 x block_out_channels[0] by default).
+    /// Width of the time-embedding MLP (4 x `block_out_channels[0]` by default).
     pub time_embed_dim: usize,
     /// The ADM family's options; `None` for the DDPM family.
     #[serde(default)]

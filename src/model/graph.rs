@@ -4,7 +4,7 @@
 //! (`plan.rs`), executed by `unet.rs` on any backend.
 //!
 //! Names once: a builder declares every checkpoint tensor it reads, with its stored
-//! name and shape, as it builds the ops that use it ([`Builder::tensor`]). The loader's
+//! name and shape, as it builds the ops that use it (`Builder::tensor`). The loader's
 //! expected-tensor list is `Graph::tensors` of the built graph, and the architecture's
 //! checks walk the ops (`validate.rs`), so nothing else spells a parameter name.
 //!

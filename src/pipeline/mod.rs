@@ -21,7 +21,7 @@
 //! Inside, one engine thread owns the backend and the engines (`worker.rs`); a
 //! [`Pipeline`] is a handle to it that is `Send + Sync`, so it can be shared (in an
 //! `Arc`) by many threads, whose calls run one after another. Inversions of images are
-//! kept in an in-memory LRU cache (`cache.rs`) when `cache_mib` > 0.
+//! kept in an in-memory cache (`cache.rs`, a segmented LRU) when `cache_mib` > 0.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
