@@ -35,6 +35,7 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use crate::diffusion::method::{check_schedule, Counts, Inversion, Settings};
 use crate::dtype::Precision;
 use crate::io::cache::{self as cache_file, CacheKey};
+use crate::model::schedule::Schedule;
 use crate::model::weights::{load_model, LoadedModel};
 
 pub mod cache;
@@ -172,7 +173,8 @@ pub struct Pipeline {
     worker: Option<JoinHandle<()>>,
     shared: Arc<Shared>,
     info: PipelineInfo,
-    model: Arc<LoadedModel>,
+    /// The model's noise schedule (the weights live on the engine thread only).
+    schedule: Schedule,
     cache: InversionCache,
 }
 
@@ -207,7 +209,7 @@ impl Pipeline {
             max_batch: opts.max_batch,
             batches: batches.clone(),
         };
-        let model = Arc::new(model);
+        let schedule = model.schedule.clone();
         let shared = Arc::new(Shared::default());
         let setup = worker::Setup {
             device: opts.device,
@@ -216,13 +218,15 @@ impl Pipeline {
             verbose: opts.verbose,
             batches,
         };
-        let (tx, handle, device) = worker::spawn(model.clone(), setup, shared.clone())?;
+        // The host weights go to the engine thread, which drops them once they are on
+        // the backend.
+        let (tx, handle, device) = worker::spawn(model, setup, shared.clone())?;
         Ok(Self {
             tx: Some(tx),
             worker: Some(handle),
             shared,
             info: PipelineInfo { device, ..partial },
-            model,
+            schedule,
             cache: InversionCache::new(opts.cache_mib.saturating_mul(1 << 20)),
         })
     }
@@ -231,9 +235,9 @@ impl Pipeline {
         &self.info
     }
 
-    /// The loaded model (architecture, schedule, weights on the host).
-    pub fn model(&self) -> &LoadedModel {
-        &self.model
+    /// The model's noise schedule.
+    pub fn schedule(&self) -> &Schedule {
+        &self.schedule
     }
 
     /// Whether the engine thread is still running (it stops only if it panicked outside
@@ -365,7 +369,7 @@ impl Pipeline {
         progress: &mut dyn FnMut(),
     ) -> Result<Vec<Arc<Inversion>>> {
         let s = Settings { inv_steps, ..Settings::default() };
-        s.check_knobs(self.model.schedule.len())?;
+        s.check_knobs(self.schedule.len())?;
         let ids: Vec<String> = images.iter().map(|im| self.inversion_id(im, inv_steps)).collect();
         let mut found: HashMap<&str, Arc<Inversion>> = HashMap::new();
         let mut todo: Vec<(&str, &Image)> = vec![];
@@ -423,7 +427,7 @@ impl Pipeline {
         mask: Option<&Mask>,
         progress: &mut dyn FnMut(),
     ) -> Result<Vec<Output>> {
-        s.validate(&self.model.schedule)?;
+        s.validate(&self.schedule)?;
         if let Some(m) = mask {
             ensure!(
                 m.0.len() == self.info.h_size * self.info.h_size,

@@ -73,7 +73,7 @@ pub(super) struct Setup {
 /// Starts the engine thread and waits until it is ready (weights uploaded, every
 /// engine allocated) or has failed; returns its inbox and its description of the device.
 pub(super) fn spawn(
-    model: Arc<LoadedModel>,
+    model: LoadedModel,
     setup: Setup,
     shared: Arc<Shared>,
 ) -> Result<(Sender<Msg>, JoinHandle<()>, String)> {
@@ -85,7 +85,7 @@ pub(super) fn spawn(
         .spawn(move || {
             sh.alive.store(true, Relaxed);
             match pick(setup.device, setup.precision, setup.threads, setup.verbose) {
-                Ok(picked) => crate::with_backend!(picked, |be| run(be, &model, &setup, rx, &ready_tx, &sh)),
+                Ok(picked) => crate::with_backend!(picked, |be| run(be, model, &setup, rx, &ready_tx, &sh)),
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
                 }
@@ -113,23 +113,25 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
 
 fn run<B: Backend>(
     be: &B,
-    model: &LoadedModel,
+    model: LoadedModel,
     setup: &Setup,
     rx: Receiver<Msg>,
     ready: &Sender<Result<String>>,
     shared: &Shared,
 ) {
-    let unet = match UNet::new(be, model, setup.precision) {
+    let unet = match UNet::new(be, &model, setup.precision) {
         Ok(u) => u,
         Err(e) => {
             let _ = ready.send(Err(e));
             return;
         }
     };
+    // The backend holds the weights now: the host copy (as large as the model) goes.
+    let LoadedModel { schedule, source, tensors, .. } = model;
+    drop(tensors);
     let mut engines = Vec::with_capacity(setup.batches.len());
     for &n in &setup.batches {
-        match Engine::with_batch(be, &unet, &model.schedule, n)
-            .with_context(|| format!("model {} with a batch of {n}", model.source))
+        match Engine::with_batch(be, &unet, &schedule, n).with_context(|| format!("model {source} with a batch of {n}"))
         {
             Ok(e) => engines.push(e),
             Err(e) => {

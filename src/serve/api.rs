@@ -333,7 +333,7 @@ async fn transfer(
     let allowed: Vec<&str> =
         ["content", "style", "mask", "content_id", "style_id"].into_iter().chain(KNOB_NAMES).collect();
     let mut parts = read_parts(&st, &headers, mp, &allowed).await?;
-    let s = settings(&parts, st.p.model().schedule.len())?;
+    let s = settings(&parts, st.p.schedule().len())?;
     let content = source(&st, &mut parts, "content", "content_id", s.inv_steps).await?;
     let style = source(&st, &mut parts, "style", "style_id", s.inv_steps).await?;
     let mask = match parts.remove("mask") {
@@ -367,7 +367,7 @@ async fn invert(
     }
     let inv_steps = k.settings().inv_steps;
     Settings { inv_steps, ..Settings::default() }
-        .check_knobs(st.p.model().schedule.len())
+        .check_knobs(st.p.schedule().len())
         .map_err(|e| ApiError::bad(e.knob, format!("{} {}", e.knob, e.problem)))?;
     if st.p.cache_stats().capacity == 0 {
         return Err(ApiError::bad(
