@@ -41,13 +41,17 @@ fn knob_parts() -> Vec<(&'static str, Part<'static>)> {
 
 /// `diffstyle transfer` with the same knobs: the PNG bytes it writes.
 fn cli_png(content: &[u8], style: &[u8], mask: Option<&[u8]>) -> Vec<u8> {
+    cli_png_on("cpu", content, style, mask)
+}
+
+fn cli_png_on(device: &str, content: &[u8], style: &[u8], mask: Option<&[u8]>) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let (c, s, m, out) =
         (dir.path().join("c.png"), dir.path().join("s.png"), dir.path().join("m.png"), dir.path().join("o.png"));
     std::fs::write(&c, content).unwrap();
     std::fs::write(&s, style).unwrap();
     let mut cmd = Command::new(bin());
-    cmd.args(["--device", "cpu", "--threads", "1", "-q", "transfer", "--model"]).arg(model());
+    cmd.args(["--device", device, "--threads", "1", "-q", "transfer", "--model"]).arg(model());
     cmd.arg("--content").arg(&c).arg("--style").arg(&s).arg("--out").arg(&out);
     if let Some(mb) = mask {
         std::fs::write(&m, mb).unwrap();
@@ -392,4 +396,35 @@ fn slow_clients_are_cut_off_after_the_read_timeout() {
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains("\"field\":\"body\""), "{text}");
     assert_eq!(get(&s.addr, "/healthz").status, 200);
+}
+
+#[test]
+fn the_emulated_gpu_serves_what_its_cli_writes_batched_or_not() {
+    let m = model();
+    let s = Server::start(
+        &bin(),
+        &["--device", "emu"],
+        &["--model", m.to_str().unwrap(), "--max-batch", "2", "--batch-window-ms", "3000"],
+    );
+    let style = example("style.png");
+    let contents = [example("content.png"), noise_png(9, 40, 40)];
+    let together: Vec<(Option<String>, Vec<u8>)> = std::thread::scope(|sc| {
+        let hs: Vec<_> = contents
+            .iter()
+            .map(|c| {
+                let (addr, style) = (&s.addr, &style);
+                sc.spawn(move || {
+                    let r = post_form(addr, "/v1/transfer", &transfer_form(c, style));
+                    assert_eq!(r.status, 200, "{}", r.text());
+                    (r.header("x-diffstyle-batch-size").map(str::to_string), r.body)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (k, (batch, png)) in together.iter().enumerate() {
+        assert_eq!(batch.as_deref(), Some("2"));
+        assert!(*png == cli_png_on("emu", &contents[k], &style, None), "request {k} differs from the emulated CLI");
+    }
+    assert!(s.metric("diffstyle_device_memory_peak_bytes") > 0.0, "the emulated device reports its memory");
 }
