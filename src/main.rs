@@ -32,7 +32,8 @@ struct Cli {
     /// convolution weights are stored in it and run on tensor cores (f32 accumulation).
     #[arg(long, global = true, value_enum, default_value = "f32")]
     precision: Precision,
-    /// No progress bars (they are also off when stderr is not a terminal).
+    /// No progress bars (they are also off when stderr is not a terminal), no server
+    /// access log.
     #[arg(long, short, global = true)]
     quiet: bool,
     /// Print timings, work counts and memory use.
@@ -136,7 +137,8 @@ enum Cmd {
     /// inversion cache, compatible requests batched, a bounded queue. Routes: GET /
     /// (a web page), GET /healthz, GET /metrics (Prometheus), POST /v1/transfer and
     /// POST /v1/invert (multipart/form-data; see the README's "Server" section). Stops
-    /// on SIGINT / SIGTERM after finishing what runs.
+    /// on SIGINT / SIGTERM after finishing what runs. Logs a line per /v1 request on
+    /// stderr (not with --quiet).
     Serve {
         #[command(flatten)]
         model: ModelOpts,

@@ -364,6 +364,7 @@ fn a_full_queue_answers_503_and_shutdown_finishes_running_work() {
     assert!(std::net::TcpStream::connect(&s.addr).is_err(), "still accepting after shutdown");
     let log: Vec<String> = s.log.try_iter().collect();
     assert!(log.iter().any(|l| l.contains("SIGTERM")), "{log:?}");
+    assert!(log.iter().any(|l| l.starts_with("/v1/transfer 200 ")), "no access log line: {log:?}");
 }
 
 #[test]

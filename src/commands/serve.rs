@@ -58,6 +58,7 @@ pub fn serve(c: &Common, m: &ModelArgs, a: &ServeArgs) -> Result<()> {
         max_body: a.max_body_mib.saturating_mul(1 << 20),
         read_timeout: Duration::from_secs(a.read_timeout_s),
         drain_timeout: Duration::from_secs(a.drain_timeout_s),
+        access_log: !c.quiet,
     };
     crate::serve::serve(p, &o)
 }

@@ -41,6 +41,8 @@ pub struct Inner {
     pub uploads: tokio::sync::Semaphore,
     /// Images being decoded at once: a small file may decode to hundreds of MiB.
     pub decodes: tokio::sync::Semaphore,
+    /// A line on stderr per answered /v1 request.
+    pub access_log: bool,
 }
 
 impl Inner {
@@ -110,7 +112,13 @@ struct Tracked {
 impl Drop for Tracked {
     fn drop(&mut self) {
         self.st.metrics.in_flight.fetch_sub(1, Relaxed);
-        self.st.metrics.request(self.route, self.status.unwrap_or(499), self.t0.elapsed());
+        let status = self.status.unwrap_or(499);
+        let took = self.t0.elapsed();
+        self.st.metrics.request(self.route, status, took);
+        if self.st.access_log && self.route.starts_with("/v1/") {
+            let left = if self.status.is_none() { " (client left)" } else { "" };
+            eprintln!("{} {status} {:.0} ms{left}", self.route, took.as_secs_f64() * 1e3);
+        }
     }
 }
 

@@ -32,6 +32,8 @@ pub struct ServeOptions {
     /// After a shutdown signal, how long open requests may take before the server exits
     /// anyway.
     pub drain_timeout: Duration,
+    /// A line on stderr per answered /v1 request (route, status, milliseconds).
+    pub access_log: bool,
 }
 
 /// Serves until SIGINT or SIGTERM, then stops accepting, finishes what is running and
@@ -57,6 +59,7 @@ pub fn serve(p: Pipeline, o: &ServeOptions) -> Result<()> {
         read_timeout: o.read_timeout,
         uploads: tokio::sync::Semaphore::new(api::Inner::max_uploads(o.max_queue)),
         decodes: tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())),
+        access_log: o.access_log,
     });
     let served = rt.block_on(listen(inner, o));
     // Whatever is still queued runs (its clients may have gone); then the engine stops.
