@@ -142,38 +142,8 @@ enum Cmd {
     Serve {
         #[command(flatten)]
         model: ModelOpts,
-        /// Address to listen on, HOST:PORT (port 0 picks a free port; the address is
-        /// printed as `listening on http://HOST:PORT` once the model is ready).
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        addr: String,
-        /// Most pairs (or inversions) run side by side in one batch. The engine keeps
-        /// one workspace per power of two up to it (about twice the activation memory of
-        /// the largest), so a lone request costs a batch of one.
-        #[arg(long, default_value_t = 4)]
-        max_batch: usize,
-        /// How long the first request of a batch waits for compatible ones (same knobs
-        /// and mask) to join it, milliseconds.
-        #[arg(long, default_value_t = 20)]
-        batch_window_ms: u64,
-        /// Requests that may wait for the engine; beyond it requests get 503 with
-        /// Retry-After.
-        #[arg(long, default_value_t = 64)]
-        max_queue: usize,
-        /// Memory for cached inversions (a style many requests share is inverted once),
-        /// MiB; one-off inversions are evicted before reused ones (a segmented LRU);
-        /// 0 = no cache (and no /v1/invert).
-        #[arg(long, default_value_t = 1024)]
-        cache_mib: usize,
-        /// Largest request body, MiB (413 beyond).
-        #[arg(long, default_value_t = 32)]
-        max_body_mib: usize,
-        /// Seconds a client has to send its request body (408 beyond).
-        #[arg(long, default_value_t = 60)]
-        read_timeout_s: u64,
-        /// After SIGINT / SIGTERM, seconds that running requests may take before the
-        /// server exits anyway.
-        #[arg(long, default_value_t = 600)]
-        drain_timeout_s: u64,
+        #[command(flatten)]
+        args: commands::ServeArgs,
     },
     /// DDIM-invert an image and write the inversion cache (x_T, the h trajectory).
     Invert {
@@ -378,29 +348,7 @@ fn main() -> ExitCode {
             };
             commands::transfer(&common, &model.into(), &job)
         }
-        Cmd::Serve {
-            model,
-            addr,
-            max_batch,
-            batch_window_ms,
-            max_queue,
-            cache_mib,
-            max_body_mib,
-            read_timeout_s,
-            drain_timeout_s,
-        } => {
-            let args = commands::ServeArgs {
-                addr,
-                max_batch,
-                batch_window_ms,
-                max_queue,
-                cache_mib,
-                max_body_mib,
-                read_timeout_s,
-                drain_timeout_s,
-            };
-            commands::serve(&common, &model.into(), &args)
-        }
+        Cmd::Serve { model, args } => commands::serve(&common, &model.into(), &args),
         Cmd::Invert { model, image, out, inv_steps } => {
             commands::invert(&common, &model.into(), &image, &out, inv_steps)
         }

@@ -276,6 +276,24 @@ fn request_chunked(addr: &str, headers: &[(&str, String)], body: &[u8]) -> commo
     common::http::Resp { status, headers: vec![], body }
 }
 
+/// Transfers of every content with `style`, sent at once, each from its own thread:
+/// (the batch size the server reports, the PNG) per content.
+fn side_by_side(addr: &str, contents: &[Vec<u8>], style: &[u8]) -> Vec<(Option<String>, Vec<u8>)> {
+    std::thread::scope(|sc| {
+        let hs: Vec<_> = contents
+            .iter()
+            .map(|c| {
+                sc.spawn(move || {
+                    let r = post_form(addr, "/v1/transfer", &transfer_form(c, style));
+                    assert_eq!(r.status, 200, "{}", r.text());
+                    (r.header("x-diffstyle-batch-size").map(str::to_string), r.body)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
 #[test]
 fn concurrent_requests_run_as_one_batch_with_the_same_pixels() {
     let s = server(&["--max-batch", "4", "--batch-window-ms", "1500"]);
@@ -291,20 +309,7 @@ fn concurrent_requests_run_as_one_batch_with_the_same_pixels() {
         })
         .collect();
     // ... then side by side: one batch, identical images.
-    let together: Vec<(Option<String>, Vec<u8>)> = std::thread::scope(|sc| {
-        let hs: Vec<_> = contents
-            .iter()
-            .map(|c| {
-                let (addr, style) = (&s.addr, &style);
-                sc.spawn(move || {
-                    let r = post_form(addr, "/v1/transfer", &transfer_form(c, style));
-                    assert_eq!(r.status, 200, "{}", r.text());
-                    (r.header("x-diffstyle-batch-size").map(str::to_string), r.body)
-                })
-            })
-            .collect();
-        hs.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let together = side_by_side(&s.addr, &contents, &style);
     for (k, (batch, png)) in together.iter().enumerate() {
         assert_eq!(batch.as_deref(), Some("3"), "request {k} ran in a batch of {batch:?}");
         assert!(*png == alone[k], "request {k}: batched pixels differ from the lone run");
@@ -409,20 +414,7 @@ fn the_emulated_gpu_serves_what_its_cli_writes_batched_or_not() {
     );
     let style = example("style.png");
     let contents = [example("content.png"), noise_png(9, 40, 40)];
-    let together: Vec<(Option<String>, Vec<u8>)> = std::thread::scope(|sc| {
-        let hs: Vec<_> = contents
-            .iter()
-            .map(|c| {
-                let (addr, style) = (&s.addr, &style);
-                sc.spawn(move || {
-                    let r = post_form(addr, "/v1/transfer", &transfer_form(c, style));
-                    assert_eq!(r.status, 200, "{}", r.text());
-                    (r.header("x-diffstyle-batch-size").map(str::to_string), r.body)
-                })
-            })
-            .collect();
-        hs.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let together = side_by_side(&s.addr, &contents, &style);
     for (k, (batch, png)) in together.iter().enumerate() {
         assert_eq!(batch.as_deref(), Some("2"));
         assert!(*png == cli_png_on("emu", &contents[k], &style, None), "request {k} differs from the emulated CLI");

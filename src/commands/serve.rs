@@ -10,14 +10,40 @@ use crate::pipeline::{Pipeline, PipelineOptions};
 use crate::serve::ServeOptions;
 
 /// The server's knobs as given on the command line.
+#[derive(clap::Args, Clone, Debug)]
 pub struct ServeArgs {
+    /// Address to listen on, HOST:PORT (port 0 picks a free port; the address is
+    /// printed as `listening on http://HOST:PORT` once the model is ready).
+    #[arg(long, default_value = "127.0.0.1:8080")]
     pub addr: String,
+    /// Most pairs (or inversions) run side by side in one batch. The engine keeps
+    /// one workspace per power of two up to it (about twice the activation memory of
+    /// the largest), so a lone request costs a batch of one.
+    #[arg(long, default_value_t = 4)]
     pub max_batch: usize,
+    /// How long the first request of a batch waits for compatible ones (same knobs
+    /// and mask) to join it, milliseconds.
+    #[arg(long, default_value_t = 20)]
     pub batch_window_ms: u64,
+    /// Requests that may wait for the engine; beyond it requests get 503 with
+    /// Retry-After.
+    #[arg(long, default_value_t = 64)]
     pub max_queue: usize,
+    /// Memory for cached inversions (a style many requests share is inverted once),
+    /// MiB; one-off inversions are evicted before reused ones (a segmented LRU);
+    /// 0 = no cache (and no /v1/invert).
+    #[arg(long, default_value_t = 1024)]
     pub cache_mib: usize,
+    /// Largest request body, MiB (413 beyond).
+    #[arg(long, default_value_t = 32)]
     pub max_body_mib: usize,
+    /// Seconds a client has to send its request headers (else the connection is
+    /// closed) and its body (408 beyond).
+    #[arg(long, default_value_t = 60)]
     pub read_timeout_s: u64,
+    /// After SIGINT / SIGTERM, seconds that running requests may take before the
+    /// server exits anyway.
+    #[arg(long, default_value_t = 600)]
     pub drain_timeout_s: u64,
 }
 

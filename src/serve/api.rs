@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::extract::multipart::MultipartRejection;
 use axum::extract::{DefaultBodyLimit, Multipart, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -353,7 +353,7 @@ async fn transfer(
         Answer::Png { png, batch } => Ok((
             [
                 (header::CONTENT_TYPE, "image/png".to_string()),
-                ("x-diffstyle-batch-size".parse().expect("header name"), batch.to_string()),
+                (HeaderName::from_static("x-diffstyle-batch-size"), batch.to_string()),
             ],
             png,
         )
@@ -369,14 +369,8 @@ async fn invert(
 ) -> Result<Response, ApiError> {
     st.open()?;
     let mut parts = read_parts(&st, &headers, mp, &["image", "inv_steps"]).await?;
-    let mut k = Knobs::default();
-    if let Some(v) = text(&parts, "inv_steps")? {
-        k.set("inv_steps", v).map_err(|e| ApiError::bad("inv_steps", format!("{} {}", e.knob, e.problem)))?;
-    }
-    let inv_steps = k.settings().inv_steps;
-    Settings { inv_steps, ..Settings::default() }
-        .check_knobs(st.p.schedule().len())
-        .map_err(|e| ApiError::bad(e.knob, format!("{} {}", e.knob, e.problem)))?;
+    // The only knob allowed here is inv_steps.
+    let inv_steps = settings(&parts, st.p.schedule().len())?.inv_steps;
     if st.p.cache_stats().capacity == 0 {
         return Err(ApiError::bad(
             "image",
