@@ -226,6 +226,22 @@ fn bad_requests_get_clear_errors_and_hurt_nothing() {
     let big = vec![7u8; 3 << 20];
     let r = post_form(&s.addr, "/v1/transfer", &[("content", Part::File("big.png", &big))]);
     assert_eq!(r.status, 413, "{}", r.text());
+    // A client that writes its whole (20 MiB) body before reading still gets the 413:
+    // the server reads and drops the body first instead of cutting the upload short.
+    {
+        use std::io::{Read, Write};
+        let huge = vec![0u8; 20 << 20];
+        let mut c = std::net::TcpStream::connect(&s.addr).unwrap();
+        let head = format!(
+            "POST /v1/transfer HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {}\r\n\r\n",
+            huge.len()
+        );
+        c.write_all(head.as_bytes()).unwrap();
+        c.write_all(&huge).expect("the whole body is accepted before the answer");
+        let mut got = Vec::new();
+        let _ = c.read_to_end(&mut got);
+        assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 413"), "{}", String::from_utf8_lossy(&got));
+    }
     let body = multipart(&[("content", Part::File("big.png", &big))]);
     let mut chunked = Vec::new();
     for c in body.chunks(64 << 10) {

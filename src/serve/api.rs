@@ -97,6 +97,7 @@ pub fn router(st: Arc<Inner>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(st.clone(), refuse_oversized))
         .layer(middleware::from_fn_with_state(st.clone(), track))
         .with_state(st)
 }
@@ -188,15 +189,8 @@ async fn read_parts(
     mp: Result<Multipart, MultipartRejection>,
     allowed: &[&str],
 ) -> Result<HashMap<String, Bytes>, ApiError> {
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            Some("body"),
-            format!("the request body is larger than the server's limit of {} bytes (--max-body-mib)", st.max_body),
-        )
-    };
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > st.max_body as u64) {
+    let too_large = || too_large(st.max_body);
+    if declared_length(headers).is_some_and(|n| n > st.max_body as u64) {
         return Err(too_large());
     }
     let mut mp =
@@ -233,6 +227,42 @@ async fn read_parts(
             format!("the request body did not arrive within {} s", st.read_timeout.as_secs_f64()),
         )),
     }
+}
+
+fn too_large(max_body: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        Some("body"),
+        format!("the request body is larger than the server's limit of {max_body} bytes (--max-body-mib)"),
+    )
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok())
+}
+
+/// Most bytes of an oversized body read (and dropped) before its 413 is sent.
+const DRAIN_LIMIT: u64 = 256 << 20;
+
+/// Answers 413 to a body whose declared length is over the limit, before any handler.
+/// Unless the client waits for `100 Continue` (and so has sent nothing yet), what it
+/// sends is read and dropped first (up to `DRAIN_LIMIT` bytes and the read timeout):
+/// a client still writing its body when the connection closes would see a broken pipe
+/// instead of the answer.
+async fn refuse_oversized(State(st): St, req: Request, next: Next) -> Response {
+    let Some(n) = declared_length(req.headers()).filter(|&n| n > st.max_body as u64) else {
+        return next.run(req).await;
+    };
+    let waits = req.headers().get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if !waits && n <= DRAIN_LIMIT {
+        use http_body_util::BodyExt;
+        let mut body = req.into_body();
+        let drain = async { while let Some(Ok(_)) = body.frame().await {} };
+        let _ = tokio::time::timeout(st.read_timeout, drain).await;
+    }
+    let mut r = too_large(st.max_body).into_response();
+    r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
 }
 
 fn multipart_error(e: &axum::extract::multipart::MultipartError, too_large: &dyn Fn() -> ApiError) -> ApiError {
