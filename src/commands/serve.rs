@@ -52,6 +52,7 @@ pub fn serve(c: &Common, m: &ModelArgs, a: &ServeArgs) -> Result<()> {
     ensure!(a.max_queue >= 1, "--max-queue must be at least 1");
     ensure!(a.max_body_mib >= 1, "--max-body-mib must be at least 1");
     ensure!(a.read_timeout_s >= 1, "--read-timeout-s must be at least 1");
+    let listener = crate::serve::bind(&a.addr)?;
     let model = model(m)?;
     let source = model.source.clone();
     let opts = PipelineOptions {
@@ -78,7 +79,6 @@ pub fn serve(c: &Common, m: &ModelArgs, a: &ServeArgs) -> Result<()> {
         );
     }
     let o = ServeOptions {
-        addr: a.addr.clone(),
         batch_window: Duration::from_millis(a.batch_window_ms),
         max_queue: a.max_queue,
         max_body: a.max_body_mib.saturating_mul(1 << 20),
@@ -86,5 +86,5 @@ pub fn serve(c: &Common, m: &ModelArgs, a: &ServeArgs) -> Result<()> {
         drain_timeout: Duration::from_secs(a.drain_timeout_s),
         access_log: !c.quiet,
     };
-    crate::serve::serve(p, &o)
+    crate::serve::serve(p, listener, &o)
 }

@@ -16,11 +16,18 @@ mod api;
 mod metrics;
 mod queue;
 
-/// How the server listens, batches and protects itself.
+/// Binds HOST:PORT (port 0 picks a free one). Done before the model is loaded, so that
+/// an address in use is an error at once; connections wait in the backlog until the
+/// server is ready.
+pub fn bind(addr: &str) -> Result<std::net::TcpListener> {
+    let l = std::net::TcpListener::bind(addr).with_context(|| format!("--addr {addr}: cannot listen there"))?;
+    l.set_nonblocking(true).context("cannot make the listening socket non-blocking")?;
+    Ok(l)
+}
+
+/// How the server batches and protects itself.
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
-    /// HOST:PORT; port 0 picks a free one.
-    pub addr: String,
     /// How long the batcher waits for compatible jobs to fill a batch.
     pub batch_window: Duration,
     /// Jobs that may wait for the engine; more are refused with 503.
@@ -36,9 +43,10 @@ pub struct ServeOptions {
     pub access_log: bool,
 }
 
-/// Serves until SIGINT or SIGTERM, then stops accepting, finishes what is running and
-/// returns. Prints `listening on http://HOST:PORT` on stderr once it accepts.
-pub fn serve(p: Pipeline, o: &ServeOptions) -> Result<()> {
+/// Serves on `listener` (from [`bind`]) until SIGINT or SIGTERM, then stops accepting,
+/// finishes what is running and returns. Prints `listening on http://HOST:PORT` on
+/// stderr once it accepts.
+pub fn serve(p: Pipeline, listener: std::net::TcpListener, o: &ServeOptions) -> Result<()> {
     anyhow::ensure!(o.max_queue >= 1, "--max-queue must be at least 1");
     let p = Arc::new(p);
     let queue = Arc::new(queue::Queue::new(o.max_queue));
@@ -61,7 +69,7 @@ pub fn serve(p: Pipeline, o: &ServeOptions) -> Result<()> {
         decodes: tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())),
         access_log: o.access_log,
     });
-    let served = rt.block_on(listen(inner, o));
+    let served = rt.block_on(listen(inner, listener, o));
     // Whatever is still queued runs (its clients may have gone); then the engine stops.
     queue.close();
     batcher.join().map_err(|_| anyhow!("the batcher thread panicked"))?;
@@ -69,14 +77,12 @@ pub fn serve(p: Pipeline, o: &ServeOptions) -> Result<()> {
     served
 }
 
-async fn listen(inner: Arc<api::Inner>, o: &ServeOptions) -> Result<()> {
+async fn listen(inner: Arc<api::Inner>, listener: std::net::TcpListener, o: &ServeOptions) -> Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::server::graceful::GracefulShutdown;
     use hyper_util::service::TowerToHyperService;
 
-    let listener = tokio::net::TcpListener::bind(&o.addr)
-        .await
-        .with_context(|| format!("--addr {}: cannot listen there", o.addr))?;
+    let listener = tokio::net::TcpListener::from_std(listener).context("cannot listen")?;
     let addr = listener.local_addr().context("the listening socket has no address")?;
     let app = api::router(inner.clone());
     // hyper's HTTP/1 connections with a timer, so that a client that never finishes its
