@@ -38,7 +38,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 32)]
     pub max_body_mib: usize,
     /// Seconds a client has to send its request headers (else the connection is
-    /// closed) and its body (408 beyond).
+    /// closed; idle keep-alive connections too) and its body (408 beyond).
     #[arg(long, default_value_t = 60)]
     pub read_timeout_s: u64,
     /// After SIGINT / SIGTERM, seconds that running requests may take before the
