@@ -395,6 +395,8 @@ fn slow_clients_are_cut_off_after_the_read_timeout() {
     // Headers that never end: the connection is closed.
     let mut a = std::net::TcpStream::connect(&s.addr).unwrap();
     a.write_all(b"POST /v1/transfer HTTP/1.1\r\nHost: x\r\n").unwrap();
+    // A connection that sends nothing at all: closed too.
+    let mut idle = std::net::TcpStream::connect(&s.addr).unwrap();
     // A body that stops half-way: 408, naming the body.
     let body = multipart(&transfer_form(&example("content.png"), &example("style.png")));
     let mut b = std::net::TcpStream::connect(&s.addr).unwrap();
@@ -405,10 +407,11 @@ fn slow_clients_are_cut_off_after_the_read_timeout() {
     b.write_all(head.as_bytes()).unwrap();
     b.write_all(&body[..body.len() / 2]).unwrap();
     let t0 = Instant::now();
-    for c in [&a, &b] {
+    for c in [&a, &b, &idle] {
         c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     }
     let mut got = Vec::new();
+    assert_eq!(idle.read_to_end(&mut got).expect("the silent connection is closed"), 0);
     let n = a.read_to_end(&mut got).expect("the stalled-header connection is closed, not left hanging");
     assert!(t0.elapsed() < Duration::from_secs(5), "closed only after {:?}", t0.elapsed());
     assert!(n == 0 || String::from_utf8_lossy(&got).starts_with("HTTP/1.1 408"), "{}", String::from_utf8_lossy(&got));
