@@ -440,3 +440,41 @@ fn the_emulated_gpu_serves_what_its_cli_writes_batched_or_not() {
     }
     assert!(s.metric("diffstyle_device_memory_peak_bytes") > 0.0, "the emulated device reports its memory");
 }
+
+#[test]
+fn a_client_that_leaves_before_its_turn_costs_no_work() {
+    use std::io::{Read, Write};
+    let s = server(&["--max-batch", "1", "--batch-window-ms", "0"]);
+    let (content, style) = (example("content.png"), example("style.png"));
+    let send = |gen: &'static str| {
+        let mut p = transfer_form(&content, &style);
+        p.retain(|(n, _)| *n != "gen_steps");
+        p.push(("gen_steps", Part::Text(gen)));
+        let body = multipart(&p);
+        let mut c = std::net::TcpStream::connect(&s.addr).unwrap();
+        let head = format!(
+            "POST /v1/transfer HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        c.write_all(head.as_bytes()).unwrap();
+        c.write_all(&body).unwrap();
+        c
+    };
+    // The first runs for a while; the second waits in the queue, and its client leaves.
+    let mut first = send("300");
+    std::thread::sleep(Duration::from_millis(300));
+    let second = send("299");
+    let t0 = Instant::now();
+    while s.metric("diffstyle_queue_depth") < 1.0 && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(second);
+    let mut got = Vec::new();
+    first.read_to_end(&mut got).unwrap();
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+    // Give the batcher the chance to (wrongly) start the abandoned job.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(s.metric("diffstyle_requests_total{route=\"/v1/transfer\",status=\"499\"}"), 1.0);
+    assert_eq!(s.metric("diffstyle_batches_total{kind=\"transfer\",size=\"1\"}"), 1.0, "the abandoned job ran");
+    assert_eq!(s.metric("diffstyle_queue_depth"), 0.0);
+}
