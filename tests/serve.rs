@@ -256,6 +256,8 @@ fn bad_requests_get_clear_errors_and_hurt_nothing() {
     assert_eq!(r.status, 413, "{}", r.text());
     // Routes and methods.
     assert_eq!(get(&s.addr, "/v2/transfer").status, 404);
+    // Unknown paths share one label (a client cannot grow the metrics without bound).
+    assert_eq!(s.metric("diffstyle_requests_total{route=\"other\",status=\"404\"}"), 1.0);
     assert_eq!(get(&s.addr, "/v1/transfer").status, 405);
     // /v1/invert's own errors.
     let r = post_form(&s.addr, "/v1/invert", &[("inv_steps", Part::Text("6"))]);

@@ -75,20 +75,19 @@ pub(crate) fn engine<'a, B: Backend>(be: &'a B, unet: &'a UNet<B>, m: &'a Loaded
 
 /// `--verbose`: where the run happened and, on a GPU, its peak device memory.
 pub(crate) fn report_device<B: Backend>(c: &Common, be: &B) {
-    if c.verbose {
-        match be.peak_device_bytes() {
-            Some(b) => eprintln!("device: {}; peak device memory {:.1} MiB", be.describe(), b as f64 / 1048576.0),
-            None => eprintln!("device: {}", be.describe()),
-        }
-    }
+    report(c, &be.describe(), be.peak_device_bytes().map(|b| b as u64));
 }
 
 /// `--verbose`: where a pipeline ran and, on a GPU, its peak device memory.
 pub(crate) fn report_pipeline(c: &Common, p: &Pipeline) {
+    report(c, &p.info().device, p.peak_device_bytes());
+}
+
+fn report(c: &Common, device: &str, peak: Option<u64>) {
     if c.verbose {
-        match p.peak_device_bytes() {
-            Some(b) => eprintln!("device: {}; peak device memory {:.1} MiB", p.info().device, b as f64 / 1048576.0),
-            None => eprintln!("device: {}", p.info().device),
+        match peak {
+            Some(b) => eprintln!("device: {device}; peak device memory {:.1} MiB", b as f64 / 1048576.0),
+            None => eprintln!("device: {device}"),
         }
     }
 }

@@ -466,7 +466,7 @@ impl Pipeline {
         let mut out = Vec::with_capacity(pairs.len());
         for chunk in resolved.chunks(self.info.max_batch) {
             let op = Op::Generate {
-                styles_xt: chunk.iter().map(|(_, st)| st.clone()).collect(),
+                styles: chunk.iter().map(|(_, st)| st.clone()).collect(),
                 contents: chunk.iter().map(|(c, _)| c.clone()).collect(),
                 settings: s.clone(),
                 mask: mask.clone(),

@@ -26,7 +26,7 @@ pub(super) enum Op {
         steps: usize,
     },
     Generate {
-        styles_xt: Vec<Arc<Inversion>>,
+        styles: Vec<Arc<Inversion>>,
         contents: Vec<Arc<Inversion>>,
         settings: Settings,
         mask: Option<Arc<[f32]>>,
@@ -176,8 +176,8 @@ fn execute<B: Backend>(engines: &mut [Engine<'_, B>], op: Op, reply: &Sender<Rep
             let xs: Vec<&[f32]> = x0s.iter().map(|x| &x[..]).collect();
             Done::Inverted(eng.invert_batch(&xs, steps, &mut tick)?)
         }
-        Op::Generate { styles_xt, contents, settings, mask } => {
-            let xs: Vec<&[f32]> = styles_xt.iter().map(|s| s.x_t.as_slice()).collect();
+        Op::Generate { styles, contents, settings, mask } => {
+            let xs: Vec<&[f32]> = styles.iter().map(|s| s.x_t.as_slice()).collect();
             let cs: Vec<&Inversion> = contents.iter().map(|c| &**c).collect();
             Done::Generated(eng.transfer_batch(&xs, &cs, &settings, mask.as_deref(), &mut tick)?)
         }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::multipart::MultipartRejection;
-use axum::extract::{DefaultBodyLimit, Multipart, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Multipart, Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
@@ -23,9 +23,6 @@ use crate::diffusion::method::{Inversion, Settings};
 use crate::pipeline::cache::is_id;
 use crate::pipeline::knobs::KNOB_NAMES;
 use crate::pipeline::{Image, Knobs, Pair, Pipeline, Source};
-
-/// The routes, for the request metrics (anything else is counted as "other").
-const ROUTES: [&str; 5] = ["/", "/healthz", "/metrics", "/v1/transfer", "/v1/invert"];
 
 /// Seconds a client is asked to wait after a 503.
 const RETRY_AFTER_S: u64 = 1;
@@ -105,7 +102,8 @@ pub fn router(st: Arc<Inner>) -> Router {
 /// Counts a request when its answer is made, or as 499 when the client left first.
 struct Tracked {
     st: Arc<Inner>,
-    route: &'static str,
+    /// The matched route, "other" for none (so paths do not become labels).
+    route: String,
     t0: Instant,
     status: Option<u16>,
 }
@@ -115,7 +113,7 @@ impl Drop for Tracked {
         self.st.metrics.in_flight.fetch_sub(1, Relaxed);
         let status = self.status.unwrap_or(499);
         let took = self.t0.elapsed();
-        self.st.metrics.request(self.route, status, took);
+        self.st.metrics.request(&self.route, status, took);
         if self.st.access_log && self.route.starts_with("/v1/") {
             let left = if self.status.is_none() { " (client left)" } else { "" };
             eprintln!("{} {status} {:.0} ms{left}", self.route, took.as_secs_f64() * 1e3);
@@ -124,7 +122,7 @@ impl Drop for Tracked {
 }
 
 async fn track(State(st): St, req: Request, next: Next) -> Response {
-    let route = ROUTES.iter().find(|r| **r == req.uri().path()).copied().unwrap_or("other");
+    let route = req.extensions().get::<MatchedPath>().map_or("other", |m| m.as_str()).to_string();
     st.metrics.in_flight.fetch_add(1, Relaxed);
     let mut t = Tracked { st: st.clone(), route, t0: Instant::now(), status: None };
     let r = next.run(req).await;
@@ -185,14 +183,12 @@ async fn metrics(State(st): St) -> Response {
 /// The parts of a form by name; every name must be one of `allowed`, given once.
 async fn read_parts(
     st: &Inner,
-    headers: &HeaderMap,
     mp: Result<Multipart, MultipartRejection>,
     allowed: &[&str],
 ) -> Result<HashMap<String, Bytes>, ApiError> {
+    // A declared length over the limit never gets here (`refuse_oversized`); a streamed
+    // body is stopped by the multipart reader's limit.
     let too_large = || too_large(st.max_body);
-    if declared_length(headers).is_some_and(|n| n > st.max_body as u64) {
-        return Err(too_large());
-    }
     let mut mp =
         mp.map_err(|e| ApiError::bad("body", format!("expected a multipart/form-data body: {}", e.body_text())))?;
     let _slot = st
@@ -297,16 +293,21 @@ async fn decode<T: Send + 'static>(
         .map_err(|e| ApiError::bad(field, format!("{e:#}")))
 }
 
+/// A knob's error, naming the knob as the form field.
+fn knob_error(e: crate::diffusion::method::BadKnob) -> ApiError {
+    ApiError::bad(e.knob, format!("{} {}", e.knob, e.problem))
+}
+
 /// The knobs of a transfer form: the preset first, then every knob given.
 fn settings(parts: &HashMap<String, Bytes>, steps: usize) -> Result<Settings, ApiError> {
     let mut k = Knobs::default();
     for name in KNOB_NAMES {
         if let Some(v) = text(parts, name)? {
-            k.set(name, v).map_err(|e| ApiError::bad(name, format!("{} {}", e.knob, e.problem)))?;
+            k.set(name, v).map_err(knob_error)?;
         }
     }
     let s = k.settings();
-    s.check_knobs(steps).map_err(|e| ApiError::bad(e.knob, format!("{} {}", e.knob, e.problem)))?;
+    s.check_knobs(steps).map_err(knob_error)?;
     Ok(s)
 }
 
@@ -362,15 +363,11 @@ async fn run(st: &Inner, work: Work) -> Result<Answer, ApiError> {
     answer.await.map_err(|_| internal("the engine stopped before answering".into()))?.map_err(internal)
 }
 
-async fn transfer(
-    State(st): St,
-    headers: HeaderMap,
-    mp: Result<Multipart, MultipartRejection>,
-) -> Result<Response, ApiError> {
+async fn transfer(State(st): St, mp: Result<Multipart, MultipartRejection>) -> Result<Response, ApiError> {
     st.open()?;
     let allowed: Vec<&str> =
         ["content", "style", "mask", "content_id", "style_id"].into_iter().chain(KNOB_NAMES).collect();
-    let mut parts = read_parts(&st, &headers, mp, &allowed).await?;
+    let mut parts = read_parts(&st, mp, &allowed).await?;
     let s = settings(&parts, st.p.schedule().len())?;
     let content = source(&st, &mut parts, "content", "content_id", s.inv_steps).await?;
     let style = source(&st, &mut parts, "style", "style_id", s.inv_steps).await?;
@@ -392,13 +389,9 @@ async fn transfer(
     }
 }
 
-async fn invert(
-    State(st): St,
-    headers: HeaderMap,
-    mp: Result<Multipart, MultipartRejection>,
-) -> Result<Response, ApiError> {
+async fn invert(State(st): St, mp: Result<Multipart, MultipartRejection>) -> Result<Response, ApiError> {
     st.open()?;
-    let mut parts = read_parts(&st, &headers, mp, &["image", "inv_steps"]).await?;
+    let mut parts = read_parts(&st, mp, &["image", "inv_steps"]).await?;
     // The only knob allowed here is inv_steps.
     let inv_steps = settings(&parts, st.p.schedule().len())?.inv_steps;
     if st.p.cache_stats().capacity == 0 {
