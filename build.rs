@@ -36,6 +36,16 @@ fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     write_launch_constants(&out.join("launch.rs"));
 
+    // The host copies (C++) and the fatbin (nvcc) do not depend on each other: built
+    // side by side (together they were most of a build's critical path).
+    std::thread::scope(|scope| {
+        scope.spawn(build_emulator);
+        build_fatbin(&out);
+    });
+}
+
+/// The kernels' host copies and the emulation runtime, as the static library `ds_emu`.
+fn build_emulator() {
     // The copy of the kernels for the race / init / mem checks: every load and store
     // calls a hook (GCC's -fsanitize=thread instrumentation, whose hooks
     // kernels/emu/memcheck.cpp defines in place of the TSAN runtime); line tables name
@@ -57,7 +67,10 @@ fn main() {
         .objects(checked)
         .objects(fma)
         .compile("ds_emu");
+}
 
+/// The fatbin (when nvcc is found and not skipped) and the launch-limit tables.
+fn build_fatbin(out: &Path) {
     let fatbin = out.join("kernels.fatbin");
     let skip = env::var_os("DS_SKIP_NVCC").is_some();
     let nvcc = if skip { None } else { find_nvcc() };
@@ -81,7 +94,7 @@ fn main() {
             "nvcc was not found when this binary was built".to_string()
         }
         Some(nvcc) => {
-            std::fs::write(&limits, compile_fatbin(&nvcc, &fatbin, &out)).expect("write kernel_limits.rs");
+            std::fs::write(&limits, compile_fatbin(&nvcc, &fatbin, out)).expect("write kernel_limits.rs");
             format!("compiled by {} for {}", nvcc.display(), arch_list())
         }
     };

@@ -1,6 +1,6 @@
 // Tensor-core and async-copy instructions, only through these wrappers: an inline-PTX
 // body on the GPU and an exact emulated body on the host (warp-cooperative through
-// emu::warp_exchange). Fragment layouts follow the PTX ISA for mma.m16n8k16 with
+// emu::warp_publish). Fragment layouts follow the PTX ISA for mma.m16n8k16 with
 // .row.col f16/bf16 operands and f32 accumulators:
 //   g = lane / 4, t = lane % 4
 //   A (16x16, 4 regs of 2 halves): a0 = A[g][2t..2t+1], a1 = A[g+8][2t..2t+1],
@@ -10,6 +10,9 @@
 // In a packed register the lower 16 bits hold the element with the lower index.
 #pragma once
 #include "common.cuh"
+#if !defined(__CUDACC__) && defined(__FMA__) && defined(__AVX__)
+#include <immintrin.h>  // the emulated mma's tile product
+#endif
 
 // d += A * B for one m16n8k16 tile. T is __half or __nv_bfloat16.
 template <class T>
@@ -29,48 +32,63 @@ DS_DEV void mma_16816(float d[4], const uint32_t a[4], const uint32_t b[2]) {
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
     }
 #else
+    // Each lane publishes its fragments, already converted, and its accumulators; the
+    // lane that completes the exchange computes the whole 16x8 tile (its rows as
+    // vectors over the 8 columns) and leaves each lane its 4 results in its slot.
+    // Every result is the same FMA chain as the hardware-order reference:
+    // d = fma(A[r][k], B[k][c], d) for k = 0..15 from the lane's accumulator.
     struct Frag {
-        uint32_t a[4], b[2];
+        float a[8], b[4], d[4];  // register r's low half at 2r, high half at 2r + 1
     } mine;
-    for (int i = 0; i < 4; i++) mine.a[i] = a[i];
-    for (int i = 0; i < 2; i++) mine.b[i] = b[i];
-    const unsigned char* base = emu::warp_publish(&mine, sizeof(Frag), __FILE__, __LINE__);
-    auto frag = [&](int lane) {
-        Frag f;
-        memcpy(&f, base + lane * emu::kWarpSlot, sizeof(Frag));
-        return f;
-    };
+    constexpr size_t kResult = sizeof(Frag);  // a lane's 4 results, in its slot
+    static_assert(kResult + 4 * sizeof(float) <= emu::kWarpSlot, "mma exchange slot");
     auto half_at = [](uint32_t r, int hi) {
         T v;
         uint16_t u = (uint16_t)(hi ? r >> 16 : r & 0xffff);
         memcpy(&v, &u, 2);
         return ds_to_f32<T>(v);
     };
-    // This lane's rows g and g+8 of A and columns 2t, 2t+1 of B, gathered from the
-    // lanes that hold them (A[r][k]: lane (r%8)*4 + (k%8)/2, register (r>=8) + 2(k>=8);
-    // B[k][c]: lane c*4 + (k%8)/2, register (k>=8)).
-    int lane = (int)emu::g_thread->lane, g = lane / 4, t = lane % 4;
-    float A[2][16], B[16][2];
-    for (int q = 0; q < 4; q++) {
-        Frag fa = frag(g * 4 + q);
-        for (int k2 = 0; k2 < 2; k2++)
+    for (int i = 0; i < 4; i++)
+        for (int h = 0; h < 2; h++) mine.a[2 * i + h] = half_at(a[i], h);
+    for (int i = 0; i < 2; i++)
+        for (int h = 0; h < 2; h++) mine.b[2 * i + h] = half_at(b[i], h);
+    for (int i = 0; i < 4; i++) mine.d[i] = d[i];
+    bool first;
+    unsigned char* area = emu::warp_publish_first(&mine, sizeof(Frag), &first, __FILE__, __LINE__);
+    if (first) {
+        // The tile from the fragments (layouts above): lane = 4g + t.
+        alignas(32) float A[16][16], B[16][8], D[16][8];
+        for (int lane = 0; lane < 32; lane++) {
+            const Frag* f = reinterpret_cast<const Frag*>(area + lane * emu::kWarpSlot);
+            int g = lane / 4, t = lane % 4;
             for (int h = 0; h < 2; h++) {
-                int k = 2 * q + 8 * k2 + h;
-                A[0][k] = half_at(fa.a[2 * k2], h);
-                A[1][k] = half_at(fa.a[2 * k2 + 1], h);
+                A[g][2 * t + h] = f->a[h];
+                A[g + 8][2 * t + h] = f->a[2 + h];
+                A[g][2 * t + 8 + h] = f->a[4 + h];
+                A[g + 8][2 * t + 8 + h] = f->a[6 + h];
+                B[2 * t + h][g] = f->b[h];
+                B[2 * t + 8 + h][g] = f->b[2 + h];
+                D[g][2 * t + h] = f->d[h];
+                D[g + 8][2 * t + h] = f->d[2 + h];
             }
-        for (int c = 0; c < 2; c++) {
-            Frag fb = frag((2 * t + c) * 4 + q);
-            for (int k2 = 0; k2 < 2; k2++)
-                for (int h = 0; h < 2; h++) B[2 * q + 8 * k2 + h][c] = half_at(fb.b[k2], h);
+        }
+        for (int r = 0; r < 16; r++) {
+#if defined(__FMA__) && defined(__AVX__)
+            __m256 acc = _mm256_load_ps(D[r]);
+            for (int k = 0; k < 16; k++) acc = _mm256_fmadd_ps(_mm256_set1_ps(A[r][k]), _mm256_load_ps(B[k]), acc);
+            _mm256_store_ps(D[r], acc);
+#else
+            for (int c = 0; c < 8; c++)
+                for (int k = 0; k < 16; k++) D[r][c] = std::fma(A[r][k], B[k][c], D[r][c]);
+#endif
+        }
+        for (int lane = 0; lane < 32; lane++) {
+            int g = lane / 4, t = lane % 4;
+            float out[4] = {D[g][2 * t], D[g][2 * t + 1], D[g + 8][2 * t], D[g + 8][2 * t + 1]};
+            memcpy(area + lane * emu::kWarpSlot + kResult, out, sizeof out);
         }
     }
-    emu::warp_done(__FILE__, __LINE__);
-    for (int i = 0; i < 4; i++) {
-        float acc = d[i];
-        for (int k = 0; k < 16; k++) acc = std::fma(A[i / 2][k], B[k][i % 2], acc);
-        d[i] = acc;
-    }
+    memcpy(d, area + (int)emu::g_thread->lane * emu::kWarpSlot + kResult, 4 * sizeof(float));
 #endif
 }
 
@@ -118,7 +136,6 @@ DS_DEV void ldmatrix(uint32_t r[N], const void* row_addr DS_SITE_PARAM) {
         }
         r[m] = (uint32_t)e[0] | ((uint32_t)e[1] << 16);
     }
-    emu::warp_done(__FILE__, __LINE__);
 #endif
 }
 

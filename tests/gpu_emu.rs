@@ -1,107 +1,147 @@
 //! The GPU backend's kernels, run by the host emulator (`--device emu`), through the
-//! whole method: against the PyTorch goldens (as the CPU backend is), in f32 and with
-//! bf16 / f16 weights on the tensor-core path, plus the memory discipline (no device
-//! allocation inside the step loop). Runs on every machine; no GPU needed.
+//! whole method: every branch in f32 against the CPU oracle (which tests/method_parity.rs
+//! holds to the PyTorch goldens), the FMA model against the goldens in f32 and with
+//! bf16 / f16 weights on the tensor-core path, batches, graphs and the memory discipline
+//! (no device allocation inside the step loop). Runs on every machine; no GPU needed.
+//! What each test guards, and its time: tests/README.md.
 
 mod common;
 
+use std::path::Path;
+
 use common::{
-    fixtures, fixtures_adm, forward_input, forward_on, run_case_in, run_case_margin, run_case_on, FORWARD_BOUNDS,
-    MARGIN, MIN_PSNR_16BIT, MIN_PSNR_F32,
+    fixtures, fixtures_adm, forward_input, forward_on, run_case_margin, FORWARD_BOUNDS, MARGIN, METHOD_VS_ORACLE_F32,
+    MIN_PSNR_16BIT, MIN_PSNR_F32,
 };
+use diffstyle::backend::cpu::CpuBackend;
 use diffstyle::backend::gpu::emu::{EmuChecks, EmuDevice};
 use diffstyle::backend::gpu::GpuBackend;
+use diffstyle::backend::Backend;
 use diffstyle::diffusion::method::{Engine, Settings};
 use diffstyle::dtype::Precision;
 
 use diffstyle::model::unet::UNet;
 use diffstyle::model::weights::load_model;
+use diffstyle::tensor::rel_l2;
 
 fn emu(p: Precision) -> GpuBackend<EmuDevice> {
     GpuBackend::new(EmuDevice::new(), p)
 }
 
-macro_rules! f32_cases {
-    ($($case:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $case() {
-                run_case_on(&emu(Precision::F32), Precision::F32, stringify!($case), MIN_PSNR_F32);
-            }
-        )*
-    };
+/// The transfers of the branch runs, named: between them every kind of generation
+/// step the kernels see, at 10 steps each (inversions: 6 steps, so n_inv != n_gen).
+/// The PyTorch goldens of each knob at full length check the CPU oracle
+/// (tests/method_parity.rs); these runs check the kernels against that oracle.
+fn branch_settings() -> Vec<(&'static str, Settings, bool)> {
+    let base = Settings { inv_steps: 6, gen_steps: 10, ..Settings::default() };
+    vec![
+        // seq(4) within seq(10): injection-capable at 0, 333, 666, 999 only (injecting
+        // without mixing below t_edit 400), noisy below 500, calibrated mixing, masked.
+        ("mask + omega, replace < gen", Settings { replace_steps: 4, t_boost: 500, omega: 0.2, ..base.clone() }, true),
+        // Every step injection-capable, the dt_lambda step coefficients, unmasked mixing.
+        ("replace 0 + dt_lambda", Settings { replace_steps: 0, dt_lambda: 0.9985, ..base.clone() }, false),
+        // Mixing only at t = 999, no noisy step (t_boost 0), another gamma.
+        ("edit 999, no noise", Settings { gamma: 0.4, t_edit: 999, replace_steps: 10, t_boost: 0, ..base }, false),
+    ]
 }
 
-// The cases that cover the kernels' uses at the fewest forwards: masked mixing,
-// calibration (omega), every step injection-capable (replace_steps 0), n_inv != n_gen.
-// (dt_lambda only changes step coefficients; the CPU tests cover that branch.)
-f32_cases!(mask, omega, replace_zero);
-
-/// The ADM family's kernels (FiLM group norm, resampling, multi-head attention with the
-/// legacy QKV order, learned sigma) through the whole method.
-#[test]
-fn adm_mask_omega() {
-    run_case_in(&emu(Precision::F32), Precision::F32, &fixtures_adm(), "adm_mask_omega", MIN_PSNR_F32);
-}
-
-/// Runs two inversions and two transfers; returns the outputs and the device
-/// allocation count seen at every step (through the progress callback).
-fn steps_and_allocs(be: &GpuBackend<EmuDevice>) -> (Vec<Vec<f32>>, Vec<usize>) {
-    let model = load_model(&fixtures().join("model"), None, None).unwrap();
-    let unet = UNet::new(be, &model, Precision::F32).unwrap();
+/// Runs two inversions (content, style of `case`) and the transfers of
+/// `branch_settings` on `be`; calls `tick` after every step. Returns each result by
+/// name: each transfer, the content's x_T and h trajectory, the style's x_T.
+fn branch_runs<B: Backend>(
+    be: &B,
+    root: &Path,
+    case: &str,
+    p: Precision,
+    tick: &mut dyn FnMut(),
+) -> Vec<(String, Vec<f32>)> {
+    let model = common::fixture_model(root);
+    let unet = UNet::new(be, &model, p).unwrap();
     let mut eng = Engine::new(be, &unet, &model.schedule).unwrap();
     let size = model.arch.sample_size;
-    let dir = fixtures().join("mask");
+    let dir = root.join(case);
     let content = diffstyle::io::image::load_image(&dir.join("content.png"), size).unwrap().data;
     let style = diffstyle::io::image::load_image(&dir.join("style.png"), size).unwrap().data;
     let mask = diffstyle::io::mask::load_mask(&dir.join("mask.png"), model.arch.h_size()).unwrap();
-    // Every kind of step: plain, injecting, mixing, noisy, calibrated.
-    let s = Settings { inv_steps: 6, gen_steps: 12, replace_steps: 6, t_boost: 600, omega: 0.2, ..Settings::default() };
-    let mut counts = vec![];
-    let ci = eng.invert(&content, s.inv_steps, &mut || counts.push(be.alloc_count())).unwrap();
-    let si = eng.invert(&style, s.inv_steps, &mut || counts.push(be.alloc_count())).unwrap();
-    let a = eng.transfer(&si.x_t, &ci, &s, None, &mut || counts.push(be.alloc_count())).unwrap();
-    let b = eng.transfer(&si.x_t, &ci, &s, Some(&mask), &mut || counts.push(be.alloc_count())).unwrap();
-    assert_eq!(counts.len(), 2 * (s.inv_steps - 1) + 2 * s.gen_steps);
-    (vec![ci.x_t, ci.h, a, b], counts)
-}
-
-/// No device allocation inside any step loop: the arena, latents and trajectory are
-/// allocated before the loops (an inversion allocates its h record once, before its
-/// first step; the first transfer its trajectory buffer).
-#[test]
-fn no_allocation_in_the_step_loop() {
-    let be = emu(Precision::F32);
-    let (_, counts) = steps_and_allocs(&be);
-    let inv = 5;
-    for (what, range) in [
-        ("inversion 1", 0..inv),
-        ("inversion 2", inv..2 * inv),
-        ("transfer 1", 2 * inv..2 * inv + 12),
-        ("transfer 2", 2 * inv + 12..counts.len()),
-    ] {
-        let c = &counts[range];
-        assert!(c.iter().all(|&n| n == c[0]), "{what}: device allocations inside the loop: {c:?}");
+    let runs = branch_settings();
+    let ci = eng.invert(&content, runs[0].1.inv_steps, tick).unwrap();
+    let si = eng.invert(&style, runs[0].1.inv_steps, tick).unwrap();
+    let mut out = vec![];
+    for (name, s, masked) in &runs {
+        s.validate(&model.schedule).unwrap();
+        let x = eng.transfer(&si.x_t, &ci, s, masked.then_some(mask.as_slice()), tick).unwrap();
+        out.push((name.to_string(), x));
     }
-    eprintln!("device allocations per step constant; peak device memory {} bytes", be.peak_bytes());
+    out.push(("content x_T".into(), ci.x_t));
+    out.push(("content h".into(), ci.h));
+    out.push(("style x_T".into(), si.x_t));
+    out
 }
 
-/// Steps run as replayed graphs (parameter blocks updated per step) give exactly what
-/// direct launches give, and each distinct step shape is instantiated once.
+/// Each result of `got` within `METHOD_VS_ORACLE_F32` of what the same inputs give on
+/// the CPU backend.
+fn assert_near_the_cpu_oracle(what: &str, got: &[(String, Vec<f32>)], root: &Path, case: &str) {
+    let cpu = branch_runs(&CpuBackend::new(0), root, case, Precision::F32, &mut || {});
+    for ((name, g), (_, want)) in got.iter().zip(&cpu) {
+        let e = rel_l2(g, want);
+        eprintln!("{what}: {name}: rel. L2 vs the CPU oracle {e:.2e}");
+        assert!(g.iter().all(|v| v.is_finite()), "{what}: {name}: not finite");
+        assert!(
+            e < METHOD_VS_ORACLE_F32,
+            "{what}: {name}: rel. L2 {e:e} vs the CPU oracle >= {METHOD_VS_ORACLE_F32:e}"
+        );
+    }
+}
+
+/// The whole method through the kernels, every branch (see `branch_settings`), in f32:
+/// - the results match the CPU oracle (masked, calibrated, noisy, dt_lambda and
+///   injecting-only steps; the inversion's x_T and whole h trajectory);
+/// - no device allocation inside any step loop (the arena, latents and trajectory are
+///   allocated before the loops; an inversion allocates its h record once, before its
+///   first step; the first transfer its trajectory buffer);
+/// - steps run as replayed graphs (parameter blocks updated per step) give exactly
+///   what direct launches give, and each distinct step shape is instantiated once.
 #[test]
-fn graph_replay_equals_direct_launches() {
+fn every_branch_matches_the_oracle_without_allocating_in_steps() {
+    let root = fixtures();
     let graphs = emu(Precision::F32);
-    let (with, _) = steps_and_allocs(&graphs);
+    let mut counts = vec![];
+    let with = branch_runs(&graphs, &root, "mask", Precision::F32, &mut || counts.push(graphs.alloc_count()));
+    assert_near_the_cpu_oracle("DDPM on the emulator", &with, &root, "mask");
+
+    let runs = branch_settings();
+    let inv = runs[0].1.inv_steps - 1;
+    let mut loops = vec![("inversion 1", inv), ("inversion 2", inv)];
+    loops.extend(runs.iter().map(|(name, s, _)| (*name, s.gen_steps)));
+    assert_eq!(counts.len(), loops.iter().map(|l| l.1).sum::<usize>(), "one tick per step");
+    let mut at = 0;
+    for (what, n) in loops {
+        let c = &counts[at..at + n];
+        assert!(c.iter().all(|&k| k == c[0]), "{what}: device allocations inside the loop: {c:?}");
+        at += n;
+    }
+    eprintln!("device allocations per step constant; peak device memory {} bytes", graphs.peak_bytes());
+
     let direct = emu(Precision::F32).without_graphs();
-    let (without, _) = steps_and_allocs(&direct);
-    assert_eq!(with, without, "graph replay changed the results");
+    let without = branch_runs(&direct, &root, "mask", Precision::F32, &mut || {});
+    assert!(with == without, "graph replay changed the results");
     let st = graphs.graph_stats();
     eprintln!("graphs: {st:?}");
     assert_eq!(direct.graph_stats().created, 0);
-    // inversion, plain, injecting (no mix), mixing, mixing + calibration, masked variants.
-    assert!(st.created >= 3 && st.created <= 8, "graphs created: {}", st.created);
-    assert_eq!(st.created + st.replayed, 2 * 5 + 2 * 12, "every step runs as one graph");
+    // inversion, plain, noisy, injecting (no mix), mixing, calibrated, masked variants.
+    assert!(st.created >= 4 && st.created <= 12, "graphs created: {}", st.created);
+    assert_eq!(st.created + st.replayed, counts.len(), "every step runs as one graph");
     assert!(st.updated_nodes > 0, "per-step parameters must be rewritten");
+}
+
+/// The ADM family's kernels (FiLM group norm, resampling, multi-head attention with the
+/// legacy QKV order, learned sigma) through the whole method, every branch, against
+/// the CPU oracle.
+#[test]
+fn adm_every_branch_matches_the_oracle() {
+    let root = fixtures_adm();
+    let got = branch_runs(&emu(Precision::F32), &root, "adm_mask_omega", Precision::F32, &mut || {});
+    assert_near_the_cpu_oracle("ADM on the emulator", &got, &root, "adm_mask_omega");
 }
 
 /// Pairs packed in one batch equal the same pairs run alone through the kernels.

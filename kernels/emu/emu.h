@@ -76,11 +76,14 @@ void syncwarp(const char* file, int line);
 // have exited leave stale data.
 void warp_exchange(const void* mine, void* all, size_t bytes, const char* file, int line);
 // The cheaper form: publishes this lane's bytes and returns the warp's exchange area
-// (lane l's bytes at l * kWarpSlot), readable until warp_done(), which every lane must
-// call before the next exchange.
+// (lane l's bytes at l * kWarpSlot). Read it at once: it stays valid until the lane's
+// next warp barrier (consecutive exchanges use alternate areas).
 constexpr size_t kWarpSlot = 128;
 const unsigned char* warp_publish(const void* mine, size_t bytes, const char* file, int line);
-void warp_done(const char* file, int line);
+// As warp_publish; `*first` is set for the one lane that completed the barrier. It runs
+// before any other lane of the warp resumes (fibers switch only at barriers), so what
+// it writes into the area (in any lane's slot) is there when the others read it.
+unsigned char* warp_publish_first(const void* mine, size_t bytes, bool* first, const char* file, int line);
 // cp.async of `bytes` from `src` (zeros when !valid) to shared `dst`: at once, or with
 // the async check, read now and landed by the wait that covers its group.
 void async_copy(void* dst, const void* src, size_t bytes, bool valid, const char* file, int line);
@@ -121,7 +124,6 @@ static inline T ds_emu_shfl(T v, int src_lane, const char* ds_file, int ds_line)
     const unsigned char* base = ::emu::warp_publish(&v, sizeof(T), ds_file, ds_line);
     T r;
     std::memcpy(&r, base + (src_lane & 31) * ::emu::kWarpSlot, sizeof(T));
-    ::emu::warp_done(ds_file, ds_line);
     return r;
 }
 template <class T>
@@ -163,7 +165,6 @@ static inline unsigned __ballot_sync(unsigned, int pred, DS_EMU_SITE) {
         std::memcpy(&v, base + i * ::emu::kWarpSlot, sizeof(int));
         r |= (unsigned)(v != 0) << i;
     }
-    ::emu::warp_done(ds_file, ds_line);
     return r;
 }
 static inline int __any_sync(unsigned m, int pred, DS_EMU_SITE) { return __ballot_sync(m, pred, ds_file, ds_line) != 0; }
@@ -277,8 +278,8 @@ static inline float __half2float(__half h) {
     unsigned e = (h.bits_ >> 10) & 0x1fu;
     unsigned m = h.bits_ & 0x3ffu;
     if (e == 0x1f) return __uint_as_float(s | 0x7f800000u | (m << 13));
-    if (e == 0) {
-        float v = std::ldexp((float)m, -24);
+    if (e == 0) {  // zero or subnormal: m * 2^-24, exact in f32 (no libm call: zeros are common)
+        float v = (float)m * 5.9604644775390625e-8f;
         return s ? -v : v;
     }
     return __uint_as_float(s | ((e + 112u) << 23) | (m << 13));

@@ -422,7 +422,10 @@ void syncthreads(const char* file, int line) {
     while (w.gen == g) wait_turn();
 }
 
-void syncwarp(const char* file, int line) {
+namespace {
+// The warp barrier; true for the lane that completes it (it runs on at once, before
+// any other lane of the warp resumes).
+bool warp_barrier(const char* file, int line) {
     Worker& w = *t_worker;
     WarpSync& s = w.warps[g_thread->warp];
     check_site(s.site, s.count, "a warp collective", file, line);
@@ -431,20 +434,29 @@ void syncwarp(const char* file, int line) {
     if (++s.count == s.live) {
         s.count = 0;
         s.gen++;
-        return;
+        return true;
     }
     while (s.gen == g) wait_turn();
+    return false;
+}
+}  // namespace
+
+void syncwarp(const char* file, int line) { warp_barrier(file, line); }
+
+unsigned char* warp_publish_first(const void* mine, size_t bytes, bool* first, const char* file, int line) {
+    if (bytes > kXchg) trap("warp_publish: more than 128 bytes per lane");
+    WarpSync& s = t_worker->warps[g_thread->warp];
+    // The area of this barrier's generation (every lane arrives while gen is the same).
+    unsigned char* area = s.xchg[s.gen & 1];
+    std::memcpy(area + g_thread->lane * kXchg, mine, bytes);
+    *first = warp_barrier(file, line);
+    return area;
 }
 
 const unsigned char* warp_publish(const void* mine, size_t bytes, const char* file, int line) {
-    if (bytes > kXchg) trap("warp_publish: more than 128 bytes per lane");
-    WarpSync& s = t_worker->warps[g_thread->warp];
-    std::memcpy(s.xchg + g_thread->lane * kXchg, mine, bytes);
-    syncwarp(file, line);
-    return s.xchg;
+    bool first;
+    return warp_publish_first(mine, bytes, &first, file, line);
 }
-
-void warp_done(const char* file, int line) { syncwarp(file, line); }
 
 void async_copy(void* dst, const void* src, size_t bytes, bool valid, const char* file, int line) {
     unsigned c = checks();
@@ -485,14 +497,9 @@ void async_wait(int pending) {
 }
 
 void warp_exchange(const void* mine, void* all, size_t bytes, const char* file, int line) {
-    if (bytes > kXchg) trap("warp_exchange: more than 128 bytes per lane");
-    Worker& w = *t_worker;
-    WarpSync& s = w.warps[g_thread->warp];
-    std::memcpy(s.xchg + g_thread->lane * kXchg, mine, bytes);
-    syncwarp(file, line);
+    const unsigned char* area = warp_publish(mine, bytes, file, line);
     for (unsigned l = 0; l < 32; l++)
-        std::memcpy(static_cast<unsigned char*>(all) + l * bytes, s.xchg + l * kXchg, bytes);
-    syncwarp(file, line);  // nobody overwrites the exchange before every lane has read it
+        std::memcpy(static_cast<unsigned char*>(all) + l * bytes, area + l * kXchg, bytes);
 }
 
 void trap(const char* what) {

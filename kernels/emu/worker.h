@@ -89,7 +89,10 @@ struct Fiber {
 struct WarpSync {
     unsigned live = 0, count = 0, gen = 0;
     Site site;
-    alignas(16) unsigned char xchg[32 * kXchg];
+    // Two exchange areas, used by alternate barrier generations: a lane can publish
+    // into one only after the barrier between, which every lane reaches after reading
+    // it, so no second barrier is needed to protect the readers.
+    alignas(16) unsigned char xchg[2][32 * kXchg];
 };
 
 // Shadow state of one byte of shared memory for the race and init checks: whether this
