@@ -38,7 +38,8 @@ DS_DEV void mma_16816(float d[4], const uint32_t a[4], const uint32_t b[2]) {
     // Every result is the same FMA chain as the hardware-order reference:
     // d = fma(A[r][k], B[k][c], d) for k = 0..15 from the lane's accumulator.
     struct Frag {
-        float a[8], b[4], d[4];  // register r's low half at 2r, high half at 2r + 1
+        // a, b: register r's low half at 2r, high half at 2r + 1; d: the accumulators.
+        float a[8], b[4], d[4];
     } mine;
     constexpr size_t kResult = sizeof(Frag);  // a lane's 4 results, in its slot
     static_assert(kResult + 4 * sizeof(float) <= emu::kWarpSlot, "mma exchange slot");

@@ -46,17 +46,11 @@ fn branch_settings() -> Vec<(&'static str, Settings, bool)> {
 }
 
 /// Runs two inversions (content, style of `case`) and the transfers of
-/// `branch_settings` on `be`; calls `tick` after every step. Returns each result by
+/// `branch_settings` on `be`, f32 weights; calls `tick` after every step. Returns each result by
 /// name: each transfer, the content's x_T and h trajectory, the style's x_T.
-fn branch_runs<B: Backend>(
-    be: &B,
-    root: &Path,
-    case: &str,
-    p: Precision,
-    tick: &mut dyn FnMut(),
-) -> Vec<(String, Vec<f32>)> {
+fn branch_runs<B: Backend>(be: &B, root: &Path, case: &str, tick: &mut dyn FnMut()) -> Vec<(String, Vec<f32>)> {
     let model = common::fixture_model(root);
-    let unet = UNet::new(be, &model, p).unwrap();
+    let unet = UNet::new(be, &model, Precision::F32).unwrap();
     let mut eng = Engine::new(be, &unet, &model.schedule).unwrap();
     let size = model.arch.sample_size;
     let dir = root.join(case);
@@ -81,7 +75,7 @@ fn branch_runs<B: Backend>(
 /// Each result of `got` within `METHOD_VS_ORACLE_F32` of what the same inputs give on
 /// the CPU backend.
 fn assert_near_the_cpu_oracle(what: &str, got: &[(String, Vec<f32>)], root: &Path, case: &str) {
-    let cpu = branch_runs(&CpuBackend::new(0), root, case, Precision::F32, &mut || {});
+    let cpu = branch_runs(&CpuBackend::new(0), root, case, &mut || {});
     for ((name, g), (_, want)) in got.iter().zip(&cpu) {
         let e = rel_l2(g, want);
         eprintln!("{what}: {name}: rel. L2 vs the CPU oracle {e:.2e}");
@@ -106,7 +100,7 @@ fn every_branch_matches_the_oracle_without_allocating_in_steps() {
     let root = fixtures();
     let graphs = emu(Precision::F32);
     let mut counts = vec![];
-    let with = branch_runs(&graphs, &root, "mask", Precision::F32, &mut || counts.push(graphs.alloc_count()));
+    let with = branch_runs(&graphs, &root, "mask", &mut || counts.push(graphs.alloc_count()));
     assert_near_the_cpu_oracle("DDPM on the emulator", &with, &root, "mask");
 
     let runs = branch_settings();
@@ -123,7 +117,7 @@ fn every_branch_matches_the_oracle_without_allocating_in_steps() {
     eprintln!("device allocations per step constant; peak device memory {} bytes", graphs.peak_bytes());
 
     let direct = emu(Precision::F32).without_graphs();
-    let without = branch_runs(&direct, &root, "mask", Precision::F32, &mut || {});
+    let without = branch_runs(&direct, &root, "mask", &mut || {});
     assert!(with == without, "graph replay changed the results");
     let st = graphs.graph_stats();
     eprintln!("graphs: {st:?}");
@@ -140,7 +134,7 @@ fn every_branch_matches_the_oracle_without_allocating_in_steps() {
 #[test]
 fn adm_every_branch_matches_the_oracle() {
     let root = fixtures_adm();
-    let got = branch_runs(&emu(Precision::F32), &root, "adm_mask_omega", Precision::F32, &mut || {});
+    let got = branch_runs(&emu(Precision::F32), &root, "adm_mask_omega", &mut || {});
     assert_near_the_cpu_oracle("ADM on the emulator", &got, &root, "adm_mask_omega");
 }
 
