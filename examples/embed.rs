@@ -30,7 +30,7 @@ fn main() -> Result<()> {
     println!("{} on {}", p.info().source, p.info().device);
 
     // Knobs as a user would give them: a preset and overrides by name.
-    let mut knobs = Knobs { preset: Preset::Fast, ..Default::default() };
+    let mut knobs = Knobs { preset: Some(Preset::Fast), ..Default::default() };
     knobs.set("gamma", "0.4")?;
     let s = knobs.settings();
 

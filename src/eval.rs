@@ -11,6 +11,11 @@
 //!
 //! Both are computed on the images as the model sees them (center-cropped and resized to
 //! the output's size by the engine's own loader).
+//!
+//! Where the right answer is known (a dataset with the same subject in several
+//! renderings: content A in rendering X, style B in rendering Y, truth A in rendering Y),
+//! [`TruthScore`] asks whether the output is closer to the truth than the content image
+//! itself is, by colour, by edges and by PSNR.
 
 use serde::Serialize;
 
@@ -22,13 +27,16 @@ const BINS: usize = 8;
 pub struct Features {
     hist: Vec<f64>,
     edges: Vec<f64>,
+    /// The image as 8-bit values, CHW (for PSNR).
+    pixels: Vec<u8>,
 }
 
 /// Features of a CHW RGB image in model space ([-1, 1]) of side `size`.
 pub fn features(x: &[f32], size: usize) -> Features {
     let plane = size * size;
     assert_eq!(x.len(), 3 * plane, "features need a 3-channel image of side {size}");
-    let u8_at = |c: usize, i: usize| crate::io::image::model_to_u8(x[c * plane + i]);
+    let pixels: Vec<u8> = x.iter().map(|&v| crate::io::image::model_to_u8(v)).collect();
+    let u8_at = |c: usize, i: usize| pixels[c * plane + i];
     let mut hist = vec![0f64; BINS * BINS * BINS];
     let mut lum = vec![0f64; plane];
     for (i, l) in lum.iter_mut().enumerate() {
@@ -47,7 +55,19 @@ pub fn features(x: &[f32], size: usize) -> Features {
             edges.push((gx * gx + gy * gy).sqrt());
         }
     }
-    Features { hist, edges }
+    Features { hist, edges, pixels }
+}
+
+/// PSNR in dB of two 8-bit images of the same size (capped at 100 dB for equal images).
+pub fn psnr(a: &Features, b: &Features) -> f64 {
+    assert_eq!(a.pixels.len(), b.pixels.len(), "psnr of images of different sizes");
+    let se: f64 = a.pixels.iter().zip(&b.pixels).map(|(&p, &q)| (p as f64 - q as f64).powi(2)).sum();
+    let mse = se / a.pixels.len().max(1) as f64;
+    if mse == 0.0 {
+        100.0
+    } else {
+        (10.0 * (255.0f64 * 255.0 / mse).log10()).min(100.0)
+    }
 }
 
 /// Total variation between the two colour distributions, in [0, 1].
@@ -104,6 +124,74 @@ impl PairScore {
     /// The output's edges are closer to the content's than to the style's.
     pub fn edges_from_content(&self) -> bool {
         self.edges_to_content < self.edges_to_style
+    }
+}
+
+/// One transfer against its known answer: each distance from the output to the truth,
+/// beside the same distance from the content image (the baseline of doing nothing).
+#[derive(Clone, Debug, Serialize)]
+pub struct TruthScore {
+    pub content: String,
+    pub style: String,
+    pub truth: String,
+    pub colour_output: f64,
+    pub colour_content: f64,
+    pub edges_output: f64,
+    pub edges_content: f64,
+    pub psnr_output: f64,
+    pub psnr_content: f64,
+}
+
+impl TruthScore {
+    pub fn new(names: [String; 3], c: &Features, truth: &Features, out: &Features) -> Self {
+        let [content, style, truth_name] = names;
+        Self {
+            content,
+            style,
+            truth: truth_name,
+            colour_output: colour_distance(out, truth),
+            colour_content: colour_distance(c, truth),
+            edges_output: edge_distance(out, truth),
+            edges_content: edge_distance(c, truth),
+            psnr_output: psnr(out, truth),
+            psnr_content: psnr(c, truth),
+        }
+    }
+}
+
+/// Fractions of transfers closer to the truth than their content is, and mean gains.
+#[derive(Clone, Debug, Serialize)]
+pub struct TruthSummary {
+    pub pairs: usize,
+    /// Fraction with a smaller colour distance to the truth than the content's.
+    pub colour_closer: f64,
+    /// Fraction with a smaller edge distance to the truth than the content's.
+    pub edges_closer: f64,
+    /// Fraction with a higher PSNR against the truth than the content's.
+    pub psnr_higher: f64,
+    /// Mean of (content's distance - output's distance): > 0 means closer on average.
+    pub mean_colour_gain: f64,
+    pub mean_edges_gain: f64,
+    /// Mean of (output's PSNR - content's PSNR), dB.
+    pub mean_psnr_gain_db: f64,
+    pub mean_psnr_output_db: f64,
+    pub mean_psnr_content_db: f64,
+}
+
+pub fn summarise_truth(scores: &[TruthScore]) -> TruthSummary {
+    let n = scores.len().max(1) as f64;
+    let mean = |f: fn(&TruthScore) -> f64| scores.iter().map(f).sum::<f64>() / n;
+    let frac = |f: fn(&TruthScore) -> bool| scores.iter().filter(|s| f(s)).count() as f64 / n;
+    TruthSummary {
+        pairs: scores.len(),
+        colour_closer: frac(|s| s.colour_output < s.colour_content),
+        edges_closer: frac(|s| s.edges_output < s.edges_content),
+        psnr_higher: frac(|s| s.psnr_output > s.psnr_content),
+        mean_colour_gain: mean(|s| s.colour_content - s.colour_output),
+        mean_edges_gain: mean(|s| s.edges_content - s.edges_output),
+        mean_psnr_gain_db: mean(|s| s.psnr_output - s.psnr_content),
+        mean_psnr_output_db: mean(|s| s.psnr_output),
+        mean_psnr_content_db: mean(|s| s.psnr_content),
     }
 }
 
@@ -198,5 +286,25 @@ mod tests {
         assert!(!w.colour_from_style() && !w.edges_from_content(), "{w:?}");
         let sum = summarise(&[g, w]);
         assert_eq!((sum.pairs, sum.colour_from_style, sum.edges_from_content, sum.both), (2, 0.5, 0.5, 0.5));
+    }
+
+    /// Content = a red disc on white, truth = the disc in the style's blue on yellow: the
+    /// truth itself scores best on every measure, the content's twin scores no gain, and
+    /// stripes in the truth's colours gain colour but lose edges.
+    #[test]
+    fn truth_scores_reward_the_answer_and_nothing_else() {
+        let (red, white, blue, yellow) = ([200, 30, 30], [255, 255, 255], [10, 40, 200], [250, 240, 20]);
+        let content = features(&image(disc, red, white), S);
+        let truth = features(&image(disc, blue, yellow), S);
+        let names = || ["c".to_string(), "s".to_string(), "t".to_string()];
+        let exact = TruthScore::new(names(), &content, &truth, &truth);
+        assert_eq!((exact.colour_output, exact.psnr_output), (0.0, 100.0));
+        assert!(exact.edges_output.abs() < 1e-12 && exact.psnr_content < 20.0, "{exact:?}");
+        let same = TruthScore::new(names(), &content, &truth, &content);
+        let stripes = TruthScore::new(names(), &content, &truth, &features(&image(stripes, blue, yellow), S));
+        assert!(stripes.colour_output < stripes.colour_content && stripes.edges_output > stripes.edges_content);
+        let sum = summarise_truth(&[exact, same, stripes]);
+        assert_eq!((sum.pairs, sum.colour_closer, sum.edges_closer), (3, 2.0 / 3.0, 1.0 / 3.0));
+        assert!(sum.mean_psnr_gain_db > 0.0 && sum.mean_colour_gain > 0.0, "{sum:?}");
     }
 }

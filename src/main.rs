@@ -66,9 +66,11 @@ struct ModelOpts {
 // names the knob instead of the parser reporting an unknown argument.
 #[derive(Args, Clone)]
 struct KnobOpts {
-    /// Start from a preset (explicit knobs below override it).
-    #[arg(long, value_enum, default_value = "in-domain")]
-    preset: Preset,
+    /// Start from a preset (explicit knobs below override it). Without one: the model's
+    /// recommended knobs when its folder has `diffstyle_knobs.json` (`info` shows
+    /// them), else in-domain.
+    #[arg(long, value_enum)]
+    preset: Option<Preset>,
     /// Content weight of the h-space slerp, in [0, 1] (authors: --hs_coeff / h_gamma).
     #[arg(long, allow_negative_numbers = true)]
     gamma: Option<f32>,
@@ -130,6 +132,15 @@ enum Cmd {
         /// GPU, as much more activation memory. Results do not depend on it.
         #[arg(long, default_value_t = 1)]
         batch: usize,
+        /// Run once per value of a knob, sharing the inversions: `--sweep gamma=0.2,0.4,0.6`
+        /// (knob names as in the server's fields or as flags: t_edit or t-edit). Repeat for
+        /// every combination of several knobs. --out becomes a folder: one sub-folder per
+        /// value (`gamma=0.4/`, the pairs' PNGs and grid.png), `sweep.png` (a row per pair:
+        /// content, style, a labelled column per value) and `sweep.json` (the colour / edge
+        /// figures of `evaluate` per value). Not `inv_steps` or `preset`, which would need
+        /// other inversions.
+        #[arg(long, value_name = "KNOB=V1,V2,...")]
+        sweep: Vec<String>,
         #[command(flatten)]
         knobs: Box<KnobOpts>,
     },
@@ -239,6 +250,12 @@ enum Cmd {
         /// The folder `transfer` wrote (content_<name>_style_<name>.png per pair).
         #[arg(long)]
         results: PathBuf,
+        /// Known answers: a text file with one line per pair, `content<TAB>style<TAB>truth`
+        /// (content and style as given above; truth relative to the file's folder). For
+        /// those pairs it also reports how often and by how much the output is closer to
+        /// the truth than the content image is (colour, edges, PSNR).
+        #[arg(long)]
+        truth: Option<PathBuf>,
         /// Also write every pair's numbers as JSON here.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -335,7 +352,7 @@ fn main() -> ExitCode {
         threads: cli.threads,
     };
     let result = match cli.cmd {
-        Cmd::Transfer { model, content, style, out, mask, dump_tensor, batch, knobs } => {
+        Cmd::Transfer { model, content, style, out, mask, dump_tensor, batch, sweep, knobs } => {
             let knobs: Knobs = (*knobs).into();
             let job = TransferJob {
                 contents: &content,
@@ -345,6 +362,7 @@ fn main() -> ExitCode {
                 dump: dump_tensor.as_deref(),
                 knobs: &knobs,
                 batch,
+                sweep: &sweep,
             };
             commands::transfer(&common, &model.into(), &job)
         }
@@ -358,8 +376,8 @@ fn main() -> ExitCode {
             commands::random_model(&ModelArgs { model: None, config, arch }, seed, &out)
         }
         Cmd::Kernels { precisions, small, out } => commands::kernels(&common, &precisions, small, out.as_deref()),
-        Cmd::Evaluate { content, style, results, out } => {
-            commands::evaluate(&content, &style, &results, out.as_deref())
+        Cmd::Evaluate { content, style, results, truth, out } => {
+            commands::evaluate(&content, &style, &results, truth.as_deref(), out.as_deref())
         }
         Cmd::Bench {
             model,

@@ -1187,3 +1187,157 @@ fn evaluate_scores_a_transfer_folder() {
     assert_error(&eval(&[&other], &out), &["content_other_style_style.png", "missing"]);
     assert_error(&eval(&[&content_png()], &sb.path("nope")), &["nope", "not a folder"]);
 }
+
+/// `transfer` of the default pair with exactly `extra` as arguments after the images.
+fn transfer_raw(model: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut a = os(&["--device", "cpu", "--quiet", "transfer", "--model"]);
+    a.push(model.as_os_str().to_os_string());
+    a.extend(os(&[OsStr::new("--content"), content_png().as_os_str(), OsStr::new("--style"), style_png().as_os_str()]));
+    a.extend(os(&[OsStr::new("--out"), out.as_os_str()]));
+    a.extend(os(extra));
+    diffstyle(&a)
+}
+
+fn rgb(path: &Path) -> image::RgbImage {
+    image::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).to_rgb8()
+}
+
+/// A sweep shares the inversions, and each of its runs gives the same image as a lone
+/// transfer with that value; it writes the labelled grid and the figures per value.
+#[test]
+fn sweep_runs_equal_lone_transfers() {
+    let sb = Sandbox::new();
+    let fast: Vec<&str> = FAST.iter().flat_map(|(k, v)| [*k, *v]).collect();
+    let dir = sb.path("sweep");
+    let mut args = fast.clone();
+    args.extend(["--sweep", "gamma=0.2,0.7", "--sweep", "t-edit=300,600"]);
+    let out = transfer_raw(&model_dir(), &dir, &args);
+    assert_success(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for run in ["gamma=0.2,t_edit=300", "gamma=0.2,t_edit=600", "gamma=0.7,t_edit=300", "gamma=0.7,t_edit=600"] {
+        assert!(stdout.contains(run), "no line for {run}:\n{stdout}");
+    }
+    let v: serde_json::Value = serde_json::from_slice(&fs::read(dir.join("sweep.json")).unwrap()).unwrap();
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!((runs.len(), v["sweep"].as_str()), (4, Some("gamma,t_edit")));
+    let gamma = runs[2]["settings"]["gamma"].as_f64().map(|g| g as f32);
+    assert_eq!((gamma, runs[2]["settings"]["t_edit"].as_i64()), (Some(0.7), Some(300)));
+    assert_eq!(runs[0]["summary"]["pairs"], 1);
+    // Header + one row of content, style and 4 results, each cell enlarged to 64 px.
+    let (w, h) = png_size(&dir.join("sweep.png"));
+    assert_eq!(w, 6 * 65 + 1);
+    assert!(h > 66 && h < 2 * 66, "height {h}");
+    let lone = sb.path("lone.png");
+    let mut one = fast.clone();
+    one.extend(["--gamma", "0.7", "--t-edit", "600"]);
+    assert_success(&transfer_raw(&model_dir(), &lone, &one));
+    let swept = dir.join("gamma=0.7,t_edit=600/content_content_style_style.png");
+    assert!(rgb(&lone) == rgb(&swept), "the sweep's run differs from a lone transfer");
+    let other = dir.join("gamma=0.2,t_edit=600/content_content_style_style.png");
+    assert!(rgb(&lone) != rgb(&other), "gamma changes nothing: the check could not fail");
+}
+
+#[test]
+fn sweep_errors_name_the_knob_and_write_nothing() {
+    let sb = Sandbox::new();
+    let fast: Vec<&str> = FAST.iter().flat_map(|(k, v)| [*k, *v]).collect();
+    for (sweep, needles) in [
+        ("inv_steps=5,6", &["inv_steps", "inversions"][..]),
+        ("preset=fast", &["preset"][..]),
+        ("colour=1,2", &["colour", "not a knob"][..]),
+        ("gamma=0.2,abc", &["gamma", "abc"][..]),
+        ("gamma=0.2,1.5", &["gamma=1.5", "gamma"][..]),
+        ("gamma", &["KNOB=V1,V2"][..]),
+        ("gamma=0.2,", &["empty value"][..]),
+    ] {
+        let mut args = fast.clone();
+        args.extend(["--sweep", sweep]);
+        assert_error(&transfer_raw(&model_dir(), &sb.out_dir().join("s"), &args), needles);
+        assert_nothing_written(&sb);
+    }
+}
+
+/// A model folder's diffstyle_knobs.json is the base when no preset is named, and is
+/// shown by `info`; a named preset ignores it; a bad file is an error naming it.
+#[test]
+fn recommended_knobs_are_used_without_a_preset() {
+    let sb = Sandbox::new();
+    let m = model_with(&sb, |_| {});
+    fs::write(
+        m.join("diffstyle_knobs.json"),
+        r#"{"_measured": "test", "preset": "fast", "gamma": 0.7, "inv_steps": 5, "gen_steps": 8, "replace_steps": 8}"#,
+    )
+    .unwrap();
+    let fast: Vec<&str> = FAST.iter().flat_map(|(k, v)| [*k, *v]).collect();
+    let rec = sb.path("rec.png");
+    assert_success(&transfer_raw(&m, &rec, &[]));
+    let explicit = sb.path("explicit.png");
+    let mut args = fast.clone();
+    args.extend(["--gamma", "0.7"]);
+    assert_success(&transfer_raw(&model_dir(), &explicit, &args));
+    assert!(rgb(&rec) == rgb(&explicit), "the recommended knobs were not used");
+    // A named preset is a whole starting point: gamma goes back to the preset's 0.3.
+    let named = sb.path("named.png");
+    let mut args = fast.clone();
+    args.extend(["--preset", "fast"]);
+    assert_success(&transfer_raw(&m, &named, &args));
+    let plain = sb.path("plain.png");
+    assert_success(&transfer_raw(&model_dir(), &plain, &fast));
+    assert!(rgb(&named) == rgb(&plain) && rgb(&named) != rgb(&rec), "--preset did not override the recommendation");
+    let info = diffstyle(&os(&[OsStr::new("info"), OsStr::new("--model"), m.as_os_str()]));
+    assert_success(&info);
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(text.contains("recommended knobs") && text.contains("gamma 0.7"), "{text}");
+    fs::write(m.join("diffstyle_knobs.json"), r#"{"gamma": "lots"}"#).unwrap();
+    assert_error(&transfer_raw(&m, &sb.out(), &[]), &["diffstyle_knobs.json", "gamma"]);
+    assert_nothing_written(&sb);
+}
+
+/// `evaluate --truth`: scores against known answers, and names a bad truth file's line.
+#[test]
+fn evaluate_against_known_answers() {
+    let sb = Sandbox::new();
+    let fast: Vec<&str> = FAST.iter().flat_map(|(k, v)| [*k, *v]).collect();
+    let dir = sb.path("pairs");
+    let mut a = os(&["--device", "cpu", "--quiet", "transfer", "--model"]);
+    a.push(model_dir().into_os_string());
+    a.extend(os(&[OsStr::new("--content"), content_png().as_os_str(), style_png().as_os_str()]));
+    a.extend(os(&[OsStr::new("--style"), style_png().as_os_str(), OsStr::new("--out"), dir.as_os_str()]));
+    a.extend(os(&fast));
+    assert_success(&diffstyle(&a));
+    let (c, s) = (content_png(), style_png());
+    let eval = |truth: &Path| {
+        let mut e = os(&[OsStr::new("evaluate"), OsStr::new("--content"), c.as_os_str(), s.as_os_str()]);
+        e.extend(os(&[OsStr::new("--style"), s.as_os_str(), OsStr::new("--results"), dir.as_os_str()]));
+        e.extend(os(&[OsStr::new("--truth"), truth.as_os_str(), OsStr::new("--out"), sb.path("e.json").as_os_str()]));
+        diffstyle(&e)
+    };
+    // The truth of the (style, style) pair is the style itself: the content is then the
+    // truth too, so the output cannot be closer (no gain); (content, style) -> style.
+    let lines = format!(
+        "# c\ts\tt\n{}\t{}\t{}\n{}\t{}\t{}\n",
+        c.display(),
+        s.display(),
+        s.display(),
+        s.display(),
+        s.display(),
+        s.display()
+    );
+    let t = sb.write("truth.tsv", lines.as_bytes());
+    let out = eval(&t);
+    assert_success(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("against the truth (2 pairs"));
+    let v: serde_json::Value = serde_json::from_slice(&fs::read(sb.path("e.json")).unwrap()).unwrap();
+    let same = v["truth"].as_array().unwrap().iter().find(|p| p["content"] == "style").unwrap().clone();
+    assert_eq!((same["psnr_content"].as_f64(), same["colour_content"].as_f64()), (Some(100.0), Some(0.0)));
+    assert_eq!(v["truth_summary"]["pairs"], 2);
+    for (text, needles) in [
+        (format!("{}\t{}\n", c.display(), s.display()), vec!["truth.tsv:1", "2 fields"]),
+        (format!("{}\t{}\tnope.png\n", c.display(), s.display()), vec!["truth.tsv:1", "nope.png", "does not exist"]),
+        (format!("x.png\t{}\t{}\n", s.display(), s.display()), vec!["truth.tsv:1", "x.png", "--content"]),
+        ("# nothing\n".to_string(), vec!["truth.tsv", "no pairs"]),
+    ] {
+        let bad = sb.write("truth.tsv", text.as_bytes());
+        assert_error(&eval(&bad), &needles);
+    }
+}

@@ -22,7 +22,7 @@ fn pipeline(max_batch: usize, cache_mib: usize) -> Pipeline {
 }
 
 fn knobs() -> diffstyle::diffusion::method::Settings {
-    let mut k = Knobs { preset: Preset::Fast, ..Default::default() };
+    let mut k = Knobs { preset: Some(Preset::Fast), ..Default::default() };
     for (n, v) in [("inv_steps", "5"), ("gen_steps", "7"), ("gamma", "0.7"), ("t_boost", "500")] {
         k.set(n, v).unwrap();
     }

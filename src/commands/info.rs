@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 
-use super::{described_arch, engine, model, on_backend, Common, DeviceChoice, ModelArgs};
+use super::{described_arch, engine, model, on_backend, recommended, Common, DeviceChoice, ModelArgs};
 use crate::backend::gpu::cuda::CudaDevice;
 use crate::backend::Backend;
 use crate::dtype::Precision;
@@ -67,6 +67,24 @@ pub fn info(c: &Common, m: &ModelArgs, show_plan: bool) -> Result<()> {
     println!("  h-space: {} x {} x {}", arch.h_channels(), arch.h_size(), arch.h_size());
     if let Some(h) = hash {
         println!("  weights hash {h}");
+    }
+    if let Some(k) = recommended(m)? {
+        // What `transfer` and `serve` use when the user names no preset.
+        let s = k.settings();
+        println!(
+            "recommended knobs ({}, used without --preset): gamma {}, t_edit {}, inv_steps {}, gen_steps {}, replace_steps {}, t_boost {}, dt_lambda {}, dt_end {}, omega {}, seed {}",
+            crate::pipeline::knobs::RECOMMENDED_FILE,
+            s.gamma,
+            s.t_edit,
+            s.inv_steps,
+            s.gen_steps,
+            s.replace_steps,
+            s.t_boost,
+            s.dt_lambda,
+            s.dt_end,
+            s.omega,
+            s.seed
+        );
     }
     println!("parameters: {params} ({:.1} M)", params as f64 / 1e6);
     println!(

@@ -111,6 +111,15 @@ pub(crate) fn model(m: &ModelArgs) -> Result<LoadedModel> {
     load_model(path, m.config.as_deref(), m.arch.as_deref())
 }
 
+/// The knobs recommended by the model's folder ([`crate::pipeline::knobs::RECOMMENDED_FILE`]),
+/// if it has them.
+pub(crate) fn recommended(m: &ModelArgs) -> Result<Option<Knobs>> {
+    match m.model.as_deref() {
+        Some(path) => crate::pipeline::knobs::recommended_for(path),
+        None => Ok(None),
+    }
+}
+
 /// The architecture and schedule that --config / --arch describe.
 pub(crate) fn described_arch(m: &ModelArgs) -> Result<ModelConfig> {
     match (&m.config, &m.arch) {

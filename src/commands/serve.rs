@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 
-use super::{model, Common, ModelArgs};
+use super::{model, recommended, Common, ModelArgs};
 use crate::pipeline::{Pipeline, PipelineOptions};
 use crate::serve::ServeOptions;
 
@@ -54,6 +54,7 @@ pub fn serve(c: &Common, m: &ModelArgs, a: &ServeArgs) -> Result<()> {
     ensure!(a.read_timeout_s >= 1, "--read-timeout-s must be at least 1");
     let listener = crate::serve::bind(&a.addr)?;
     let model = model(m)?;
+    let recommended = recommended(m)?;
     let source = model.source.clone();
     let opts = PipelineOptions {
         device: c.device,
@@ -85,6 +86,7 @@ pub fn serve(c: &Common, m: &ModelArgs, a: &ServeArgs) -> Result<()> {
         read_timeout: Duration::from_secs(a.read_timeout_s),
         drain_timeout: Duration::from_secs(a.drain_timeout_s),
         access_log: !c.quiet,
+        recommended,
     };
     crate::serve::serve(p, listener, &o)
 }

@@ -78,3 +78,65 @@ pub fn authors_grid(
     }
     make_grid(&cells, size, ns + 1, 1)
 }
+
+/// Cells of a sweep grid are drawn at least this many pixels wide, so that a label fits.
+const SWEEP_MIN_CELL: usize = 64;
+
+/// A knob sweep's grid: a header row (`corner` above the content and style columns,
+/// then each value's `labels`), then one row per pair: content, style, and the pair's
+/// result for each value (`results[pair][value]`). Images are enlarged by pixel
+/// repetition to at least [`SWEEP_MIN_CELL`] pixels; labels are white on the black
+/// background. Returns `(canvas, h, w)` like [`make_grid`].
+///
+/// # Panics
+/// If a pair has not one result per label, or an image has the wrong length.
+pub fn sweep_grid(
+    pairs: &[[&[f32]; 2]],
+    results: &[Vec<&[f32]>],
+    labels: &[String],
+    corner: &str,
+    size: usize,
+) -> (Vec<f32>, usize, usize) {
+    use super::font::{draw_text, text_width, GLYPH_H};
+    assert_eq!(pairs.len(), results.len(), "sweep_grid: one result row per pair");
+    let scale = SWEEP_MIN_CELL.div_ceil(size.max(1)).max(1);
+    let cell = size * scale;
+    let enlarge = |im: &[f32]| -> Vec<f32> {
+        assert_eq!(im.len(), 3 * size * size, "sweep_grid: image of the wrong size");
+        let mut out = vec![0f32; 3 * cell * cell];
+        for ch in 0..3 {
+            for y in 0..cell {
+                for x in 0..cell {
+                    out[ch * cell * cell + y * cell + x] = im[ch * size * size + (y / scale) * size + x / scale];
+                }
+            }
+        }
+        out
+    };
+    let cols = 2 + labels.len();
+    let mut big: Vec<Vec<f32>> = Vec::with_capacity(pairs.len() * cols);
+    for (pair, row) in pairs.iter().zip(results) {
+        assert_eq!(row.len(), labels.len(), "sweep_grid: one result per value");
+        big.extend(pair.iter().chain(row).map(|im| enlarge(im)));
+    }
+    let refs: Vec<&[f32]> = big.iter().map(|v| v.as_slice()).collect();
+    let (body, bh, w) = make_grid(&refs, cell, cols, 1);
+    // Header: one line of text, centred in each value's column.
+    let head = GLYPH_H + 6;
+    let h = head + bh;
+    let mut canvas = vec![BACKGROUND; 3 * h * w];
+    for ch in 0..3 {
+        for y in 0..bh {
+            let src = &body[ch * bh * w + y * w..ch * bh * w + (y + 1) * w];
+            canvas[ch * h * w + (head + y) * w..ch * h * w + (head + y + 1) * w].copy_from_slice(src);
+        }
+    }
+    let pitch = cell + 1;
+    let centred =
+        |col: usize, span: usize, text: &str| 1 + col * pitch + (span * pitch).saturating_sub(text_width(text)) / 2;
+    draw_text(&mut canvas, h, w, centred(0, 2, corner), 3, 1, corner, 1.0);
+    for (k, l) in labels.iter().enumerate() {
+        draw_text(&mut canvas, h, w, centred(2 + k, 1, l), 3, 1, l, 1.0);
+    }
+    (canvas, h, w)
+}

@@ -4,6 +4,7 @@
 
 pub mod atomic;
 pub mod cache;
+pub mod font;
 pub mod grid;
 pub mod image;
 pub mod mask;

@@ -40,6 +40,8 @@ pub struct Inner {
     pub decodes: tokio::sync::Semaphore,
     /// A line on stderr per answered /v1 request.
     pub access_log: bool,
+    /// The model's recommended knobs (a request without a preset starts from them).
+    pub recommended: Option<Knobs>,
 }
 
 impl Inner {
@@ -299,14 +301,14 @@ fn knob_error(e: crate::diffusion::method::BadKnob) -> ApiError {
 }
 
 /// The knobs of a transfer form: the preset first, then every knob given.
-fn settings(parts: &HashMap<String, Bytes>, steps: usize) -> Result<Settings, ApiError> {
+fn settings(parts: &HashMap<String, Bytes>, steps: usize, rec: Option<&Knobs>) -> Result<Settings, ApiError> {
     let mut k = Knobs::default();
     for name in KNOB_NAMES {
         if let Some(v) = text(parts, name)? {
             k.set(name, v).map_err(knob_error)?;
         }
     }
-    let s = k.settings();
+    let s = k.over(rec).settings();
     s.check_knobs(steps).map_err(knob_error)?;
     Ok(s)
 }
@@ -368,7 +370,7 @@ async fn transfer(State(st): St, mp: Result<Multipart, MultipartRejection>) -> R
     let allowed: Vec<&str> =
         ["content", "style", "mask", "content_id", "style_id"].into_iter().chain(KNOB_NAMES).collect();
     let mut parts = read_parts(&st, mp, &allowed).await?;
-    let s = settings(&parts, st.p.schedule().len())?;
+    let s = settings(&parts, st.p.schedule().len(), st.recommended.as_ref())?;
     let content = source(&st, &mut parts, "content", "content_id", s.inv_steps).await?;
     let style = source(&st, &mut parts, "style", "style_id", s.inv_steps).await?;
     let mask = match parts.remove("mask") {
@@ -393,7 +395,7 @@ async fn invert(State(st): St, mp: Result<Multipart, MultipartRejection>) -> Res
     st.open()?;
     let mut parts = read_parts(&st, mp, &["image", "inv_steps"]).await?;
     // The only knob allowed here is inv_steps.
-    let inv_steps = settings(&parts, st.p.schedule().len())?.inv_steps;
+    let inv_steps = settings(&parts, st.p.schedule().len(), st.recommended.as_ref())?.inv_steps;
     if st.p.cache_stats().capacity == 0 {
         return Err(ApiError::bad(
             "image",

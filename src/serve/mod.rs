@@ -41,6 +41,8 @@ pub struct ServeOptions {
     pub drain_timeout: Duration,
     /// A line on stderr per answered /v1 request (route, status, milliseconds).
     pub access_log: bool,
+    /// The model's recommended knobs: the base of a request that names no preset.
+    pub recommended: Option<crate::pipeline::Knobs>,
 }
 
 /// Serves on `listener` (from [`bind`]) until SIGINT or SIGTERM, then stops accepting,
@@ -68,6 +70,7 @@ pub fn serve(p: Pipeline, listener: std::net::TcpListener, o: &ServeOptions) -> 
         uploads: tokio::sync::Semaphore::new(api::Inner::max_uploads(o.max_queue)),
         decodes: tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())),
         access_log: o.access_log,
+        recommended: o.recommended.clone(),
     });
     let served = rt.block_on(listen(inner, listener, o));
     // Whatever is still queued runs (its clients may have gone); then the engine stops.

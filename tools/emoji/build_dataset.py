@@ -446,6 +446,19 @@ def licences_text(dirs: dict, styles: list, stats: dict) -> str:
         ver = PACKAGES[name][0]
         lines += [ln.replace("{ver}", ver) for ln in sections[name]] + [""]
     lines += [
+        "## What this means for the shipped weights and the bundled images",
+        "",
+        "The trained model in `models/` (`models/emoji-32/`, and the training state",
+        "`models/emoji-32-train/`) is trained on every style listed above. Per renderer:",
+        "Noto (Apache-2.0), Twemoji (CC BY 4.0) and Fluent (MIT) ask for attribution and,",
+        "for Apache-2.0, a note of changes; none of them restricts how derived weights",
+        "are licensed. OpenMoji (CC BY-SA 4.0) adds share-alike: on the conservative",
+        "reading above, the weights, their samples and their transfers, and the bundled",
+        "example images under `examples/emoji/` (held-out emoji as rendered, 64 px) are",
+        "shared under CC BY-SA 4.0 with the attributions above, not under the code's",
+        "licence. A share-alike-free model needs a training set without the openmoji",
+        "styles (`--styles noto,twemoji,fluent-color,fluent-flat,fluent-hc`).",
+        "",
         "## Renderer",
         "",
         "SVGs are rasterised by resvg (https://github.com/linebender/resvg) through the",

@@ -73,18 +73,19 @@ NUM_T, BETA_START, BETA_END = 1000, 1e-4, 0.02
 MIB = 1 << 20
 # Options a resumed run takes from train_state.json unless given on its command line.
 INHERIT = ("batch", "lr", "weight_decay", "warmup", "rewarm", "ema", "no_flip", "seed",
-           "log_every")
+           "log_every", "size", "min_snr", "total_steps", "lr_floor", "bf16", "channels_last",
+           "save_adam", "compile")
 
 
 def log(*a):
     print(f"[{time.time() - T0:7.1f}s]", *a, flush=True)
 
 
-def model_config(channels, layers, attn_levels, head_dim, groups):
+def model_config(channels, layers, attn_levels, head_dim, groups, size=64):
     n = len(channels)
     down = tuple(AD if i in attn_levels else D for i in range(n))
     up = tuple({D: U, AD: AU}[b] for b in reversed(down))
-    return dict(sample_size=64, in_channels=3, out_channels=3, block_out_channels=tuple(channels),
+    return dict(sample_size=size, in_channels=3, out_channels=3, block_out_channels=tuple(channels),
                 layers_per_block=layers, down_block_types=down, up_block_types=up,
                 attention_head_dim=head_dim, norm_num_groups=groups, norm_eps=1e-5,
                 downsample_padding=1, flip_sin_to_cos=True, freq_shift=0, act_fn="silu",
@@ -106,6 +107,26 @@ def file_sha256(path):
     return h.hexdigest()
 
 
+def cpu_has_bf16():
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return " amx_bf16" in flags or " avx512_bf16" in flags
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
 def rng_tensors(device):
     out = {"rng_cpu": torch.get_rng_state()}
     if device.type == "cuda":
@@ -114,10 +135,10 @@ def rng_tensors(device):
 
 
 @torch.no_grad()
-def ddim_samples(model, ab, n, steps, seed, device):
+def ddim_samples(model, ab, n, steps, seed, device, size):
     """Plain DDIM (eta 0) over seq(steps) of docs/method.md, from seeded noise."""
     g = torch.Generator(device="cpu").manual_seed(seed)
-    x = torch.randn(n, 3, 64, 64, generator=g).to(device)
+    x = torch.randn(n, 3, size, size, generator=g).to(device)
     seq = [int(v + 1e-6) for v in list(np.linspace(0, 1, steps) * (NUM_T - 1))]  # dsref seq
     for i, j in zip(reversed(seq), list(reversed(seq))[1:] + [-1]):
         a_i = ab[i]
@@ -134,9 +155,10 @@ def save_grid(path, imgs):
     n = len(imgs)
     cols = int(math.ceil(math.sqrt(n)))
     rows = (n + cols - 1) // cols
-    sheet = Image.new("RGB", (cols * 66 + 2, rows * 66 + 2), (128, 128, 128))
+    c = imgs[0].shape[0] + 2
+    sheet = Image.new("RGB", (cols * c + 2, rows * c + 2), (128, 128, 128))
     for k, im in enumerate(imgs):
-        sheet.paste(Image.fromarray(im), (2 + (k % cols) * 66, 2 + (k // cols) * 66))
+        sheet.paste(Image.fromarray(im), (2 + (k % cols) * c, 2 + (k // cols) * c))
     sheet.save(path)
 
 
@@ -176,6 +198,22 @@ def main():
                     help="also write the AdamW moments (2 x 2 bytes a parameter; they do not "
                          "fit the carry budget of a device call, see above)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
+    ap.add_argument("--size", type=int, default=64,
+                    help="training resolution: 64 (the data's), or 32 (each 2x2 block of the "
+                         "64 px data averaged, in float)")
+    ap.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
+                    help="bf16 autocast; auto = on CUDA, and on a CPU with AMX-BF16 or "
+                         "AVX512-BF16")
+    ap.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
+                    help="NHWC activations (auto = on)")
+    ap.add_argument("--min-snr", type=float, default=0.0,
+                    help="min-SNR-gamma loss weighting, min(SNR, gamma)/SNR for eps "
+                         "prediction (Hang et al. 2023); 0 = plain MSE")
+    ap.add_argument("--total-steps", type=int, default=None,
+                    help="cosine decay of the learning rate from the end of the warm-up to "
+                         "--lr-floor x lr at this step (kept across resumes); none = constant")
+    ap.add_argument("--lr-floor", type=float, default=0.1)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--save-margin", type=float, default=45.0,
                     help="seconds kept for saving and sampling before --minutes")
     args = ap.parse_args()
@@ -191,6 +229,8 @@ def main():
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(args.device)
     cuda = device.type == "cuda"
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -214,10 +254,17 @@ def main():
                 inherited.append(f"{k}={state['options'][k]}")
         log("options of the previous chunk: " + ", ".join(inherited))
     elif args.tiny:
-        cfg = model_config([16, 32, 32, 32], 1, {3}, 8, 8)
+        cfg = model_config([16, 32, 32, 32], 1, {3}, 8, 8, args.size)
     else:
         cfg = model_config([int(c) for c in args.channels.split(",")], args.layers,
-                           {int(i) for i in args.attn_levels.split(",") if i}, args.head_dim, 32)
+                           {int(i) for i in args.attn_levels.split(",") if i}, args.head_dim, 32,
+                           args.size)
+    if cfg["sample_size"] != args.size:
+        sys.exit(f"--size {args.size} but the resumed model is {cfg['sample_size']} px")
+    use_bf16 = {"on": True, "off": False}.get(args.bf16, cuda or cpu_has_bf16())
+    use_cl = args.channels_last != "off"
+    log(f"device {device}, {torch.get_num_threads()} threads, bf16 autocast {use_bf16}, "
+        f"channels_last {use_cl}, {args.size} px")
     torch.manual_seed(args.seed)
     model = UNet2DModel(**cfg)
     n_params = sum(p.numel() for p in model.parameters())
@@ -234,7 +281,7 @@ def main():
         else:
             log("no EMA in the resume folder: the EMA restarts from the online weights")
     model.to(device)
-    if cuda:
+    if use_cl:
         model.to(memory_format=torch.channels_last)
     if ema is None:
         ema = {k: p.detach().float().clone() for k, p in model.named_parameters()}
@@ -276,7 +323,9 @@ def main():
     # ---- data
     with np.load(args.data) as z:
         images = z["images"]
-    data = torch.from_numpy(images).to(device)                     # N, 64, 64, 3 uint8
+    data = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+    if args.size != data.shape[-1]:                                # N, 3, H, W in [-1, 1]
+        data = F.avg_pool2d(data, data.shape[-1] // args.size)
     n_data = data.shape[0]
     log(f"data {args.data}: {n_data} images, {os.path.getsize(args.data) / MIB:.1f} MiB")
     ab = alpha_bar(device)
@@ -285,6 +334,9 @@ def main():
 
     def lr_at(s):
         f = min(1.0, (s + 1) / args.warmup) if args.warmup else 1.0
+        if args.total_steps:
+            p = min(1.0, max(0.0, (s - args.warmup) / max(1, args.total_steps - args.warmup)))
+            f *= args.lr_floor + (1 - args.lr_floor) * 0.5 * (1 + math.cos(math.pi * p))
         if rewarm_from is not None:
             f = min(f, (s - rewarm_from + 1) / args.rewarm)
         return args.lr * f
@@ -302,7 +354,7 @@ def main():
             stop_reason = "time"
             break
         idx = torch.randint(0, n_data, (args.batch,), device=device)
-        x0 = data[idx].permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+        x0 = data[idx]
         if not args.no_flip:
             flip = torch.rand(args.batch, device=device) < 0.5
             x0 = torch.where(flip[:, None, None, None], x0.flip(3), x0)
@@ -310,11 +362,17 @@ def main():
         noise = torch.randn_like(x0)
         a = ab[t][:, None, None, None]
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        if cuda:
+        if use_cl:
             xt = xt.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             pred = fwd(xt, t).sample
-        loss = F.mse_loss(pred.float(), noise)
+        per = (pred.float() - noise).pow(2).mean(dim=(1, 2, 3))
+        mse = per.mean()
+        if args.min_snr > 0:
+            snr = ab[t] / (1 - ab[t])
+            loss = (per * torch.clamp(snr, max=args.min_snr) / snr).mean()
+        else:
+            loss = mse
         for gr in opt.param_groups:
             gr["lr"] = lr_at(step)
         opt.zero_grad(set_to_none=True)
@@ -325,7 +383,7 @@ def main():
         decay = min(args.ema, (1 + step) / (10 + step))
         with torch.no_grad():
             torch._foreach_lerp_(ema_p, [p.detach().float() for p in mod_p], 1.0 - decay)
-        loss_acc += loss.detach()
+        loss_acc += mse.detach()
         loss_n += 1
         if step % args.log_every == 0:
             l = float(loss_acc) / loss_n
@@ -337,6 +395,9 @@ def main():
     if loss_n:
         history.append([step, round(float(loss_acc) / loss_n, 6)])
     log(f"stopped ({stop_reason}) at step {step}: {step - first_step} steps this run")
+    chunk = {"from_step": first_step, "to_step": step, "seconds": round(time.time() - T0, 1),
+             "threads": torch.get_num_threads(), "cpu": cpu_model(), "torch": torch.__version__,
+             "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
 
     # ---- save
     os.makedirs(args.out, exist_ok=True)
@@ -369,6 +430,7 @@ def main():
           "data_images": n_data, "images_seen": step * args.batch,
           "epochs": round(step * args.batch / n_data, 2),
           "chunks": (state or {}).get("chunks", 0) + 1, "options": opts,
+          "chunk_log": (state or {}).get("chunk_log", []) + [chunk],
           "history": history}
     with open(tmp("train_state.json"), "w") as f:
         json.dump(st, f, indent=1)
@@ -379,7 +441,7 @@ def main():
         net = UNet2DModel(**cfg)
         net.load_state_dict({k: ema[k].to(torch.float16).float() for k in names}, strict=False)
         net.to(device).eval()
-        grid = ddim_samples(net, ab, args.samples, 50, 1, device)
+        grid = ddim_samples(net, ab, args.samples, 50, 1, device, args.size)
         save_grid(tmp("samples.png"), grid)
         log(f"samples.png: {args.samples} DDIM-50 samples of the EMA model")
     log("done")
