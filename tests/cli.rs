@@ -1288,9 +1288,12 @@ fn recommended_knobs_are_used_without_a_preset() {
     assert_success(&info);
     let text = String::from_utf8_lossy(&info.stdout);
     assert!(text.contains("recommended knobs") && text.contains("gamma 0.7"), "{text}");
-    fs::write(m.join("diffstyle_knobs.json"), r#"{"gamma": "lots"}"#).unwrap();
-    assert_error(&transfer_raw(&m, &sb.out(), &[]), &["diffstyle_knobs.json", "gamma"]);
-    assert_nothing_written(&sb);
+    for bad in [r#"{"gamma": "lots"}"#, r#"{"gen_steps": 5000}"#] {
+        fs::write(m.join("diffstyle_knobs.json"), bad).unwrap();
+        let knob = if bad.contains("gamma") { "gamma" } else { "gen_steps" };
+        assert_error(&transfer_raw(&m, &sb.out(), &[]), &["diffstyle_knobs.json", knob]);
+        assert_nothing_written(&sb);
+    }
 }
 
 /// `evaluate --truth`: scores against known answers, and names a bad truth file's line.

@@ -120,6 +120,22 @@ pub(crate) fn recommended(m: &ModelArgs) -> Result<Option<Knobs>> {
     }
 }
 
+/// Checks a model's recommended knobs against its schedule, so that a bad file is an
+/// error naming it before any work (rather than a knob error the user did not cause).
+pub(crate) fn check_recommended(
+    m: &ModelArgs,
+    rec: Option<&Knobs>,
+    schedule: &crate::model::schedule::Schedule,
+) -> Result<()> {
+    if let (Some(k), Some(dir)) = (rec, m.model.as_deref()) {
+        let file = dir.join(crate::pipeline::knobs::RECOMMENDED_FILE);
+        k.settings()
+            .check_knobs(schedule.len())
+            .map_err(|e| anyhow::anyhow!("{}: {} {}", file.display(), e.knob, e.problem))?;
+    }
+    Ok(())
+}
+
 /// The architecture and schedule that --config / --arch describe.
 pub(crate) fn described_arch(m: &ModelArgs) -> Result<ModelConfig> {
     match (&m.config, &m.arch) {

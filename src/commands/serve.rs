@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 
-use super::{model, recommended, Common, ModelArgs};
+use super::{check_recommended, model, recommended, Common, ModelArgs};
 use crate::pipeline::{Pipeline, PipelineOptions};
 use crate::serve::ServeOptions;
 
@@ -55,6 +55,7 @@ pub fn serve(c: &Common, m: &ModelArgs, a: &ServeArgs) -> Result<()> {
     let listener = crate::serve::bind(&a.addr)?;
     let model = model(m)?;
     let recommended = recommended(m)?;
+    check_recommended(m, recommended.as_ref(), &model.schedule)?;
     let source = model.source.clone();
     let opts = PipelineOptions {
         device: c.device,

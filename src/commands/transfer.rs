@@ -11,7 +11,10 @@ use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
 
-use super::{check_parent, model, pipeline_options, recommended, report_pipeline, stem, Common, ModelArgs, Progress};
+use super::{
+    check_parent, check_recommended, model, pipeline_options, recommended, report_pipeline, stem, Common, ModelArgs,
+    Progress,
+};
 use crate::diffusion::method::{Inversion, Settings};
 use crate::io::cache;
 use crate::io::safetensors::Entry;
@@ -86,9 +89,11 @@ fn sweep_runs(base: &Knobs, sweep: &[String]) -> Result<(Vec<Run>, String)> {
 pub fn transfer(c: &Common, m: &ModelArgs, job: &TransferJob) -> Result<()> {
     let TransferJob { contents, styles, out, mask, dump, knobs, batch, sweep } = *job;
     ensure!(batch >= 1, "--batch must be at least 1");
-    let base = knobs.over(recommended(m)?.as_ref());
+    let rec = recommended(m)?;
+    let base = knobs.over(rec.as_ref());
     let (runs, corner) = sweep_runs(&base, sweep)?;
     let model = model(m)?;
+    check_recommended(m, rec.as_ref(), &model.schedule)?;
     for r in &runs {
         r.settings.validate(&model.schedule).with_context(|| {
             if sweep.is_empty() {
