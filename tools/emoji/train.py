@@ -72,9 +72,10 @@ D, AD, U, AU = "DownBlock2D", "AttnDownBlock2D", "UpBlock2D", "AttnUpBlock2D"
 NUM_T, BETA_START, BETA_END = 1000, 1e-4, 0.02
 MIB = 1 << 20
 # Options a resumed run takes from train_state.json unless given on its command line.
+# Not the machine-dependent speed options --bf16 and --channels-last: a chunk on another
+# CPU decides them afresh ("auto"; bf16 only where the CPU has AMX-BF16 or AVX512-BF16).
 INHERIT = ("batch", "lr", "weight_decay", "warmup", "rewarm", "ema", "no_flip", "seed",
-           "log_every", "size", "min_snr", "total_steps", "lr_floor", "bf16", "channels_last",
-           "save_adam", "compile")
+           "log_every", "size", "min_snr", "total_steps", "lr_floor", "save_adam", "compile")
 
 
 def log(*a):

@@ -10,8 +10,8 @@
 #   ... --minutes 120                                                     # or a duration
 #
 # The first chunk (no STATE yet) starts the network of the pilot's choice
-# (tools/README.md); later chunks take every option from train_state.json (EXTRA_OPTS,
-# e.g. "--bf16 off" on a CPU without AMX, overrides them). Commit
+# (tools/README.md); later chunks take the training options from train_state.json and
+# choose bf16 autocast by the CPU they run on (EXTRA_OPTS overrides either). Commit
 # STATE at the end of a session: `git add models/emoji-32-train && git commit`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
