@@ -1,7 +1,9 @@
 //! The CPU backend: plain f32 Rust, the oracle every GPU kernel is tested against and
 //! the fallback when no GPU is present. Convolutions and attention run on a blocked
 //! GEMM (`gemm.rs`, AVX2+FMA when available); everything else is straightforward
-//! loops with f64 where a reduction could lose precision.
+//! loops with f64 where a reduction could lose precision. `vec16.rs` (AVX-512) and
+//! `amx.rs` (AMX tiles) are the instruction layers of the coming fast path, each with a
+//! software twin; they are tested on their own and not yet used by the ops.
 //!
 //! Every op validates its regions (bounds, shapes, broadcast, output/input overlap)
 //! and returns an error instead of panicking; after that the kernels work on raw
@@ -20,8 +22,10 @@ mod step;
 #[cfg(test)]
 pub(crate) mod testutil;
 mod threads;
-// The AVX-512 layer and its twin, tested on their own until the GEMM dispatches on the
-// ISA (issue 24).
+// The AVX-512 and AMX layers and their twins, tested on their own until the GEMM
+// dispatches on the ISA (issue 24).
+#[allow(dead_code)]
+mod amx;
 #[allow(dead_code)]
 mod vec16;
 

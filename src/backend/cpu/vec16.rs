@@ -218,9 +218,12 @@ mod tests {
                     }
                     let chain = (0..k).fold(c0[r * ldc + j], |s, p| a[p * MR16 + r].mul_add(b[p * NR16 + j], s));
                     assert_eq!(got.to_bits(), chain.to_bits(), "k {k} ({r}, {j})");
-                    let exact: f64 =
-                        c0[r * ldc + j] as f64 + (0..k).map(|p| a[p * MR16 + r] as f64 * b[p * NR16 + j] as f64).sum::<f64>();
-                    assert!((got as f64 - exact).abs() <= 1e-5 * (1.0 + exact.abs()), "k {k} ({r}, {j}): {got} vs {exact}");
+                    let exact: f64 = c0[r * ldc + j] as f64
+                        + (0..k).map(|p| a[p * MR16 + r] as f64 * b[p * NR16 + j] as f64).sum::<f64>();
+                    assert!(
+                        (got as f64 - exact).abs() <= 1e-5 * (1.0 + exact.abs()),
+                        "k {k} ({r}, {j}): {got} vs {exact}"
+                    );
                 }
             }
         }
