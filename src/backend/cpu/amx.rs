@@ -209,7 +209,7 @@ pub fn request_amx() -> Result<(), String> {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod real {
+pub(super) mod real {
     use super::{TileConfig, Tiles};
 
     /// The real tiles. A tile's index must be an immediate of the instruction, hence the

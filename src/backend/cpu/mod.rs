@@ -27,6 +27,8 @@ mod threads;
 #[allow(dead_code)]
 mod amx;
 #[allow(dead_code)]
+mod gemm_bf16;
+#[allow(dead_code)]
 mod vec16;
 
 use anyhow::{ensure, Result};
