@@ -294,17 +294,8 @@ pub(super) mod real {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testutil::{rand_vec, rel_err};
     use super::*;
-
-    fn rng(seed: u64) -> impl FnMut() -> f32 {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        move || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        }
-    }
 
     fn to_bf16(v: f32) -> u16 {
         (v.to_bits() >> 16) as u16
@@ -313,10 +304,9 @@ mod tests {
     /// One 16 x 16 f32 tile `C += A * B` with `pairs` bf16 pairs per row of A, through
     /// `T`: the result, and the exact (f64) value of every element.
     fn run<T: Tiles>(tiles: &mut T, pairs: usize, seed: u64) -> (Vec<f32>, Vec<f64>) {
-        let mut r = rng(seed);
-        let a: Vec<u16> = (0..16 * 2 * pairs).map(|_| to_bf16(r() * 8.0)).collect();
-        let b: Vec<u16> = (0..pairs * 32).map(|_| to_bf16(r())).collect();
-        let c0: Vec<f32> = (0..256).map(|_| r() * 4.0).collect();
+        let a: Vec<u16> = rand_vec(seed, 16 * 2 * pairs).iter().map(|v| to_bf16(v * 8.0)).collect();
+        let b: Vec<u16> = rand_vec(seed + 1000, pairs * 32).iter().map(|&v| to_bf16(v)).collect();
+        let c0: Vec<f32> = rand_vec(seed + 2000, 256).iter().map(|v| v * 4.0).collect();
         let mut c = c0.clone();
         let mut cfg = TileConfig::default();
         (cfg.rows[0], cfg.colsb[0]) = (16, 64);
@@ -342,22 +332,13 @@ mod tests {
         (c, exact)
     }
 
-    fn rel_l2(a: &[f32], b: &[f64]) -> f64 {
-        let (mut e, mut n) = (0.0, 0.0);
-        for (x, y) in a.iter().zip(b) {
-            e += (*x as f64 - y).powi(2);
-            n += y * y;
-        }
-        (e / n).sqrt()
-    }
-
     /// The twin is the exact dot product to f32 rounding, at every depth a tile allows.
     #[test]
     fn twin_computes_the_bf16_dot_products() {
         let mut t = EmuTiles::default();
         for pairs in [1, 5, 16] {
             let (c, exact) = run(&mut t, pairs, pairs as u64);
-            let e = rel_l2(&c, &exact);
+            let e = rel_err(&c, &exact);
             assert!(e < 1e-6, "{pairs} pairs: rel. L2 {e:.2e}");
         }
     }
@@ -400,10 +381,10 @@ mod tests {
             let mut real = unsafe { real::AmxTiles::new() };
             let (hw, exact) = run(&mut real, pairs, 100 + pairs as u64);
             let (tw, _) = run(&mut EmuTiles::default(), pairs, 100 + pairs as u64);
-            let (e_hw, e_tw) = (rel_l2(&hw, &exact), rel_l2(&tw, &exact));
+            let (e_hw, e_tw) = (rel_err(&hw, &exact), rel_err(&tw, &exact));
             assert!(e_hw < 1e-6 && e_tw < 1e-6, "{pairs} pairs: hardware {e_hw:.2e}, twin {e_tw:.2e}");
             let tw64: Vec<f64> = tw.iter().map(|&v| v as f64).collect();
-            assert!(rel_l2(&hw, &tw64) < 1e-6, "{pairs} pairs: hardware and twin differ");
+            assert!(rel_err(&hw, &tw64) < 1e-6, "{pairs} pairs: hardware and twin differ");
         }
     }
 }

@@ -128,28 +128,8 @@ pub unsafe fn gemm<T: Tiles>(
 #[cfg(test)]
 mod tests {
     use super::super::amx::{request_amx, EmuTiles};
+    use super::super::testutil::{rand_vec, rel_err};
     use super::*;
-
-    fn rng_vec(seed: u64, n: usize) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
-
-    fn rel_l2(a: &[f32], b: &[f64]) -> f64 {
-        let (mut e, mut n) = (0.0, 0.0);
-        for (x, y) in a.iter().zip(b) {
-            e += (*x as f64 - y).powi(2);
-            n += y * y;
-        }
-        (e / n).sqrt()
-    }
 
     #[test]
     fn bf16_rounds_to_nearest_even() {
@@ -168,9 +148,9 @@ mod tests {
     /// error: f32 rounding) and of the f32 inputs (bf16's: < 1e-2).
     fn check<T: Tiles>(tiles: &mut T) {
         for &(m, n, k) in &[(1, 1, 1), (33, 17, 40), (64, 64, 96), (70, 45, 130)] {
-            let (a, b) = (rng_vec(1, m * k), rng_vec(2, k * n));
+            let (a, b) = (rand_vec(1, m * k), rand_vec(2, k * n));
             let ldc = n + 3;
-            let c0 = rng_vec(3, m * ldc);
+            let c0 = rand_vec(3, m * ldc);
             let (mut ap, mut bp) = (vec![0u16; packed_len(m, k)], vec![0u16; packed_len(n, k)]);
             pack_a(m, k, |i, p| a[i * k + p], &mut ap);
             pack_b(k, n, |p, j| b[p * n + j], &mut bp);
@@ -190,7 +170,7 @@ mod tests {
                     want_f32.push(base + (0..k).map(|p| a[i * k + p] as f64 * b[p * n + j] as f64).sum::<f64>());
                 }
             }
-            let (e_bf, e_f32) = (rel_l2(&got, &want_bf), rel_l2(&got, &want_f32));
+            let (e_bf, e_f32) = (rel_err(&got, &want_bf), rel_err(&got, &want_f32));
             assert!(e_bf < 1e-6, "{m}x{n}x{k}: {e_bf:.2e} from the bf16 inputs' exact product");
             assert!(e_f32 < 1e-2, "{m}x{n}x{k}: {e_f32:.2e} from the f32 product");
         }

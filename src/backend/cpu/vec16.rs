@@ -179,25 +179,14 @@ pub unsafe fn ukr_avx512(k: usize, a: *const f32, b: *const f32, c: *mut f32, ld
 
 #[cfg(test)]
 mod tests {
+    use super::super::testutil::rand_vec;
     use super::*;
-
-    fn rng_vec(seed: u64, n: usize) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
 
     /// A tile on packed random panels: `(a_panel, b_panel, c, ldc)`, C with a wider
     /// stride than the tile so that a write outside it would show.
     fn case(k: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>, usize) {
         let ldc = NR16 + 5;
-        (rng_vec(1, k * MR16), rng_vec(2, k * NR16), rng_vec(3, MR16 * ldc), ldc)
+        (rand_vec(1, k * MR16), rand_vec(2, k * NR16), rand_vec(3, MR16 * ldc), ldc)
     }
 
     /// The twin computes the exact FMA chain of every element: compared with a scalar
