@@ -22,7 +22,7 @@ CHUNK="${CHUNK:-1500}"
 DATA="${DATA:-target/emoji/train.npz}"
 # The network and recipe chosen from the pilot (tools/README.md).
 FIRST_OPTS="${FIRST_OPTS:---size 32 --channels 32,64,64 --layers 1 --attn-levels 2 --batch 64 \
---lr 3e-4 --warmup 500 --ema 0.9995 --min-snr 5 --total-steps 24000 --lr-floor 0.1 \
+--lr 3e-4 --warmup 500 --ema 0.9995 --min-snr 5 --total-steps 36000 --lr-floor 0.1 \
 --bf16 on --channels-last on --compile --save-adam --log-every 100}"
 
 deadline=""
