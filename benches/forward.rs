@@ -87,7 +87,7 @@ fn main() -> Result<()> {
             Ok(other) => anyhow::bail!("DIFFSTYLE_BENCH_PRECISION={other}: expected f32, f16 or bf16"),
         };
         match std::env::var("DIFFSTYLE_BENCH_DEVICE").as_deref() {
-            Ok("cpu") | Err(_) => run(&CpuBackend::new(0), case, min_secs, profile, precision)?,
+            Ok("cpu") | Err(_) => run(&CpuBackend::from_env(0, precision)?, case, min_secs, profile, precision)?,
             Ok("emu") => run(&GpuBackend::new(EmuDevice::new(), precision), case, min_secs, profile, precision)?,
             Ok("cuda") => match CudaDevice::new(0) {
                 Ok(d) => run(&GpuBackend::new(d, precision), case, min_secs, profile, precision)?,
@@ -173,6 +173,7 @@ fn bench<B: Backend>(be: &B, case: &Case, min_secs: f64, precision: Precision) -
         "gflops": gflops,
         "max_abs_eps": eps_max,
         "backend": be.describe(),
+        "precision": precision.name(),
     });
     println!("{json}");
     Ok(())

@@ -109,7 +109,7 @@ pub fn info(c: &Common, m: &ModelArgs, show_plan: bool) -> Result<()> {
             g.values.len()
         );
     }
-    // The CPU backend computes in f32; a GPU keeps f16/bf16 weights at 2 bytes.
+    // A GPU keeps f16/bf16 weights at 2 bytes; so does the CPU for bf16 on bf16 tiles.
     let bytes = c.precision.bytes() as f64;
     println!("weights: {:.1} MiB as {:?}", params as f64 * bytes / 1048576.0, c.precision);
     let on_gpu = match c.device {
@@ -117,6 +117,11 @@ pub fn info(c: &Common, m: &ModelArgs, show_plan: bool) -> Result<()> {
         DeviceChoice::Emu | DeviceChoice::Cuda => true,
         DeviceChoice::Auto => CudaDevice::new(0).is_ok(),
     };
+    if !on_gpu {
+        // The instruction set the products would run on, and why better ones were not.
+        let be = crate::backend::cpu::CpuBackend::from_env(c.threads, c.precision)?;
+        println!("device: {}", crate::backend::Backend::describe(&be));
+    }
     if on_gpu {
         // Measured, not estimated: upload the weights (random ones for a bare
         // architecture) and allocate the engine on the device.

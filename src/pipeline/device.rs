@@ -27,11 +27,13 @@ pub enum Picked {
     Cuda(GpuBackend<CudaDevice>),
 }
 
-/// Opens the backend: `threads` CPU threads (0 = all cores) on the CPU; weights stored
-/// in `precision` on a GPU. `verbose` says why `Auto` fell back to the CPU.
+/// Opens the backend: `threads` CPU threads (0 = all cores) on the CPU, its instruction
+/// set from `DIFFSTYLE_CPU_ISA` or the best available; weights stored in `precision`
+/// (on the CPU, bf16 weights are multiplied in bf16 where the instruction set can).
+/// `verbose` says why `Auto` fell back to the CPU.
 pub fn pick(device: DeviceChoice, precision: Precision, threads: usize, verbose: bool) -> Result<Picked> {
     Ok(match device {
-        DeviceChoice::Cpu => Picked::Cpu(CpuBackend::new(threads)),
+        DeviceChoice::Cpu => Picked::Cpu(CpuBackend::from_env(threads, precision)?),
         DeviceChoice::Emu => Picked::Emu(GpuBackend::new(EmuDevice::from_env()?, precision)),
         DeviceChoice::Cuda => Picked::Cuda(GpuBackend::new(CudaDevice::new(0).context("--device cuda")?, precision)),
         DeviceChoice::Auto => match CudaDevice::new(0) {
@@ -40,7 +42,7 @@ pub fn pick(device: DeviceChoice, precision: Precision, threads: usize, verbose:
                 if verbose {
                     eprintln!("--device auto: using the CPU ({e:#})");
                 }
-                Picked::Cpu(CpuBackend::new(threads))
+                Picked::Cpu(CpuBackend::from_env(threads, precision)?)
             }
         },
     })

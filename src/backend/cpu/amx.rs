@@ -13,7 +13,10 @@
 //! hardware, 4.1e-8 twin), so the twin checks packing and blocking, and the real tiles
 //! are compared with it to f32 rounding, not bit for bit.
 //!
-//! Not wired into the convolutions yet: the bf16 GEMM on these tiles is the next step.
+//! `gemm_bf16.rs` is the bf16 GEMM on these tiles; `vtiles.rs` a third implementation
+//! (tiles in memory, products by `vdpbf16ps`) for CPUs with AVX512-BF16 but no AMX.
+
+use super::bf16::{daz, ftz};
 
 /// Tile registers.
 pub const TILES: usize = 8;
@@ -58,11 +61,14 @@ pub trait Tiles {
     ///
     /// # Safety
     /// Configured.
+    #[allow(dead_code)] // part of the interface; the GEMM loads C instead
     unsafe fn zero(&mut self, t: usize);
     /// Loads tile `t`: row `r` from `p + r * stride`, its configured width.
     ///
     /// # Safety
-    /// Configured; memory readable over the tile's rows.
+    /// Configured; memory readable over the tile's rows. That memory is not written
+    /// until tile `t` is used for the last time (loaded again, zeroed, reconfigured or
+    /// released): an implementation may read it there instead of copying it.
     unsafe fn load(&mut self, t: usize, p: *const u8, stride: usize);
     /// Stores tile `t` likewise.
     ///
@@ -81,24 +87,6 @@ pub trait Tiles {
     /// # Safety
     /// For the real tiles: no tile is in use afterwards until configured again.
     unsafe fn release(&mut self);
-}
-
-/// bf16 bits as f32, denormals read as zero.
-fn bf16_daz(x: u16) -> f32 {
-    let v = f32::from_bits((x as u32) << 16);
-    if v.is_subnormal() {
-        0.0f32.copysign(v)
-    } else {
-        v
-    }
-}
-
-fn ftz(v: f32) -> f32 {
-    if v.is_subnormal() {
-        0.0f32.copysign(v)
-    } else {
-        v
-    }
 }
 
 /// The software twin: eight 1 KiB tile buffers and the shapes.
@@ -154,8 +142,8 @@ impl Tiles for EmuTiles {
                 // even (the products of two bf16 are exact in f32).
                 for k in 0..pairs {
                     for h in 0..2 {
-                        let x = bf16_daz(self.bf16_at(a, m, 2 * k + h));
-                        let y = bf16_daz(self.bf16_at(b, k, 2 * n + h));
+                        let x = daz(self.bf16_at(a, m, 2 * k + h));
+                        let y = daz(self.bf16_at(b, k, 2 * n + h));
                         acc = ftz(x.mul_add(y, acc));
                     }
                 }

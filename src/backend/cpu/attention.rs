@@ -6,7 +6,7 @@
 use anyhow::{ensure, Result};
 
 use super::elementwise::exp;
-use super::gemm::{gemm, MatRef};
+use super::gemm::{with_kernel, MatRef};
 use super::threads::{par_for, workers_for, SyncPtr};
 use super::{base, check_disjoint, check_input, check_region, sample_ptr, CpuBackend, A};
 
@@ -44,7 +44,7 @@ pub(super) fn attention(be: &CpuBackend, qkv: A, heads: usize, out: A) -> Result
             std::slice::from_raw_parts_mut(s, t * np).fill(0.0);
             let kt = MatRef { ptr: k, rs: 1, cs: t as isize };
             let qb = MatRef { ptr: q.add(p0), rs: t as isize, cs: 1 };
-            gemm(t, np, d, kt, qb, s, np, &mut apack, &mut bpack);
+            with_kernel!(be.isa.f32_kernel(), |kern| kern.gemm(t, np, d, kt, qb, s, np, &mut apack, &mut bpack));
             softmax_columns(std::slice::from_raw_parts_mut(s, t * np), np, scale);
             let dst = o.get().add((b * c + hd * d) * t + p0);
             for r in 0..d {
@@ -52,7 +52,7 @@ pub(super) fn attention(be: &CpuBackend, qkv: A, heads: usize, out: A) -> Result
             }
             let va = MatRef { ptr: v, rs: t as isize, cs: 1 };
             let sb = MatRef { ptr: s, rs: np as isize, cs: 1 };
-            gemm(d, np, t, va, sb, dst, t, &mut apack, &mut bpack);
+            with_kernel!(be.isa.f32_kernel(), |kern| kern.gemm(d, np, t, va, sb, dst, t, &mut apack, &mut bpack));
         }
     });
     Ok(())

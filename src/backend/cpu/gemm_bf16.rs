@@ -10,18 +10,10 @@
 //! are to be packed once at load; activations (B) while packing the implicit-GEMM panels.
 
 use super::amx::{TileConfig, Tiles};
+use super::bf16::round as bf16;
 
 /// Rows and columns of a C block, and the depth of one step.
 pub const BLK: usize = 32;
-
-/// f32 -> bf16 bits, rounded to nearest even (NaN stays a quiet NaN).
-pub fn bf16(v: f32) -> u16 {
-    let b = v.to_bits();
-    if v.is_nan() {
-        return ((b >> 16) as u16) | 0x40;
-    }
-    ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
-}
 
 /// Length in bf16 values of a packed `rows x k` operand (A: rows = m; B: rows = n).
 pub fn packed_len(rows: usize, k: usize) -> usize {
@@ -41,7 +33,9 @@ pub fn pack_a(m: usize, k: usize, a: impl Fn(usize, usize) -> f32, dst: &mut [u1
     }
 }
 
-/// Packs `b(p, j)` (`p < k`, `j < n`) into B blocks.
+/// Packs `b(p, j)` (`p < k`, `j < n`) into B blocks: the layout's reference (the
+/// convolution packs its columns itself, `conv::pack_cols_bf16`).
+#[cfg(test)]
 pub fn pack_b(k: usize, n: usize, b: impl Fn(usize, usize) -> f32, dst: &mut [u16]) {
     let kb = k.div_ceil(BLK);
     for (blk, d) in dst[..packed_len(n, k)].chunks_exact_mut(BLK * BLK).enumerate() {
@@ -61,6 +55,7 @@ pub fn pack_b(k: usize, n: usize, b: impl Fn(usize, usize) -> f32, dst: &mut [u1
 /// # Safety
 /// `a` and `b` hold the packed lengths; `c` writable over `m x n` with stride `ldc`;
 /// the tiles usable (real ones: AMX permitted in this process).
+#[cfg(test)]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm<T: Tiles>(
     tiles: &mut T,
@@ -69,6 +64,27 @@ pub unsafe fn gemm<T: Tiles>(
     k: usize,
     a: &[u16],
     b: &[u16],
+    c: *mut f32,
+    ldc: usize,
+) {
+    gemm_blocks(tiles, m, n, k, a.as_ptr(), k.div_ceil(BLK) * BLK * BLK, b.as_ptr(), c, ldc)
+}
+
+/// [`gemm`] over a depth slice of a packed A: `a` points at the slice's first block
+/// of the first block row, and block rows lie `a_rs` values apart (an A packed over a
+/// larger depth `K` has `a_rs = ceil(K/32) * 1024`). `b` is packed over `k x n`.
+///
+/// # Safety
+/// As [`gemm`], with `a` readable over `ceil(m/32)` block rows of `ceil(k/32)` blocks.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_blocks<T: Tiles>(
+    tiles: &mut T,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: *const u16,
+    a_rs: usize,
+    b: *const u16,
     c: *mut f32,
     ldc: usize,
 ) {
@@ -101,8 +117,8 @@ pub unsafe fn gemm<T: Tiles>(
                 tiles.load(t, cp.add(r * cs + q) as *const u8, cs * 4);
             }
             for pb in 0..kb {
-                let ab = a.as_ptr().add((ib * kb + pb) * BLK * BLK);
-                let bb = b.as_ptr().add((jb * kb + pb) * BLK * BLK);
+                let ab = a.add(ib * a_rs + pb * BLK * BLK);
+                let bb = b.add((jb * kb + pb) * BLK * BLK);
                 tiles.load(4, ab as *const u8, 64);
                 tiles.load(5, ab.add(512) as *const u8, 64);
                 tiles.load(6, bb as *const u8, 64);
@@ -130,18 +146,6 @@ mod tests {
     use super::super::amx::{request_amx, EmuTiles};
     use super::super::testutil::{rand_vec, rel_err};
     use super::*;
-
-    #[test]
-    fn bf16_rounds_to_nearest_even() {
-        assert_eq!(bf16(1.0), 0x3f80);
-        // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: to even (1).
-        assert_eq!(bf16(1.0 + 1.0 / 256.0), 0x3f80);
-        // 1 + 3 * 2^-8 is halfway between 1 + 2^-7 and 1 + 2^-6: to even (1 + 2^-6).
-        assert_eq!(bf16(1.0 + 3.0 / 256.0), 0x3f82);
-        assert_eq!(bf16(-2.5), 0xc020);
-        assert!(f32::from_bits((bf16(f32::NAN) as u32) << 16).is_nan());
-        assert_eq!(bf16(f32::INFINITY), 0x7f80);
-    }
 
     /// Sizes that cross every block edge (m, n, k not multiples of 32 or 16; C with a
     /// wider stride): against f64 products of the bf16-rounded inputs (the GEMM's own

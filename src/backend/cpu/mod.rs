@@ -11,30 +11,30 @@
 
 #[macro_use]
 mod simd;
+mod amx;
 mod attention;
+mod bf16;
 mod conv;
 mod elementwise;
 mod gemm;
+mod gemm_bf16;
 mod hspace;
+pub mod isa;
 mod linear;
 mod norm;
 mod step;
 #[cfg(test)]
 pub(crate) mod testutil;
 mod threads;
-// The AVX-512 and AMX layers and their twins, tested on their own until the GEMM
-// dispatches on the ISA (issue 24).
-#[allow(dead_code)]
-mod amx;
-#[allow(dead_code)]
-mod gemm_bf16;
-#[allow(dead_code)]
 mod vec16;
+mod vtiles;
 
 use anyhow::{ensure, Result};
 
 use super::{Act, Backend, Cat, Conv2d, DdimStep, WeightKind};
+use crate::dtype::Precision;
 use crate::tensor::HostTensor;
+use isa::{Bf16Tiles, Isa};
 use threads::Pool;
 
 pub(super) use super::check::{check_disjoint, check_input, check_region, check_vector};
@@ -97,12 +97,15 @@ impl Drop for CpuBuf {
     }
 }
 
-/// An uploaded weight. Conv weights are stored pre-packed as GEMM A panels
-/// (`[ceil(cout/6)][cin*k*k][6]`, zero-padded), so the conv never repacks them.
+/// An uploaded weight. Conv weights are stored pre-packed, so the conv never repacks
+/// them: as the f32 kernel's A panels (`[ceil(cout/MR)][cin*k*k][MR]`, zero-padded) in
+/// `data`, or, on a backend with bf16 tiles, as the tiles' A blocks in `tiles` (then
+/// `data` is empty).
 pub struct CpuWeight {
     shape: Vec<usize>,
     kind: WeightKind,
     data: Vec<f32>,
+    tiles: Vec<u16>,
 }
 
 impl CpuWeight {
@@ -118,20 +121,65 @@ impl CpuWeight {
     }
 }
 
-/// The CPU backend. `threads` workers are used for ops large enough to benefit.
+/// The CPU backend. `threads` workers are used for ops large enough to benefit; the
+/// matrix products run on the instructions of `isa` (`isa.rs`).
 pub struct CpuBackend {
     threads: usize,
     pool: Pool,
+    isa: Isa,
+    /// The tiles of the bf16 products, when the weights are stored as bf16 and the ISA
+    /// has them; otherwise every product is f32.
+    bf16: Option<Bf16Tiles>,
+    /// Why better ISAs were passed over (or that the choice was forced), for `describe`.
+    passed: Vec<String>,
 }
 
 impl CpuBackend {
-    /// `threads == 0` uses `std::thread::available_parallelism`.
+    /// The best ISA of this CPU, f32 products (`DIFFSTYLE_CPU_ISA` is not read; see
+    /// [`CpuBackend::from_env`]). `threads == 0` uses `std::thread::available_parallelism`.
     pub fn new(threads: usize) -> Self {
-        let threads = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
-        Self { threads, pool: Pool::default() }
+        let (isa, passed) = Isa::best();
+        Self::build(threads, isa, None, passed)
     }
+
+    /// `isa`, refused with the reason when this CPU lacks it; with `precision` bf16 the
+    /// convolutions multiply on the ISA's bf16 tiles (where it has them).
+    pub fn with_isa(threads: usize, isa: Isa, precision: Precision) -> Result<Self> {
+        isa.available().map_err(|why| anyhow::anyhow!("CPU instruction set {isa}: {why}"))?;
+        Ok(Self::build(threads, isa, Self::tiles_for(isa, precision), Vec::new()))
+    }
+
+    /// The ISA forced by `DIFFSTYLE_CPU_ISA`, else the best; precision as in
+    /// [`CpuBackend::with_isa`].
+    pub fn from_env(threads: usize, precision: Precision) -> Result<Self> {
+        let (isa, passed) = Isa::from_env().map_err(|e| anyhow::anyhow!(e))?;
+        Ok(Self::build(threads, isa, Self::tiles_for(isa, precision), passed))
+    }
+
+    fn tiles_for(isa: Isa, precision: Precision) -> Option<Bf16Tiles> {
+        if precision == Precision::Bf16 {
+            isa.bf16_tiles()
+        } else {
+            None
+        }
+    }
+
+    fn build(threads: usize, isa: Isa, bf16: Option<Bf16Tiles>, passed: Vec<String>) -> Self {
+        let threads = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
+        Self { threads, pool: Pool::default(), isa, bf16, passed }
+    }
+
     pub fn threads(&self) -> usize {
         self.threads
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// The bf16 tiles the convolutions use, if any.
+    pub fn bf16_tiles(&self) -> Option<Bf16Tiles> {
+        self.bf16
     }
 }
 
@@ -182,6 +230,18 @@ impl Backend for CpuBackend {
         "cpu"
     }
 
+    fn describe(&self) -> String {
+        let products = match self.bf16 {
+            Some(t) => format!("{}, conv weights {}", self.isa.f32_kernel().describe(), t.describe()),
+            None => self.isa.f32_kernel().describe().to_string(),
+        };
+        let mut s = format!("cpu, isa {} ({products}), {} threads", self.isa, self.threads);
+        if !self.passed.is_empty() {
+            s += &format!("; {}", self.passed.join("; "));
+        }
+        s
+    }
+
     fn alloc(&self, len: usize) -> Result<CpuBuf> {
         CpuBuf::new(len, f32::NAN)
     }
@@ -207,13 +267,20 @@ impl Backend for CpuBackend {
             "upload_weight: shape {shape:?} does not match {} floats",
             t.data.len()
         );
+        let mut tiles = Vec::new();
         let data = match kind {
             WeightKind::Conv => {
                 ensure!(
                     shape.len() == 4 && shape[2] == shape[3] && shape[2] >= 1,
                     "upload_weight: conv weight must be [cout, cin, k, k], got {shape:?}"
                 );
-                conv::pack_weight(&t.data, shape[0], shape[1] * shape[2] * shape[3])
+                let (cout, kk) = (shape[0], shape[1] * shape[2] * shape[3]);
+                if self.bf16.is_some() {
+                    tiles = conv::pack_weight_bf16(&t.data, cout, kk);
+                    Vec::new()
+                } else {
+                    conv::pack_weight(self.isa.f32_kernel(), &t.data, cout, kk)
+                }
             }
             WeightKind::Linear => {
                 ensure!(shape.len() == 2, "upload_weight: linear weight must be [out, in], got {shape:?}");
@@ -221,7 +288,7 @@ impl Backend for CpuBackend {
             }
             WeightKind::Vector => t.data.clone(),
         };
-        Ok(CpuWeight { shape, kind, data })
+        Ok(CpuWeight { shape, kind, data, tiles })
     }
 
     fn sync(&self) -> Result<()> {

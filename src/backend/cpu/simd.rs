@@ -16,7 +16,7 @@ macro_rules! multiversion {
                 imp($($a),*)
             }
             #[cfg(target_arch = "x86_64")]
-            if $crate::backend::cpu::gemm::avx2() {
+            if $crate::backend::cpu::isa::cpu::avx2() {
                 // SAFETY: the CPU supports the features `avx2` was compiled for.
                 return unsafe { avx2($($a),*) };
             }

@@ -35,14 +35,19 @@ pub fn workers_for(threads: usize, flops: usize) -> usize {
 }
 
 /// A raw pointer that worker closures may share; each worker writes a disjoint part.
-#[derive(Clone, Copy)]
-pub struct SyncPtr(pub *mut f32);
+pub struct SyncPtr<T = f32>(pub *mut T);
 // SAFETY: used only to hand disjoint output regions (or read-only inputs) to workers.
-unsafe impl Send for SyncPtr {}
-unsafe impl Sync for SyncPtr {}
-impl SyncPtr {
+unsafe impl<T> Send for SyncPtr<T> {}
+unsafe impl<T> Sync for SyncPtr<T> {}
+impl<T> Clone for SyncPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SyncPtr<T> {}
+impl<T> SyncPtr<T> {
     /// Going through a method makes closures capture the wrapper, not the raw field.
-    pub fn get(self) -> *mut f32 {
+    pub fn get(self) -> *mut T {
         self.0
     }
 }

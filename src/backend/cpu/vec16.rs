@@ -11,9 +11,11 @@
 //! 16-lane vectors per row, NR = 32 columns) plus the two B vectors and one broadcast:
 //! MR = 14 uses 28 + 3 = 31 registers.
 //!
-//! Not wired into the convolutions yet: the next step of issue 24 makes the GEMM's
-//! packing generic over the tile shape (today 6 x 16 for AVX2) and dispatches on the
-//! chosen ISA.
+//! The bf16 products of CPUs with AVX512-BF16 but no AMX use [`V16::dpbf16`]
+//! (`vdpbf16ps`) through `vtiles.rs`. There the twin follows the SDM's pseudocode and
+//! the hardware is compared with it to f32 rounding (as for AMX), not bit for bit.
+
+use super::bf16::{daz, ftz};
 
 /// The operations of a 16-lane f32 vector. `unsafe`: loads and stores take raw
 /// pointers, and the AVX-512 implementation may only run where the CPU has it.
@@ -43,6 +45,18 @@ pub trait V16: Copy {
     /// # Safety
     /// The instructions available.
     unsafe fn fma(self, a: Self, b: Self) -> Self;
+    /// Every lane holding the bits `v` (a pair of bf16 for [`V16::dpbf16`]).
+    ///
+    /// # Safety
+    /// The instructions available.
+    unsafe fn splat_bits(v: u32) -> Self;
+    /// `vdpbf16ps`: each lane of `a` and `b` read as two bf16 (low half first), and
+    /// `self += a.hi * b.hi`, then `+= a.lo * b.lo`, each rounded to nearest even, input
+    /// denormals read as zero and results flushed (the SDM's order and modes).
+    ///
+    /// # Safety
+    /// The instructions available (AVX512-BF16 for the real layer).
+    unsafe fn dpbf16(self, a: Self, b: Self) -> Self;
 }
 
 /// The portable twin: plain arrays and `f32::mul_add`.
@@ -71,6 +85,22 @@ impl V16 for Emu {
         let mut r = self.0;
         for (l, v) in r.iter_mut().enumerate() {
             *v = a.0[l].mul_add(b.0[l], *v);
+        }
+        Emu(r)
+    }
+    #[inline(always)]
+    unsafe fn splat_bits(v: u32) -> Self {
+        Emu([f32::from_bits(v); 16])
+    }
+    #[inline(always)]
+    unsafe fn dpbf16(self, a: Self, b: Self) -> Self {
+        let mut r = self.0;
+        for (l, v) in r.iter_mut().enumerate() {
+            let (x, y) = (a.0[l].to_bits(), b.0[l].to_bits());
+            for shift in [16, 0] {
+                let (xh, yh) = (daz((x >> shift) as u16), daz((y >> shift) as u16));
+                *v = ftz(xh.mul_add(yh, *v));
+            }
         }
         Emu(r)
     }
@@ -110,18 +140,16 @@ mod avx512 {
         unsafe fn fma(self, a: Self, b: Self) -> Self {
             Avx512(_mm512_fmadd_ps(a.0, b.0, self.0))
         }
-    }
-}
-
-/// Whether this CPU runs the real AVX-512 layer (AVX-512 F; the kernel uses nothing else).
-pub fn has_avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+        #[inline(always)]
+        unsafe fn splat_bits(v: u32) -> Self {
+            Avx512(_mm512_castsi512_ps(_mm512_set1_epi32(v as i32)))
+        }
+        #[inline(always)]
+        unsafe fn dpbf16(self, a: Self, b: Self) -> Self {
+            let a = std::mem::transmute::<__m512, __m512bh>(a.0);
+            let b = std::mem::transmute::<__m512, __m512bh>(b.0);
+            Avx512(_mm512_dpbf16_ps(self.0, a, b))
+        }
     }
 }
 
@@ -170,7 +198,7 @@ pub unsafe fn ukr_emu(k: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: 
 /// registers.
 ///
 /// # Safety
-/// As [`ukr`], and the CPU must have AVX-512 F ([`has_avx512`]).
+/// As [`ukr`], and the CPU must have AVX-512 F (`isa::cpu::avx512`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 pub unsafe fn ukr_avx512(k: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize) {
@@ -221,7 +249,7 @@ mod tests {
     /// The real AVX-512 layer gives the twin's bits (where the CPU has it).
     #[test]
     fn avx512_equals_the_twin() {
-        if !has_avx512() {
+        if !super::super::isa::cpu::avx512() {
             eprintln!("skipped: no AVX-512 on this CPU (the twin is tested everywhere)");
             return;
         }
