@@ -9,13 +9,21 @@
 //!   google/ddpm-celebahq-256's architecture with random weights, made by
 //!   `python3 tools/bench_torch_cpu.py --create-only`; skipped when absent.
 //!
-//! For each: `load_model`, `UNet` on `CpuBackend::new(0)`, workspace (1, 1), a random x,
+//! For each model: `load_model`, `UNet`, workspace (1, 1), a random x,
 //! one warm-up forward, then forwards until at least `min_runs` (5; 3 for ddpm256) runs
 //! and at least `DIFFSTYLE_BENCH_MIN_SECS` (3) seconds are timed, each with
 //! `Backend::time_ms` (device events on a GPU). Prints the median,
 //! GFLOP/s from `Graph::flops()`, max|eps|, and a JSON line for `tools/bench_cpu.sh`.
 //!
-//! `cargo bench --bench forward [-- tiny|ddpm256 ...]`; with `DIFFSTYLE_BENCH_PROFILE=1`
+//! * `conv3x3`: one 3x3 convolution, 256 -> 256 channels at 64x64 (2.4 GFLOP), random
+//!   data: the matrix-product speed of the backend on its own (the same shape is timed
+//!   in PyTorch by `tools/bench_torch_cpu.py`).
+//!
+//! On the CPU the backend is `CpuBackend::from_env`: the best instruction set, or the
+//! one `DIFFSTYLE_CPU_ISA` forces; with bf16 weights the convolutions run on the bf16
+//! tiles where that instruction set has them. The JSON line names the backend.
+//!
+//! `cargo bench --bench forward [-- tiny|ddpm256|conv3x3 ...]`; with `DIFFSTYLE_BENCH_PROFILE=1`
 //! the forwards run through a wrapper backend that times every op and prints where the
 //! time goes by op kind and resolution (the wall time then includes the wrapper's
 //! bookkeeping, which is negligible next to the ops).
@@ -26,10 +34,11 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use diffstyle::backend::cpu::CpuBackend;
 use diffstyle::backend::gpu::{cuda::CudaDevice, emu::EmuDevice, GpuBackend};
-use diffstyle::backend::Backend;
+use diffstyle::backend::{Act, Backend, Conv2d, WeightKind};
 use diffstyle::bench::profile::{format_rows, Profiled};
 use diffstyle::dtype::Precision;
 use diffstyle::rng::fill_gaussian;
+use diffstyle::tensor::HostTensor;
 
 use diffstyle::model::unet::UNet;
 use diffstyle::model::weights::load_model;
@@ -69,6 +78,18 @@ fn main() -> Result<()> {
             create: Some("python3 tools/bench_torch_cpu.py --create-only --dir"),
         },
     ];
+    let precision = match std::env::var("DIFFSTYLE_BENCH_PRECISION").as_deref() {
+        Ok("bf16") => Precision::Bf16,
+        Ok("f16") => Precision::F16,
+        Ok("f32") | Err(_) => Precision::F32,
+        Ok(other) => anyhow::bail!("DIFFSTYLE_BENCH_PRECISION={other}: expected f32, f16 or bf16"),
+    };
+    if filter.iter().any(|f| f == "conv3x3") {
+        match std::env::var("DIFFSTYLE_BENCH_DEVICE").as_deref() {
+            Ok("cpu") | Err(_) => bench_conv(&CpuBackend::from_env(0, precision)?, min_secs, precision)?,
+            Ok(other) => println!("conv3x3: skipped on {other} (a CPU probe)"),
+        }
+    }
     for case in cases.iter().filter(|c| filter.is_empty() || filter.iter().any(|f| f == c.name)) {
         if !case.path.join("config.json").is_file() {
             println!(
@@ -80,12 +101,6 @@ fn main() -> Result<()> {
             );
             continue;
         }
-        let precision = match std::env::var("DIFFSTYLE_BENCH_PRECISION").as_deref() {
-            Ok("bf16") => Precision::Bf16,
-            Ok("f16") => Precision::F16,
-            Ok("f32") | Err(_) => Precision::F32,
-            Ok(other) => anyhow::bail!("DIFFSTYLE_BENCH_PRECISION={other}: expected f32, f16 or bf16"),
-        };
         match std::env::var("DIFFSTYLE_BENCH_DEVICE").as_deref() {
             Ok("cpu") | Err(_) => run(&CpuBackend::from_env(0, precision)?, case, min_secs, profile, precision)?,
             Ok("emu") => run(&GpuBackend::new(EmuDevice::new(), precision), case, min_secs, profile, precision)?,
@@ -96,6 +111,55 @@ fn main() -> Result<()> {
             Ok(other) => anyhow::bail!("DIFFSTYLE_BENCH_DEVICE={other}: expected cpu, cuda or emu"),
         }
     }
+    Ok(())
+}
+
+/// One 3x3 convolution, 256 -> 256 channels at 64x64, padding 1, random data.
+fn bench_conv<B: Backend>(be: &B, min_secs: f64, precision: Precision) -> Result<()> {
+    let (c, hw) = (256usize, 64usize);
+    let rand = |seed: u64, n: usize| {
+        let mut v = vec![0f32; n];
+        fill_gaussian(seed, 0, 0, &mut v);
+        v.iter_mut().for_each(|x| *x = precision.round(*x * 0.05));
+        v
+    };
+    let w = be.upload_weight(&HostTensor::new(vec![c, c, 3, 3], rand(1, c * c * 9)), WeightKind::Conv)?;
+    let bias = be.upload_weight(&HostTensor::new(vec![c], rand(2, c)), WeightKind::Vector)?;
+    let (xb, ob) = (be.alloc(c * hw * hw)?, be.alloc(c * hw * hw)?);
+    be.upload(Act::new(&xb, 0, 1, c, hw, hw), &rand(3, c * hw * hw))?;
+    let p = Conv2d::<B> {
+        x: Act::new(&xb, 0, 1, c, hw, hw).into(),
+        w: &w,
+        bias: &bias,
+        k: 3,
+        stride: 1,
+        pad: [1; 4],
+        upsample: false,
+        temb: None,
+        residual: None,
+        out: Act::new(&ob, 0, 1, c, hw, hw),
+    };
+    be.conv2d(&p)?;
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while times.len() < 5 || start.elapsed().as_secs_f64() < min_secs.min(3.0) {
+        times.push(be.time_ms(&mut || be.conv2d(&p))?);
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let gflop = 2.0 * (c * c * 9 * hw * hw) as f64 / 1e9;
+    println!("conv3x3: median {median:.3} ms over {} runs = {:.1} GFLOP/s", times.len(), gflop / (median / 1e3));
+    let json = serde_json::json!({
+        "model": "conv3x3",
+        "ours_ms_median": (median * 1e3).round() / 1e3,
+        "runs": times.len(),
+        "threads": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "gflop": gflop,
+        "gflops": gflop / (median / 1e3),
+        "backend": be.describe(),
+        "precision": precision.name(),
+    });
+    println!("{json}");
     Ok(())
 }
 

@@ -21,15 +21,20 @@ diffusers UNet2DModel folders, or single .safetensors files with the original DD
 described by --config or --arch."
 )]
 struct Cli {
-    /// Where to run: `cpu` (f32, multi-threaded), `cuda` (an NVIDIA GPU, compute
-    /// capability 8.0+, through the hand-written kernels), `emu` (the same kernels run by
-    /// a host emulator: very slow, for checking kernels on a machine without a GPU) or
-    /// `auto` (a usable GPU when there is one, else the CPU).
+    /// Where to run: `cpu` (multi-threaded, on the best instruction set of the CPU:
+    /// amx, avx512, avx2 or portable; `DIFFSTYLE_CPU_ISA=NAME` forces one, and the
+    /// software twins `amx-emu` / `avx512-emu`; `info` shows the choice), `cuda` (an
+    /// NVIDIA GPU, compute capability 8.0+, through the hand-written kernels), `emu` (the
+    /// same kernels run by a host emulator: very slow, for checking kernels on a machine
+    /// without a GPU) or `auto` (a usable GPU when there is one, else the CPU).
     #[arg(long, global = true, value_enum, default_value = "auto")]
     device: DeviceChoice,
     /// Weight storage precision (activations, latents and the h-space mix stay f32).
-    /// On the CPU, f16/bf16 round the weights through that format; on a GPU the
-    /// convolution weights are stored in it and run on tensor cores (f32 accumulation).
+    /// On the CPU, bf16 runs the convolutions on bf16 products (AMX tiles, or
+    /// `vdpbf16ps` on AVX512-BF16; f32 accumulation) where the CPU has them, and
+    /// otherwise, like f16, rounds the weights through that format and multiplies in
+    /// f32; on a GPU the convolution weights are stored in it and run on tensor cores
+    /// (f32 accumulation).
     #[arg(long, global = true, value_enum, default_value = "f32")]
     precision: Precision,
     /// No progress bars (they are also off when stderr is not a terminal), no server

@@ -1,89 +1,64 @@
 #!/usr/bin/env bash
-# CPU U-Net forward: diffstyle (cargo bench --bench forward) against PyTorch
-# (tools/bench_torch_cpu.py), batch 1, f32, on the tiny fixture model and on
-# google/ddpm-celebahq-256's architecture with random weights (created once under
-# $DIFFSTYLE_BENCH_DIR, default /tmp/diffstyle-bench). Prints a markdown table.
+# The CPU side-by-side benchmark, in one run on one machine (issue 24):
+#   * ours f32 and ours bf16 (`cargo bench --bench forward`, DIFFSTYLE_BENCH_PRECISION),
+#     on the instruction set `DIFFSTYLE_CPU_ISA` forces or the best one;
+#   * PyTorch f32 and PyTorch bf16 + channels_last, under no_grad
+#     (tools/bench_torch_cpu.py --modes f32,bf16), and torch.mm's f32 / bf16 ceilings;
+#   * models: tiny (the fixture), ddpm256 (google/ddpm-celebahq-256's architecture,
+#     random weights, created once under $DIFFSTYLE_BENCH_DIR), conv3x3 (one 256-channel
+#     64x64 3x3 convolution: the matrix-product speed alone);
+#   * a fast-preset pair (50 + 50 steps) on the tiny model, ours bf16 vs ours f32
+#     (`diffstyle bench --pairs fast`).
+# Writes $OUT/bench_cpu.json, $OUT/bench_cpu.md (the table for BENCHMARKS.md) and
+# $OUT/bench_cpu.png (a chart from the JSON), and prints the table.
 #
-# Usage: tools/bench_cpu.sh [MODEL ...]        (MODEL: tiny, ddpm256; default both)
-# Env:   DIFFSTYLE_BENCH_DIR, DIFFSTYLE_BENCH_MIN_SECS (3), DIFFSTYLE_BENCH_PROFILE=1
-# Needs: cargo; python3 with torch, diffusers, safetensors.
+# Usage: tools/bench_cpu.sh [MODEL ...]      (default: tiny ddpm256 conv3x3)
+# Env:   OUT (target/bench-cpu), PY (python3 with torch, diffusers, safetensors, pillow),
+#        DIFFSTYLE_BENCH_DIR (/tmp/diffstyle-bench), DIFFSTYLE_BENCH_MIN_SECS (3),
+#        DIFFSTYLE_CPU_ISA (the instruction set of ours; default the best)
+# Nothing else should run meanwhile: the load average is sampled and reported.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export DIFFSTYLE_BENCH_DIR="${DIFFSTYLE_BENCH_DIR:-/tmp/diffstyle-bench}"
+OUT="${OUT:-target/bench-cpu}"
+PY="${PY:-python3}"
 models=("$@")
-[ ${#models[@]} -gt 0 ] || models=(tiny ddpm256)
+[ ${#models[@]} -gt 0 ] || models=(tiny ddpm256 conv3x3)
 csv=$(IFS=,; echo "${models[*]}")
-
-tmp=$(mktemp -d)
+mkdir -p "$OUT"
+raw="$OUT/raw"
+rm -rf "$raw"
+mkdir -p "$raw"
 sampler=
-trap '[ -z "$sampler" ] || kill "$sampler" 2>/dev/null; rm -rf "$tmp"' EXIT
+trap '[ -z "$sampler" ] || kill "$sampler" 2>/dev/null' EXIT
 
-loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
-# The 1-minute load average every 5 s while a phase runs (its own threads count too).
 sample_load() { while :; do cut -d' ' -f1 /proc/loadavg >>"$1"; sleep 5; done; }
-start_sampler() { sample_load "$tmp/load_$1.txt" & sampler=$!; }
-stop_sampler() { kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null || true; sampler=; }
+phase() { # name, command...: runs it with the load sampled, output to $raw/name.txt
+    local name=$1
+    shift
+    echo "== $name (load average before: $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+    sample_load "$raw/load_$name.txt" &
+    sampler=$!
+    "$@" | tee "$raw/$name.txt" >&2
+    kill "$sampler" 2>/dev/null
+    wait "$sampler" 2>/dev/null || true
+    sampler=
+}
 
 if [[ " ${models[*]} " == *" ddpm256 "* ]]; then
-    python3 tools/bench_torch_cpu.py --create-only --dir "$DIFFSTYLE_BENCH_DIR"
+    "$PY" tools/bench_torch_cpu.py --create-only --dir "$DIFFSTYLE_BENCH_DIR"
 fi
-
-echo "== building the bench" >&2
+echo "== building" >&2
+cargo build -q --release >&2
 cargo bench -q --bench forward --no-run >&2
 
-echo "== diffstyle (load average before: $(loadavg))" >&2
-l0=$(loadavg)
-start_sampler ours
-cargo bench -q --bench forward -- "${models[@]}" | tee "$tmp/ours.txt" >&2
-stop_sampler
-l1=$(loadavg)
-echo "== pytorch (load average before: $l1)" >&2
-start_sampler torch
-python3 tools/bench_torch_cpu.py --dir "$DIFFSTYLE_BENCH_DIR" --models "$csv" \
-    --min-seconds "${DIFFSTYLE_BENCH_MIN_SECS:-3}" | tee "$tmp/torch.txt" >&2
-stop_sampler
-l2=$(loadavg)
+phase ours_f32 env DIFFSTYLE_BENCH_PRECISION=f32 cargo bench -q --bench forward -- "${models[@]}"
+phase ours_bf16 env DIFFSTYLE_BENCH_PRECISION=bf16 cargo bench -q --bench forward -- "${models[@]}"
+phase torch "$PY" tools/bench_torch_cpu.py --dir "$DIFFSTYLE_BENCH_DIR" --models "$csv" --modes f32,bf16 \
+    --ceilings --min-seconds "${DIFFSTYLE_BENCH_MIN_SECS:-3}"
+phase pairs target/release/diffstyle --device cpu --quiet bench --model tests/fixtures/method/model \
+    --out-dir "$raw/pairs" --precisions f32,bf16 --batches 1 --pairs fast
+target/release/diffstyle --device cpu info --model tests/fixtures/method/model | grep '^device:' >"$raw/device.txt"
 
-python3 - "$tmp/ours.txt" "$tmp/torch.txt" "$l0" "$l1" "$l2" "$tmp/load_ours.txt" "$tmp/load_torch.txt" <<'EOF'
-import json, os, sys
-
-def rows(path):
-    out = {}
-    for line in open(path):
-        line = line.strip()
-        if line.startswith("{"):
-            r = json.loads(line)
-            out[r["model"]] = r
-    return out
-
-ours, torch = rows(sys.argv[1]), rows(sys.argv[2])
-print()
-print("| model | ours ms | torch ms | ours / torch | ours GFLOP/s | torch GFLOP/s | runs (ours, torch) |")
-print("|---|---:|---:|---:|---:|---:|---|")
-for name, o in ours.items():
-    t = torch.get(name)
-    if t is None:
-        continue
-    tg = o["gflop"] / (t["torch_ms_median"] / 1e3)
-    print(
-        f"| {name} | {o['ours_ms_median']:.2f} | {t['torch_ms_median']:.2f} | "
-        f"{o['ours_ms_median'] / t['torch_ms_median']:.2f}x | {o['gflops']:.1f} | {tg:.1f} | "
-        f"{o['runs']}, {t['runs']} |"
-    )
-any_row = next(iter(torch.values()), None)
-print()
-print(
-    f"threads: ours {next(iter(ours.values()), {}).get('threads', '?')}, torch "
-    f"{any_row['threads'] if any_row else '?'} (torch {any_row['torch_version'] if any_row else '?'}, "
-    f"OMP_WAIT_POLICY {any_row.get('omp_wait_policy', '?') if any_row else '?'}); "
-    "GFLOP/s both from diffstyle's FLOP count (Graph::flops, multiply-add = 2)"
-)
-print(f"load average (1/5/15 min): before ours {sys.argv[3]}; before torch {sys.argv[4]}; after {sys.argv[5]}")
-
-def span(path):
-    v = [float(x) for x in open(path).read().split()] if os.path.exists(path) else []
-    return f"{min(v):.2f}..{max(v):.2f} (mean {sum(v) / len(v):.2f}, {len(v)} samples)" if v else "n/a"
-
-print(f"1-min load during the runs (5 s samples): ours {span(sys.argv[6])}; torch {span(sys.argv[7])}")
-EOF
+"$PY" tools/bench_cpu_report.py "$raw" "$OUT"

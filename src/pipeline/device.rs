@@ -10,7 +10,7 @@ use crate::dtype::Precision;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum DeviceChoice {
-    /// The f32 CPU backend.
+    /// The CPU backend, on the CPU's best instruction set (`DIFFSTYLE_CPU_ISA` forces one).
     Cpu,
     /// An NVIDIA GPU (compute capability 8.0+) through the hand-written kernels.
     Cuda,

@@ -15,10 +15,12 @@ use super::bf16;
 use super::gemm::{self, with_kernel, Kernel, MatRef};
 use super::gemm_bf16;
 use super::isa::{Bf16Tiles, F32Kernel};
+use super::pad::pad_plane;
 use super::threads::{par_for, workers_for, SyncPtr};
 #[cfg(target_arch = "x86_64")]
 use super::vtiles::Avx512Tiles;
 use super::vtiles::EmuVecTiles;
+use super::winograd;
 use super::{base, sample_ptr, CpuBackend};
 use crate::backend::check::{check_conv2d, ConvShape};
 use crate::backend::Conv2d;
@@ -34,6 +36,16 @@ pub(super) fn pack_weight(kind: F32Kernel, w: &[f32], cout: usize, kk: usize) ->
         unsafe { kern.pack_a(MatRef { ptr: w.as_ptr(), rs: kk as isize, cs: 1 }, cout, kk, &mut dst) };
         dst
     })
+}
+
+/// The row-major `[cout, kk]` weight back from `pack_weight`'s A panels.
+fn unpack_weight<const MR: usize, const NR: usize>(_: Kernel<MR, NR>, a: &[f32], cout: usize, kk: usize) -> Vec<f32> {
+    let mut w = vec![0f32; cout * kk];
+    for (co, row) in w.chunks_exact_mut(kk).enumerate() {
+        let panel = &a[co / MR * kk * MR..][..kk * MR];
+        row.iter_mut().zip(panel.chunks_exact(MR)).for_each(|(v, p)| *v = p[co % MR]);
+    }
+    w
 }
 
 /// Packs a row-major `[cout, kk]` weight into the bf16 tiles' A blocks (`gemm_bf16`).
@@ -61,7 +73,19 @@ pub(super) fn conv2d(be: &CpuBackend, p: &Conv2d<'_, CpuBackend>) -> Result<()> 
         };
     }
     let w = SyncPtr(p.w.data.as_ptr() as *mut f32);
-    with_kernel!(be.isa.f32_kernel(), |kern| conv2d_with(be, p, &F32Gemm { kern, w }))
+    with_kernel!(be.isa.f32_kernel(), |kern| {
+        if be.winograd && p.k == 3 && p.stride == 1 {
+            // The transformed weights, made at the first stride-1 use (a 3x3 weight
+            // used only with stride 2, a downsampler's, never pays for them).
+            check_conv2d(p)?;
+            let (cout, cin) = (p.w.shape[0], p.w.shape[1]);
+            let u = p.w.winograd.get_or_init(|| {
+                winograd::pack_weights(kern, &unpack_weight(kern, &p.w.data, cout, cin * 9), cout, cin)
+            });
+            return winograd::conv2d(be, p, kern, u);
+        }
+        conv2d_with(be, p, &F32Gemm { kern, w })
+    })
 }
 
 /// The product of one work item's depth chunk: packs the im2col rows `taps` for
@@ -269,32 +293,6 @@ fn conv2d_with<G: ConvGemm>(be: &CpuBackend, p: &Conv2d<'_, CpuBackend>, gm: &G)
     Ok(())
 }
 
-/// Writes the zero-padded, optionally 2x nearest up-sampled, `src` plane (width `w`)
-/// into `dst` (`wp` floats per row).
-fn pad_plane(src: &[f32], w: usize, up: usize, pad: [usize; 4], wp: usize, dst: &mut [f32]) {
-    let [pt, pl, _, _] = pad;
-    let hu = (src.len() / w.max(1)) << up;
-    for (yy, row) in dst.chunks_exact_mut(wp).enumerate() {
-        if yy < pt || yy >= pt + hu {
-            row.fill(0.0);
-            continue;
-        }
-        let s = &src[((yy - pt) >> up) * w..][..w];
-        let (left, rest) = row.split_at_mut(pl);
-        left.fill(0.0);
-        let (mid, right) = rest.split_at_mut(w << up);
-        right.fill(0.0);
-        if up == 0 {
-            mid.copy_from_slice(s);
-        } else {
-            for (pair, &v) in mid.chunks_exact_mut(2).zip(s) {
-                pair[0] = v;
-                pair[1] = v;
-            }
-        }
-    }
-}
-
 /// `c[r, 0..n] = bias + temb + residual` for output channels `m0..m0+m` of sample `b`.
 #[allow(clippy::too_many_arguments)]
 unsafe fn init_output(
@@ -457,12 +455,15 @@ mod tests {
         threads: 1,
     };
 
-    /// Every path of this CPU: each available ISA's f32 kernel, and each bf16 tile
-    /// implementation; the relative L2 bound of each (bf16 rounds both operands).
+    /// Every path of this CPU: each available ISA's f32 kernel (3x3 stride-1 convs by
+    /// Winograd and direct), and each bf16 tile implementation; the relative L2 bound of
+    /// each (bf16 rounds both operands).
     pub(crate) fn backends(threads: usize) -> Vec<(CpuBackend, f64)> {
         let mut out = Vec::new();
         for isa in Isa::ALL.into_iter().filter(|i| i.available().is_ok()) {
-            out.push((CpuBackend::with_isa(threads, isa, Precision::F32).unwrap(), 1e-5));
+            let f32_be = || CpuBackend::with_isa(threads, isa, Precision::F32).unwrap();
+            out.push((f32_be(), 1e-5));
+            out.push((f32_be().with_winograd(false), 1e-5));
             if isa.bf16_tiles().is_some() {
                 out.push((CpuBackend::with_isa(threads, isa, Precision::Bf16).unwrap(), 1e-2));
             }

@@ -22,12 +22,14 @@ mod hspace;
 pub mod isa;
 mod linear;
 mod norm;
+mod pad;
 mod step;
 #[cfg(test)]
 pub(crate) mod testutil;
 mod threads;
 mod vec16;
 mod vtiles;
+mod winograd;
 
 use anyhow::{ensure, Result};
 
@@ -106,6 +108,9 @@ pub struct CpuWeight {
     kind: WeightKind,
     data: Vec<f32>,
     tiles: Vec<u16>,
+    /// A 3x3 conv weight's Winograd transform (`winograd.rs`), made at its first
+    /// stride-1 use.
+    winograd: std::sync::OnceLock<Vec<f32>>,
 }
 
 impl CpuWeight {
@@ -132,6 +137,9 @@ pub struct CpuBackend {
     bf16: Option<Bf16Tiles>,
     /// Why better ISAs were passed over (or that the choice was forced), for `describe`.
     passed: Vec<String>,
+    /// 3x3 stride-1 f32 convolutions by Winograd F(2x2, 3x3) (`winograd.rs`); off:
+    /// all by the direct implicit GEMM (`DIFFSTYLE_CPU_WINOGRAD=0`).
+    winograd: bool,
 }
 
 impl CpuBackend {
@@ -153,7 +161,18 @@ impl CpuBackend {
     /// [`CpuBackend::with_isa`].
     pub fn from_env(threads: usize, precision: Precision) -> Result<Self> {
         let (isa, passed) = Isa::from_env().map_err(|e| anyhow::anyhow!(e))?;
-        Ok(Self::build(threads, isa, Self::tiles_for(isa, precision), passed))
+        let be = Self::build(threads, isa, Self::tiles_for(isa, precision), passed);
+        Ok(match std::env::var("DIFFSTYLE_CPU_WINOGRAD").as_deref() {
+            Ok("0") => be.with_winograd(false),
+            Ok("1") | Ok("") | Err(_) => be,
+            Ok(other) => anyhow::bail!("DIFFSTYLE_CPU_WINOGRAD={other}: expected 0 (off) or 1 (on, the default)"),
+        })
+    }
+
+    /// With Winograd for the 3x3 stride-1 f32 convolutions (the default) or without.
+    pub fn with_winograd(mut self, on: bool) -> Self {
+        self.winograd = on;
+        self
     }
 
     fn tiles_for(isa: Isa, precision: Precision) -> Option<Bf16Tiles> {
@@ -166,7 +185,7 @@ impl CpuBackend {
 
     fn build(threads: usize, isa: Isa, bf16: Option<Bf16Tiles>, passed: Vec<String>) -> Self {
         let threads = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
-        Self { threads, pool: Pool::default(), isa, bf16, passed }
+        Self { threads, pool: Pool::default(), isa, bf16, passed, winograd: true }
     }
 
     pub fn threads(&self) -> usize {
@@ -233,6 +252,7 @@ impl Backend for CpuBackend {
     fn describe(&self) -> String {
         let products = match self.bf16 {
             Some(t) => format!("{}, conv weights {}", self.isa.f32_kernel().describe(), t.describe()),
+            None if self.winograd => format!("{}, 3x3 convs by Winograd F(2x2,3x3)", self.isa.f32_kernel().describe()),
             None => self.isa.f32_kernel().describe().to_string(),
         };
         let mut s = format!("cpu, isa {} ({products}), {} threads", self.isa, self.threads);
@@ -288,7 +308,7 @@ impl Backend for CpuBackend {
             }
             WeightKind::Vector => t.data.clone(),
         };
-        Ok(CpuWeight { shape, kind, data, tiles })
+        Ok(CpuWeight { shape, kind, data, tiles, winograd: Default::default() })
     }
 
     fn sync(&self) -> Result<()> {

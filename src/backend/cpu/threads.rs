@@ -73,6 +73,13 @@ impl Pool {
         if buf.len() < len {
             buf.resize(len, 0.0);
         }
+        // The unit tests hand out longer buffers full of NaN, so that code relying on a
+        // scratch's length or contents fails there.
+        #[cfg(test)]
+        {
+            buf.resize(buf.len().max(len + len / 4 + 33), 0.0);
+            buf.fill(f32::NAN);
+        }
         Scratch { pool: self, buf }
     }
 }
