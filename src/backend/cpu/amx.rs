@@ -13,8 +13,7 @@
 //! hardware, 4.1e-8 twin), so the twin checks packing and blocking, and the real tiles
 //! are compared with it to f32 rounding, not bit for bit.
 //!
-//! `gemm_bf16.rs` is the bf16 GEMM on these tiles; `vtiles.rs` a third implementation
-//! (tiles in memory, products by `vdpbf16ps`) for CPUs with AVX512-BF16 but no AMX.
+//! `gemm_bf16.rs` is the bf16 GEMM on these tiles.
 
 use super::bf16::{daz, ftz};
 
@@ -66,9 +65,7 @@ pub trait Tiles {
     /// Loads tile `t`: row `r` from `p + r * stride`, its configured width.
     ///
     /// # Safety
-    /// Configured; memory readable over the tile's rows. That memory is not written
-    /// until tile `t` is used for the last time (loaded again, zeroed, reconfigured or
-    /// released): an implementation may read it there instead of copying it.
+    /// Configured; memory readable over the tile's rows.
     unsafe fn load(&mut self, t: usize, p: *const u8, stride: usize);
     /// Stores tile `t` likewise.
     ///

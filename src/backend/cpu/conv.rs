@@ -17,9 +17,7 @@ use super::gemm_bf16;
 use super::isa::{Bf16Tiles, F32Kernel};
 use super::pad::pad_plane;
 use super::threads::{par_for, workers_for, SyncPtr};
-#[cfg(target_arch = "x86_64")]
-use super::vtiles::Avx512Tiles;
-use super::vtiles::EmuVecTiles;
+use super::vec16;
 use super::winograd;
 use super::{base, sample_ptr, CpuBackend};
 use crate::backend::check::{check_conv2d, ConvShape};
@@ -48,28 +46,55 @@ fn unpack_weight<const MR: usize, const NR: usize>(_: Kernel<MR, NR>, a: &[f32],
     w
 }
 
-/// Packs a row-major `[cout, kk]` weight into the bf16 tiles' A blocks (`gemm_bf16`).
-pub(super) fn pack_weight_bf16(w: &[f32], cout: usize, kk: usize) -> Vec<u16> {
-    let mut dst = vec![0u16; gemm_bf16::packed_len(cout, kk)];
-    gemm_bf16::pack_a(cout, kk, |i, p| w[i * kk + p], &mut dst);
-    dst
+/// Packs a row-major `[cout, kk]` weight for the bf16 products of `path`: the AMX
+/// tiles' A blocks (`gemm_bf16`), or the vector tile's A panels of bf16 pairs
+/// (`[ceil(cout/14)][ceil(kk/2)][14]` pairs, zero-padded).
+pub(super) fn pack_weight_bf16(path: Bf16Tiles, w: &[f32], cout: usize, kk: usize) -> Vec<u16> {
+    match path {
+        Bf16Tiles::Amx | Bf16Tiles::AmxEmu => {
+            let mut dst = vec![0u16; gemm_bf16::packed_len(cout, kk)];
+            gemm_bf16::pack_a(cout, kk, |i, p| w[i * kk + p], &mut dst);
+            dst
+        }
+        Bf16Tiles::Avx512Bf16 | Bf16Tiles::Avx512Bf16Emu => {
+            const MR: usize = vec16::MR16;
+            let kp = kk.div_ceil(2);
+            let mut dst = vec![0u16; cout.div_ceil(MR) * MR * kp * 2];
+            for (i, panel) in dst.chunks_exact_mut(MR * kp * 2).enumerate() {
+                for (q, lanes) in panel.chunks_exact_mut(MR * 2).enumerate() {
+                    for (r, pair) in lanes.chunks_exact_mut(2).enumerate() {
+                        let co = i * MR + r;
+                        for (h, v) in pair.iter_mut().enumerate() {
+                            let k = 2 * q + h;
+                            *v = if co < cout && k < kk { bf16::round(w[co * kk + k]) } else { 0 };
+                        }
+                    }
+                }
+            }
+            dst
+        }
+    }
 }
 
 pub(super) fn conv2d(be: &CpuBackend, p: &Conv2d<'_, CpuBackend>) -> Result<()> {
     if !p.w.tiles.is_empty() {
         // SAFETY (of `AmxTiles::new`): `Bf16Tiles::Amx` is only chosen once
-        // `isa::cpu::amx` has been granted; `Avx512Tiles` only where the CPU has
+        // `isa::cpu::amx` has been granted; `ukr_pairs_avx512` only where the CPU has
         // AVX512-BF16 (`Isa::bf16_tiles`).
         let w = SyncPtr(p.w.tiles.as_ptr() as *mut u16);
-        return match be.bf16.expect("bf16-packed weights on a backend without bf16 tiles") {
+        return match be.bf16.expect("bf16-packed weights on a backend without bf16 products") {
             #[cfg(target_arch = "x86_64")]
             Bf16Tiles::Amx => conv2d_with(be, p, &Bf16Gemm { w, tiles: || unsafe { AmxTiles::new() } }),
             #[cfg(target_arch = "x86_64")]
-            Bf16Tiles::Avx512Bf16 => conv2d_with(be, p, &Bf16Gemm { w, tiles: Avx512Tiles::default }),
+            Bf16Tiles::Avx512Bf16 => {
+                conv2d_with(be, p, &PairGemm { kern: Kernel::<14, 32> { ukr: vec16::ukr_pairs_avx512 }, w })
+            }
             #[cfg(not(target_arch = "x86_64"))]
-            Bf16Tiles::Amx | Bf16Tiles::Avx512Bf16 => unreachable!("x86-64 tiles are never chosen elsewhere"),
+            Bf16Tiles::Amx | Bf16Tiles::Avx512Bf16 => unreachable!("x86-64 paths are never chosen elsewhere"),
             Bf16Tiles::AmxEmu => conv2d_with(be, p, &Bf16Gemm { w, tiles: EmuTiles::default }),
-            Bf16Tiles::Avx512Bf16Emu => conv2d_with(be, p, &Bf16Gemm { w, tiles: EmuVecTiles::default }),
+            Bf16Tiles::Avx512Bf16Emu => {
+                conv2d_with(be, p, &PairGemm { kern: Kernel::<14, 32> { ukr: vec16::ukr_pairs_emu }, w })
+            }
         };
     }
     let w = SyncPtr(p.w.data.as_ptr() as *mut f32);
@@ -193,6 +218,41 @@ impl<T: Tiles, F: Fn() -> T + Sync> ConvGemm for Bf16Gemm<F> {
         let a = self.w.get().add(m0 / blk * a_rs + k0 / blk * blk * blk);
         let mut tiles = (self.tiles)();
         gemm_bf16::gemm_blocks(&mut tiles, m, n, taps.len(), a, a_rs, bp.as_ptr(), c, g.pix);
+    }
+}
+
+/// The vector tile on bf16 pairs: the f32 GEMM's blocking over pairs of k.
+struct PairGemm<const MR: usize, const NR: usize> {
+    kern: Kernel<MR, NR>,
+    /// Weights packed by `pack_weight_bf16` (pairs).
+    w: SyncPtr<u16>,
+}
+
+impl<const MR: usize, const NR: usize> ConvGemm for PairGemm<MR, NR> {
+    const MU: usize = MR;
+    const NU: usize = NR;
+    // Even, so that a chunk starts on a pair.
+    const KC: usize = 2 * Kernel::<MR, NR>::KC;
+    fn scratch_len(n: usize) -> usize {
+        n.div_ceil(NR) * NR * Self::KC / 2
+    }
+    unsafe fn product(
+        &self,
+        g: &Geom,
+        taps: &[*const f32],
+        p0: usize,
+        n: usize,
+        m0: usize,
+        m: usize,
+        k0: usize,
+        c: *mut f32,
+        scratch: &mut [f32],
+    ) {
+        let pairs: &mut [u32] = bytemuck::cast_slice_mut(scratch);
+        pack_col_pairs::<NR>(taps, g.wp, g.stride, g.wo, p0, n, pairs);
+        let kp = g.kk.div_ceil(2);
+        let a = (self.w.get() as *const f32).add(m0 / MR * kp * MR + k0 / 2 * MR);
+        self.kern.macro_kernel(m, n, taps.len().div_ceil(2), a, kp * MR, scratch.as_ptr(), c, g.pix);
     }
 }
 
@@ -395,6 +455,44 @@ unsafe fn pack_cols_bf16(taps: &[*const f32], wp: usize, s: usize, wo: usize, p0
                     interleave_bf16(&rows[0][16 * t..][..16], &rows[1][16 * t..][..16], d);
                 }
             }
+        }
+    }
+}
+
+/// [`pack_cols`] for the vector tile on bf16 pairs: panels `[n/NR][ceil(kc/2)][NR]` of
+/// 32-bit lanes, each the bf16 pair of rows 2q and 2q + 1 (zero past `taps.len()`).
+unsafe fn pack_col_pairs<const NR: usize>(
+    taps: &[*const f32],
+    wp: usize,
+    s: usize,
+    wo: usize,
+    p0: usize,
+    n: usize,
+    dst: &mut [u32],
+) {
+    let kp = taps.len().div_ceil(2);
+    for (j, panel) in dst[..n.div_ceil(NR) * NR * kp].chunks_exact_mut(NR * kp).enumerate() {
+        let q = p0 + j * NR;
+        let cols = NR.min(n - j * NR);
+        let mut offs = [0usize; NR];
+        for (l, o) in offs.iter_mut().enumerate() {
+            let qq = q + if l < cols { l } else { 0 };
+            *o = (qq / wo) * s * wp + (qq % wo) * s;
+        }
+        let contiguous = s == 1 && cols == NR && q % wo + NR <= wo;
+        for (pair, row) in panel.chunks_exact_mut(NR).enumerate() {
+            let mut rows = [[0f32; NR]; 2];
+            for (h, r) in rows.iter_mut().enumerate() {
+                let Some(&t) = taps.get(2 * pair + h) else { continue };
+                if contiguous {
+                    *r = gemm::load::<[f32; NR]>(t.wrapping_add(offs[0]));
+                } else {
+                    for (v, &o) in r.iter_mut().zip(&offs) {
+                        *v = gemm::load::<f32>(t.wrapping_add(o));
+                    }
+                }
+            }
+            interleave_bf16(&rows[0], &rows[1], row);
         }
     }
 }

@@ -10,8 +10,8 @@
 //! |---|---|---|
 //! | `amx` | AVX-512 14x32 | AMX tiles (`tdpbf16ps`) |
 //! | `amx-emu` | AVX-512 twin 14x32 | software AMX tiles |
-//! | `avx512` | AVX-512 14x32 | `vdpbf16ps` tiles where the CPU has AVX512-BF16, else f32 |
-//! | `avx512-emu` | AVX-512 twin 14x32 | `vdpbf16ps` twin tiles |
+//! | `avx512` | AVX-512 14x32 | `vdpbf16ps` 14x32 where the CPU has AVX512-BF16, else f32 |
+//! | `avx512-emu` | AVX-512 twin 14x32 | `vdpbf16ps` twin 14x32 |
 //! | `avx2` | AVX2+FMA 6x16 | f32 (bf16-rounded weights) |
 //! | `portable` | plain Rust 6x16 | f32 (bf16-rounded weights) |
 
@@ -43,16 +43,17 @@ pub enum F32Kernel {
     Avx512Emu,
 }
 
-/// The tile implementation behind the bf16 GEMM of an [`Isa`].
+/// What multiplies the bf16 convolutions of an [`Isa`]: AMX tiles (`gemm_bf16.rs`) or
+/// the vector tile on bf16 pairs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bf16Tiles {
     /// The AMX registers (`amx::real::AmxTiles`).
     Amx,
     /// The SDM's semantics in software (`amx::EmuTiles`).
     AmxEmu,
-    /// Tiles in memory, products by `vdpbf16ps` (`vtiles::VecTiles<Avx512>`).
+    /// The 14x32 vector tile on bf16 pairs, `vdpbf16ps` (`vec16::ukr_pairs`).
     Avx512Bf16,
-    /// The same on the 16-lane twin (`vtiles::VecTiles<Emu>`).
+    /// The same on the 16-lane twin.
     Avx512Bf16Emu,
 }
 
@@ -161,8 +162,8 @@ impl Bf16Tiles {
         match self {
             Bf16Tiles::Amx => "bf16 on AMX tiles",
             Bf16Tiles::AmxEmu => "bf16 on software AMX tiles",
-            Bf16Tiles::Avx512Bf16 => "bf16 on vdpbf16ps tiles",
-            Bf16Tiles::Avx512Bf16Emu => "bf16 on software vdpbf16ps tiles",
+            Bf16Tiles::Avx512Bf16 => "bf16 on vdpbf16ps 14x32",
+            Bf16Tiles::Avx512Bf16Emu => "bf16 on the vdpbf16ps twin 14x32 (software)",
         }
     }
 }

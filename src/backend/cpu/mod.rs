@@ -28,7 +28,6 @@ mod step;
 pub(crate) mod testutil;
 mod threads;
 mod vec16;
-mod vtiles;
 mod winograd;
 
 use anyhow::{ensure, Result};
@@ -295,8 +294,8 @@ impl Backend for CpuBackend {
                     "upload_weight: conv weight must be [cout, cin, k, k], got {shape:?}"
                 );
                 let (cout, kk) = (shape[0], shape[1] * shape[2] * shape[3]);
-                if self.bf16.is_some() {
-                    tiles = conv::pack_weight_bf16(&t.data, cout, kk);
+                if let Some(path) = self.bf16 {
+                    tiles = conv::pack_weight_bf16(path, &t.data, cout, kk);
                     Vec::new()
                 } else {
                     conv::pack_weight(self.isa.f32_kernel(), &t.data, cout, kk)

@@ -11,9 +11,11 @@
 //! 16-lane vectors per row, NR = 32 columns) plus the two B vectors and one broadcast:
 //! MR = 14 uses 28 + 3 = 31 registers.
 //!
-//! The bf16 products of CPUs with AVX512-BF16 but no AMX use [`V16::dpbf16`]
-//! (`vdpbf16ps`) through `vtiles.rs`. There the twin follows the SDM's pseudocode and
-//! the hardware is compared with it to f32 rounding (as for AMX), not bit for bit.
+//! The bf16 products of CPUs with AVX512-BF16 but no AMX use the same tile with
+//! [`V16::dpbf16`] (`vdpbf16ps`) in place of the FMA: [`ukr_pairs`], on panels of bf16
+//! pairs (two consecutive k of a row or column in one 32-bit lane). The twin follows
+//! the SDM's pseudocode; the hardware is compared with it to f32 rounding (as for AMX),
+//! and on the one AVX512-BF16 CPU measured (AMD EPYC, 2026-12-06) it gave the same bits.
 
 use super::bf16::{daz, ftz};
 
@@ -186,6 +188,53 @@ pub unsafe fn ukr<V: V16>(k: usize, a: *const f32, b: *const f32, c: *mut f32, l
     }
 }
 
+/// The `MR16 x NR16` tile `C += A_panel * B_panel` over `kp` pairs of k, on bf16 pairs:
+/// A panel `[kp][MR16]` and B panel `[kp][NR16]` of 32-bit lanes, each holding the bf16
+/// values of k = 2q (low half) and 2q + 1 (high half), passed as `f32` pointers so that
+/// the f32 GEMM's blocking (`gemm::Kernel`) carries them unchanged.
+///
+/// # Safety
+/// As [`ukr`]; `V`'s `dpbf16` available.
+#[inline(always)]
+pub unsafe fn ukr_pairs<V: V16>(kp: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize) {
+    let mut acc = [[V::zero(); 2]; MR16];
+    for (r, row) in acc.iter_mut().enumerate() {
+        row[0] = V::load(c.add(r * ldc));
+        row[1] = V::load(c.add(r * ldc + 16));
+    }
+    for p in 0..kp {
+        let b0 = V::load(b.add(p * NR16));
+        let b1 = V::load(b.add(p * NR16 + 16));
+        for (r, row) in acc.iter_mut().enumerate() {
+            let av = V::splat_bits((*a.add(p * MR16 + r)).to_bits());
+            row[0] = row[0].dpbf16(av, b0);
+            row[1] = row[1].dpbf16(av, b1);
+        }
+    }
+    for (r, row) in acc.iter().enumerate() {
+        row[0].store(c.add(r * ldc));
+        row[1].store(c.add(r * ldc + 16));
+    }
+}
+
+/// [`ukr_pairs`] on the portable twin.
+///
+/// # Safety
+/// As [`ukr_pairs`].
+pub unsafe fn ukr_pairs_emu(kp: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize) {
+    ukr_pairs::<Emu>(kp, a, b, c, ldc)
+}
+
+/// [`ukr_pairs`] on AVX-512 with `vdpbf16ps`.
+///
+/// # Safety
+/// As [`ukr_pairs`], and the CPU must have AVX-512 F and AVX512-BF16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub unsafe fn ukr_pairs_avx512(kp: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize) {
+    ukr_pairs::<Avx512>(kp, a, b, c, ldc)
+}
+
 /// [`ukr`] on the portable twin.
 ///
 /// # Safety
@@ -243,6 +292,54 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// The pair kernel computes the bf16 dot products: against f64 sums of the bf16
+    /// values (f32 rounding), on the twin everywhere and on `vdpbf16ps` where the CPU
+    /// has it (also compared with the twin).
+    #[test]
+    fn pair_kernel_computes_bf16_dot_products() {
+        use super::super::bf16::{daz, round};
+        let kp = 37;
+        let av: Vec<u16> = rand_vec(11, 2 * kp * MR16).iter().map(|&v| round(v)).collect();
+        let bv: Vec<u16> = rand_vec(12, 2 * kp * NR16).iter().map(|&v| round(v)).collect();
+        let (a, b): (Vec<f32>, Vec<f32>) = (
+            av.chunks_exact(2).map(|p| f32::from_bits(p[0] as u32 | (p[1] as u32) << 16)).collect(),
+            bv.chunks_exact(2).map(|p| f32::from_bits(p[0] as u32 | (p[1] as u32) << 16)).collect(),
+        );
+        let ldc = NR16 + 3;
+        let c0 = rand_vec(13, MR16 * ldc);
+        let mut want = vec![0f64; MR16 * NR16];
+        for r in 0..MR16 {
+            for j in 0..NR16 {
+                let mut s = c0[r * ldc + j] as f64;
+                for q in 0..kp {
+                    for h in 0..2 {
+                        s += daz(av[2 * (q * MR16 + r) + h]) as f64 * daz(bv[2 * (q * NR16 + j) + h]) as f64;
+                    }
+                }
+                want[r * NR16 + j] = s;
+            }
+        }
+        let tile = |c: &[f32]| -> Vec<f32> { (0..MR16).flat_map(|r| c[r * ldc..r * ldc + NR16].to_vec()).collect() };
+        let mut twin = c0.clone();
+        unsafe { ukr_pairs_emu(kp, a.as_ptr(), b.as_ptr(), twin.as_mut_ptr(), ldc) };
+        let e = super::super::testutil::rel_err(&tile(&twin), &want);
+        assert!(e < 1e-6, "twin: {e:.2e}");
+        assert_eq!(&twin[NR16..ldc], &c0[NR16..ldc], "wrote outside the tile");
+        if !super::super::isa::cpu::avx512_bf16() {
+            eprintln!("skipped: no AVX512-BF16 on this CPU (the twin is tested everywhere)");
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            let mut hw = c0.clone();
+            unsafe { ukr_pairs_avx512(kp, a.as_ptr(), b.as_ptr(), hw.as_mut_ptr(), ldc) };
+            let same = hw.iter().zip(&twin).filter(|(x, y)| x.to_bits() == y.to_bits()).count();
+            let e = crate::tensor::rel_l2(&hw, &twin);
+            println!("vdpbf16ps vs twin: {same}/{} bit-identical, rel. L2 {e:.2e}", hw.len());
+            assert!(e < 1e-6, "vdpbf16ps: {e:.2e} from the twin");
         }
     }
 
