@@ -82,19 +82,27 @@ multiversion! {
 
 #[cfg(test)]
 mod tests {
+    use super::super::isa::Isa;
     use super::super::testutil::*;
     use super::*;
     use crate::backend::Backend;
+    use crate::dtype::Precision;
 
+    /// On every f32 kernel this CPU runs (the twins everywhere).
     fn run(n: usize, nq: usize, c: usize, h: usize, w: usize, heads: usize, threads: usize) {
-        let be = CpuBackend::new(threads);
+        for isa in Isa::ALL.into_iter().filter(|i| i.available().is_ok()) {
+            run_on(&CpuBackend::with_isa(threads, isa, Precision::F32).unwrap(), n, nq, c, h, w, heads);
+        }
+    }
+
+    fn run_on(be: &CpuBackend, n: usize, nq: usize, c: usize, h: usize, w: usize, heads: usize) {
         let t = h * w;
         // Scaled up so the softmax is far from uniform.
         let qd: Vec<f32> = rand_vec(7, nq * 3 * c * t).iter().map(|v| v * 3.0).collect();
-        let qb = place(&be, &qd);
-        let ob = poisoned(&be, n * c * t);
+        let qb = place(be, &qd);
+        let ob = poisoned(be, n * c * t);
         be.attention(act(&qb, nq, 3 * c, h, w), heads, act(&ob, n, c, h, w)).unwrap();
-        let got = read(&be, &ob, n * c * t);
+        let got = read(be, &ob, n * c * t);
         let d = c / heads;
         let mut want = vec![0f64; n * c * t];
         for b in 0..n {
@@ -116,7 +124,7 @@ mod tests {
                 }
             }
         }
-        assert_close(&got, &want, "attention");
+        assert_close(&got, &want, &format!("attention on {}", be.describe()));
     }
 
     #[test]
