@@ -34,6 +34,16 @@ pub fn ftz(v: f32) -> f32 {
     }
 }
 
+multiversion! {
+    /// `out[l]` = the bf16 pair (`lo[l]`, `hi[l]`), each [`round`]ed, in 32-bit
+    /// lanes the compiler vectorises.
+    pub fn interleave(lo: &[f32], hi: &[f32], out: &mut [u32]) {
+        for ((o, &l), &h) in out.iter_mut().zip(lo).zip(hi) {
+            *o = (round_hi(h) & 0xffff_0000) | (round_hi(l) >> 16);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -36,6 +36,36 @@ pub(super) fn pack_weight(kind: F32Kernel, w: &[f32], cout: usize, kk: usize) ->
     })
 }
 
+/// A bf16 convolution on the vector tile's bf16 pairs: Winograd for 3x3 stride 1
+/// (unless turned off), else direct.
+fn pair_conv(be: &CpuBackend, p: &Conv2d<'_, CpuBackend>, kern: Kernel<14, 32>, w: SyncPtr<u16>) -> Result<()> {
+    if be.winograd && p.k == 3 && p.stride == 1 {
+        debug_assert!(be.bf16.is_some_and(|t| t.winograd()));
+        check_conv2d(p)?;
+        let (cout, cin) = (p.w.shape[0], p.w.shape[1]);
+        let u = p
+            .w
+            .winograd
+            .get_or_init(|| winograd::pack_weights(kern, &unpack_pairs(&p.w.tiles, cout, cin * 9), cout, cin, true));
+        return winograd::conv2d(be, p, kern, u, true);
+    }
+    conv2d_with(be, p, &PairGemm { kern, w })
+}
+
+/// The row-major `[cout, kk]` weight (bf16 values) back from the pair panels of
+/// `pack_weight_bf16`.
+fn unpack_pairs(a: &[u16], cout: usize, kk: usize) -> Vec<f32> {
+    const MR: usize = vec16::MR16;
+    let kp = kk.div_ceil(2);
+    let mut w = vec![0f32; cout * kk];
+    for (co, row) in w.chunks_exact_mut(kk).enumerate() {
+        for (k, v) in row.iter_mut().enumerate() {
+            *v = f32::from_bits((a[((co / MR * kp + k / 2) * MR + co % MR) * 2 + k % 2] as u32) << 16);
+        }
+    }
+    w
+}
+
 /// The row-major `[cout, kk]` weight back from `pack_weight`'s A panels.
 fn unpack_weight<const MR: usize, const NR: usize>(_: Kernel<MR, NR>, a: &[f32], cout: usize, kk: usize) -> Vec<f32> {
     let mut w = vec![0f32; cout * kk];
@@ -86,15 +116,11 @@ pub(super) fn conv2d(be: &CpuBackend, p: &Conv2d<'_, CpuBackend>) -> Result<()> 
             #[cfg(target_arch = "x86_64")]
             Bf16Tiles::Amx => conv2d_with(be, p, &Bf16Gemm { w, tiles: || unsafe { AmxTiles::new() } }),
             #[cfg(target_arch = "x86_64")]
-            Bf16Tiles::Avx512Bf16 => {
-                conv2d_with(be, p, &PairGemm { kern: Kernel::<14, 32> { ukr: vec16::ukr_pairs_avx512 }, w })
-            }
+            Bf16Tiles::Avx512Bf16 => pair_conv(be, p, Kernel::<14, 32> { ukr: vec16::ukr_pairs_avx512 }, w),
             #[cfg(not(target_arch = "x86_64"))]
             Bf16Tiles::Amx | Bf16Tiles::Avx512Bf16 => unreachable!("x86-64 paths are never chosen elsewhere"),
             Bf16Tiles::AmxEmu => conv2d_with(be, p, &Bf16Gemm { w, tiles: EmuTiles::default }),
-            Bf16Tiles::Avx512Bf16Emu => {
-                conv2d_with(be, p, &PairGemm { kern: Kernel::<14, 32> { ukr: vec16::ukr_pairs_emu }, w })
-            }
+            Bf16Tiles::Avx512Bf16Emu => pair_conv(be, p, Kernel::<14, 32> { ukr: vec16::ukr_pairs_emu }, w),
         };
     }
     let w = SyncPtr(p.w.data.as_ptr() as *mut f32);
@@ -105,9 +131,9 @@ pub(super) fn conv2d(be: &CpuBackend, p: &Conv2d<'_, CpuBackend>) -> Result<()> 
             check_conv2d(p)?;
             let (cout, cin) = (p.w.shape[0], p.w.shape[1]);
             let u = p.w.winograd.get_or_init(|| {
-                winograd::pack_weights(kern, &unpack_weight(kern, &p.w.data, cout, cin * 9), cout, cin)
+                winograd::pack_weights(kern, &unpack_weight(kern, &p.w.data, cout, cin * 9), cout, cin, false)
             });
-            return winograd::conv2d(be, p, kern, u);
+            return winograd::conv2d(be, p, kern, u, false);
         }
         conv2d_with(be, p, &F32Gemm { kern, w })
     })
@@ -452,7 +478,7 @@ unsafe fn pack_cols_bf16(taps: &[*const f32], wp: usize, s: usize, wo: usize, p0
                 }
                 for t in 0..2 {
                     let d: &mut [u32] = bytemuck::cast_slice_mut(&mut blk[t * 512 + pair * 32..][..32]);
-                    interleave_bf16(&rows[0][16 * t..][..16], &rows[1][16 * t..][..16], d);
+                    bf16::interleave(&rows[0][16 * t..][..16], &rows[1][16 * t..][..16], d);
                 }
             }
         }
@@ -492,17 +518,7 @@ unsafe fn pack_col_pairs<const NR: usize>(
                     }
                 }
             }
-            interleave_bf16(&rows[0], &rows[1], row);
-        }
-    }
-}
-
-multiversion! {
-    /// `out[l]` = the bf16 pair (`lo[l]`, `hi[l]`), each `bf16::round`ed, in 32-bit
-    /// lanes the compiler vectorises.
-    fn interleave_bf16(lo: &[f32], hi: &[f32], out: &mut [u32]) {
-        for ((o, &l), &h) in out.iter_mut().zip(lo).zip(hi) {
-            *o = (bf16::round_hi(h) & 0xffff_0000) | (bf16::round_hi(l) >> 16);
+            bf16::interleave(&rows[0], &rows[1], row);
         }
     }
 }
@@ -553,9 +569,9 @@ mod tests {
         threads: 1,
     };
 
-    /// Every path of this CPU: each available ISA's f32 kernel (3x3 stride-1 convs by
-    /// Winograd and direct), and each bf16 tile implementation; the relative L2 bound of
-    /// each (bf16 rounds both operands).
+    /// Every path of this CPU: each available ISA's f32 kernel and bf16 products, each
+    /// with 3x3 stride-1 convs by Winograd (where the path has it) and direct; the
+    /// relative L2 bound of each (bf16 rounds both operands).
     pub(crate) fn backends(threads: usize) -> Vec<(CpuBackend, f64)> {
         let mut out = Vec::new();
         for isa in Isa::ALL.into_iter().filter(|i| i.available().is_ok()) {
@@ -563,7 +579,9 @@ mod tests {
             out.push((f32_be(), 1e-5));
             out.push((f32_be().with_winograd(false), 1e-5));
             if isa.bf16_tiles().is_some() {
-                out.push((CpuBackend::with_isa(threads, isa, Precision::Bf16).unwrap(), 1e-2));
+                let bf16_be = || CpuBackend::with_isa(threads, isa, Precision::Bf16).unwrap();
+                out.push((bf16_be(), 1e-2));
+                out.push((bf16_be().with_winograd(false), 1e-2));
             }
         }
         out

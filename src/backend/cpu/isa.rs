@@ -158,6 +158,12 @@ impl F32Kernel {
 }
 
 impl Bf16Tiles {
+    /// Whether its 3x3 stride-1 convolutions go through Winograd (the vector pair
+    /// kernel's do; the AMX tiles' are direct).
+    pub fn winograd(self) -> bool {
+        matches!(self, Bf16Tiles::Avx512Bf16 | Bf16Tiles::Avx512Bf16Emu)
+    }
+
     pub fn describe(self) -> &'static str {
         match self {
             Bf16Tiles::Amx => "bf16 on AMX tiles",

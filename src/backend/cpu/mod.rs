@@ -249,11 +249,13 @@ impl Backend for CpuBackend {
     }
 
     fn describe(&self) -> String {
-        let products = match self.bf16 {
-            Some(t) => format!("{}, conv weights {}", self.isa.f32_kernel().describe(), t.describe()),
-            None if self.winograd => format!("{}, 3x3 convs by Winograd F(2x2,3x3)", self.isa.f32_kernel().describe()),
-            None => self.isa.f32_kernel().describe().to_string(),
-        };
+        let mut products = self.isa.f32_kernel().describe().to_string();
+        if let Some(t) = self.bf16 {
+            products += &format!(", conv weights {}", t.describe());
+        }
+        if self.winograd && self.bf16.is_none_or(|t| t.winograd()) {
+            products += ", 3x3 convs by Winograd F(2x2,3x3)";
+        }
         let mut s = format!("cpu, isa {} ({products}), {} threads", self.isa, self.threads);
         if !self.passed.is_empty() {
             s += &format!("; {}", self.passed.join("; "));

@@ -16,6 +16,7 @@
 //! over input channels in the same order whatever the batch, threads or split, so the
 //! results do not depend on them.
 
+use super::bf16;
 use super::gemm::Kernel;
 use super::threads::{par_for, workers_for, SyncPtr};
 use super::{base, sample_ptr, CpuBackend};
@@ -41,14 +42,18 @@ fn filter_transform(g: &[f32]) -> [f32; XI] {
 }
 
 /// The transformed weights of a `[cout, cin, 3, 3]` conv as 16 A operands packed for
-/// `kern`: `[XI][packed_a_len(cout, cin)]`.
+/// `kern`: `[XI][packed_a_len(cout, cin)]`; with `pairs`, each rounded to bf16 and
+/// packed as pairs of input channels (`[XI][packed_a_len(cout, ceil(cin/2))]` lanes of
+/// two bf16, the layout of `vec16::ukr_pairs`).
 pub(super) fn pack_weights<const MR: usize, const NR: usize>(
     kern: Kernel<MR, NR>,
     w: &[f32],
     cout: usize,
     cin: usize,
+    pairs: bool,
 ) -> Vec<f32> {
-    let plen = kern.packed_a_len(cout, cin);
+    let depth = if pairs { cin.div_ceil(2) } else { cin };
+    let plen = kern.packed_a_len(cout, depth);
     let mut out = vec![0f32; XI * plen];
     let mut planes = vec![0f32; XI * cout * cin];
     for co in 0..cout {
@@ -60,11 +65,37 @@ pub(super) fn pack_weights<const MR: usize, const NR: usize>(
         }
     }
     for (xi, dst) in out.chunks_exact_mut(plen).enumerate() {
-        let src = &planes[xi * cout * cin..][..cout * cin];
-        // SAFETY: `src` holds `cout x cin` floats; `dst` the packed length.
-        unsafe { kern.pack_a(super::gemm::MatRef { ptr: src.as_ptr(), rs: cin as isize, cs: 1 }, cout, cin, dst) };
+        let mut src = planes[xi * cout * cin..][..cout * cin].to_vec();
+        if pairs {
+            // Row co's pair q: channels 2q (low half) and 2q + 1 (high half, 0 past cin).
+            src = (0..cout * depth)
+                .map(|o| {
+                    let (co, q) = (o / depth, o % depth);
+                    let lo = bf16::round(src[co * cin + 2 * q]) as u32;
+                    let hi = if 2 * q + 1 < cin { bf16::round(src[co * cin + 2 * q + 1]) as u32 } else { 0 };
+                    f32::from_bits(lo | hi << 16)
+                })
+                .collect();
+        }
+        // SAFETY: `src` holds `cout x depth` values; `dst` the packed length.
+        unsafe { kern.pack_a(super::gemm::MatRef { ptr: src.as_ptr(), rs: depth as isize, cs: 1 }, cout, depth, dst) };
     }
     out
+}
+
+/// Rows `2q` and `2q + 1` of each of the XI panels `[kc_blk][NR]` of `v` (f32) become
+/// row `q`, bf16 pairs (`bf16::round`), in place; an odd last row pairs with zero.
+fn to_pairs<const NR: usize>(v: &mut [f32], kc: usize) {
+    let stride = v.len() / XI;
+    for panel in v.chunks_exact_mut(stride) {
+        for q in 0..kc.div_ceil(2) {
+            let lo: [f32; NR] = panel[2 * q * NR..][..NR].try_into().expect("NR lanes");
+            let hi: [f32; NR] =
+                if 2 * q + 1 < kc { panel[(2 * q + 1) * NR..][..NR].try_into().expect("NR lanes") } else { [0.0; NR] };
+            let dst: &mut [u32] = bytemuck::cast_slice_mut(&mut panel[q * NR..][..NR]);
+            bf16::interleave(&lo, &hi, dst);
+        }
+    }
 }
 
 /// The tile geometry of one convolution.
@@ -91,11 +122,15 @@ impl Tiles {
     }
 }
 
+/// The convolution; with `pairs`, `kern` is a bf16-pair kernel (`vec16::ukr_pairs`),
+/// `u` comes from `pack_weights(.., true)`, and the transformed input is rounded to bf16
+/// pairs before the products (f32 accumulation, transforms in f32).
 pub(super) fn conv2d<const MR: usize, const NR: usize>(
     be: &CpuBackend,
     p: &Conv2d<'_, CpuBackend>,
     kern: Kernel<MR, NR>,
     u: &[f32],
+    pairs: bool,
 ) -> Result<()> {
     let out = &p.out;
     let ConvShape { cout, cin, k, hu, wu, ho, wo } = check_conv2d(p)?;
@@ -118,7 +153,8 @@ pub(super) fn conv2d<const MR: usize, const NR: usize>(
     // Output channels per sub-block: the 16 products of NR tiles stay in L2 (each
     // sub-block transforms the input again).
     let mbw = MR * 128usize.div_ceil(MR);
-    let plen = kern.packed_a_len(cout, cin);
+    let depth = if pairs { cin.div_ceil(2) } else { cin };
+    let plen = kern.packed_a_len(cout, depth);
     let workers = workers_for(be.threads, 2 * cout * cin * 16 * tiles.count * out.n);
     let nb = tiles.count.div_ceil(NR);
     let panels = cout.div_ceil(MR);
@@ -178,14 +214,19 @@ pub(super) fn conv2d<const MR: usize, const NR: usize>(
                         let planes = padded_ptr.get().add(k0 * plane_len) as *const f32;
                         let vs = &mut v[..XI * kc_blk * NR];
                         input_transform::<NR>(planes, plane_len, kc, tiles.wp, &offs, contiguous, vs);
+                        if pairs {
+                            to_pairs::<NR>(vs, kc);
+                        }
                     }
+                    // In pairs, a chunk (even: `kc_blk` is) is `kc / 2` steps deep.
+                    let (kd, k0d) = if pairs { (kc.div_ceil(2), k0 / 2) } else { (kc, k0) };
                     for xi in 0..XI {
                         // SAFETY: U_xi's panels from row m0 + mc0 (a multiple of MR) and
                         // depth k0; V_xi packed as one [kc][NR] panel; M_xi [rows][NR].
                         unsafe {
-                            let a = u.as_ptr().add(xi * plen + (m0 + mc0) / MR * cin * MR + k0 * MR);
+                            let a = u.as_ptr().add(xi * plen + (m0 + mc0) / MR * depth * MR + k0d * MR);
                             let c = mm.as_mut_ptr().add(xi * mbw * NR);
-                            kern.macro_kernel(rows, NR, kc, a, cin * MR, v.as_ptr().add(xi * kc_blk * NR), c, NR);
+                            kern.macro_kernel(rows, NR, kd, a, depth * MR, v.as_ptr().add(xi * kc_blk * NR), c, NR);
                         }
                     }
                 }
