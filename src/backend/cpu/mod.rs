@@ -1,9 +1,11 @@
-//! The CPU backend: plain f32 Rust, the oracle every GPU kernel is tested against and
-//! the fallback when no GPU is present. Convolutions and attention run on a blocked
-//! GEMM (`gemm.rs`, AVX2+FMA when available); everything else is straightforward
-//! loops with f64 where a reduction could lose precision. `vec16.rs` (AVX-512) and
-//! `amx.rs` (AMX tiles) are the instruction layers of the coming fast path, each with a
-//! software twin; they are tested on their own and not yet used by the ops.
+//! The CPU backend: the oracle every GPU kernel is tested against and the fallback when
+//! no GPU is present. Convolutions and attention run on a blocked GEMM (`gemm.rs`) whose
+//! micro-kernel and tile shape follow the instruction set chosen once per backend
+//! (`isa.rs`: AMX, AVX-512, AVX2 or portable, and the software twins of the first two);
+//! 3x3 stride-1 convolutions by Winograd F(2x2,3x3) (`winograd.rs`); with bf16 weights
+//! on a CPU that multiplies bf16, the convolutions run on AMX tiles (`amx.rs`,
+//! `gemm_bf16.rs`) or the `vdpbf16ps` pair kernel (`vec16.rs`). Everything else is
+//! straightforward loops with f64 where a reduction could lose precision.
 //!
 //! Every op validates its regions (bounds, shapes, broadcast, output/input overlap)
 //! and returns an error instead of panicking; after that the kernels work on raw
