@@ -40,16 +40,49 @@ pub(super) fn pack_weight(kind: F32Kernel, w: &[f32], cout: usize, kk: usize) ->
 /// (unless turned off), else direct.
 fn pair_conv(be: &CpuBackend, p: &Conv2d<'_, CpuBackend>, kern: Kernel<14, 32>, w: SyncPtr<u16>) -> Result<()> {
     if be.winograd && p.k == 3 && p.stride == 1 {
-        debug_assert!(be.bf16.is_some_and(|t| t.winograd()));
         check_conv2d(p)?;
         let (cout, cin) = (p.w.shape[0], p.w.shape[1]);
-        let u = p
-            .w
-            .winograd
-            .get_or_init(|| winograd::pack_weights(kern, &unpack_pairs(&p.w.tiles, cout, cin * 9), cout, cin, true));
-        return winograd::conv2d(be, p, kern, u, true);
+        let prod = winograd::Pairs(kern);
+        let u =
+            p.w.winograd
+                .get_or_init(|| winograd::pack_weights(&prod, &unpack_pairs(&p.w.tiles, cout, cin * 9), cout, cin));
+        return winograd::conv2d(be, p, &prod, u);
     }
     conv2d_with(be, p, &PairGemm { kern, w })
+}
+
+/// A bf16 convolution on AMX tiles (real or twin): Winograd for 3x3 stride 1 (unless
+/// turned off), else direct.
+fn amx_conv<T: Tiles, F: Fn() -> T + Sync>(
+    be: &CpuBackend,
+    p: &Conv2d<'_, CpuBackend>,
+    tiles: F,
+    w: SyncPtr<u16>,
+) -> Result<()> {
+    if be.winograd && p.k == 3 && p.stride == 1 {
+        check_conv2d(p)?;
+        let (cout, cin) = (p.w.shape[0], p.w.shape[1]);
+        let prod = winograd::Amx(tiles);
+        let u =
+            p.w.winograd
+                .get_or_init(|| winograd::pack_weights(&prod, &unpack_blocks(&p.w.tiles, cout, cin * 9), cout, cin));
+        return winograd::conv2d(be, p, &prod, u);
+    }
+    conv2d_with(be, p, &Bf16Gemm { w, tiles })
+}
+
+/// The row-major `[cout, kk]` weight (bf16 values) back from the AMX A blocks of
+/// `pack_weight_bf16` (`[m/32][k/32][32 rows][32 k]`).
+fn unpack_blocks(a: &[u16], cout: usize, kk: usize) -> Vec<f32> {
+    const B: usize = gemm_bf16::BLK;
+    let kb = kk.div_ceil(B);
+    let mut w = vec![0f32; cout * kk];
+    for (i, row) in w.chunks_exact_mut(kk).enumerate() {
+        for (k, v) in row.iter_mut().enumerate() {
+            *v = f32::from_bits((a[((i / B) * kb + k / B) * B * B + (i % B) * B + k % B] as u32) << 16);
+        }
+    }
+    w
 }
 
 /// The row-major `[cout, kk]` weight (bf16 values) back from the pair panels of
@@ -114,12 +147,12 @@ pub(super) fn conv2d(be: &CpuBackend, p: &Conv2d<'_, CpuBackend>) -> Result<()> 
         let w = SyncPtr(p.w.tiles.as_ptr() as *mut u16);
         return match be.bf16.expect("bf16-packed weights on a backend without bf16 products") {
             #[cfg(target_arch = "x86_64")]
-            Bf16Tiles::Amx => conv2d_with(be, p, &Bf16Gemm { w, tiles: || unsafe { AmxTiles::new() } }),
+            Bf16Tiles::Amx => amx_conv(be, p, || unsafe { AmxTiles::new() }, w),
             #[cfg(target_arch = "x86_64")]
             Bf16Tiles::Avx512Bf16 => pair_conv(be, p, Kernel::<14, 32> { ukr: vec16::ukr_pairs_avx512 }, w),
             #[cfg(not(target_arch = "x86_64"))]
             Bf16Tiles::Amx | Bf16Tiles::Avx512Bf16 => unreachable!("x86-64 paths are never chosen elsewhere"),
-            Bf16Tiles::AmxEmu => conv2d_with(be, p, &Bf16Gemm { w, tiles: EmuTiles::default }),
+            Bf16Tiles::AmxEmu => amx_conv(be, p, EmuTiles::default, w),
             Bf16Tiles::Avx512Bf16Emu => pair_conv(be, p, Kernel::<14, 32> { ukr: vec16::ukr_pairs_emu }, w),
         };
     }
@@ -130,10 +163,11 @@ pub(super) fn conv2d(be: &CpuBackend, p: &Conv2d<'_, CpuBackend>) -> Result<()> 
             // used only with stride 2, a downsampler's, never pays for them).
             check_conv2d(p)?;
             let (cout, cin) = (p.w.shape[0], p.w.shape[1]);
+            let prod = winograd::F32(kern);
             let u = p.w.winograd.get_or_init(|| {
-                winograd::pack_weights(kern, &unpack_weight(kern, &p.w.data, cout, cin * 9), cout, cin, false)
+                winograd::pack_weights(&prod, &unpack_weight(kern, &p.w.data, cout, cin * 9), cout, cin)
             });
-            return winograd::conv2d(be, p, kern, u, false);
+            return winograd::conv2d(be, p, &prod, u);
         }
         conv2d_with(be, p, &F32Gemm { kern, w })
     })

@@ -8,15 +8,15 @@
 //!
 //! | isa | f32 GEMM | bf16 convolutions (weights stored as bf16) |
 //! |---|---|---|
-//! | `amx` | AVX-512 14x32 | AMX tiles (`tdpbf16ps`), direct |
-//! | `amx-emu` | AVX-512 twin 14x32 | software AMX tiles, direct |
+//! | `amx` | AVX-512 14x32 | AMX tiles (`tdpbf16ps`) |
+//! | `amx-emu` | AVX-512 twin 14x32 | software AMX tiles |
 //! | `avx512` | AVX-512 14x32 | `vdpbf16ps` 14x32 on pairs where the CPU has AVX512-BF16, else f32 |
 //! | `avx512-emu` | AVX-512 twin 14x32 | `vdpbf16ps` twin 14x32 on pairs |
 //! | `avx2` | AVX2+FMA 6x16 | f32 (bf16-rounded weights) |
 //! | `portable` | plain Rust 6x16 | f32 (bf16-rounded weights) |
 //!
-//! 3x3 stride-1 convolutions go through Winograd on every f32 path and on the pair
-//! kernel (not on the AMX tiles yet); `DIFFSTYLE_CPU_WINOGRAD=0` turns it off.
+//! 3x3 stride-1 convolutions go through Winograd on every path (`winograd.rs`);
+//! `DIFFSTYLE_CPU_WINOGRAD=0` turns it off.
 
 use std::fmt;
 
@@ -161,12 +161,6 @@ impl F32Kernel {
 }
 
 impl Bf16Tiles {
-    /// Whether its 3x3 stride-1 convolutions go through Winograd (the vector pair
-    /// kernel's do; the AMX tiles' are direct).
-    pub fn winograd(self) -> bool {
-        matches!(self, Bf16Tiles::Avx512Bf16 | Bf16Tiles::Avx512Bf16Emu)
-    }
-
     pub fn describe(self) -> &'static str {
         match self {
             Bf16Tiles::Amx => "bf16 on AMX tiles",

@@ -255,7 +255,7 @@ impl Backend for CpuBackend {
         if let Some(t) = self.bf16 {
             products += &format!(", conv weights {}", t.describe());
         }
-        if self.winograd && self.bf16.is_none_or(|t| t.winograd()) {
+        if self.winograd {
             products += ", 3x3 convs by Winograd F(2x2,3x3)";
         }
         let mut s = format!("cpu, isa {} ({products}), {} threads", self.isa, self.threads);

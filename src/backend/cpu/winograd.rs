@@ -9,15 +9,20 @@
 //! halve, in G), so the rounding stays close to the direct sum's (measured in the
 //! tests).
 //!
-//! A work item is `NR` tiles (one B panel) x a block of output channels; it loops over
-//! sub-blocks of `MB` output channels (the 16 partial products of one sub-block stay in
-//! L2) and over input-channel chunks of the kernel's depth, transforming each chunk of
-//! the input as it goes, then writes bias + time embedding + residual + Y. Every sum runs
+//! The products are one of [`Products`]: f32 on the f32 GEMM kernels, bf16 on the
+//! `vdpbf16ps` pair kernel, or bf16 on AMX tiles (U and V rounded to bf16 after the
+//! f32 transforms, f32 accumulation). A work item is `NT` tiles (one B panel) x a block
+//! of output channels; it loops over sub-blocks of up to 128 output channels (the 16
+//! partial products of one sub-block stay in L2) and over input-channel chunks,
+//! transforming each chunk of the input as it goes, then writes bias + time embedding +
+//! residual + Y. Every sum runs
 //! over input channels in the same order whatever the batch, threads or split, so the
 //! results do not depend on them.
 
+use super::amx::Tiles;
 use super::bf16;
-use super::gemm::Kernel;
+use super::gemm::{Kernel, MatRef};
+use super::gemm_bf16;
 use super::threads::{par_for, workers_for, SyncPtr};
 use super::{base, sample_ptr, CpuBackend};
 use crate::backend::check::{check_conv2d, ConvShape};
@@ -41,20 +46,9 @@ fn filter_transform(g: &[f32]) -> [f32; XI] {
     u
 }
 
-/// The transformed weights of a `[cout, cin, 3, 3]` conv as 16 A operands packed for
-/// `kern`: `[XI][packed_a_len(cout, cin)]`; with `pairs`, each rounded to bf16 and
-/// packed as pairs of input channels (`[XI][packed_a_len(cout, ceil(cin/2))]` lanes of
-/// two bf16, the layout of `vec16::ukr_pairs`).
-pub(super) fn pack_weights<const MR: usize, const NR: usize>(
-    kern: Kernel<MR, NR>,
-    w: &[f32],
-    cout: usize,
-    cin: usize,
-    pairs: bool,
-) -> Vec<f32> {
-    let depth = if pairs { cin.div_ceil(2) } else { cin };
-    let plen = kern.packed_a_len(cout, depth);
-    let mut out = vec![0f32; XI * plen];
+/// The 16 transformed weight matrices of a `[cout, cin, 3, 3]` conv, row-major:
+/// `[XI][cout][cin]`.
+fn weight_planes(w: &[f32], cout: usize, cin: usize) -> Vec<f32> {
     let mut planes = vec![0f32; XI * cout * cin];
     for co in 0..cout {
         for ci in 0..cin {
@@ -64,11 +58,97 @@ pub(super) fn pack_weights<const MR: usize, const NR: usize>(
             }
         }
     }
-    for (xi, dst) in out.chunks_exact_mut(plen).enumerate() {
-        let mut src = planes[xi * cout * cin..][..cout * cin].to_vec();
-        if pairs {
+    planes
+}
+
+/// How the 16 products of a chunk of input channels are multiplied: f32 kernels, the
+/// bf16 pair kernel, or AMX tiles. U and the transforms are f32 in every case.
+pub(super) trait Products: Sync {
+    /// Output channels per packed block row of U (the output-channel split's unit).
+    const MU: usize;
+    /// Tiles per work item (the lanes of the transforms).
+    const NT: usize;
+    /// Input channels per chunk (even).
+    const KC: usize;
+    /// U (`[XI][cout][cin]` row-major) in this product's packed layout, as 32-bit words.
+    fn pack_u(&self, planes: &[f32], cout: usize, cin: usize) -> Vec<f32>;
+    /// `M_xi[0..rows][0..NT] += U_xi[m0..m0+rows][k0..k0+kc] V_xi` for every xi: `u` from
+    /// `pack_u`, `v` the chunk's transformed input as XI panels `[KC][NT]` (f32; may be
+    /// converted in place), `mm` XI blocks of `[mbw][NT]`.
+    ///
+    /// # Safety
+    /// `m0` a multiple of `MU`, `k0` of `KC`; buffers as described.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn products(
+        &self,
+        u: &[f32],
+        cout: usize,
+        cin: usize,
+        m0: usize,
+        rows: usize,
+        k0: usize,
+        kc: usize,
+        v: &mut [f32],
+        mm: &mut [f32],
+        mbw: usize,
+    );
+}
+
+/// f32 products on a GEMM kernel.
+pub(super) struct F32<const MR: usize, const NR: usize>(pub Kernel<MR, NR>);
+
+impl<const MR: usize, const NR: usize> Products for F32<MR, NR> {
+    const MU: usize = MR;
+    const NT: usize = NR;
+    const KC: usize = Kernel::<MR, NR>::KC;
+    fn pack_u(&self, planes: &[f32], cout: usize, cin: usize) -> Vec<f32> {
+        let plen = self.0.packed_a_len(cout, cin);
+        let mut out = vec![0f32; XI * plen];
+        for (xi, dst) in out.chunks_exact_mut(plen).enumerate() {
+            let src = &planes[xi * cout * cin..][..cout * cin];
+            // SAFETY: `src` holds `cout x cin` values; `dst` the packed length.
+            unsafe { self.0.pack_a(MatRef { ptr: src.as_ptr(), rs: cin as isize, cs: 1 }, cout, cin, dst) };
+        }
+        out
+    }
+    unsafe fn products(
+        &self,
+        u: &[f32],
+        cout: usize,
+        cin: usize,
+        m0: usize,
+        rows: usize,
+        k0: usize,
+        kc: usize,
+        v: &mut [f32],
+        mm: &mut [f32],
+        mbw: usize,
+    ) {
+        let plen = self.0.packed_a_len(cout, cin);
+        for xi in 0..XI {
+            let a = u.as_ptr().add(xi * plen + m0 / MR * cin * MR + k0 * MR);
+            let vb = v.as_ptr().add(xi * Self::KC * NR);
+            self.0.macro_kernel(rows, NR, kc, a, cin * MR, vb, mm.as_mut_ptr().add(xi * mbw * NR), NR);
+        }
+    }
+}
+
+/// bf16 products on the pair kernel (`vec16::ukr_pairs`): U and V rounded to bf16 and
+/// paired along the input channels.
+pub(super) struct Pairs<const MR: usize, const NR: usize>(pub Kernel<MR, NR>);
+
+impl<const MR: usize, const NR: usize> Products for Pairs<MR, NR> {
+    const MU: usize = MR;
+    const NT: usize = NR;
+    const KC: usize = Kernel::<MR, NR>::KC;
+    fn pack_u(&self, planes: &[f32], cout: usize, cin: usize) -> Vec<f32> {
+        let depth = cin.div_ceil(2);
+        let plen = self.0.packed_a_len(cout, depth);
+        let mut out = vec![0f32; XI * plen];
+        for (xi, dst) in out.chunks_exact_mut(plen).enumerate() {
+            let src = &planes[xi * cout * cin..][..cout * cin];
             // Row co's pair q: channels 2q (low half) and 2q + 1 (high half, 0 past cin).
-            src = (0..cout * depth)
+            let pairs: Vec<f32> = (0..cout * depth)
                 .map(|o| {
                     let (co, q) = (o / depth, o % depth);
                     let lo = bf16::round(src[co * cin + 2 * q]) as u32;
@@ -76,11 +156,101 @@ pub(super) fn pack_weights<const MR: usize, const NR: usize>(
                     f32::from_bits(lo | hi << 16)
                 })
                 .collect();
+            // SAFETY: `pairs` holds `cout x depth` words; `dst` the packed length.
+            unsafe { self.0.pack_a(MatRef { ptr: pairs.as_ptr(), rs: depth as isize, cs: 1 }, cout, depth, dst) };
         }
-        // SAFETY: `src` holds `cout x depth` values; `dst` the packed length.
-        unsafe { kern.pack_a(super::gemm::MatRef { ptr: src.as_ptr(), rs: depth as isize, cs: 1 }, cout, depth, dst) };
+        out
     }
-    out
+    unsafe fn products(
+        &self,
+        u: &[f32],
+        cout: usize,
+        cin: usize,
+        m0: usize,
+        rows: usize,
+        k0: usize,
+        kc: usize,
+        v: &mut [f32],
+        mm: &mut [f32],
+        mbw: usize,
+    ) {
+        let depth = cin.div_ceil(2);
+        let plen = self.0.packed_a_len(cout, depth);
+        to_pairs::<NR>(v, kc);
+        for xi in 0..XI {
+            let a = u.as_ptr().add(xi * plen + m0 / MR * depth * MR + k0 / 2 * MR);
+            let vb = v.as_ptr().add(xi * Self::KC * NR);
+            self.0.macro_kernel(rows, NR, kc.div_ceil(2), a, depth * MR, vb, mm.as_mut_ptr().add(xi * mbw * NR), NR);
+        }
+    }
+}
+
+/// bf16 products on AMX tiles (`gemm_bf16`): U packed as A blocks, each chunk of V
+/// converted to B blocks.
+pub(super) struct Amx<F>(pub F);
+
+impl<T: Tiles, F: Fn() -> T + Sync> Products for Amx<F> {
+    const MU: usize = gemm_bf16::BLK;
+    const NT: usize = gemm_bf16::BLK;
+    const KC: usize = 8 * gemm_bf16::BLK;
+    fn pack_u(&self, planes: &[f32], cout: usize, cin: usize) -> Vec<f32> {
+        let plen = gemm_bf16::packed_len(cout, cin);
+        let mut out = vec![0u16; XI * plen];
+        for (xi, dst) in out.chunks_exact_mut(plen).enumerate() {
+            let src = &planes[xi * cout * cin..][..cout * cin];
+            gemm_bf16::pack_a(cout, cin, |i, p| src[i * cin + p], dst);
+        }
+        // Two bf16 per word (`plen` is a multiple of 1024).
+        out.chunks_exact(2).map(|p| f32::from_bits(p[0] as u32 | (p[1] as u32) << 16)).collect()
+    }
+    unsafe fn products(
+        &self,
+        u: &[f32],
+        cout: usize,
+        cin: usize,
+        m0: usize,
+        rows: usize,
+        k0: usize,
+        kc: usize,
+        v: &mut [f32],
+        mm: &mut [f32],
+        mbw: usize,
+    ) {
+        const B: usize = gemm_bf16::BLK;
+        let plen = gemm_bf16::packed_len(cout, cin);
+        let a_rs = cin.div_ceil(B) * B * B;
+        let u16s: &[u16] = bytemuck::cast_slice(u);
+        let mut bp = vec![0u16; gemm_bf16::packed_len(B, Self::KC)];
+        let mut tiles = (self.0)();
+        for xi in 0..XI {
+            // V_xi's rows (channels) as B blocks: [kc/32][2 tiles][16 pairs][16 cols][2].
+            let vx = &v[xi * Self::KC * B..][..Self::KC * B];
+            for (pb, blk) in bp.chunks_exact_mut(B * B).enumerate().take(kc.div_ceil(B)) {
+                for pair in 0..B / 2 {
+                    let row = |k: usize| -> [f32; B] {
+                        if k < kc {
+                            vx[k * B..][..B].try_into().expect("B lanes")
+                        } else {
+                            [0.0; B]
+                        }
+                    };
+                    let (lo, hi) = (row(pb * B + 2 * pair), row(pb * B + 2 * pair + 1));
+                    for t in 0..2 {
+                        let d: &mut [u32] = bytemuck::cast_slice_mut(&mut blk[t * 512 + pair * 32..][..32]);
+                        bf16::interleave(&lo[16 * t..][..16], &hi[16 * t..][..16], d);
+                    }
+                }
+            }
+            let a = u16s.as_ptr().add(xi * plen + m0 / B * a_rs + k0 / B * B * B);
+            let c = mm.as_mut_ptr().add(xi * mbw * B);
+            gemm_bf16::gemm_blocks(&mut tiles, rows, B, kc, a, a_rs, bp.as_ptr(), c, B);
+        }
+    }
+}
+
+/// The packed U of `prod` for a `[cout, cin, 3, 3]` weight `w` (row-major).
+pub(super) fn pack_weights<P: Products>(prod: &P, w: &[f32], cout: usize, cin: usize) -> Vec<f32> {
+    prod.pack_u(&weight_planes(w, cout, cin), cout, cin)
 }
 
 /// Rows `2q` and `2q + 1` of each of the XI panels `[kc_blk][NR]` of `v` (f32) become
@@ -99,7 +269,7 @@ fn to_pairs<const NR: usize>(v: &mut [f32], kc: usize) {
 }
 
 /// The tile geometry of one convolution.
-struct Tiles {
+struct Grid {
     /// Tiles per row, and in all.
     tw: usize,
     count: usize,
@@ -109,7 +279,7 @@ struct Tiles {
     wo: usize,
 }
 
-impl Tiles {
+impl Grid {
     /// Offset in a padded plane of the top-left input of each of `NR` lanes' tiles
     /// (tiles `t0..`; lanes past the last tile repeat the first), and whether the lanes
     /// are consecutive tiles of one tile row.
@@ -122,16 +292,10 @@ impl Tiles {
     }
 }
 
-/// The convolution; with `pairs`, `kern` is a bf16-pair kernel (`vec16::ukr_pairs`),
-/// `u` comes from `pack_weights(.., true)`, and the transformed input is rounded to bf16
-/// pairs before the products (f32 accumulation, transforms in f32).
-pub(super) fn conv2d<const MR: usize, const NR: usize>(
-    be: &CpuBackend,
-    p: &Conv2d<'_, CpuBackend>,
-    kern: Kernel<MR, NR>,
-    u: &[f32],
-    pairs: bool,
-) -> Result<()> {
+/// The convolution, its products by `prod` on `u` (from `pack_weights(prod, ..)`).
+pub(super) fn conv2d<P: Products>(be: &CpuBackend, p: &Conv2d<'_, CpuBackend>, prod: &P, u: &[f32]) -> Result<()> {
+    const { assert!(P::KC % 2 == 0) };
+    let (mr, nr) = (P::MU, P::NT);
     let out = &p.out;
     let ConvShape { cout, cin, k, hu, wu, ho, wo } = check_conv2d(p)?;
     debug_assert!(k == 3 && p.stride == 1);
@@ -142,22 +306,20 @@ pub(super) fn conv2d<const MR: usize, const NR: usize>(
     let (h, w) = (p.x.a.h, p.x.a.w);
     let up = p.upsample as usize;
     let (tw, th) = (wo.div_ceil(2), ho.div_ceil(2));
-    let tiles = Tiles { tw, count: tw * th, wp: 2 * tw + 2, ho, wo };
+    let tiles = Grid { tw, count: tw * th, wp: 2 * tw + 2, ho, wo };
     let hp = 2 * th + 2;
     // The padded plane reaches one row / column further than the direct conv's when the
     // output size is odd (the last tile's unused half reads zeros).
     let pad = [pt, pl, hp - pt - hu, tiles.wp - pl - wu];
     let pix = ho * wo;
 
-    let kc_blk = Kernel::<MR, NR>::KC;
-    // Output channels per sub-block: the 16 products of NR tiles stay in L2 (each
-    // sub-block transforms the input again).
-    let mbw = MR * 128usize.div_ceil(MR);
-    let depth = if pairs { cin.div_ceil(2) } else { cin };
-    let plen = kern.packed_a_len(cout, depth);
+    let kc_blk = P::KC;
+    // Output channels per sub-block: the 16 products of the item's tiles stay in L2
+    // (each sub-block transforms the input again).
+    let mbw = mr * 128usize.div_ceil(mr);
     let workers = workers_for(be.threads, 2 * cout * cin * 16 * tiles.count * out.n);
-    let nb = tiles.count.div_ceil(NR);
-    let panels = cout.div_ceil(MR);
+    let nb = tiles.count.div_ceil(nr);
+    let panels = cout.div_ceil(mr);
     let mut mb = 1;
     if workers > 1 && nb < 2 * workers {
         mb = (2 * workers).div_ceil(nb).min(panels);
@@ -197,43 +359,30 @@ pub(super) fn conv2d<const MR: usize, const NR: usize>(
         let tiles = &tiles;
         par_for(workers, nb * mb, |item| {
             let (jb, ib) = (item / mb, item % mb);
-            let t0 = jb * NR;
-            let m0 = ib * per_mb * MR;
-            let m = (per_mb * MR).min(cout - m0);
-            let (offs, contiguous) = tiles.lanes::<NR>(t0);
-            let mut v = be.pool.take(XI * kc_blk * NR);
-            let mut mm = be.pool.take(XI * mbw * NR);
+            let t0 = jb * nr;
+            let m0 = ib * per_mb * mr;
+            let m = (per_mb * mr).min(cout - m0);
+            let mut v = be.pool.take(XI * kc_blk * nr);
+            let mut mm = be.pool.take(XI * mbw * nr);
             for mc0 in (0..m).step_by(mbw) {
                 let rows = mbw.min(m - mc0);
-                mm[..XI * mbw * NR].fill(0.0);
+                mm[..XI * mbw * nr].fill(0.0);
                 for k0 in (0..cin).step_by(kc_blk) {
                     let kc = kc_blk.min(cin - k0);
                     // SAFETY: channel planes k0..k0+kc of `padded`, tile offsets inside
-                    // them (`lanes`); `v` holds XI x kc_blk x NR floats.
+                    // them (`lanes`); `v` holds XI x kc_blk x NT floats; U's rows from
+                    // m0 + mc0 (a multiple of MU), depth k0 (of KC).
                     unsafe {
                         let planes = padded_ptr.get().add(k0 * plane_len) as *const f32;
-                        let vs = &mut v[..XI * kc_blk * NR];
-                        input_transform::<NR>(planes, plane_len, kc, tiles.wp, &offs, contiguous, vs);
-                        if pairs {
-                            to_pairs::<NR>(vs, kc);
-                        }
-                    }
-                    // In pairs, a chunk (even: `kc_blk` is) is `kc / 2` steps deep.
-                    let (kd, k0d) = if pairs { (kc.div_ceil(2), k0 / 2) } else { (kc, k0) };
-                    for xi in 0..XI {
-                        // SAFETY: U_xi's panels from row m0 + mc0 (a multiple of MR) and
-                        // depth k0; V_xi packed as one [kc][NR] panel; M_xi [rows][NR].
-                        unsafe {
-                            let a = u.as_ptr().add(xi * plen + (m0 + mc0) / MR * depth * MR + k0d * MR);
-                            let c = mm.as_mut_ptr().add(xi * mbw * NR);
-                            kern.macro_kernel(rows, NR, kd, a, depth * MR, v.as_ptr().add(xi * kc_blk * NR), c, NR);
-                        }
+                        let vs = &mut v[..XI * kc_blk * nr];
+                        transform_lanes::<P>(planes, plane_len, kc, tiles, t0, vs);
+                        prod.products(u, cout, cin, m0 + mc0, rows, k0, kc, vs, &mut mm[..XI * mbw * nr], mbw);
                     }
                 }
                 // SAFETY: output rows m0 + mc0.. of sample b, this item's tiles only.
                 unsafe {
                     let o = out_ptr.get().add(b * cout * pix);
-                    output_transform::<NR>(p, bias, b, m0 + mc0, rows, t0, tiles, &mm, mbw, o);
+                    output_lanes::<P>(p, bias, b, m0 + mc0, rows, t0, tiles, &mm, mbw, o);
                 }
             }
         });
@@ -241,12 +390,61 @@ pub(super) fn conv2d<const MR: usize, const NR: usize>(
     Ok(())
 }
 
+/// [`input_transform`] for `P::NT` lanes (16 or 32).
+///
+/// # Safety
+/// As [`input_transform`].
+unsafe fn transform_lanes<P: Products>(
+    planes: *const f32,
+    plane_len: usize,
+    kc: usize,
+    tiles: &Grid,
+    t0: usize,
+    v: &mut [f32],
+) {
+    match P::NT {
+        16 => {
+            let (offs, contiguous) = tiles.lanes::<16>(t0);
+            input_transform::<16>(planes, plane_len, kc, tiles.wp, &offs, contiguous, v)
+        }
+        32 => {
+            let (offs, contiguous) = tiles.lanes::<32>(t0);
+            input_transform::<32>(planes, plane_len, kc, tiles.wp, &offs, contiguous, v)
+        }
+        n => unreachable!("no Winograd transforms for {n} lanes"),
+    }
+}
+
+/// [`output_transform`] for `P::NT` lanes (16 or 32).
+///
+/// # Safety
+/// As [`output_transform`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn output_lanes<P: Products>(
+    p: &Conv2d<'_, CpuBackend>,
+    bias: &[f32],
+    b: usize,
+    co0: usize,
+    rows: usize,
+    t0: usize,
+    tiles: &Grid,
+    mm: &[f32],
+    mbw: usize,
+    out: *mut f32,
+) {
+    match P::NT {
+        16 => output_transform::<16>(p, bias, b, co0, rows, t0, tiles, mm, mbw, out),
+        32 => output_transform::<32>(p, bias, b, co0, rows, t0, tiles, mm, mbw, out),
+        n => unreachable!("no Winograd transforms for {n} lanes"),
+    }
+}
+
 /// `V_xi[c][l] = (Bt d B)[xi]` for the 4x4 input `d` of lane `l`'s tile in channel
 /// plane `c` (`kc` planes `plane_len` apart, rows `wp` long), into `v` as XI equal
 /// panels of `[v.len() / XI / NR][NR]`.
 ///
 /// # Safety
-/// The planes hold every tile's 4x4 block at `offs` (`Tiles::lanes`).
+/// The planes hold every tile's 4x4 block at `offs` (`Grid::lanes`).
 unsafe fn input_transform<const NR: usize>(
     planes: *const f32,
     plane_len: usize,
@@ -345,7 +543,7 @@ unsafe fn output_transform<const NR: usize>(
     co0: usize,
     rows: usize,
     t0: usize,
-    tiles: &Tiles,
+    tiles: &Grid,
     mm: &[f32],
     mbw: usize,
     out: *mut f32,
@@ -367,7 +565,7 @@ unsafe fn output_transform_avx2<const NR: usize>(
     co0: usize,
     rows: usize,
     t0: usize,
-    tiles: &Tiles,
+    tiles: &Grid,
     mm: &[f32],
     mbw: usize,
     out: *mut f32,
@@ -384,7 +582,7 @@ unsafe fn output_transform_body<const NR: usize>(
     co0: usize,
     rows: usize,
     t0: usize,
-    tiles: &Tiles,
+    tiles: &Grid,
     mm: &[f32],
     mbw: usize,
     out: *mut f32,
