@@ -15,8 +15,8 @@ use super::bf16;
 use super::gemm::{self, with_kernel, Kernel, MatRef};
 use super::gemm_bf16;
 use super::isa::{Bf16Tiles, F32Kernel};
-use super::pad::pad_plane;
-use super::threads::{par_for, workers_for, SyncPtr};
+use super::pad::{sample_planes, Padding};
+use super::threads::{par_for, row_split, workers_for, SyncPtr};
 use super::vec16;
 use super::winograd;
 use super::{base, sample_ptr, CpuBackend};
@@ -42,7 +42,7 @@ fn pair_conv(be: &CpuBackend, p: &Conv2d<'_, CpuBackend>, kern: Kernel<14, 32>, 
     if be.winograd && p.k == 3 && p.stride == 1 {
         check_conv2d(p)?;
         let (cout, cin) = (p.w.shape[0], p.w.shape[1]);
-        let prod = winograd::Pairs(kern);
+        let prod = winograd::Pairs::new(kern);
         let u =
             p.w.winograd
                 .get_or_init(|| winograd::pack_weights(&prod, &unpack_pairs(&p.w.tiles, cout, cin * 9), cout, cin));
@@ -163,7 +163,7 @@ pub(super) fn conv2d(be: &CpuBackend, p: &Conv2d<'_, CpuBackend>) -> Result<()> 
             // used only with stride 2, a downsampler's, never pays for them).
             check_conv2d(p)?;
             let (cout, cin) = (p.w.shape[0], p.w.shape[1]);
-            let prod = winograd::F32(kern);
+            let prod = winograd::F32::new(kern);
             let u = p.w.winograd.get_or_init(|| {
                 winograd::pack_weights(&prod, &unpack_weight(kern, &p.w.data, cout, cin * 9), cout, cin)
             });
@@ -320,8 +320,6 @@ fn conv2d_with<G: ConvGemm>(be: &CpuBackend, p: &Conv2d<'_, CpuBackend>, gm: &G)
     let out = &p.out;
     let ConvShape { cout, cin, k, hu, wu, ho, wo } = check_conv2d(p)?;
     let [pt, pl, pb, pr] = p.pad;
-    let (h, w) = (p.x.a.h, p.x.a.w);
-    let up = p.upsample as usize;
     if out.is_empty() {
         return Ok(());
     }
@@ -341,50 +339,16 @@ fn conv2d_with<G: ConvGemm>(be: &CpuBackend, p: &Conv2d<'_, CpuBackend>, gm: &G)
     let nb = pix.div_ceil(NC);
     let nc = pix.div_ceil(nb).next_multiple_of(G::NU);
     let nb = pix.div_ceil(nc);
-    let panels = cout.div_ceil(G::MU);
-    let mut mb = 1;
-    if workers > 1 && nb < 2 * workers {
-        mb = (2 * workers).div_ceil(nb).min(panels);
-    }
-    let per_mb = panels.div_ceil(mb);
-    let mb = panels.div_ceil(per_mb);
+    let (per_mb, mb) = row_split(workers, nb, cout.div_ceil(G::MU));
 
     let out_ptr = SyncPtr(base(out));
     let bias = &p.bias.data[..];
     let mut padded = be.pool.take(if direct { 0 } else { cin * hp * wp });
     for b in 0..out.n {
-        let a_ptr = SyncPtr(sample_ptr(&p.x.a, b) as *mut f32);
-        let b_ptr = p.x.b.as_ref().map(|x| SyncPtr(sample_ptr(x, b) as *mut f32));
-        let ca = p.x.a.c;
-        // Input channel `ci` of the concat. SAFETY: regions validated.
-        let plane = |ci: usize| -> *const f32 {
-            unsafe {
-                match b_ptr {
-                    Some(bp) if ci >= ca => bp.get().add((ci - ca) * h * w),
-                    _ => a_ptr.get().add(ci * h * w),
-                }
-            }
-        };
-        // One pointer per input channel to its (padded) plane, `wp` floats per row.
-        let planes: Vec<SyncPtr> = if direct {
-            (0..cin).map(|ci| SyncPtr(plane(ci) as *mut f32)).collect()
-        } else {
-            let dst = SyncPtr(padded.as_mut_ptr());
-            // Memory-bound: a second worker pays off only for large planes.
-            par_for(workers_for(be.threads, 4 * cin * hp * wp), cin, |ci| {
-                // SAFETY: a validated input plane of h * w floats; each channel writes
-                // its own plane of `padded`, which holds cin * hp * wp floats.
-                let (sp, d) = unsafe {
-                    (
-                        std::slice::from_raw_parts(plane(ci), h * w),
-                        std::slice::from_raw_parts_mut(dst.get().add(ci * hp * wp), hp * wp),
-                    )
-                };
-                pad_plane(sp, w, up, [pt, pl, pb, pr], wp, d);
-            });
-            // SAFETY: plane offsets within `padded`.
-            (0..cin).map(|ci| SyncPtr(unsafe { dst.get().add(ci * hp * wp) })).collect()
-        };
+        let padding = (!direct).then_some(Padding { up: p.upsample, pad: p.pad, hp, wp });
+        // SAFETY: the input validated by `check_conv2d`; `padded` holds cin * hp * wp
+        // floats when padding.
+        let planes = unsafe { sample_planes(be, &p.x, b, padding, &mut padded) };
         let planes = &planes;
         par_for(workers, nb * mb, |item| {
             let (jb, ib) = (item / mb, item % mb);

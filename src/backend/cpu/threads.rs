@@ -34,6 +34,18 @@ pub fn workers_for(threads: usize, flops: usize) -> usize {
     threads.min(flops / MIN_PER_THREAD).max(1)
 }
 
+/// How a product's rows are split between work items when its `col_blocks` column
+/// blocks are too few to keep `workers` busy (deep, small layers): `(panels per item,
+/// row items)` over `panels` row panels.
+pub fn row_split(workers: usize, col_blocks: usize, panels: usize) -> (usize, usize) {
+    let mut mb = 1;
+    if workers > 1 && col_blocks < 2 * workers {
+        mb = (2 * workers).div_ceil(col_blocks).min(panels);
+    }
+    let per_mb = panels.div_ceil(mb);
+    (per_mb, panels.div_ceil(per_mb))
+}
+
 /// A raw pointer that worker closures may share; each worker writes a disjoint part.
 pub struct SyncPtr<T = f32>(pub *mut T);
 // SAFETY: used only to hand disjoint output regions (or read-only inputs) to workers.

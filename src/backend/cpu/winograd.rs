@@ -23,7 +23,8 @@ use super::amx::Tiles;
 use super::bf16;
 use super::gemm::{Kernel, MatRef};
 use super::gemm_bf16;
-use super::threads::{par_for, workers_for, SyncPtr};
+use super::pad::{sample_planes, Padding};
+use super::threads::{par_for, row_split, workers_for, SyncPtr};
 use super::{base, sample_ptr, CpuBackend};
 use crate::backend::check::{check_conv2d, ConvShape};
 use crate::backend::Conv2d;
@@ -94,70 +95,54 @@ pub(super) trait Products: Sync {
     );
 }
 
-/// f32 products on a GEMM kernel.
-pub(super) struct F32<const MR: usize, const NR: usize>(pub Kernel<MR, NR>);
+/// Products on a GEMM kernel of `gemm.rs`: f32 (`PAIRS` false), or bf16 pairs of input
+/// channels on the pair kernel (`vec16::ukr_pairs`), U and V rounded to bf16 after the
+/// f32 transforms.
+pub(super) struct OnKernel<const MR: usize, const NR: usize, const PAIRS: bool>(pub Kernel<MR, NR>);
 
-impl<const MR: usize, const NR: usize> Products for F32<MR, NR> {
-    const MU: usize = MR;
-    const NT: usize = NR;
-    const KC: usize = Kernel::<MR, NR>::KC;
-    fn pack_u(&self, planes: &[f32], cout: usize, cin: usize) -> Vec<f32> {
-        let plen = self.0.packed_a_len(cout, cin);
-        let mut out = vec![0f32; XI * plen];
-        for (xi, dst) in out.chunks_exact_mut(plen).enumerate() {
-            let src = &planes[xi * cout * cin..][..cout * cin];
-            // SAFETY: `src` holds `cout x cin` values; `dst` the packed length.
-            unsafe { self.0.pack_a(MatRef { ptr: src.as_ptr(), rs: cin as isize, cs: 1 }, cout, cin, dst) };
-        }
-        out
+/// f32 products.
+pub(super) type F32<const MR: usize, const NR: usize> = OnKernel<MR, NR, false>;
+/// bf16-pair products.
+pub(super) type Pairs<const MR: usize, const NR: usize> = OnKernel<MR, NR, true>;
+
+impl<const MR: usize, const NR: usize, const PAIRS: bool> OnKernel<MR, NR, PAIRS> {
+    pub fn new(kern: Kernel<MR, NR>) -> Self {
+        Self(kern)
     }
-    unsafe fn products(
-        &self,
-        u: &[f32],
-        cout: usize,
-        cin: usize,
-        m0: usize,
-        rows: usize,
-        k0: usize,
-        kc: usize,
-        v: &mut [f32],
-        mm: &mut [f32],
-        mbw: usize,
-    ) {
-        let plen = self.0.packed_a_len(cout, cin);
-        for xi in 0..XI {
-            let a = u.as_ptr().add(xi * plen + m0 / MR * cin * MR + k0 * MR);
-            let vb = v.as_ptr().add(xi * Self::KC * NR);
-            self.0.macro_kernel(rows, NR, kc, a, cin * MR, vb, mm.as_mut_ptr().add(xi * mbw * NR), NR);
+
+    /// Steps of depth for `cin` channels (pairs take one step per two channels).
+    fn depth(cin: usize) -> usize {
+        if PAIRS {
+            cin.div_ceil(2)
+        } else {
+            cin
         }
     }
 }
 
-/// bf16 products on the pair kernel (`vec16::ukr_pairs`): U and V rounded to bf16 and
-/// paired along the input channels.
-pub(super) struct Pairs<const MR: usize, const NR: usize>(pub Kernel<MR, NR>);
-
-impl<const MR: usize, const NR: usize> Products for Pairs<MR, NR> {
+impl<const MR: usize, const NR: usize, const PAIRS: bool> Products for OnKernel<MR, NR, PAIRS> {
     const MU: usize = MR;
     const NT: usize = NR;
     const KC: usize = Kernel::<MR, NR>::KC;
     fn pack_u(&self, planes: &[f32], cout: usize, cin: usize) -> Vec<f32> {
-        let depth = cin.div_ceil(2);
+        let depth = Self::depth(cin);
         let plen = self.0.packed_a_len(cout, depth);
         let mut out = vec![0f32; XI * plen];
         for (xi, dst) in out.chunks_exact_mut(plen).enumerate() {
-            let src = &planes[xi * cout * cin..][..cout * cin];
-            // Row co's pair q: channels 2q (low half) and 2q + 1 (high half, 0 past cin).
-            let pairs: Vec<f32> = (0..cout * depth)
-                .map(|o| {
-                    let (co, q) = (o / depth, o % depth);
-                    let lo = bf16::round(src[co * cin + 2 * q]) as u32;
-                    let hi = if 2 * q + 1 < cin { bf16::round(src[co * cin + 2 * q + 1]) as u32 } else { 0 };
-                    f32::from_bits(lo | hi << 16)
-                })
-                .collect();
-            // SAFETY: `pairs` holds `cout x depth` words; `dst` the packed length.
-            unsafe { self.0.pack_a(MatRef { ptr: pairs.as_ptr(), rs: depth as isize, cs: 1 }, cout, depth, dst) };
+            let mut src = planes[xi * cout * cin..][..cout * cin].to_vec();
+            if PAIRS {
+                // Row co's pair q: channels 2q (low half) and 2q + 1 (high half, 0 past cin).
+                src = (0..cout * depth)
+                    .map(|o| {
+                        let (co, q) = (o / depth, o % depth);
+                        let lo = bf16::round(src[co * cin + 2 * q]) as u32;
+                        let hi = if 2 * q + 1 < cin { bf16::round(src[co * cin + 2 * q + 1]) as u32 } else { 0 };
+                        f32::from_bits(lo | hi << 16)
+                    })
+                    .collect();
+            }
+            // SAFETY: `src` holds `cout x depth` words; `dst` the packed length.
+            unsafe { self.0.pack_a(MatRef { ptr: src.as_ptr(), rs: depth as isize, cs: 1 }, cout, depth, dst) };
         }
         out
     }
@@ -174,13 +159,16 @@ impl<const MR: usize, const NR: usize> Products for Pairs<MR, NR> {
         mm: &mut [f32],
         mbw: usize,
     ) {
-        let depth = cin.div_ceil(2);
+        let depth = Self::depth(cin);
         let plen = self.0.packed_a_len(cout, depth);
-        to_pairs::<NR>(v, kc);
+        if PAIRS {
+            to_pairs::<NR>(v, kc);
+        }
+        let (kd, k0d) = (Self::depth(kc), Self::depth(k0));
         for xi in 0..XI {
-            let a = u.as_ptr().add(xi * plen + m0 / MR * depth * MR + k0 / 2 * MR);
+            let a = u.as_ptr().add(xi * plen + m0 / MR * depth * MR + k0d * MR);
             let vb = v.as_ptr().add(xi * Self::KC * NR);
-            self.0.macro_kernel(rows, NR, kc.div_ceil(2), a, depth * MR, vb, mm.as_mut_ptr().add(xi * mbw * NR), NR);
+            self.0.macro_kernel(rows, NR, kd, a, depth * MR, vb, mm.as_mut_ptr().add(xi * mbw * NR), NR);
         }
     }
 }
@@ -303,8 +291,6 @@ pub(super) fn conv2d<P: Products>(be: &CpuBackend, p: &Conv2d<'_, CpuBackend>, p
         return Ok(());
     }
     let [pt, pl, _, _] = p.pad;
-    let (h, w) = (p.x.a.h, p.x.a.w);
-    let up = p.upsample as usize;
     let (tw, th) = (wo.div_ceil(2), ho.div_ceil(2));
     let tiles = Grid { tw, count: tw * th, wp: 2 * tw + 2, ho, wo };
     let hp = 2 * th + 2;
@@ -319,42 +305,16 @@ pub(super) fn conv2d<P: Products>(be: &CpuBackend, p: &Conv2d<'_, CpuBackend>, p
     let mbw = mr * 128usize.div_ceil(mr);
     let workers = workers_for(be.threads, 2 * cout * cin * 16 * tiles.count * out.n);
     let nb = tiles.count.div_ceil(nr);
-    let panels = cout.div_ceil(mr);
-    let mut mb = 1;
-    if workers > 1 && nb < 2 * workers {
-        mb = (2 * workers).div_ceil(nb).min(panels);
-    }
-    let per_mb = panels.div_ceil(mb);
-    let mb = panels.div_ceil(per_mb);
+    let (per_mb, mb) = row_split(workers, nb, cout.div_ceil(mr));
 
     let out_ptr = SyncPtr(base(out));
     let bias = &p.bias.data[..];
     let mut padded = be.pool.take(cin * hp * tiles.wp);
     for b in 0..out.n {
-        let a_ptr = SyncPtr(sample_ptr(&p.x.a, b) as *mut f32);
-        let b_ptr = p.x.b.as_ref().map(|x| SyncPtr(sample_ptr(x, b) as *mut f32));
-        let ca = p.x.a.c;
-        let plane = |ci: usize| -> *const f32 {
-            // SAFETY: regions validated by `check_conv2d`.
-            unsafe {
-                match b_ptr {
-                    Some(bp) if ci >= ca => bp.get().add((ci - ca) * h * w),
-                    _ => a_ptr.get().add(ci * h * w),
-                }
-            }
-        };
-        let dst = SyncPtr(padded.as_mut_ptr());
+        let padding = Padding { up: p.upsample, pad, hp, wp: tiles.wp };
+        // SAFETY: the input validated by `check_conv2d`; `padded` holds cin planes.
+        unsafe { sample_planes(be, &p.x, b, Some(padding), &mut padded) };
         let plane_len = hp * tiles.wp;
-        par_for(workers_for(be.threads, 4 * cin * plane_len), cin, |ci| {
-            // SAFETY: a validated input plane; each channel writes its own padded plane.
-            let (sp, d) = unsafe {
-                (
-                    std::slice::from_raw_parts(plane(ci), h * w),
-                    std::slice::from_raw_parts_mut(dst.get().add(ci * plane_len), plane_len),
-                )
-            };
-            super::pad::pad_plane(sp, w, up, pad, tiles.wp, d);
-        });
         let padded_ptr = SyncPtr(padded.as_mut_ptr());
         let tiles = &tiles;
         par_for(workers, nb * mb, |item| {
