@@ -36,39 +36,41 @@ pub(super) fn pack_weight(kind: F32Kernel, w: &[f32], cout: usize, kk: usize) ->
     })
 }
 
-/// A bf16 convolution on the vector tile's bf16 pairs: Winograd for 3x3 stride 1
-/// (unless turned off), else direct.
-fn pair_conv(be: &CpuBackend, p: &Conv2d<'_, CpuBackend>, kern: Kernel<14, 32>, w: SyncPtr<u16>) -> Result<()> {
-    if be.winograd && p.k == 3 && p.stride == 1 {
-        check_conv2d(p)?;
-        let (cout, cin) = (p.w.shape[0], p.w.shape[1]);
-        let prod = winograd::Pairs::new(kern);
-        let u =
-            p.w.winograd
-                .get_or_init(|| winograd::pack_weights(&prod, &unpack_pairs(&p.w.tiles, cout, cin * 9), cout, cin));
-        return winograd::conv2d(be, p, &prod, u);
+/// A 3x3 stride-1 convolution by Winograd on `prod` when the backend uses it, else
+/// `direct()`. The transformed weights are made from `raw()` (the row-major weight) at
+/// the first stride-1 use, so a 3x3 weight used only with stride 2 (a downsampler's)
+/// never pays for them.
+fn winograd_or<P: winograd::Products>(
+    be: &CpuBackend,
+    p: &Conv2d<'_, CpuBackend>,
+    prod: P,
+    raw: impl FnOnce(usize, usize) -> Vec<f32>,
+    direct: impl FnOnce() -> Result<()>,
+) -> Result<()> {
+    if !(be.winograd && p.k == 3 && p.stride == 1) {
+        return direct();
     }
-    conv2d_with(be, p, &PairGemm { kern, w })
+    check_conv2d(p)?;
+    let (cout, cin) = (p.w.shape[0], p.w.shape[1]);
+    let u = p.w.winograd.get_or_init(|| winograd::pack_weights(&prod, &raw(cout, cin * 9), cout, cin));
+    winograd::conv2d(be, p, &prod, u)
 }
 
-/// A bf16 convolution on AMX tiles (real or twin): Winograd for 3x3 stride 1 (unless
-/// turned off), else direct.
-fn amx_conv<T: Tiles, F: Fn() -> T + Sync>(
+/// A bf16 convolution on the vector tile's bf16 pairs.
+fn pair_conv(be: &CpuBackend, p: &Conv2d<'_, CpuBackend>, kern: Kernel<14, 32>, w: SyncPtr<u16>) -> Result<()> {
+    let raw = |cout, kk| unpack_pairs(&p.w.tiles, cout, kk);
+    winograd_or(be, p, winograd::Pairs::new(kern), raw, || conv2d_with(be, p, &PairGemm { kern, w }))
+}
+
+/// A bf16 convolution on AMX tiles (real or twin).
+fn amx_conv<T: Tiles, F: Fn() -> T + Sync + Copy>(
     be: &CpuBackend,
     p: &Conv2d<'_, CpuBackend>,
     tiles: F,
     w: SyncPtr<u16>,
 ) -> Result<()> {
-    if be.winograd && p.k == 3 && p.stride == 1 {
-        check_conv2d(p)?;
-        let (cout, cin) = (p.w.shape[0], p.w.shape[1]);
-        let prod = winograd::Amx(tiles);
-        let u =
-            p.w.winograd
-                .get_or_init(|| winograd::pack_weights(&prod, &unpack_blocks(&p.w.tiles, cout, cin * 9), cout, cin));
-        return winograd::conv2d(be, p, &prod, u);
-    }
-    conv2d_with(be, p, &Bf16Gemm { w, tiles })
+    let raw = |cout, kk| unpack_blocks(&p.w.tiles, cout, kk);
+    winograd_or(be, p, winograd::Amx(tiles), raw, || conv2d_with(be, p, &Bf16Gemm { w, tiles }))
 }
 
 /// The row-major `[cout, kk]` weight (bf16 values) back from the AMX A blocks of
@@ -158,18 +160,8 @@ pub(super) fn conv2d(be: &CpuBackend, p: &Conv2d<'_, CpuBackend>) -> Result<()> 
     }
     let w = SyncPtr(p.w.data.as_ptr() as *mut f32);
     with_kernel!(be.isa.f32_kernel(), |kern| {
-        if be.winograd && p.k == 3 && p.stride == 1 {
-            // The transformed weights, made at the first stride-1 use (a 3x3 weight
-            // used only with stride 2, a downsampler's, never pays for them).
-            check_conv2d(p)?;
-            let (cout, cin) = (p.w.shape[0], p.w.shape[1]);
-            let prod = winograd::F32::new(kern);
-            let u = p.w.winograd.get_or_init(|| {
-                winograd::pack_weights(&prod, &unpack_weight(kern, &p.w.data, cout, cin * 9), cout, cin)
-            });
-            return winograd::conv2d(be, p, &prod, u);
-        }
-        conv2d_with(be, p, &F32Gemm { kern, w })
+        let raw = |cout, kk| unpack_weight(kern, &p.w.data, cout, kk);
+        winograd_or(be, p, winograd::F32::new(kern), raw, || conv2d_with(be, p, &F32Gemm { kern, w }))
     })
 }
 
