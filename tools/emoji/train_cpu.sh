@@ -44,7 +44,13 @@ while :; do
   tmp="$STATE.next"
   rm -rf "$tmp"
   if [ -f "$STATE/train_state.json" ]; then
-    step=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['step'])" "$STATE/train_state.json")
+    read -r step total < <("$PY" -c "import json,sys; s=json.load(open(sys.argv[1])); \
+print(s['step'], s['options'].get('total_steps') or 0)" "$STATE/train_state.json")
+    # The cosine schedule ends at total_steps: past it the run is finished, not extended.
+    if [ "$total" -gt 0 ] && [ "$step" -ge "$total" ]; then
+      echo "[$(date +%T)] finished: step $step of $total"
+      break
+    fi
     # shellcheck disable=SC2206
     opts=(--resume "$STATE" ${EXTRA_OPTS:-})
   else
@@ -53,6 +59,7 @@ while :; do
     opts=($FIRST_OPTS)
   fi
   target=$(( step + CHUNK ))
+  [ "${total:-0}" -gt 0 ] && [ "$target" -gt "$total" ] && target=$total
   echo "[$(date +%T)] chunk: steps $step -> $target"
   t0=$(date +%s)
   nice -n 19 "$PY" tools/emoji/train.py --data "$DATA" --out "$tmp" --steps "$target" "${opts[@]}" \
