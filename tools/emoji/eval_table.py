@@ -39,7 +39,7 @@ def rows(root, model):
 def main():
     root = sys.argv[1] if len(sys.argv) > 1 else "target/emoji/eval"
     all_rows = (rows(root, "trained") + rows(os.path.join(root, "control"), "control (untrained fixture)")
-                + rows(os.path.join(root, "ceiling"), "ceiling (the truth as output)"))
+                + rows(os.path.join(root, "ceiling"), "reference (as the output)"))
     with open(os.path.join(root, "summary.json"), "w") as f:
         json.dump(all_rows, f, indent=1)
         f.write("\n")

@@ -3,8 +3,8 @@
 # knob sweeps over the fixed 200-pair held-out sample (examples/emoji, written by
 # tools/emoji/make_eval_set.py), `evaluate --truth` for every swept value, and the same
 # for the untrained fixture model (the control that shows the figures can fail), and the
-# same figures for the ground truth itself taken as the output (the ceiling: what a
-# perfect transfer scores on this sample).
+# same figures for two references taken as the output: the ground truth (what a perfect
+# transfer scores on this sample) and the style image (what copying the style scores).
 #
 #   tools/emoji/evaluate.sh [MODEL] [OUT]     # defaults: models/emoji-32, target/emoji/eval
 #
@@ -13,11 +13,13 @@
 # CONTROL (the control model, default the fixture), CONTROL_SWEEPS (default: the gamma
 # sweep only), BATCH (pairs side by side, default 16; results do not depend on it),
 # SAMPLE_STEPS (DDIM steps of the samples, default 50), PARTS (which of "model control
-# ceiling figures" to run, default all; the table covers whatever OUT holds). Writes under OUT: samples.png,
-# one sweep-<knob>/ folder per sweep (sweep.png, sweep.json, one folder per value with
-# its pairs, grid.png and truth.json), the same under control/, ceiling/ (the truth as
-# output), figures/ (each sweep on 9 of the pairs, for the page), and summary.md + summary.json (every figure, one row per run;
-# tools/emoji/eval_table.py). Python: standard library only.
+# ceiling figures" to run, default all; the table covers whatever OUT holds).
+# Writes under OUT: samples.png, one sweep-<knob>/ folder per sweep (sweep.png,
+# sweep.json, one folder per value with its pairs, grid.png and truth.json), the same
+# under control/, ceiling/ (the references scored as outputs: the truth, the style
+# copy), figures/ (each sweep on 9 of the pairs, for the page), and summary.md +
+# summary.json (every figure, one row per run; tools/emoji/eval_table.py).
+# Python: standard library only.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 MODEL="${1:-models/emoji-32}"
@@ -52,17 +54,22 @@ sweeps() {  # model, out dir, sweeps
   done
 }
 
-# The truth of every pair under the name `transfer` gives that pair's output, scored
-# like one: the most any transfer can reach on this sample.
+# References scored like outputs, each pair's image under the name `transfer` gives that
+# pair's output: the truth (the most any transfer can reach on this sample) and the
+# style image itself (what copying the style, with no content at all, reaches).
 ceiling() {  # out dir
-  local dir="$1/sweep-truth/truth"
-  mkdir -p "$dir"
+  local root="$1/sweep-reference"
+  mkdir -p "$root/truth" "$root/style-copy"
   while IFS=$'\t' read -r c s t; do
     case "$c" in "#"*|"") continue ;; esac
-    cp "$SET/$t" "$dir/content_$(basename "$c" .png)_style_$(basename "$s" .png).png"
+    local name="content_$(basename "$c" .png)_style_$(basename "$s" .png).png"
+    cp "$SET/$t" "$root/truth/$name"
+    cp "$s" "$root/style-copy/$name"
   done < "$SET/truth.tsv"
-  "$BIN" evaluate --content "${CONTENTS[@]}" --style "${STYLES[@]}" --results "$dir" \
-    --truth "$SET/truth.tsv" --out "$dir/truth.json" > "$dir/truth.txt"
+  for dir in "$root/truth" "$root/style-copy"; do
+    "$BIN" evaluate --content "${CONTENTS[@]}" --style "${STYLES[@]}" --results "$dir" \
+      --truth "$SET/truth.tsv" --out "$dir/truth.json" > "$dir/truth.txt"
+  done
 }
 
 has() { case " $PARTS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
