@@ -145,6 +145,14 @@ fn batched_pairs_equal_single() {
     assert_eq!(worst, 0.0, "batched pairs differ from single pairs by up to {worst:e}");
 }
 
+/// The step scheduler runs a mixed set of jobs (joins, a cancel, an inversion among
+/// transfers of other knobs and masks) through the kernels, each job giving exactly the
+/// bits of the kernels' own run of it alone.
+#[test]
+fn step_scheduler_mixed_set() {
+    common::steps_equal_alone(&emu(Precision::F32));
+}
+
 /// One whole U-Net forward of each family (DDPM with attention, ADM with FiLM,
 /// resampling and the legacy QKV order), in f32 and bf16 (the tensor-core, cp.async and
 /// ldmatrix paths), runs clean under every emulator check and gives the very bits of

@@ -202,6 +202,81 @@ pub struct Counts {
     pub mixed_steps: usize,
 }
 
+/// How an injection-capable step updates the latent (method.md, section 2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Update {
+    /// A DDIM step: `x0` from eps' (eps when unmixed), the direction from eps, with
+    /// `c_dir` / `c_noise`. Also the authors' dt_lambda overwrite at t >= dt_end (then
+    /// `c_dir` holds the scaled direction and `c_noise` is 0) and every plain step.
+    Step,
+    /// Style calibration (omega != 0 on a mixed step): calibrate x_i, rerun the plain
+    /// U-Net there, take an ordinary step on its eps.
+    Calibrate,
+}
+
+/// One generation step from time `i` to `j` (`j` = -1 after the last): everything the
+/// settings decide about it, in one place for [`Engine`] and any other scheduler of the
+/// same steps.
+#[derive(Clone, Copy, Debug)]
+pub struct GenStep {
+    pub i: i64,
+    pub j: i64,
+    /// Injection-capable: one encoder, then one or two decoders on its skips (else a
+    /// plain forward and a deterministic step with seed 0).
+    pub inject: bool,
+    /// h is mixed with the content's (a second decoder on h').
+    pub mixed: bool,
+    pub c_dir: f32,
+    pub c_noise: f32,
+    pub update: Update,
+    /// Counted as a noisy step.
+    pub noisy: bool,
+}
+
+impl GenStep {
+    /// `replace` = the injection-capable times (seq(replace_steps), or every time).
+    pub fn new(s: &Settings, sched: &Schedule, replace: &[i64], i: i64, j: i64) -> Self {
+        let (a_i, a_j) = (sched.alpha_bar(i), sched.alpha_bar(j));
+        let dir = (1.0 - a_j).sqrt();
+        let plain =
+            Self { i, j, inject: false, mixed: false, c_dir: dir, c_noise: 0.0, update: Update::Step, noisy: false };
+        if !replace.contains(&i) {
+            return plain;
+        }
+        let mixed = i >= s.t_edit;
+        // eta = 1 coefficients, in the authors' f32 order.
+        let (c_dir, c_noise) = if i <= s.t_boost {
+            let c1 = ((1.0 - a_i / a_j) * (1.0 - a_j) / (1.0 - a_i)).sqrt();
+            let c2 = ((1.0 - a_j) - c1 * c1).max(0.0).sqrt();
+            (c2, c1)
+        } else {
+            (dir, 0.0)
+        };
+        let dt_override = s.omega == 0.0 && s.dt_lambda != 1.0 && i >= s.dt_end;
+        let noisy = c_noise != 0.0 && !dt_override;
+        // With omega != 0 on an unmixed step eps' == eps: calibration would leave x_i as
+        // it is and the rerun U-Net would return eps again, so it is an ordinary step.
+        let (update, c_dir, c_noise) = if s.omega != 0.0 && mixed {
+            (Update::Calibrate, c_dir, c_noise)
+        } else if dt_override {
+            (Update::Step, dir * s.dt_lambda, 0.0)
+        } else {
+            (Update::Step, c_dir, c_noise)
+        };
+        Self { inject: true, mixed, c_dir, c_noise, update, noisy, ..plain }
+    }
+
+    /// The generation's steps in the order they run (from t = 999 down).
+    pub fn all(s: &Settings, sched: &Schedule) -> Vec<Self> {
+        let times = seq(s.gen_steps);
+        let replace = if s.replace_steps == 0 { times.clone() } else { seq(s.replace_steps) };
+        (0..times.len())
+            .rev()
+            .map(|k| Self::new(s, sched, &replace, times[k], if k == 0 { -1 } else { times[k - 1] }))
+            .collect()
+    }
+}
+
 /// The U-Net plus everything a run needs on the backend, allocated once, for `batch`
 /// images (inversions) or pairs (generations) at a time. Fewer inputs than the batch
 /// are padded by repeating the last one; every sample computes exactly what it would
@@ -459,18 +534,14 @@ impl<'a, B: Backend> Engine<'a, B> {
             self.be.upload(Act::new(traj, 0, 1, len, 1, 1), &host)?;
         }
 
-        let times = seq(s.gen_steps);
-        let replace = if s.replace_steps == 0 { times.clone() } else { seq(s.replace_steps) };
         let (mut cur, mut nxt) = (0usize, 1usize);
-        for k in (0..times.len()).rev() {
-            let (i, j) = (times[k], if k == 0 { -1 } else { times[k - 1] });
-            let (a_i, a_j) = (self.sched.alpha_bar(i), self.sched.alpha_bar(j));
-            let dir = (1.0 - a_j).sqrt();
+        for g in GenStep::all(s, self.sched) {
+            let (i, j) = (g.i, g.j);
             self.be.begin_step()?;
-            if !replace.contains(&i) {
+            if !g.inject {
                 self.forward(cur, i)?;
                 let eps = self.unet.eps(&self.ws, bn);
-                self.step(cur, nxt, eps, eps, i, j, dir, 0.0, 0)?;
+                self.step(cur, nxt, eps, eps, i, j, g.c_dir, 0.0, 0)?;
                 self.be.end_step()?;
                 std::mem::swap(&mut cur, &mut nxt);
                 progress();
@@ -481,8 +552,7 @@ impl<'a, B: Backend> Engine<'a, B> {
             self.ts.fill(i as f32);
             self.unet.encode(self.be, &self.ws, &self.ts)?;
             self.counts.encoder += 1;
-            let mixed = i >= s.t_edit;
-            if mixed {
+            if g.mixed {
                 // Decoder samples [bn, 2 bn) get h' and read the skips of sample b % bn.
                 let traj = &self.traj.as_ref().expect("allocated above").0;
                 let h2 = self.unet.h(&self.ws, 2 * bn);
@@ -497,37 +567,18 @@ impl<'a, B: Backend> Engine<'a, B> {
                 self.unet.decode(self.be, &self.ws, bn)?;
                 self.counts.decoder += 1;
             }
-            let eps_all = self.unet.eps(&self.ws, if mixed { 2 * bn } else { bn });
+            let eps_all = self.unet.eps(&self.ws, if g.mixed { 2 * bn } else { bn });
             let eps = eps_all.samples(0, bn);
-            let eps_mod = if mixed { eps_all.samples(bn, bn) } else { eps };
-            let noisy = i <= s.t_boost;
-            // eta = 1 coefficients, in the authors' f32 order.
-            let (c_dir, c_noise) = if noisy {
-                let c1 = ((1.0 - a_i / a_j) * (1.0 - a_j) / (1.0 - a_i)).sqrt();
-                let c2 = ((1.0 - a_j) - c1 * c1).max(0.0).sqrt();
-                (c2, c1)
+            let eps_mod = if g.mixed { eps_all.samples(bn, bn) } else { eps };
+            self.counts.noisy_steps += usize::from(g.noisy);
+            if g.update == Update::Calibrate {
+                // Calibrate x_i, rerun the plain U-Net there, take an ordinary step.
+                self.be.calibrate(self.slot(cur), eps, eps_mod, self.sched.alpha_bar(i), s.omega, self.slot(2))?;
+                self.forward(2, i)?;
+                let eps2 = self.unet.eps(&self.ws, bn);
+                self.step(2, nxt, eps2, eps2, i, j, g.c_dir, g.c_noise, s.seed)?;
             } else {
-                (dir, 0.0)
-            };
-            let dt_override = s.omega == 0.0 && s.dt_lambda != 1.0 && i >= s.dt_end;
-            self.counts.noisy_steps += usize::from(c_noise != 0.0 && !dt_override);
-            if s.omega != 0.0 {
-                if mixed {
-                    // Calibrate x_i, rerun the plain U-Net there, take an ordinary step.
-                    self.be.calibrate(self.slot(cur), eps, eps_mod, a_i, s.omega, self.slot(2))?;
-                    self.forward(2, i)?;
-                    let eps2 = self.unet.eps(&self.ws, bn);
-                    self.step(2, nxt, eps2, eps2, i, j, c_dir, c_noise, s.seed)?;
-                } else {
-                    // eps' == eps: calibration leaves x_i as it is, and the rerun U-Net
-                    // would return eps again; the ordinary step has no dt_lambda.
-                    self.step(cur, nxt, eps, eps, i, j, c_dir, c_noise, s.seed)?;
-                }
-            } else if dt_override {
-                // The authors overwrite the (possibly noisy) update here.
-                self.step(cur, nxt, eps_mod, eps, i, j, dir * s.dt_lambda, 0.0, s.seed)?;
-            } else {
-                self.step(cur, nxt, eps_mod, eps, i, j, c_dir, c_noise, s.seed)?;
+                self.step(cur, nxt, eps_mod, eps, i, j, g.c_dir, g.c_noise, s.seed)?;
             }
             self.be.end_step()?;
             std::mem::swap(&mut cur, &mut nxt);

@@ -4,10 +4,13 @@
 
 pub mod http;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use diffstyle::backend::Backend;
 use diffstyle::diffusion::method::{Engine, Inversion, Settings};
+use diffstyle::diffusion::steps::{Finished, JobId, Stepper, Task};
 use diffstyle::diffusion::timesteps::seq;
 use diffstyle::dtype::Precision;
 
@@ -262,4 +265,123 @@ pub fn batched_pairs_equal_single<B: Backend>(be: &B, precision: Precision) -> f
         assert!(distinct > 0.1, "different pairs gave the same image (max diff {distinct})");
     }
     worst
+}
+
+/// The largest |a - b| over elements whose bits differ (1e-30 at least, so that any
+/// difference shows).
+fn max_bits_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).fold(0f32, |m, (p, q)| if p.to_bits() == q.to_bits() { m } else { m.max((p - q).abs().max(1e-30)) })
+}
+
+/// Runs `tasks` (each admitted at its step number of the stepper's loop; `cancel`: the
+/// task indices removed at a step) and returns every finished task's result.
+pub fn run_steps<B: Backend>(
+    st: &mut Stepper<'_, B>,
+    tasks: &[(usize, Task)],
+    cancel: &[(usize, usize)],
+) -> HashMap<usize, Finished> {
+    let mut ids: HashMap<JobId, usize> = HashMap::new();
+    let mut by_task: HashMap<usize, JobId> = HashMap::new();
+    let mut out = HashMap::new();
+    let mut ticks = 0usize;
+    for it in 0.. {
+        for (k, (at, task)) in tasks.iter().enumerate() {
+            if *at == it {
+                let id = st.admit(task.clone()).unwrap().expect("a free lane");
+                ids.insert(id, k);
+                by_task.insert(k, id);
+            }
+        }
+        for &(at, k) in cancel {
+            if at == it {
+                assert!(st.cancel(by_task[&k]), "task {k} was running");
+                ids.remove(&by_task[&k]);
+            }
+        }
+        if st.active() == 0 && tasks.iter().all(|(at, _)| *at <= it) {
+            break;
+        }
+        for (id, r) in st.step(&mut |_| ticks += 1).unwrap() {
+            out.insert(ids.remove(&id).expect("a known job"), r.unwrap());
+        }
+    }
+    assert!(ticks > 0);
+    out
+}
+
+/// The step scheduler's check (issue 25) on `be`: transfers with different knobs, masks
+/// and lengths joining a running set at different steps, an inversion among them and one
+/// transfer cancelled midway; each finished job must give exactly the bits `Engine` gives
+/// for it alone.
+pub fn steps_equal_alone<B: Backend>(be: &B) {
+    let dir = fixtures().join("defaults");
+    let model = load_model(&fixtures().join("model"), None, None).unwrap();
+    let size = model.arch.sample_size;
+    let unet = UNet::new(be, &model, Precision::F32).unwrap();
+    let a = diffstyle::io::image::load_image(&dir.join("content.png"), size).unwrap().data;
+    let b = diffstyle::io::image::load_image(&dir.join("style.png"), size).unwrap().data;
+    let mix: Vec<f32> = a.iter().zip(&b).map(|(x, y)| 0.5 * (x - y)).collect();
+    let hs = model.arch.h_size();
+    let mask: Arc<[f32]> = (0..hs * hs).map(|i| if i % hs < hs / 2 { 1.0 } else { 0.25 }).collect();
+
+    // Alone, by Engine: the inversions, then one transfer per settings.
+    let mut eng = Engine::new(be, &unet, &model.schedule).unwrap();
+    let inv: Vec<Arc<Inversion>> =
+        [&a, &b, &mix].iter().map(|x| Arc::new(eng.invert(x, 4, &mut || {}).unwrap())).collect();
+    let base = Settings { inv_steps: 4, gen_steps: 6, replace_steps: 6, t_boost: 500, ..Settings::default() };
+    // (settings, mask, content image, style image)
+    type Run = (Settings, Option<Arc<[f32]>>, usize, usize);
+    let runs: Vec<Run> = vec![
+        (base.clone(), None, 0, 1),
+        (Settings { omega: 0.7, gamma: 0.6, ..base.clone() }, Some(mask.clone()), 1, 2),
+        (Settings { dt_lambda: 0.8, dt_end: 600, t_edit: 200, gen_steps: 9, ..base.clone() }, None, 2, 0),
+        (Settings { gen_steps: 8, replace_steps: 0, t_boost: 0, seed: 7, ..base.clone() }, Some(mask.clone()), 0, 2),
+    ];
+    let alone: Vec<Vec<f32>> = runs
+        .iter()
+        .map(|(s, m, c, st)| eng.transfer(&inv[*st].x_t, &inv[*c], s, m.as_deref(), &mut || {}).unwrap())
+        .collect();
+
+    // Together: transfers joining at steps 0, 0, 2 and 5, an inversion at step 1, and a
+    // transfer cancelled at step 3; 5 lanes, so the set is full at step 2.
+    let transfer = |k: usize| {
+        let (s, m, c, st) = &runs[k];
+        Task::Transfer {
+            style_xt: inv[*st].x_t.clone().into(),
+            content: inv[*c].clone(),
+            settings: s.clone(),
+            mask: m.clone(),
+        }
+    };
+    let tasks = vec![
+        (0, transfer(0)),
+        (0, transfer(1)),
+        (1, Task::Invert { x0: mix.clone().into(), steps: 4 }),
+        (2, transfer(2)),
+        (2, transfer(3)),
+        (5, transfer(0)),
+    ];
+    let mut st = Stepper::new(be, &unet, &model.schedule, 5).unwrap();
+    let out = run_steps(&mut st, &tasks, &[(3, 4)]);
+    assert_eq!(out.len(), 5, "every task but the cancelled one finished");
+    let want = [Some(&alone[0]), Some(&alone[1]), None, Some(&alone[2]), None, Some(&alone[0])];
+    for (k, w) in want.iter().enumerate() {
+        match (out.get(&k), w) {
+            (Some(Finished::Generated(x)), Some(w)) => {
+                assert_eq!(max_bits_diff(x, w), 0.0, "task {k}: the transfer differs from Engine's alone")
+            }
+            (Some(Finished::Inverted(got)), None) => {
+                assert_eq!(got.keys, inv[2].keys);
+                assert_eq!(max_bits_diff(&got.h, &inv[2].h), 0.0, "the inversion's h differs");
+                assert_eq!(max_bits_diff(&got.x_t, &inv[2].x_t), 0.0, "the inversion's x_T differs");
+            }
+            (None, None) => assert_eq!(k, 4, "only the cancelled task has no result"),
+            _ => panic!("task {k}: unexpected result"),
+        }
+    }
+    // Distinct settings gave distinct images (the comparison above could not pass by
+    // everything being the same).
+    assert!(max_bits_diff(&alone[0], &alone[1]) > 0.1 && max_bits_diff(&alone[0], &alone[2]) > 0.1);
+    assert_eq!(st.active(), 0);
 }
