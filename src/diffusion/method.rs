@@ -277,6 +277,23 @@ impl GenStep {
     }
 }
 
+/// One DDIM update on the backend from time `i` to `j`: `[x, out, eps_x0, eps_dir]`
+/// (`x0` predicted from `eps_x0`, the direction from `eps_dir`). The step noise depends
+/// on the seed and the step's time only, never on the sample or its batch, which is
+/// what lets samples be batched in any company (inversion never draws any).
+pub(crate) fn ddim_update<B: Backend>(
+    be: &B,
+    sched: &Schedule,
+    [x, out, eps_x0, eps_dir]: [Act<'_, B::Buf>; 4],
+    (i, j): (i64, i64),
+    c_dir: f32,
+    c_noise: f32,
+    seed: u64,
+) -> Result<()> {
+    let (a_i, a_j) = (sched.alpha_bar(i), sched.alpha_bar(j));
+    be.ddim_step(&DdimStep { x, eps_x0, eps_dir, out, a_i, a_j, c_dir, c_noise, seed, stream: i as u32 })
+}
+
 /// The U-Net plus everything a run needs on the backend, allocated once, for `batch`
 /// images (inversions) or pairs (generations) at a time. Fewer inputs than the batch
 /// are padded by repeating the last one; every sample computes exactly what it would
@@ -387,19 +404,8 @@ impl<'a, B: Backend> Engine<'a, B> {
         c_noise: f32,
         seed: u64,
     ) -> Result<()> {
-        self.be.ddim_step(&DdimStep {
-            x: self.slot(src),
-            eps_x0,
-            eps_dir,
-            out: self.slot(dst),
-            a_i: self.sched.alpha_bar(i),
-            a_j: self.sched.alpha_bar(j),
-            c_dir,
-            c_noise,
-            seed,
-            // Noise depends on the step's time only (inversion never draws any).
-            stream: i as u32,
-        })
+        let (x, out) = (self.slot(src), self.slot(dst));
+        ddim_update(self.be, self.sched, [x, out, eps_x0, eps_dir], (i, j), c_dir, c_noise, seed)
     }
 
     /// DDIM inversion of `x0` over seq(n), recording h at every step's start time.

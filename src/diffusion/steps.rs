@@ -19,9 +19,9 @@ use std::sync::Arc;
 
 use anyhow::{bail, ensure, Result};
 
-use super::method::{Counts, GenStep, Inversion, Settings, Update};
+use super::method::{ddim_update, Counts, GenStep, Inversion, Settings, Update};
 use super::timesteps::seq;
-use crate::backend::{Act, Backend, DdimStep};
+use crate::backend::{Act, Backend};
 use crate::model::schedule::Schedule;
 use crate::model::unet::{UNet, Workspace};
 
@@ -248,20 +248,20 @@ impl<'a, B: Backend> Stepper<'a, B> {
                     let hk = h.samples(p, 1);
                     self.be.copy(hk, Act::new(&job.traj, job.done * hlen, 1, hk.c, hk.h, hk.w))?;
                     let c_dir = (1.0 - self.sched.alpha_bar(j)).sqrt();
-                    self.ddim(lane, cur, e, e, t, j, c_dir, 0.0, 0)?;
+                    self.ddim(lane, cur, [e, e], (t, j), (c_dir, 0.0), 0)?;
                 }
                 Some(g) => {
                     let e_mod = if p < m { eps.samples(n + p, 1) } else { e };
                     let seed = self.settings(lane).map_or(0, |s| s.seed);
                     if !g.inject {
-                        self.ddim(lane, cur, e, e, g.i, g.j, g.c_dir, 0.0, 0)?;
+                        self.ddim(lane, cur, [e, e], (g.i, g.j), (g.c_dir, 0.0), 0)?;
                     } else if g.update == Update::Calibrate {
                         let omega = self.settings(lane).map_or(0.0, |s| s.omega);
                         let a_i = self.sched.alpha_bar(g.i);
                         self.be.calibrate(self.slot(lane, cur), e, e_mod, a_i, omega, self.slot(lane, 2))?;
                         calibrating.push((lane, 2));
                     } else {
-                        self.ddim(lane, cur, e_mod, e, g.i, g.j, g.c_dir, g.c_noise, seed)?;
+                        self.ddim(lane, cur, [e_mod, e], (g.i, g.j), (g.c_dir, g.c_noise), seed)?;
                     }
                 }
             }
@@ -276,7 +276,7 @@ impl<'a, B: Backend> Stepper<'a, B> {
                 let g = self.next(lane).1.expect("a transfer");
                 let seed = self.settings(lane).map_or(0, |s| s.seed);
                 let e2 = eps2.samples(p, 1);
-                self.ddim(lane, 2, e2, e2, g.i, g.j, g.c_dir, g.c_noise, seed)?;
+                self.ddim(lane, 2, [e2, e2], (g.i, g.j), (g.c_dir, g.c_noise), seed)?;
             }
         }
         self.be.end_step()?;
@@ -306,32 +306,17 @@ impl<'a, B: Backend> Stepper<'a, B> {
     }
 
     /// A DDIM update of lane `lane` from its slot `src` into the slot that is not current.
-    #[allow(clippy::too_many_arguments)]
     fn ddim(
         &self,
         lane: usize,
         src: usize,
-        eps_x0: Act<'_, B::Buf>,
-        eps_dir: Act<'_, B::Buf>,
-        i: i64,
-        j: i64,
-        c_dir: f32,
-        c_noise: f32,
+        eps: [Act<'_, B::Buf>; 2],
+        g: (i64, i64),
+        c: (f32, f32),
         seed: u64,
     ) -> Result<()> {
-        self.be.ddim_step(&DdimStep {
-            x: self.slot(lane, src),
-            eps_x0,
-            eps_dir,
-            out: self.slot(lane, 1 - self.cur(lane)),
-            a_i: self.sched.alpha_bar(i),
-            a_j: self.sched.alpha_bar(j),
-            c_dir,
-            c_noise,
-            seed,
-            // Noise depends on the step's time only (inversion never draws any).
-            stream: i as u32,
-        })
+        let (x, out) = (self.slot(lane, src), self.slot(lane, 1 - self.cur(lane)));
+        ddim_update(self.be, self.sched, [x, out, eps[0], eps[1]], g, c.0, c.1, seed)
     }
 
     fn finish(&self, lane: usize, job: Job<B>) -> Result<Finished> {
