@@ -25,6 +25,11 @@ fn bad_jobs_are_refused_and_a_full_stepper_says_so() {
     let e = st.admit(Task::Invert { x0: vec![0.0; 5].into(), steps: 4 }).unwrap_err();
     assert!(e.to_string().contains("the model needs"), "{e}");
     let n = 3 * model.arch.sample_size * model.arch.sample_size;
-    assert!(st.admit(Task::Invert { x0: vec![0.1; n].into(), steps: 4 }).unwrap().is_some());
+    let first = st.admit(Task::Invert { x0: vec![0.1; n].into(), steps: 4 }).unwrap().expect("a free lane");
     assert!(st.admit(Task::Invert { x0: vec![0.1; n].into(), steps: 4 }).unwrap().is_none(), "one lane only");
+    // An id kept after its job ended does not name the next job in that lane.
+    assert!(st.cancel(first));
+    let second = st.admit(Task::Invert { x0: vec![0.1; n].into(), steps: 4 }).unwrap().expect("a free lane");
+    assert!(!st.cancel(first) && st.progress(first).is_none(), "a stale id reached the new job");
+    assert_eq!(st.progress(second), Some((0, 3)));
 }

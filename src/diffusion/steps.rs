@@ -41,9 +41,10 @@ pub enum Finished {
     Generated(Vec<f32>),
 }
 
-/// A job's place in the stepper, from [`Stepper::admit`].
+/// A job, from [`Stepper::admit`]: its lane and the admission's serial number, so that
+/// an id kept after its job ended never names the next job in that lane.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct JobId(usize);
+pub struct JobId(usize, u64);
 
 enum Plan {
     Invert { times: Vec<i64>, x0: Arc<[f32]> },
@@ -51,6 +52,7 @@ enum Plan {
 }
 
 struct Job<B: Backend> {
+    serial: u64,
     plan: Plan,
     /// Steps done.
     done: usize,
@@ -84,6 +86,8 @@ pub struct Stepper<'a, B: Backend> {
     /// `lanes x SLOTS` latents.
     state: B::Buf,
     jobs: Vec<Option<Job<B>>>,
+    /// Admissions so far (the next job's serial).
+    admitted: u64,
     ts: Vec<f32>,
     pub counts: Counts,
 }
@@ -96,7 +100,18 @@ impl<'a, B: Backend> Stepper<'a, B> {
         let ws = unet.workspace(be, lanes, 2 * lanes)?;
         let state = be.alloc(lanes * SLOTS * Self::lat_len(unet))?;
         let jobs = (0..lanes).map(|_| None).collect();
-        Ok(Self { be, unet, sched, lanes, ws, state, jobs, ts: vec![0.0; lanes], counts: Counts::default() })
+        Ok(Self {
+            be,
+            unet,
+            sched,
+            lanes,
+            ws,
+            state,
+            jobs,
+            admitted: 0,
+            ts: vec![0.0; lanes],
+            counts: Counts::default(),
+        })
     }
 
     fn lat_len(unet: &UNet<B>) -> usize {
@@ -127,7 +142,11 @@ impl<'a, B: Backend> Stepper<'a, B> {
 
     /// Steps done and steps in all, of job `id`.
     pub fn progress(&self, id: JobId) -> Option<(usize, usize)> {
-        self.jobs.get(id.0)?.as_ref().map(|j| (j.done, j.len()))
+        self.job(id).map(|j| (j.done, j.len()))
+    }
+
+    fn job(&self, id: JobId) -> Option<&Job<B>> {
+        self.jobs.get(id.0)?.as_ref().filter(|j| j.serial == id.1)
     }
 
     /// Adds a job (it takes its first step at the next [`Stepper::step`]); `None` when
@@ -144,7 +163,7 @@ impl<'a, B: Backend> Stepper<'a, B> {
                 let times = seq(steps);
                 self.be.upload(self.slot(lane, 0), &x0)?;
                 let traj = self.be.alloc((times.len() - 1) * hlen)?;
-                Job { plan: Plan::Invert { times, x0 }, done: 0, cur: 0, traj, mask: None }
+                Job { serial: self.admitted, plan: Plan::Invert { times, x0 }, done: 0, cur: 0, traj, mask: None }
             }
             Task::Transfer { style_xt, content, settings, mask } => {
                 settings.validate(self.sched)?;
@@ -166,17 +185,19 @@ impl<'a, B: Backend> Stepper<'a, B> {
                     None => None,
                 };
                 let steps = GenStep::all(&settings, self.sched);
-                Job { plan: Plan::Transfer { steps, content, settings }, done: 0, cur: 0, traj, mask }
+                let plan = Plan::Transfer { steps, content, settings };
+                Job { serial: self.admitted, plan, done: 0, cur: 0, traj, mask }
             }
         };
         self.jobs[lane] = Some(job);
-        Ok(Some(JobId(lane)))
+        self.admitted += 1;
+        Ok(Some(JobId(lane, self.admitted - 1)))
     }
 
     /// Removes job `id` (its lane is free for the next [`Stepper::admit`]); the other
     /// jobs go on as if it had never run. False when there is no such job.
     pub fn cancel(&mut self, id: JobId) -> bool {
-        self.jobs.get_mut(id.0).and_then(Option::take).is_some()
+        self.job(id).is_some() && self.jobs[id.0].take().is_some()
     }
 
     /// The time of job `lane`'s next step and, for a transfer, the step.
@@ -189,7 +210,7 @@ impl<'a, B: Backend> Stepper<'a, B> {
     }
 
     /// Copies lane latents into the encoder input (`order[p]`'s slot `slot` at position
-    /// p; the rest padded with the first, whose work is thrown away) and runs the
+    /// p; the rest padded with the last, whose work is thrown away) and runs the
     /// encoder at their times.
     fn encode(&mut self, order: &[(usize, usize)]) -> Result<()> {
         let x = self.unet.x(&self.ws);
@@ -285,10 +306,11 @@ impl<'a, B: Backend> Stepper<'a, B> {
             let job = self.jobs[lane].as_mut().expect("active");
             job.done += 1;
             job.cur = 1 - job.cur;
-            tick(JobId(lane));
+            let id = JobId(lane, job.serial);
+            tick(id);
             if job.done == job.len() {
                 let job = self.jobs[lane].take().expect("active");
-                finished.push((JobId(lane), self.finish(lane, job)));
+                finished.push((id, self.finish(lane, job)));
             }
         }
         Ok(finished)
