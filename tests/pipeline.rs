@@ -1,18 +1,27 @@
-//! The library API (`diffstyle::pipeline`): a batch gives each pair's lone result, the
-//! cache inverts a shared image once, inversions round-trip through cache files, and
-//! bad calls are errors.
+//! The library API (`diffstyle::pipeline`): a batch gives each pair's lone result (both
+//! schedulings), the cache inverts a shared image once, inversions round-trip through
+//! cache files, bad calls are errors; submitted requests (the step scheduler) with
+//! different knobs give their lone results, report progress, and a cancelled one frees
+//! its lane within one step.
 
 mod common;
 
 use std::sync::Arc;
 
 use diffstyle::diffusion::method::Preset;
-use diffstyle::pipeline::{DeviceChoice, Knobs, ModelSource, Pair, Pipeline, PipelineOptions, Source};
+use diffstyle::pipeline::{
+    Cancelled, DeviceChoice, Knobs, ModelSource, Pair, Pipeline, PipelineOptions, Request, Scheduling, Source,
+};
 
 fn pipeline(max_batch: usize, cache_mib: usize) -> Pipeline {
+    pipeline_with(Scheduling::Step, max_batch, cache_mib)
+}
+
+fn pipeline_with(scheduling: Scheduling, max_batch: usize, cache_mib: usize) -> Pipeline {
     let opts = PipelineOptions {
         device: DeviceChoice::Cpu,
         threads: 1,
+        scheduling,
         max_batch,
         small_batches: true,
         cache_mib,
@@ -46,8 +55,18 @@ fn image(p: &Pipeline, seed: u32) -> diffstyle::pipeline::Image {
 
 #[test]
 fn a_batch_gives_each_pairs_lone_result_and_shared_images_invert_once() {
-    let p = pipeline(4, 64);
-    assert_eq!(p.info().batches, vec![1, 2, 4]);
+    batch_equals_lone(Scheduling::Step);
+}
+
+#[test]
+fn batch_scheduling_gives_each_pairs_lone_result_too() {
+    batch_equals_lone(Scheduling::Batch);
+}
+
+fn batch_equals_lone(scheduling: Scheduling) {
+    let p = pipeline_with(scheduling, 4, 64);
+    let engines = if scheduling == Scheduling::Batch { vec![1, 2, 4] } else { vec![4] };
+    assert_eq!(p.info().batches, engines);
     let s = knobs();
     let style = image(&p, 1);
     let contents: Vec<_> = (2..5).map(|k| image(&p, k)).collect();
@@ -101,4 +120,113 @@ fn bad_calls_are_errors() {
     let mask = diffstyle::pipeline::Mask(Arc::from(vec![1.0f32; 3]));
     let e = p.transfer(&Source::Image(a.clone()), &Source::Image(a), &s, Some(&mask)).unwrap_err();
     assert!(format!("{e:#}").contains("mask"), "{e:#}");
+}
+
+/// A transfer of cached inversions (no inversion steps in the request).
+fn transfer_of(
+    c: &Arc<diffstyle::diffusion::method::Inversion>,
+    st: &Arc<diffstyle::diffusion::method::Inversion>,
+    s: &diffstyle::diffusion::method::Settings,
+) -> Request {
+    Request::Transfer {
+        pair: Pair { content: Source::Inversion(c.clone()), style: Source::Inversion(st.clone()) },
+        settings: s.clone(),
+        mask: None,
+    }
+}
+
+#[test]
+fn submitted_requests_with_their_own_knobs_give_their_lone_results() {
+    let p = pipeline(3, 64);
+    let base = knobs();
+    let settings = [
+        base.clone(),
+        diffstyle::diffusion::method::Settings { gamma: 0.3, gen_steps: 11, omega: 0.5, ..base.clone() },
+        diffstyle::diffusion::method::Settings { t_edit: 300, seed: 9, ..base.clone() },
+        diffstyle::diffusion::method::Settings { gen_steps: 4, ..base.clone() },
+    ];
+    let (a, b, c) = (image(&p, 11), image(&p, 12), image(&p, 13));
+    // Submitted at once from four threads, with images to invert (shared ones among
+    // them): 4 requests, 3 lanes, inversions and generations of different lengths.
+    let sides = [(&a, &b), (&b, &c), (&c, &a), (&a, &a)];
+    // (the image, the progress seen) per request
+    type Seen = (Vec<f32>, Vec<(usize, usize)>);
+    let together: Vec<Seen> = std::thread::scope(|sc| {
+        let hs: Vec<_> = sides
+            .iter()
+            .zip(&settings)
+            .map(|((c, st), s)| {
+                let p = &p;
+                sc.spawn(move || {
+                    let pair = Pair { content: Source::Image((*c).clone()), style: Source::Image((*st).clone()) };
+                    let t = p.submit(Request::Transfer { pair, settings: s.clone(), mask: None }).unwrap();
+                    let mut seen = vec![];
+                    let out = t.wait(&mut |d, n| seen.push((d, n))).unwrap().into_output().unwrap();
+                    (out.x, seen)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    // Each image inverted once, whoever asked first.
+    assert_eq!(p.cache_stats().entries, 3);
+    for (k, ((c, st), s)) in sides.iter().zip(&settings).enumerate() {
+        let alone = p.transfer(&Source::Image((*c).clone()), &Source::Image((*st).clone()), s, None).unwrap();
+        assert!(together[k].0 == alone.x, "request {k} differs from its lone run");
+        // Progress only grows and ends at the total: its generation's steps and
+        // those of its inversions (one when both sides are the same image).
+        let seen = &together[k].1;
+        assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0), "request {k}: progress went back: {seen:?}");
+        let inversions = if c.digest == st.digest { 1 } else { 2 };
+        let total = s.gen_steps + inversions * (s.inv_steps - 1);
+        assert!(seen.iter().all(|&(_, n)| n == total), "request {k}: totals {seen:?}, want {total}");
+        assert_eq!(seen.last(), Some(&(total, total)), "request {k}: progress did not end at its total");
+    }
+    assert_ne!(together[0].0, together[3].0);
+    assert!(p.step_batches().keys().any(|&n| n > 1), "the requests never shared a step");
+    assert!(p.step_batches().keys().all(|&n| n <= 3), "more jobs in a step than lanes");
+}
+
+#[test]
+fn a_cancelled_request_frees_its_lane_within_one_step() {
+    // One lane: the second request can only run once the first has left.
+    let p = pipeline(1, 0);
+    let s = knobs();
+    let inv = p.invert(&image(&p, 21), s.inv_steps).unwrap();
+    let other = p.invert(&image(&p, 22), s.inv_steps).unwrap();
+    let before: u64 = p.step_batches().values().sum();
+    let long = diffstyle::diffusion::method::Settings { gen_steps: 400, ..s.clone() };
+    let first = p.submit(transfer_of(&inv, &other, &long)).unwrap();
+    while first.progress().0 < 3 {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let second = p.submit(transfer_of(&other, &inv, &s)).unwrap();
+    first.cancel();
+    // Read after the cancel: at most the step running then can still finish.
+    let at_cancel = first.progress().0;
+    let e = first.wait(&mut |_, _| {}).unwrap_err();
+    assert!(e.downcast_ref::<Cancelled>().is_some(), "{e:#}");
+    let got = second.wait(&mut |_, _| {}).unwrap().into_output().unwrap();
+    let steps: u64 = p.step_batches().values().sum::<u64>() - before;
+    assert!(at_cancel < 400, "the first request was not cancelled mid-run");
+    assert!(
+        steps <= (at_cancel + 1 + s.gen_steps) as u64,
+        "{steps} steps ran: the cancelled request ran past one step after its cancel ({at_cancel})"
+    );
+    assert_eq!(p.cancelled(), 1);
+    // The request after it is unchanged by the cancelled one.
+    let alone = p.transfer(&Source::Inversion(other), &Source::Inversion(inv), &s, None).unwrap();
+    assert!(got.x == alone.x);
+    // A ticket dropped unanswered cancels too.
+    let dropped = p.submit(transfer_of(&alone_inv(&p), &alone_inv(&p), &long)).unwrap();
+    drop(dropped);
+    let t0 = std::time::Instant::now();
+    while p.cancelled() < 2 && t0.elapsed() < std::time::Duration::from_secs(20) {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(p.cancelled(), 2, "a dropped ticket did not cancel its request");
+}
+
+fn alone_inv(p: &Pipeline) -> Arc<diffstyle::diffusion::method::Inversion> {
+    p.invert(&image(p, 23), knobs().inv_steps).unwrap()
 }

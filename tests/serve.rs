@@ -314,7 +314,7 @@ fn side_by_side(addr: &str, contents: &[Vec<u8>], style: &[u8]) -> Vec<(Option<S
 
 #[test]
 fn concurrent_requests_run_as_one_batch_with_the_same_pixels() {
-    let s = server(&["--max-batch", "4", "--batch-window-ms", "1500"]);
+    let s = server(&["--schedule", "batch", "--max-batch", "4", "--batch-window-ms", "1500"]);
     let style = example("style.png");
     let contents: Vec<Vec<u8>> = (0..3).map(|k| noise_png(k, 48, 40)).collect();
     // Alone first (each a batch of one after the window) ...
@@ -337,7 +337,16 @@ fn concurrent_requests_run_as_one_batch_with_the_same_pixels() {
 
 #[test]
 fn a_full_queue_answers_503_and_shutdown_finishes_running_work() {
-    let mut s = server(&["--max-batch", "1", "--max-queue", "1", "--batch-window-ms", "0"]);
+    full_queue_and_shutdown("step");
+}
+
+#[test]
+fn a_full_batch_queue_answers_503_and_shutdown_finishes_running_work() {
+    full_queue_and_shutdown("batch");
+}
+
+fn full_queue_and_shutdown(schedule: &str) {
+    let mut s = server(&["--schedule", schedule, "--max-batch", "1", "--max-queue", "1", "--batch-window-ms", "0"]);
     let (content, style) = (example("content.png"), example("style.png"));
     // Long enough to still run while the others arrive.
     let slow = |c: &'static [u8], st: &'static [u8]| {
@@ -431,7 +440,7 @@ fn the_emulated_gpu_serves_what_its_cli_writes_batched_or_not() {
     let s = Server::start(
         &bin(),
         &["--device", "emu"],
-        &["--model", m.to_str().unwrap(), "--max-batch", "2", "--batch-window-ms", "3000"],
+        &["--model", m.to_str().unwrap(), "--schedule", "batch", "--max-batch", "2", "--batch-window-ms", "3000"],
     );
     let style = example("style.png");
     let contents = [example("content.png"), noise_png(9, 40, 40)];
@@ -445,23 +454,10 @@ fn the_emulated_gpu_serves_what_its_cli_writes_batched_or_not() {
 
 #[test]
 fn a_client_that_leaves_before_its_turn_costs_no_work() {
-    use std::io::{Read, Write};
-    let s = server(&["--max-batch", "1", "--batch-window-ms", "0"]);
+    use std::io::Read;
+    let s = server(&["--schedule", "batch", "--max-batch", "1", "--batch-window-ms", "0"]);
     let (content, style) = (example("content.png"), example("style.png"));
-    let send = |gen: &'static str| {
-        let mut p = transfer_form(&content, &style);
-        p.retain(|(n, _)| *n != "gen_steps");
-        p.push(("gen_steps", Part::Text(gen)));
-        let body = multipart(&p);
-        let mut c = std::net::TcpStream::connect(&s.addr).unwrap();
-        let head = format!(
-            "POST /v1/transfer HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        c.write_all(head.as_bytes()).unwrap();
-        c.write_all(&body).unwrap();
-        c
-    };
+    let send = |gen: &'static str| send_transfer(&s.addr, &content, &style, gen);
     // The first runs for a while; the second waits in the queue, and its client leaves.
     let mut first = send("300");
     std::thread::sleep(Duration::from_millis(300));
@@ -478,5 +474,80 @@ fn a_client_that_leaves_before_its_turn_costs_no_work() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(s.metric("diffstyle_requests_total{route=\"/v1/transfer\",status=\"499\"}"), 1.0);
     assert_eq!(s.metric("diffstyle_batches_total{kind=\"transfer\",size=\"1\"}"), 1.0, "the abandoned job ran");
+    assert_eq!(s.metric("diffstyle_queue_depth"), 0.0);
+    assert_eq!(s.metric("diffstyle_cancelled_total"), 1.0);
+}
+
+/// Sends a transfer of `gen` generation steps on a raw connection and returns it
+/// unread (dropping it is a client leaving).
+fn send_transfer(addr: &str, content: &[u8], style: &[u8], gen: &'static str) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut p = transfer_form(content, style);
+    p.retain(|(n, _)| *n != "gen_steps");
+    p.push(("gen_steps", Part::Text(gen)));
+    let body = multipart(&p);
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    let head = format!(
+        "POST /v1/transfer HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    c.write_all(head.as_bytes()).unwrap();
+    c.write_all(&body).unwrap();
+    c
+}
+
+/// Waits (at most 20 s) until `metric` reaches `at_least`.
+fn wait_metric(s: &Server, metric: &str, at_least: f64) -> f64 {
+    let t0 = Instant::now();
+    loop {
+        let v = s.metric(metric);
+        if v >= at_least || t0.elapsed() > Duration::from_secs(20) {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Steps the step scheduler has run so far, over every batch size.
+fn steps_run(s: &Server) -> f64 {
+    (1..=8).map(|n| s.metric(&format!("diffstyle_batches_total{{kind=\"step\",size=\"{n}\"}}"))).sum()
+}
+
+#[test]
+fn a_short_request_joins_a_long_one_at_the_next_step() {
+    use std::io::Read;
+    let s = server(&["--max-batch", "2"]);
+    let (content, style) = (example("content.png"), example("style.png"));
+    // A long transfer starts; a short one with other knobs arrives while it runs.
+    let mut long = send_transfer(&s.addr, &content, &style, "400");
+    wait_metric(&s, "diffstyle_batches_total{kind=\"step\",size=\"1\"}", 3.0);
+    let short_content = noise_png(5, 40, 48);
+    let r = post_form(&s.addr, "/v1/transfer", &transfer_form(&short_content, &style));
+    assert_eq!(r.status, 200, "{}", r.text());
+    // It was answered while the long one still ran (both in one step batch) ...
+    assert!(s.metric("diffstyle_requests_in_flight") >= 1.0, "the long request ended before the short one");
+    assert!(s.metric("diffstyle_batches_total{kind=\"step\",size=\"2\"}") >= 1.0, "they never shared a step");
+    assert_eq!(r.header("x-diffstyle-batch-size"), Some("2"));
+    // ... with the pixels of the lone CLI run.
+    assert!(r.body == cli_png(&short_content, &style, None), "the joined request differs from the CLI");
+    let mut got = Vec::new();
+    long.read_to_end(&mut got).unwrap();
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"), "the long request failed");
+}
+
+#[test]
+fn a_client_that_leaves_mid_run_is_dropped_at_the_next_step() {
+    let s = server(&["--max-batch", "1"]);
+    let (content, style) = (example("content.png"), example("style.png"));
+    let long = send_transfer(&s.addr, &content, &style, "1000");
+    wait_metric(&s, "diffstyle_batches_total{kind=\"step\",size=\"1\"}", 20.0);
+    drop(long);
+    assert_eq!(wait_metric(&s, "diffstyle_cancelled_total", 1.0), 1.0, "the abandoned request was not cancelled");
+    // Its lane is free: a request now runs at once and alone (one lane), and the
+    // abandoned one ran far fewer than its 1000 + inversion steps.
+    let r = post_form(&s.addr, "/v1/transfer", &transfer_form(&noise_png(6, 40, 40), &style));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(steps_run(&s) < 200.0, "{} steps ran", steps_run(&s));
+    assert_eq!(wait_metric(&s, "diffstyle_requests_total{route=\"/v1/transfer\",status=\"499\"}", 1.0), 1.0);
     assert_eq!(s.metric("diffstyle_queue_depth"), 0.0);
 }

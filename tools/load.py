@@ -23,6 +23,16 @@ server's resident memory after warm-up and after each round (and after an idle p
 as JSON (--out) and as a Markdown section (stdout).
 
     python3 tools/load.py --bin target/release/diffstyle --out benches/load.json
+
+With --mixed N it instead compares the two schedulings (issue 25): for `--schedule
+batch` and then `--schedule step`, a fresh server, then two phases of --duration s each:
+"fast only" (8 clients, each sending a `fast` transfer of a fresh content with a cached
+style id, then thinking an exponential --think s) and "mixed" (the same, plus one
+`in-domain` transfer (1000 generation steps) every N s from its own thread). It reports
+the fast requests' p50/p99 latency and throughput per phase and the ratio of their p50
+mixed / fast only, as JSON (--out) and Markdown.
+
+    python3 tools/load.py --mixed 60 --duration 120 --out benches/load_mixed.json
 """
 
 import argparse
@@ -309,6 +319,10 @@ def main():
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--requests", type=int, default=200, help="requests per round (at most)")
     ap.add_argument("--duration", type=float, default=120, help="seconds per round (at most)")
+    ap.add_argument("--schedule", default="step", choices=["step", "batch"], help="the server's --schedule")
+    ap.add_argument("--mixed", type=float, metavar="N",
+                    help="compare --schedule batch and step under fast load with an in-domain request every N s")
+    ap.add_argument("--think", type=float, default=8.0, help="--mixed: mean think time of a fast client, s")
     ap.add_argument("--max-batch", type=int, default=4)
     ap.add_argument("--batch-window-ms", type=int, default=20)
     ap.add_argument("--max-queue", type=int, default=16)
@@ -325,27 +339,9 @@ def main():
     args = ap.parse_args()
     args.knobs = [tuple(k.split("=", 1)) for k in (args.knob or [])] or [("preset", "fast")]
 
-    proc = None
-    if args.url:
-        u = urlparse(args.url)
-        if u.hostname not in ("127.0.0.1", "localhost", "::1"):
-            sys.exit("--url must be a loopback address")
-        host, port = u.hostname, u.port
-    else:
-        cmd = [args.bin, "--device", args.device, "--threads", str(args.threads), "serve", "--model", args.model,
-               "--addr", "127.0.0.1:0", "--max-batch", str(args.max_batch), "--batch-window-ms",
-               str(args.batch_window_ms), "--max-queue", str(args.max_queue), "--cache-mib", str(args.cache_mib),
-               "--max-body-mib", str(args.max_body_mib), "--read-timeout-s", "10"]
-        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-        host = port = None
-        for line in proc.stderr:
-            m = re.match(r"listening on http://([\d.]+):(\d+)", line)
-            if m:
-                host, port = m.group(1), int(m.group(2))
-                break
-        if host is None:
-            sys.exit("the server did not start")
-        threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+    if args.mixed:
+        return mixed_main(args)
+    proc, host, port = connect(args, args.schedule)
     cl = Client(host, port)
     pid = proc.pid if proc else None
     try:
@@ -393,18 +389,162 @@ def main():
         mon.join()
         m1 = cl.metrics()
     finally:
-        if proc:
-            proc.terminate()
-            try:
-                code = proc.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                code = "killed"
+        code = stop_server(proc)
     base = cli_baseline(args) if args.cli_baseline else None
     res = report(args, rounds, fault_log, health, rss, m0, m1, code if proc else None, base, solo)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(res, f, indent=1)
+
+
+def connect(args, schedule):
+    """(server process or None, host, port): --url, or a fresh server on an ephemeral port."""
+    if args.url:
+        u = urlparse(args.url)
+        if u.hostname not in ("127.0.0.1", "localhost", "::1"):
+            sys.exit("--url must be a loopback address")
+        return None, u.hostname, u.port
+    cmd = [args.bin, "--device", args.device, "--threads", str(args.threads), "serve", "--model", args.model,
+           "--addr", "127.0.0.1:0", "--schedule", schedule, "--max-batch", str(args.max_batch), "--batch-window-ms",
+           str(args.batch_window_ms), "--max-queue", str(args.max_queue), "--cache-mib", str(args.cache_mib),
+           "--max-body-mib", str(args.max_body_mib), "--read-timeout-s", "10"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        m = re.match(r"listening on http://([\d.]+):(\d+)", line)
+        if m:
+            threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+            return proc, m.group(1), int(m.group(2))
+    sys.exit("the server did not start")
+
+
+def stop_server(proc):
+    if proc:
+        proc.terminate()
+        try:
+            return proc.wait(timeout=600)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return "killed"
+    return None
+
+
+def mixed_phase(cl, args, style_id, seed, in_domain_every):
+    """One phase: 8 fast clients with think times, and (if in_domain_every) an in-domain
+    request every so many seconds. Returns {kind: [seconds of 200 answers]}, errors, s."""
+    lat, errors, lock = defaultdict(list), Counter(), threading.Lock()
+    end = time.time() + args.duration
+    size = args.image_size
+
+    def one(kind, preset, rng):
+        parts = [("content", ("c.png", png(size, size, rng))), ("style_id", style_id), ("preset", preset)]
+        t0 = time.time()
+        try:
+            st, _, body = cl.call("POST", "/v1/transfer", form(parts))
+        except Exception as e:
+            st, body = "conn-error", str(e).encode()
+        with lock:
+            if st == 200:
+                lat[kind].append(time.time() - t0)
+            else:
+                errors[f"{kind} {st}"] += 1
+
+    def fast_client(k):
+        rng = random.Random(seed * 100 + k)
+        # Staggered starts, then request / think.
+        time.sleep(rng.uniform(0, args.think))
+        while time.time() < end:
+            one("fast", "fast", rng)
+            time.sleep(rng.expovariate(1 / args.think))
+
+    def in_domain():
+        rng = random.Random(seed * 100 + 99)
+        k = 0
+        while True:
+            at = t_start + in_domain_every * (k + 0.5)
+            if at >= end:
+                return
+            time.sleep(max(0, at - time.time()))
+            threading.Thread(target=one, args=("in-domain", "in-domain", rng)).start()
+            k += 1
+
+    t_start = time.time()
+    ths = [threading.Thread(target=fast_client, args=(k,)) for k in range(args.clients)]
+    if in_domain_every:
+        ths.append(threading.Thread(target=in_domain))
+    for t in ths:
+        t.start()
+    for t in ths:
+        t.join()
+    # In-domain requests still running finish before the next phase (their threads are
+    # not joined above): wait until the server is idle.
+    while cl.metrics().get("diffstyle_requests_in_flight", 0) > 1:
+        time.sleep(0.2)
+    return lat, errors, time.time() - t_start
+
+
+def mixed_main(args):
+    res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+           "machine": f"{os.cpu_count()} CPUs, " + open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(": \t"),
+           "settings": {k: getattr(args, k) for k in ("clients", "duration", "think", "mixed", "max_batch",
+                                                        "batch_window_ms", "max_queue", "image_size", "device", "threads")},
+           "schedules": {}}
+    for schedule in ("batch", "step"):
+        proc, host, port = connect(args, schedule)
+        cl = Client(host, port)
+        try:
+            st, _, body = cl.call("POST", "/v1/invert", form([("image", ("s.png", png(args.image_size, args.image_size, random.Random(7))))]))
+            assert st == 200, body
+            sid = json.loads(body)["id"]
+            # Warm-up: one of each.
+            for preset in ("fast", "in-domain"):
+                st, _, body = cl.call("POST", "/v1/transfer", form([("content", ("c.png", png(args.image_size, args.image_size, random.Random(1)))), ("style_id", sid), ("preset", preset)]))
+                assert st == 200, body
+            phases = {}
+            for name, every in (("fast only", 0), ("mixed", args.mixed)):
+                lat, errors, secs = mixed_phase(cl, args, sid, 5, every)
+                f = lat["fast"]
+                phases[name] = {
+                    "seconds": round(secs, 1),
+                    "fast_n": len(f), "fast_per_s": round(len(f) / secs, 3),
+                    "fast_p50_ms": round(1e3 * (pct(f, 50) or 0)), "fast_p99_ms": round(1e3 * (pct(f, 99) or 0)),
+                    "fast_max_ms": round(1e3 * max(f, default=0)),
+                    "in_domain_n": len(lat["in-domain"]),
+                    "in_domain_p50_ms": round(1e3 * (pct(lat["in-domain"], 50) or 0)),
+                    "errors": dict(errors),
+                }
+            m = cl.metrics()
+            phases["cancelled_total"] = m.get("diffstyle_cancelled_total", 0)
+            phases["ratio_fast_p50_mixed_over_fast_only"] = round(
+                phases["mixed"]["fast_p50_ms"] / max(1, phases["fast only"]["fast_p50_ms"]), 2)
+            res["schedules"][schedule] = phases
+        finally:
+            stop_server(proc)
+    print(mixed_markdown(res))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(res, f, indent=1)
+
+
+def mixed_markdown(r):
+    s = r["settings"]
+    out = [f"Measured {r['date']} on {r['machine']}; `diffstyle --device {s['device']} --threads {s['threads']} serve "
+           f"--max-batch {s['max_batch']}` with the tiny fixture model (32x32); {s['clients']} clients sending `fast` "
+           f"transfers (fresh {s['image_size']}x{s['image_size']} content, cached style id) with exponential think "
+           f"times of mean {s['think']} s; mixed: plus one `in-domain` transfer (1000 generation steps) every "
+           f"{s['mixed']} s; {s['duration']} s per phase.", "",
+           "| schedule | phase | fast n | fast/s | fast p50 ms | fast p99 ms | fast max ms | in-domain n | in-domain p50 ms | fast p50 mixed / fast only |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for sch, ph in r["schedules"].items():
+        for name in ("fast only", "mixed"):
+            p = ph[name]
+            ratio = ph["ratio_fast_p50_mixed_over_fast_only"] if name == "mixed" else ""
+            idn = (p["in_domain_n"], p["in_domain_p50_ms"]) if name == "mixed" else ("", "")
+            out.append(f"| {sch} | {name} | {p['fast_n']} | {p['fast_per_s']} | {p['fast_p50_ms']} | {p['fast_p99_ms']} "
+                       f"| {p['fast_max_ms']} | {idn[0]} | {idn[1]} | {ratio} |")
+        errs = {k: v for name in ("fast only", "mixed") for k, v in ph[name]["errors"].items()}
+        if errs:
+            out.append(f"\n{sch}: errors {errs}")
+    return "\n".join(out)
 
 
 def cli_baseline(args):
@@ -447,7 +587,7 @@ def report(args, rounds, fault_log, health, rss, m0, m1, exit_code, base=None, s
     res = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{os.cpu_count()} CPUs, " + open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(": \t"),
-        "settings": {k: getattr(args, k) for k in ("clients", "requests", "duration", "max_batch", "batch_window_ms",
+        "settings": {k: getattr(args, k) for k in ("clients", "requests", "duration", "schedule", "max_batch", "batch_window_ms",
                                                      "max_queue", "cache_mib", "image_size", "device", "threads")},
         "knobs": dict(args.knobs),
         "rounds": [],
@@ -480,7 +620,7 @@ def report(args, rounds, fault_log, health, rss, m0, m1, exit_code, base=None, s
 def markdown(r):
     s = r["settings"]
     out = [f"Measured {r['date']} on {r['machine']}; `diffstyle --device {s['device']} serve` with the tiny fixture "
-           f"model (32x32), `--max-batch {s['max_batch']} --batch-window-ms {s['batch_window_ms']} --max-queue "
+           f"model (32x32), `--schedule {s['schedule']} --max-batch {s['max_batch']} --batch-window-ms {s['batch_window_ms']} --max-queue "
            f"{s['max_queue']} --cache-mib {s['cache_mib']}`; {s['clients']} clients, knobs {r['knobs']}, "
            f"{s['image_size']}x{s['image_size']} random images.", ""]
     out += ["| round | s | transfers ok | transfers/s | kind | n | p50 ms | p95 ms | p99 ms |", "|---|---|---|---|---|---|---|---|---|"]

@@ -16,7 +16,7 @@ use crate::model::unet::UNet;
 use crate::model::weights::{load_model, LoadedModel};
 pub use crate::pipeline::device::DeviceChoice;
 use crate::pipeline::device::Picked;
-use crate::pipeline::{Pipeline, PipelineOptions};
+use crate::pipeline::{Pipeline, PipelineOptions, Scheduling};
 
 mod bench;
 mod evaluate;
@@ -93,12 +93,14 @@ fn report(c: &Common, device: &str, peak: Option<u64>) {
 }
 
 /// A pipeline on the global options' device, precision and threads, running up to
-/// `batch` images or pairs at once (one engine, no cache: each command run is one job).
+/// `batch` images or pairs at once (step scheduling, no cache: each command run is one
+/// job).
 pub(crate) fn pipeline_options(c: &Common, batch: usize) -> PipelineOptions {
     PipelineOptions {
         device: c.device,
         precision: c.precision,
         threads: c.threads,
+        scheduling: Scheduling::Step,
         max_batch: batch,
         small_batches: false,
         cache_mib: 0,

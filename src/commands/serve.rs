@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 
 use super::{check_recommended, model, recommended, Common, ModelArgs};
-use crate::pipeline::{Pipeline, PipelineOptions};
+use crate::pipeline::{Pipeline, PipelineOptions, Scheduling};
 use crate::serve::ServeOptions;
 
 /// The server's knobs as given on the command line.
@@ -16,17 +16,25 @@ pub struct ServeArgs {
     /// printed as `listening on http://HOST:PORT` once the model is ready).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub addr: String,
-    /// Most pairs (or inversions) run side by side in one batch. The engine keeps
-    /// one workspace per power of two up to it (about twice the activation memory of
-    /// the largest), so a lone request costs a batch of one.
+    /// How requests share the engine. `step`: every request joins the running batch
+    /// at the next denoising step, whatever its knobs and mask, and leaves it when done
+    /// or when its client goes away, so a short request never waits for a long one to
+    /// end. `batch`: the queue is drained in whole batches of requests with the same
+    /// knobs and mask, each run to its end (kept for comparison).
+    #[arg(long, value_enum, default_value_t = Scheduling::Step)]
+    pub schedule: Scheduling,
+    /// Most jobs (inversions or transfers) run side by side: in one step (`step`; a
+    /// step runs only as many as are active) or in one batch (`batch`; the engine keeps
+    /// one workspace per power of two up to it, about twice the activation memory of
+    /// the largest, so a lone request costs a batch of one).
     #[arg(long, default_value_t = 4)]
     pub max_batch: usize,
-    /// How long the first request of a batch waits for compatible ones (same knobs
-    /// and mask) to join it, milliseconds.
+    /// `--schedule batch` only: how long the first request of a batch waits for
+    /// compatible ones (same knobs and mask) to join it, milliseconds.
     #[arg(long, default_value_t = 20)]
     pub batch_window_ms: u64,
-    /// Requests that may wait for the engine; beyond it requests get 503 with
-    /// Retry-After.
+    /// Requests that may wait for the engine (with `step`, besides the --max-batch
+    /// running); beyond it requests get 503 with Retry-After.
     #[arg(long, default_value_t = 64)]
     pub max_queue: usize,
     /// Memory for cached inversions (a style many requests share is inverted once),
@@ -61,6 +69,7 @@ pub fn serve(c: &Common, m: &ModelArgs, a: &ServeArgs) -> Result<()> {
         device: c.device,
         precision: c.precision,
         threads: c.threads,
+        scheduling: a.schedule,
         max_batch: a.max_batch,
         small_batches: true,
         cache_mib: a.cache_mib,
@@ -70,12 +79,13 @@ pub fn serve(c: &Common, m: &ModelArgs, a: &ServeArgs) -> Result<()> {
     if !c.quiet {
         let i = p.info();
         eprintln!(
-            "model {} ({}x{}, {}), {}; batches of {:?}; inversion cache {} MiB",
+            "model {} ({}x{}, {}), {}; {} scheduling, batches of {:?}; inversion cache {} MiB",
             i.source,
             i.sample_size,
             i.sample_size,
             i.precision.name(),
             i.device,
+            i.scheduling.name(),
             i.batches,
             a.cache_mib
         );

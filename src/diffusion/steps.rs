@@ -88,7 +88,6 @@ pub struct Stepper<'a, B: Backend> {
     jobs: Vec<Option<Job<B>>>,
     /// Admissions so far (the next job's serial).
     admitted: u64,
-    ts: Vec<f32>,
     pub counts: Counts,
 }
 
@@ -100,18 +99,7 @@ impl<'a, B: Backend> Stepper<'a, B> {
         let ws = unet.workspace(be, lanes, 2 * lanes)?;
         let state = be.alloc(lanes * SLOTS * Self::lat_len(unet))?;
         let jobs = (0..lanes).map(|_| None).collect();
-        Ok(Self {
-            be,
-            unet,
-            sched,
-            lanes,
-            ws,
-            state,
-            jobs,
-            admitted: 0,
-            ts: vec![0.0; lanes],
-            counts: Counts::default(),
-        })
+        Ok(Self { be, unet, sched, lanes, ws, state, jobs, admitted: 0, counts: Counts::default() })
     }
 
     fn lat_len(unet: &UNet<B>) -> usize {
@@ -210,16 +198,16 @@ impl<'a, B: Backend> Stepper<'a, B> {
     }
 
     /// Copies lane latents into the encoder input (`order[p]`'s slot `slot` at position
-    /// p; the rest padded with the last, whose work is thrown away) and runs the
-    /// encoder at their times.
+    /// p) and runs the encoder at their times: a batch of as many samples as `order`
+    /// has (no padding: a lone job costs a batch of one).
     fn encode(&mut self, order: &[(usize, usize)]) -> Result<()> {
         let x = self.unet.x(&self.ws);
-        for p in 0..self.lanes {
-            let (lane, slot) = order[p.min(order.len() - 1)];
+        let mut ts = Vec::with_capacity(order.len());
+        for (p, &(lane, slot)) in order.iter().enumerate() {
             self.be.copy(self.slot(lane, slot), x.samples(p, 1))?;
-            self.ts[p] = self.next(lane).0 as f32;
+            ts.push(self.next(lane).0 as f32);
         }
-        self.unet.encode(self.be, &self.ws, &self.ts)?;
+        self.unet.encode(self.be, &self.ws, &ts)?;
         self.counts.encoder += 1;
         Ok(())
     }
@@ -234,7 +222,7 @@ impl<'a, B: Backend> Stepper<'a, B> {
         let mixed: Vec<usize> = active.iter().copied().filter(|&l| self.next(l).1.is_some_and(|g| g.mixed)).collect();
         let mut order: Vec<(usize, usize)> = mixed.iter().map(|&l| (l, self.cur(l))).collect();
         order.extend(active.iter().filter(|l| !mixed.contains(l)).map(|&l| (l, self.cur(l))));
-        let (n, m) = (self.lanes, mixed.len());
+        let (n, m) = (order.len(), mixed.len());
         self.be.begin_step()?;
         self.encode(&order)?;
         let h = self.unet.h(&self.ws, n + m);
@@ -290,9 +278,9 @@ impl<'a, B: Backend> Stepper<'a, B> {
         if !calibrating.is_empty() {
             // The plain U-Net at the calibrated latents, then an ordinary step there.
             self.encode(&calibrating)?;
-            self.unet.decode(self.be, &self.ws, n)?;
+            self.unet.decode(self.be, &self.ws, calibrating.len())?;
             self.counts.decoder += 1;
-            let eps2 = self.unet.eps(&self.ws, n);
+            let eps2 = self.unet.eps(&self.ws, calibrating.len());
             for (p, &(lane, _)) in calibrating.iter().enumerate() {
                 let g = self.next(lane).1.expect("a transfer");
                 let seed = self.settings(lane).map_or(0, |s| s.seed);

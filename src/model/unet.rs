@@ -21,6 +21,8 @@ pub struct UNet<B: Backend> {
 pub struct Workspace<B: Backend> {
     pub plan: Plan,
     arena: B::Buf,
+    /// Samples the last `encode` ran (at most the plan's `n_enc`): the skips' batch.
+    encoded: std::cell::Cell<usize>,
 }
 
 impl<B: Backend> Workspace<B> {
@@ -91,7 +93,7 @@ impl<B: Backend> UNet<B> {
         let arena = be.alloc(plan.arena_len).with_context(|| {
             format!("cannot allocate the {:.1} MiB activation arena", plan.arena_len as f64 * 4.0 / 1048576.0)
         })?;
-        Ok(Workspace { plan, arena })
+        Ok(Workspace { encoded: std::cell::Cell::new(plan.n_enc), plan, arena })
     }
 
     /// The encoder input `x`: `(n_enc, in, S, S)`.
@@ -109,14 +111,19 @@ impl<B: Backend> UNet<B> {
         ws.act(&self.graph, self.graph.eps, n)
     }
 
-    /// Runs the encoder on `x` (already in place) at timesteps `t` (`n_enc` values).
+    /// Runs the encoder on the first `t.len()` samples of `x` (already in place; at
+    /// most `n_enc`) at timesteps `t`. A smaller batch than the plan's is not padded:
+    /// the step scheduler runs as many samples as it has jobs.
     pub fn encode(&self, be: &B, ws: &Workspace<B>, t: &[f32]) -> Result<()> {
-        anyhow::ensure!(t.len() == ws.plan.n_enc, "one timestep per encoder sample");
-        self.run(be, ws, 0..self.graph.decoder_start, ws.plan.n_enc, t)
+        let n = t.len();
+        anyhow::ensure!(n >= 1 && n <= ws.plan.n_enc, "{n} timesteps for an encoder batch of {}", ws.plan.n_enc);
+        ws.encoded.set(n);
+        self.run(be, ws, 0..self.graph.decoder_start, n, t)
     }
 
     /// Runs the decoder on the first `n` samples of h (n <= n_dec), reading the skips
-    /// of the last `encode` with broadcast.
+    /// of the last `encode` with broadcast (decoder sample `b` reads encoder sample
+    /// `b % encoded`).
     pub fn decode(&self, be: &B, ws: &Workspace<B>, n: usize) -> Result<()> {
         anyhow::ensure!(n >= 1 && n <= ws.plan.n_dec, "decoder batch {n} exceeds the plan");
         self.run(be, ws, self.graph.decoder_start..self.graph.ops.len(), n, &[])
@@ -125,12 +132,12 @@ impl<B: Backend> UNet<B> {
     /// Full forward: encode then decode the encoder batch.
     pub fn forward(&self, be: &B, ws: &Workspace<B>, t: &[f32]) -> Result<()> {
         self.encode(be, ws, t)?;
-        self.decode(be, ws, ws.plan.n_enc)
+        self.decode(be, ws, t.len())
     }
 
     fn run(&self, be: &B, ws: &Workspace<B>, ops: std::ops::Range<usize>, n_run: usize, t: &[f32]) -> Result<()> {
         let g = &self.graph;
-        let n_enc = ws.plan.n_enc;
+        let n_enc = ws.encoded.get();
         let act = |v: ValueId| {
             let n = match g.values[v].class {
                 BatchClass::Enc => n_enc,

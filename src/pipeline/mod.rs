@@ -18,11 +18,35 @@
 //! # }
 //! ```
 //!
-//! Inside, one engine thread owns the backend and the engines (`worker.rs`); a
-//! [`Pipeline`] is a handle to it that is `Send + Sync`, so it can be shared (in an
-//! `Arc`) by many threads, whose calls run one after another. Inversions of images are
-//! kept in an in-memory cache (`cache.rs`, a segmented LRU) when `cache_mib` > 0.
+//! Requests can also be submitted without waiting: [`Pipeline::submit`] returns a
+//! [`Ticket`] that yields the progress and the answer, and cancels the request when
+//! dropped first. With [`Scheduling::Step`] (the default) every request, from any
+//! thread, joins one running batch between denoising steps, each with its own knobs
+//! and mask, and leaves it when done or cancelled: a short request never waits for a
+//! long one to end. Every output is bit-identical to the request's alone.
+//!
+//! ```no_run
+//! # use diffstyle::diffusion::method::Preset;
+//! # use diffstyle::pipeline::{ModelSource, Pipeline, PipelineOptions, Source, Pair, Request};
+//! # fn main() -> anyhow::Result<()> {
+//! # let p = Pipeline::load(&ModelSource::path("tests/fixtures/method/model"), &PipelineOptions::default())?;
+//! let content = Source::Image(p.image_from_path("examples/content.png".as_ref())?);
+//! let style = Source::Image(p.image_from_path("examples/style.png".as_ref())?);
+//! let pair = Pair { content, style };
+//! let ticket = p.submit(Request::Transfer { pair, settings: Preset::Fast.settings(), mask: None })?;
+//! let out = ticket.wait(&mut |done, total| eprintln!("{done}/{total}"))?.into_output()?;
+//! out.save_png("out.png".as_ref())?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Inside, one engine thread owns the backend, the stepper and the batch engines
+//! (`worker.rs`, with the step scheduler's books in `scheduler.rs`); a [`Pipeline`] is a
+//! handle to it that is `Send + Sync`, so it can be shared (in an `Arc`) by many
+//! threads. Inversions of images are kept in an in-memory cache (`cache.rs`, a
+//! segmented LRU) when `cache_mib` > 0.
 
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
@@ -41,12 +65,38 @@ use crate::model::weights::{load_model, LoadedModel};
 pub mod cache;
 pub mod device;
 pub mod knobs;
+mod scheduler;
+mod ticket;
 mod worker;
 
 pub use cache::{CacheStats, InversionCache};
 pub use device::DeviceChoice;
 pub use knobs::Knobs;
+use scheduler::{Resolved, Side, Submitted};
+pub use ticket::{Answer, Cancelled, Canceller, Request, Ticket};
+use ticket::{Event, TicketState};
 use worker::{Done, Msg, Op, Reply, Shared};
+
+/// How a pipeline groups work on its engine.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scheduling {
+    /// Every request joins one running batch between denoising steps and leaves it when
+    /// done or cancelled (up to `max_batch` jobs per step).
+    #[default]
+    Step,
+    /// Batch calls run to their end one after another, on engines of fixed batch
+    /// sizes; [`Pipeline::submit`] still works, through a one-job stepper.
+    Batch,
+}
+
+impl Scheduling {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheduling::Step => "step",
+            Scheduling::Batch => "batch",
+        }
+    }
+}
 
 /// Where a model comes from: a diffusers folder, or a single `.safetensors` file with
 /// its architecture given by a config file or a built-in name.
@@ -76,10 +126,14 @@ pub struct PipelineOptions {
     pub precision: Precision,
     /// CPU threads (0 = all cores).
     pub threads: usize,
-    /// The most images or pairs run side by side in one batch.
+    /// How work is grouped: step scheduling (the default) or whole batches.
+    pub scheduling: Scheduling,
+    /// The most images or pairs run side by side in one batch (step scheduling: jobs
+    /// in one step).
     pub max_batch: usize,
-    /// Also keep engines for the powers of two below `max_batch`, so that a partial
-    /// batch does not pay for padding (about twice the activation memory).
+    /// Batch scheduling: also keep engines for the powers of two below `max_batch`, so
+    /// that a partial batch does not pay for padding (about twice the activation
+    /// memory). The stepper never pads.
     pub small_batches: bool,
     /// The in-memory inversion cache, MiB (0 = none).
     pub cache_mib: usize,
@@ -93,6 +147,7 @@ impl Default for PipelineOptions {
             device: DeviceChoice::Auto,
             precision: Precision::F32,
             threads: 0,
+            scheduling: Scheduling::Step,
             max_batch: 1,
             small_batches: false,
             cache_mib: 0,
@@ -118,7 +173,8 @@ pub struct PipelineInfo {
     pub h_size: usize,
     pub h_channels: usize,
     pub max_batch: usize,
-    /// The engines' batch sizes, ascending.
+    pub scheduling: Scheduling,
+    /// The batch engines' sizes, ascending (step scheduling: the one stepper's).
     pub batches: Vec<usize>,
 }
 
@@ -175,7 +231,7 @@ pub struct Pipeline {
     info: PipelineInfo,
     /// The model's noise schedule (the weights live on the engine thread only).
     schedule: Schedule,
-    cache: InversionCache,
+    cache: Arc<InversionCache>,
 }
 
 impl Pipeline {
@@ -189,12 +245,20 @@ impl Pipeline {
     pub fn new(model: LoadedModel, opts: &PipelineOptions) -> Result<Self> {
         ensure!(opts.max_batch >= 1, "the batch must hold at least one pair");
         check_schedule(&model.schedule).with_context(|| format!("model {}", model.source))?;
-        let mut batches: Vec<usize> = if opts.small_batches {
-            (0..usize::BITS).map(|k| 1usize << k).take_while(|&n| n < opts.max_batch).collect()
-        } else {
-            vec![]
+        // Step scheduling runs everything on a stepper of max_batch lanes; batch
+        // scheduling on the engines, with a one-lane stepper for `submit`.
+        let (batches, lanes) = match opts.scheduling {
+            Scheduling::Step => (vec![], opts.max_batch),
+            Scheduling::Batch => {
+                let mut b: Vec<usize> = if opts.small_batches {
+                    (0..usize::BITS).map(|k| 1usize << k).take_while(|&n| n < opts.max_batch).collect()
+                } else {
+                    vec![]
+                };
+                b.push(opts.max_batch);
+                (b, 1)
+            }
         };
-        batches.push(opts.max_batch);
         let a = &model.arch;
         let model_key = format!("{}-{:?}", model.hash, opts.precision).to_lowercase();
         let partial = PipelineInfo {
@@ -207,16 +271,20 @@ impl Pipeline {
             h_size: a.h_size(),
             h_channels: a.h_channels(),
             max_batch: opts.max_batch,
-            batches: batches.clone(),
+            scheduling: opts.scheduling,
+            batches: if batches.is_empty() { vec![lanes] } else { batches.clone() },
         };
         let schedule = model.schedule.clone();
         let shared = Arc::new(Shared::default());
+        let cache = Arc::new(InversionCache::new(opts.cache_mib.saturating_mul(1 << 20)));
         let setup = worker::Setup {
             device: opts.device,
             precision: opts.precision,
             threads: opts.threads,
             verbose: opts.verbose,
             batches,
+            lanes,
+            cache: cache.clone(),
         };
         // The host weights go to the engine thread, which drops them once they are on
         // the backend.
@@ -227,7 +295,7 @@ impl Pipeline {
             shared,
             info: PipelineInfo { device, ..partial },
             schedule,
-            cache: InversionCache::new(opts.cache_mib.saturating_mul(1 << 20)),
+            cache,
         })
     }
 
@@ -254,6 +322,21 @@ impl Pipeline {
     /// Encoder / decoder passes and step kinds run so far.
     pub fn counts(&self) -> Counts {
         self.shared.counts.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Requests cancelled before their answer (step scheduler).
+    pub fn cancelled(&self) -> u64 {
+        self.shared.cancelled.load(Relaxed)
+    }
+
+    /// Submitted requests none of whose work has started yet.
+    pub fn waiting(&self) -> usize {
+        self.shared.waiting.load(Relaxed)
+    }
+
+    /// Steps the stepper has run, by how many jobs each advanced.
+    pub fn step_batches(&self) -> BTreeMap<usize, u64> {
+        self.shared.steps.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn cache_stats(&self) -> CacheStats {
@@ -345,7 +428,7 @@ impl Pipeline {
     fn call(&self, op: Op, progress: &mut dyn FnMut()) -> Result<Done> {
         let (reply, rx) = channel();
         let tx = self.tx.as_ref().ok_or_else(|| anyhow!("the pipeline is shut down"))?;
-        tx.send(Msg { op, reply }).map_err(|_| anyhow!("the engine thread has stopped"))?;
+        tx.send(Msg::Op { op, reply }).map_err(|_| anyhow!("the engine thread has stopped"))?;
         loop {
             match rx.recv() {
                 Ok(Reply::Tick) => progress(),
@@ -383,6 +466,16 @@ impl Pipeline {
                 None => todo.push((id, im)),
             }
         }
+        if self.info.scheduling == Scheduling::Step && !todo.is_empty() {
+            // One request per image; the engine thread caches what it inverts.
+            // Already looked for in the cache: straight to the engine thread.
+            let reqs =
+                todo.iter().map(|(id, im)| Resolved::Invert { x0: im.x0.clone(), id: id.to_string(), inv_steps });
+            for ((id, _), a) in todo.iter().zip(self.run_all(reqs.collect(), progress)?) {
+                found.insert(id, a.into_inversion()?);
+            }
+            todo.clear();
+        }
         for chunk in todo.chunks(self.info.max_batch) {
             let x0s = chunk.iter().map(|(_, im)| im.x0.clone()).collect();
             let Done::Inverted(invs) = self.call(Op::Invert { x0s, steps: inv_steps }, progress)? else {
@@ -399,14 +492,126 @@ impl Pipeline {
         Ok(ids.iter().map(|id| found[id.as_str()].clone()).collect())
     }
 
-    /// Whether an inversion of `inv` steps was made with `inv_steps` steps.
-    fn check_steps(inv: &Inversion, inv_steps: usize, what: &str) -> Result<()> {
+    /// Whether `inv` was made with `inv_steps` steps, for this model's images.
+    fn check_inversion(&self, inv: &Inversion, inv_steps: usize, what: &str) -> Result<()> {
         ensure!(
             inv.keys == Inversion::keys_for(inv_steps),
             "the {what} inversion was made with {} steps, the settings ask for inv_steps {inv_steps}",
             inv.keys.len() + 1
         );
+        ensure!(
+            inv.x_t.len() == inv.x0.len() && inv.x0.len() == self.shapes().0.iter().product::<usize>(),
+            "the {what} inversion does not match the model's image size"
+        );
         Ok(())
+    }
+
+    /// A transfer's settings and mask, checked before any work.
+    fn check_transfer(&self, s: &Settings, mask: Option<&Mask>) -> Result<()> {
+        s.validate(&self.schedule)?;
+        if let Some(m) = mask {
+            ensure!(
+                m.0.len() == self.info.h_size * self.info.h_size,
+                "the mask must cover the {0}x{0} h grid",
+                self.info.h_size
+            );
+        }
+        Ok(())
+    }
+
+    /// Submits a request to the step scheduler and returns at once (inputs are checked
+    /// first: a bad request is an error here, not in the ticket). The request joins
+    /// the running batch at the next step; the [`Ticket`] yields its progress and
+    /// answer, and dropping it before the answer cancels the request. Images are
+    /// inverted first unless the cache holds them; an inversion found in the cache is
+    /// answered at once.
+    pub fn submit(&self, req: Request) -> Result<Ticket> {
+        let (tx, rx) = channel();
+        let state = Arc::new(TicketState::default());
+        let lookup = |id: &str| if self.cache.capacity() > 0 { self.cache.get(id) } else { None };
+        let resolved = match req {
+            Request::Invert { image, inv_steps } => {
+                Settings { inv_steps, ..Settings::default() }.check_knobs(self.schedule.len())?;
+                let id = self.inversion_id(&image, inv_steps);
+                if let Some(inversion) = lookup(&id) {
+                    let _ = tx.send((0, Event::Done(Ok(Answer::Inversion { inversion, id, batch: 0 }))));
+                    return Ok(Ticket::new(state, rx));
+                }
+                Resolved::Invert { x0: image.x0, id, inv_steps }
+            }
+            Request::Transfer { pair, settings, mask } => {
+                self.check_transfer(&settings, mask.as_ref())?;
+                let side = |src: Source, what: &str| -> Result<Side> {
+                    Ok(match src {
+                        Source::Inversion(inv) => {
+                            self.check_inversion(&inv, settings.inv_steps, what)?;
+                            Side::Ready(inv)
+                        }
+                        Source::Image(im) => {
+                            let id = self.inversion_id(&im, settings.inv_steps);
+                            match lookup(&id) {
+                                Some(inv) => Side::Ready(inv),
+                                None => Side::Invert { x0: im.x0, id },
+                            }
+                        }
+                    })
+                };
+                let content = side(pair.content, "content")?;
+                let style = side(pair.style, "style")?;
+                Resolved::Transfer { content, style, settings, mask: mask.map(|m| m.0) }
+            }
+        };
+        self.send(resolved, 0, &tx, &state)?;
+        Ok(Ticket::new(state, rx))
+    }
+
+    /// Sends a checked request to the engine thread, its events tagged `tag` on a
+    /// channel that several requests may share.
+    fn send(
+        &self,
+        resolved: Resolved,
+        tag: usize,
+        events: &Sender<(usize, Event)>,
+        state: &Arc<TicketState>,
+    ) -> Result<()> {
+        let tx = self.tx.as_ref().ok_or_else(|| anyhow!("the pipeline is shut down"))?;
+        let sub = Submitted { req: resolved, state: state.clone(), events: events.clone(), tag };
+        tx.send(Msg::Submit(sub)).map_err(|_| anyhow!("the engine thread has stopped"))
+    }
+
+    /// Sends `reqs` and waits for all their answers, in order; `progress` is called
+    /// once per step of the slowest. The first error cancels the rest.
+    fn run_all(&self, reqs: Vec<Resolved>, progress: &mut dyn FnMut()) -> Result<Vec<Answer>> {
+        let (tx, rx) = channel::<(usize, Event)>();
+        let states: Vec<Arc<TicketState>> = reqs.iter().map(|_| Arc::default()).collect();
+        let cancel_all = || states.iter().for_each(|s| s.cancelled.store(true, Relaxed));
+        for (k, r) in reqs.into_iter().enumerate() {
+            if let Err(e) = self.send(r, k, &tx, &states[k]) {
+                cancel_all();
+                return Err(e);
+            }
+        }
+        drop(tx);
+        let mut answers: BTreeMap<usize, Answer> = BTreeMap::new();
+        let mut shown = 0;
+        while answers.len() < states.len() {
+            match rx.recv() {
+                Ok((_, Event::Progress)) => {}
+                Ok((k, Event::Done(Ok(a)))) => drop(answers.insert(k, a)),
+                Ok((_, Event::Done(Err(e)))) => {
+                    cancel_all();
+                    return Err(e);
+                }
+                Err(_) => bail!("the engine thread stopped during the work"),
+            }
+            // A finished request counts all its steps done.
+            let slowest = states.iter().map(|s| s.done.load(Relaxed)).min().unwrap_or(0);
+            while shown < slowest {
+                progress();
+                shown += 1;
+            }
+        }
+        Ok(answers.into_values().collect())
     }
 
     /// One DiffStyle transfer: `content`'s h injected into the generation from `style`'s
@@ -427,14 +632,7 @@ impl Pipeline {
         mask: Option<&Mask>,
         progress: &mut dyn FnMut(),
     ) -> Result<Vec<Output>> {
-        s.validate(&self.schedule)?;
-        if let Some(m) = mask {
-            ensure!(
-                m.0.len() == self.info.h_size * self.info.h_size,
-                "the mask must cover the {0}x{0} h grid",
-                self.info.h_size
-            );
-        }
+        self.check_transfer(s, mask)?;
         let images: Vec<&Image> = pairs
             .iter()
             .flat_map(|p| [&p.content, &p.style])
@@ -449,11 +647,7 @@ impl Pipeline {
                 Source::Image(_) => inverted.next().expect("one inversion per image"),
                 Source::Inversion(inv) => inv.clone(),
             };
-            Self::check_steps(&inv, s.inv_steps, what)?;
-            ensure!(
-                inv.x_t.len() == inv.x0.len() && inv.x0.len() == self.shapes().0.iter().product::<usize>(),
-                "the {what} inversion does not match the model's image size"
-            );
+            self.check_inversion(&inv, s.inv_steps, what)?;
             Ok(inv)
         };
         let mut resolved = Vec::with_capacity(pairs.len());
@@ -461,6 +655,18 @@ impl Pipeline {
             let c = resolve(&p.content, "content")?;
             let st = resolve(&p.style, "style")?;
             resolved.push((c, st));
+        }
+        if self.info.scheduling == Scheduling::Step {
+            let reqs = resolved
+                .into_iter()
+                .map(|(c, st)| Resolved::Transfer {
+                    content: Side::Ready(c),
+                    style: Side::Ready(st),
+                    settings: s.clone(),
+                    mask: mask.map(|m| m.0.clone()),
+                })
+                .collect();
+            return self.run_all(reqs, progress)?.into_iter().map(Answer::into_output).collect();
         }
         let mask = mask.map(|m| m.0.clone());
         let mut out = Vec::with_capacity(pairs.len());

@@ -1,20 +1,26 @@
-//! The engine thread: it owns the backend, the U-Net's weights on it and the engines
-//! (activation memory for each batch size), made once, and runs one batched inversion
-//! or generation at a time for whoever sends it one. Keeping them on one thread gives
-//! the [`super::Pipeline`] handle a plain owned type (the engines borrow the backend)
-//! and keeps device work off the callers' threads (an async runtime's, say).
+//! The engine thread: it owns the backend, the U-Net's weights on it, the step
+//! scheduler's [`Stepper`] and the batch engines (activation memory for each batch
+//! size), made once. Submitted requests join the stepper's running set between steps
+//! (`scheduler.rs` keeps their books); a batch op (batch scheduling) runs to its end
+//! before the next step. Keeping them on one thread gives the [`super::Pipeline`]
+//! handle a plain owned type (the engines borrow the backend) and keeps device work
+//! off the callers' threads (an async runtime's, say).
 
+use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use super::cache::InversionCache;
 use super::device::{pick, DeviceChoice};
+use super::scheduler::{Scheduler, Submitted};
 use crate::backend::Backend;
 use crate::diffusion::method::{Counts, Engine, Inversion, Settings};
+use crate::diffusion::steps::Stepper;
 use crate::dtype::Precision;
 use crate::model::unet::UNet;
 use crate::model::weights::LoadedModel;
@@ -44,9 +50,11 @@ pub(super) enum Reply {
     Done(Result<Done>),
 }
 
-pub(super) struct Msg {
-    pub op: Op,
-    pub reply: Sender<Reply>,
+pub(super) enum Msg {
+    /// A batch op, run to its end.
+    Op { op: Op, reply: Sender<Reply> },
+    /// A request for the step scheduler.
+    Submit(Submitted),
 }
 
 /// What the engine thread reports without being asked (read by metrics at any time,
@@ -59,6 +67,26 @@ pub(super) struct Shared {
     pub alive: AtomicBool,
     /// Work done so far, over every engine.
     pub counts: Mutex<Counts>,
+    /// Requests cancelled before their answer (step scheduler).
+    pub cancelled: AtomicU64,
+    /// Submitted requests none of whose work has started.
+    pub waiting: AtomicUsize,
+    /// Stepper steps run, by the number of jobs they advanced.
+    pub steps: Mutex<BTreeMap<usize, u64>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    fn add_counts(&self, c: Counts) {
+        let mut total = lock(&self.counts);
+        total.encoder += c.encoder;
+        total.decoder += c.decoder;
+        total.noisy_steps += c.noisy_steps;
+        total.mixed_steps += c.mixed_steps;
+    }
 }
 
 pub(super) struct Setup {
@@ -66,8 +94,12 @@ pub(super) struct Setup {
     pub precision: Precision,
     pub threads: usize,
     pub verbose: bool,
-    /// The engines' batch sizes, ascending.
+    /// The batch engines' sizes, ascending (none when only the stepper runs).
     pub batches: Vec<usize>,
+    /// The stepper's lanes: the most jobs in one step.
+    pub lanes: usize,
+    /// Where finished inversions of submitted requests go.
+    pub cache: Arc<InversionCache>,
 }
 
 /// Starts the engine thread and waits until it is ready (weights uploaded, every
@@ -144,16 +176,60 @@ fn run<B: Backend>(
         let peak = be.peak_device_bytes().map_or(u64::MAX, |b| b as u64);
         shared.peak_device_bytes.store(peak, Relaxed);
     };
+    let mut stepper = match Stepper::new(be, &unet, &schedule, setup.lanes) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = ready.send(Err(e.context(format!("model {source} with a step batch of {}", setup.lanes))));
+            return;
+        }
+    };
     report_memory();
     if ready.send(Ok(be.describe())).is_err() {
         return;
     }
-    for Msg { op, reply } in rx {
-        let done = catch_unwind(AssertUnwindSafe(|| execute(&mut engines, op, &reply, shared)))
-            .unwrap_or_else(|p| Err(anyhow!("the engine failed {}", panic_text(&*p))));
-        report_memory();
-        // The caller may have gone away meanwhile: nothing to do then.
-        let _ = reply.send(Reply::Done(done));
+    let mut sched = Scheduler::new(setup.cache.clone(), schedule.clone(), unet.arch.sample_size);
+    let mut open = true;
+    while open || !sched.is_idle() {
+        // Take what has arrived; wait only when there is nothing to step.
+        loop {
+            let msg =
+                if sched.is_idle() && open { rx.recv().map_err(|_| TryRecvError::Disconnected) } else { rx.try_recv() };
+            match msg {
+                Ok(Msg::Submit(s)) => sched.add(s),
+                Ok(Msg::Op { op, reply }) => {
+                    let done = catch_unwind(AssertUnwindSafe(|| execute(&mut engines, op, &reply, shared)))
+                        .unwrap_or_else(|p| Err(anyhow!("the engine failed {}", panic_text(&*p))));
+                    report_memory();
+                    // The caller may have gone away meanwhile: nothing to do then.
+                    let _ = reply.send(Reply::Done(done));
+                }
+                Err(TryRecvError::Empty) => break,
+                // The pipeline is gone: what is open still finishes (or is cancelled).
+                Err(TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
+                }
+            }
+        }
+        sched.prune(&mut stepper);
+        sched.admit(&mut stepper);
+        let batch = stepper.active();
+        if batch > 0 {
+            let stepped = catch_unwind(AssertUnwindSafe(|| stepper.step(&mut |_| {})))
+                .unwrap_or_else(|p| Err(anyhow!("the engine failed {}", panic_text(&*p))));
+            shared.add_counts(std::mem::take(&mut stepper.counts));
+            *lock(&shared.steps).entry(batch).or_default() += 1;
+            match stepped {
+                Ok(done) => sched.stepped(&mut stepper, batch, done),
+                // One error for the step: every job in it fails (their requests get it).
+                Err(e) => sched.fail_running(&mut stepper, &e),
+            }
+            report_memory();
+        } else {
+            sched.recount(&stepper);
+        }
+        shared.cancelled.store(sched.report.cancelled, Relaxed);
+        shared.waiting.store(sched.report.waiting, Relaxed);
     }
 }
 
@@ -182,11 +258,6 @@ fn execute<B: Backend>(engines: &mut [Engine<'_, B>], op: Op, reply: &Sender<Rep
             Done::Generated(eng.transfer_batch(&xs, &cs, &settings, mask.as_deref(), &mut tick)?)
         }
     };
-    let c = std::mem::take(&mut eng.counts);
-    let mut total = shared.counts.lock().unwrap_or_else(|p| p.into_inner());
-    total.encoder += c.encoder;
-    total.decoder += c.decoder;
-    total.noisy_steps += c.noisy_steps;
-    total.mixed_steps += c.mixed_steps;
+    shared.add_counts(std::mem::take(&mut eng.counts));
     Ok(done)
 }

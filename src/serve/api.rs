@@ -1,6 +1,7 @@
 //! The HTTP contract (README, "Server"): routes, form parts, and errors as JSON
 //! `{"error": ..., "field": ...}` naming the culprit. Handlers only parse, check and
-//! queue; decoding runs on blocking threads and the model on the engine thread.
+//! queue (batch scheduling) or submit (step scheduling); decoding runs on blocking
+//! threads and the model on the engine thread.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -18,11 +19,11 @@ use axum::{Json, Router};
 use tokio::sync::oneshot;
 
 use super::metrics::{resident_bytes, Gauges, Metrics};
-use super::queue::{Answer, Job, Queue, Refused, Work};
+use super::queue::{inverted, Answer, Job, Queue, Refused, Work};
 use crate::diffusion::method::{Inversion, Settings};
 use crate::pipeline::cache::is_id;
 use crate::pipeline::knobs::KNOB_NAMES;
-use crate::pipeline::{Image, Knobs, Pair, Pipeline, Source};
+use crate::pipeline::{self, Canceller, Image, Knobs, Pair, Pipeline, Scheduling, Source};
 
 /// Seconds a client is asked to wait after a 503.
 const RETRY_AFTER_S: u64 = 1;
@@ -30,6 +31,9 @@ const RETRY_AFTER_S: u64 = 1;
 pub struct Inner {
     pub p: Arc<Pipeline>,
     pub queue: Arc<Queue>,
+    /// Step scheduling: places for requests waiting or running (`--max-queue` +
+    /// `--max-batch`); none left is a 503.
+    pub places: Arc<tokio::sync::Semaphore>,
     pub metrics: Arc<Metrics>,
     pub draining: AtomicBool,
     pub max_body: usize,
@@ -170,9 +174,12 @@ async fn healthz(State(st): St) -> Response {
 }
 
 async fn metrics(State(st): St) -> Response {
+    let step = st.p.info().scheduling == Scheduling::Step;
     let g = Gauges {
-        queue_depth: st.queue.depth(),
+        queue_depth: if step { st.p.waiting() } else { st.queue.depth() },
         queue_capacity: st.queue.capacity(),
+        cancelled: st.queue.abandoned() + st.p.cancelled(),
+        step_batches: st.p.step_batches(),
         cache: st.p.cache_stats(),
         device_peak_bytes: st.p.peak_device_bytes(),
         resident_bytes: resident_bytes(),
@@ -352,8 +359,20 @@ fn cached(st: &Inner, v: &str, field: &str, inv_steps: usize) -> Result<Arc<Inve
     Ok(inv)
 }
 
-/// Queues `work` and waits for its answer.
+/// Runs `work` on the engine and waits for its answer.
 async fn run(st: &Inner, work: Work) -> Result<Answer, ApiError> {
+    match st.p.info().scheduling {
+        Scheduling::Batch => queued(st, work).await,
+        Scheduling::Step => stepped(st, work).await,
+    }
+}
+
+fn internal(e: String) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, None, e)
+}
+
+/// Queues `work` for the batcher and waits for its answer.
+async fn queued(st: &Inner, work: Work) -> Result<Answer, ApiError> {
     let (reply, answer) = oneshot::channel();
     st.queue.push(Job { work, reply }).map_err(|r| match r {
         Refused::Full => {
@@ -361,8 +380,52 @@ async fn run(st: &Inner, work: Work) -> Result<Answer, ApiError> {
         }
         Refused::Closed => ApiError::unavailable("the server is shutting down"),
     })?;
-    let internal = |e: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, None, e);
     answer.await.map_err(|_| internal("the engine stopped before answering".into()))?.map_err(internal)
+}
+
+/// Cancels a submitted request when the handler's future is dropped (its client left).
+struct CancelOnDrop(Canceller);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        // A no-op once the request has been answered.
+        self.0.cancel();
+    }
+}
+
+/// Submits `work` to the step scheduler and waits for its answer on a blocking thread;
+/// if the client goes away meanwhile, the request leaves the running batch at the next
+/// step.
+async fn stepped(st: &Inner, work: Work) -> Result<Answer, ApiError> {
+    let _place = st.places.clone().try_acquire_owned().map_err(|_| {
+        ApiError::unavailable(format!(
+            "the server is full ({} requests waiting besides those running); retry later",
+            st.queue.capacity()
+        ))
+    })?;
+    let req = match work {
+        Work::Transfer { pair, settings, mask } => pipeline::Request::Transfer { pair, settings, mask },
+        Work::Invert { image, inv_steps } => pipeline::Request::Invert { image, inv_steps },
+    };
+    let ticket = st.p.submit(req).map_err(|e| internal(format!("{e:#}")))?;
+    let _cancel = CancelOnDrop(ticket.canceller());
+    let (p, metrics) = (st.p.clone(), st.metrics.clone());
+    let answered = tokio::task::spawn_blocking(move || -> anyhow::Result<Answer> {
+        // Counted as the batch it ran in: the most jobs that shared its steps.
+        Ok(match ticket.wait(&mut |_, _| {})? {
+            pipeline::Answer::Output { output, batch } => {
+                metrics.batch("transfer", batch);
+                Answer::Png { png: output.png()?, batch }
+            }
+            pipeline::Answer::Inversion { inversion, id, batch } => {
+                metrics.batch("invert", batch);
+                inverted(&p, id, &inversion)?
+            }
+        })
+    })
+    .await
+    .map_err(|e| internal(format!("the request's waiter failed: {e}")))?;
+    answered.map_err(|e| internal(format!("{e:#}")))
 }
 
 async fn transfer(State(st): St, mp: Result<Multipart, MultipartRejection>) -> Result<Response, ApiError> {

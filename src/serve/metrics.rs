@@ -34,6 +34,11 @@ pub struct Metrics {
 pub struct Gauges {
     pub queue_depth: usize,
     pub queue_capacity: usize,
+    /// Requests whose client left before the answer, dropped from the queue or the
+    /// running batch.
+    pub cancelled: u64,
+    /// Step scheduling: steps run, by the number of jobs each advanced.
+    pub step_batches: BTreeMap<usize, u64>,
     pub cache: CacheStats,
     pub device_peak_bytes: Option<u64>,
     pub resident_bytes: Option<u64>,
@@ -96,11 +101,22 @@ impl Metrics {
             &mut o,
             "diffstyle_batches_total",
             "counter",
-            "Batches run by the engine, by kind and size (jobs in the batch).",
+            "Batches run by the engine, by kind and size (jobs in the batch). Step scheduling: transfers and inversions answered, by the most jobs that shared their steps; kind \"step\": the steps run, by the jobs each advanced.",
         );
         for ((kind, size), n) in lock(&self.batches).iter() {
             let _ = writeln!(o, "diffstyle_batches_total{{kind=\"{kind}\",size=\"{size}\"}} {n}");
         }
+        // Step scheduling: one "batch" per denoising step, sized by the jobs it advanced.
+        for (size, n) in &g.step_batches {
+            let _ = writeln!(o, "diffstyle_batches_total{{kind=\"step\",size=\"{size}\"}} {n}");
+        }
+        head(
+            &mut o,
+            "diffstyle_cancelled_total",
+            "counter",
+            "Requests dropped because their client left before the answer: from the queue before they ran, or from the running batch at the next step.",
+        );
+        let _ = writeln!(o, "diffstyle_cancelled_total {}", g.cancelled);
         let c = &g.cache;
         for (name, kind, help, v) in [
             ("diffstyle_inversion_cache_hits_total", "counter", "Inversions found in the cache.", c.hits),
@@ -154,6 +170,8 @@ mod tests {
         let g = Gauges {
             queue_depth: 1,
             queue_capacity: 8,
+            cancelled: 3,
+            step_batches: BTreeMap::from([(2, 5)]),
             cache: CacheStats::default(),
             device_peak_bytes: None,
             resident_bytes: Some(4096),
@@ -170,6 +188,8 @@ mod tests {
             "diffstyle_request_duration_seconds_bucket{route=\"/v1/transfer\",le=\"+Inf\"} 3",
             "diffstyle_request_duration_seconds_count{route=\"/v1/transfer\"} 3",
             "diffstyle_batches_total{kind=\"transfer\",size=\"2\"} 1",
+            "diffstyle_batches_total{kind=\"step\",size=\"2\"} 5",
+            "diffstyle_cancelled_total 3",
             "diffstyle_queue_depth 1",
             "process_resident_memory_bytes 4096",
         ] {

@@ -1,8 +1,9 @@
 //! `diffstyle serve`: a long-lived HTTP server around one [`Pipeline`]: the model and
-//! engines made once, an inversion cache, batching of compatible requests, a bounded
-//! queue (503 when full), Prometheus metrics, a small web page, and a graceful
-//! shutdown on SIGINT / SIGTERM. The routes and errors: `api.rs`; the queue and the
-//! batcher thread: `queue.rs`; the counters: `metrics.rs`.
+//! engines made once, an inversion cache, step scheduling (requests join and leave the
+//! running batch between denoising steps) or batching of compatible requests, bounded
+//! admission (503 when full), Prometheus metrics, a small web page, and a graceful
+//! shutdown on SIGINT / SIGTERM. The routes and errors: `api.rs`; the batch queue and
+//! the batcher thread: `queue.rs`; the counters: `metrics.rs`.
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, Scheduling};
 
 mod api;
 mod metrics;
@@ -53,8 +54,15 @@ pub fn serve(p: Pipeline, listener: std::net::TcpListener, o: &ServeOptions) -> 
     let p = Arc::new(p);
     let queue = Arc::new(queue::Queue::new(o.max_queue));
     let metrics = Arc::new(metrics::Metrics::default());
-    let batcher = queue::spawn(queue.clone(), p.clone(), o.batch_window, metrics.clone())
-        .context("cannot start the batcher thread")?;
+    // Step scheduling needs no batcher: requests go to the pipeline's scheduler.
+    let batcher = match p.info().scheduling {
+        Scheduling::Batch => Some(
+            queue::spawn(queue.clone(), p.clone(), o.batch_window, metrics.clone())
+                .context("cannot start the batcher thread")?,
+        ),
+        Scheduling::Step => None,
+    };
+    let places = Arc::new(tokio::sync::Semaphore::new(o.max_queue.saturating_add(p.info().max_batch)));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("diffstyle-http")
@@ -63,6 +71,7 @@ pub fn serve(p: Pipeline, listener: std::net::TcpListener, o: &ServeOptions) -> 
     let inner = Arc::new(api::Inner {
         p: p.clone(),
         queue: queue.clone(),
+        places,
         metrics,
         draining: AtomicBool::new(false),
         max_body: o.max_body,
@@ -75,7 +84,9 @@ pub fn serve(p: Pipeline, listener: std::net::TcpListener, o: &ServeOptions) -> 
     let served = rt.block_on(listen(inner, listener, o));
     // Whatever is still queued runs (its clients may have gone); then the engine stops.
     queue.close();
-    batcher.join().map_err(|_| anyhow!("the batcher thread panicked"))?;
+    if let Some(b) = batcher {
+        b.join().map_err(|_| anyhow!("the batcher thread panicked"))?;
+    }
     rt.shutdown_timeout(Duration::from_secs(1));
     served
 }

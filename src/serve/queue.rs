@@ -1,15 +1,18 @@
-//! The bounded job queue between the HTTP handlers and the engine, and the batcher
-//! thread that drains it: it takes the oldest job, waits up to the batch window for
-//! compatible ones (transfers with the same settings and mask; inversions with the same
-//! steps), and runs them as one batch on the pipeline.
+//! `--schedule batch`: the bounded job queue between the HTTP handlers and the engine,
+//! and the batcher thread that drains it: it takes the oldest job, waits up to the
+//! batch window for compatible ones (transfers with the same settings and mask;
+//! inversions with the same steps), and runs them as one batch on the pipeline. (With
+//! `--schedule step` requests go to the pipeline's step scheduler instead: `api.rs`.)
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
 use super::metrics::Metrics;
+use crate::diffusion::method::Inversion;
 use crate::diffusion::method::Settings;
 use crate::pipeline::cache::inversion_bytes;
 use crate::pipeline::{Image, Mask, Pair, Pipeline};
@@ -65,11 +68,24 @@ pub struct Queue {
     state: Mutex<State>,
     wake: Condvar,
     capacity: usize,
+    /// Jobs dropped because their client went away before they ran.
+    abandoned: AtomicU64,
 }
 
 impl Queue {
     pub fn new(capacity: usize) -> Self {
-        Self { state: Mutex::default(), wake: Condvar::new(), capacity }
+        Self { state: Mutex::default(), wake: Condvar::new(), capacity, abandoned: AtomicU64::new(0) }
+    }
+
+    pub fn abandoned(&self) -> u64 {
+        self.abandoned.load(Relaxed)
+    }
+
+    /// Keeps the jobs whose clients still wait, counting the others.
+    fn drop_abandoned(&self, jobs: &mut VecDeque<Job>) {
+        let before = jobs.len();
+        jobs.retain(|j| !j.abandoned());
+        self.abandoned.fetch_add((before - jobs.len()) as u64, Relaxed);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -91,7 +107,7 @@ impl Queue {
         }
         if s.jobs.len() >= self.capacity {
             // Abandoned jobs do not hold places.
-            s.jobs.retain(|j| !j.abandoned());
+            self.drop_abandoned(&mut s.jobs);
             if s.jobs.len() >= self.capacity {
                 return Err(Refused::Full);
             }
@@ -116,6 +132,7 @@ impl Queue {
                 if !j.abandoned() {
                     return Some(self.fill(s, j, max, window));
                 }
+                self.abandoned.fetch_add(1, Relaxed);
             }
             if s.closed {
                 return None;
@@ -138,6 +155,7 @@ impl Queue {
         let mut rest = VecDeque::with_capacity(s.jobs.len());
         for j in s.jobs.drain(..) {
             if j.abandoned() {
+                self.abandoned.fetch_add(1, Relaxed);
                 continue;
             }
             if batch.len() + 1 < max && first.fits(&j) {
@@ -203,22 +221,20 @@ fn run_together(p: &Pipeline, batch: &[Job]) -> anyhow::Result<Vec<Answer>> {
                 })
                 .collect();
             let invs = p.invert_batch(&images, *inv_steps, &mut || {})?;
-            images
-                .iter()
-                .zip(invs)
-                .map(|(im, inv)| {
-                    // An id is only useful while the cache holds it: keep it there.
-                    let id = p.inversion_id(im, *inv_steps);
-                    anyhow::ensure!(
-                        p.keep(&id),
-                        "the inversion ({:.1} MiB) is larger than the whole inversion cache (--cache-mib)",
-                        inversion_bytes(&inv) as f64 / 1048576.0
-                    );
-                    Ok(Answer::Inverted { id })
-                })
-                .collect()
+            images.iter().zip(invs).map(|(im, inv)| inverted(p, p.inversion_id(im, *inv_steps), &inv)).collect()
         }
     }
+}
+
+/// The answer to an inversion request: its id, which is only useful while the cache
+/// holds the inversion, so it is kept there.
+pub fn inverted(p: &Pipeline, id: String, inv: &Inversion) -> anyhow::Result<Answer> {
+    anyhow::ensure!(
+        p.keep(&id),
+        "the inversion ({:.1} MiB) is larger than the whole inversion cache (--cache-mib)",
+        inversion_bytes(inv) as f64 / 1048576.0
+    );
+    Ok(Answer::Inverted { id })
 }
 
 /// Starts the batcher thread.
