@@ -1,5 +1,7 @@
 //! Embedding diffstyle in a Rust program: load a model once into a `Pipeline`, invert a
-//! style once, then run transfers (one, and a batch) against it.
+//! style once, then run transfers (one, and a batch) against it; then submit requests
+//! with their own knobs from two threads (they share the engine's steps), follow one's
+//! progress, and cancel another midway.
 //!
 //!     cargo run --release --example embed -- [MODEL] [OUT_DIR]
 //!
@@ -10,7 +12,9 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use diffstyle::diffusion::method::Preset;
-use diffstyle::pipeline::{DeviceChoice, Knobs, ModelSource, Pair, Pipeline, PipelineOptions, Source};
+use diffstyle::pipeline::{
+    Cancelled, DeviceChoice, Knobs, ModelSource, Pair, Pipeline, PipelineOptions, Request, Source,
+};
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
@@ -18,14 +22,9 @@ fn main() -> Result<()> {
     let out = PathBuf::from(args.next().unwrap_or_else(|| "target/embed".into()));
     std::fs::create_dir_all(&out)?;
 
-    // Once per process: weights uploaded, engines for batches of 1 and 2 allocated.
-    let opts = PipelineOptions {
-        device: DeviceChoice::Auto,
-        max_batch: 2,
-        small_batches: true,
-        cache_mib: 256,
-        ..Default::default()
-    };
+    // Once per process: weights uploaded, the step scheduler's engine (up to 2 jobs per
+    // step) allocated.
+    let opts = PipelineOptions { device: DeviceChoice::Auto, max_batch: 2, cache_mib: 256, ..Default::default() };
     let p = Pipeline::load(&ModelSource::path(&model), &opts)?;
     println!("{} on {}", p.info().source, p.info().device);
 
@@ -62,10 +61,39 @@ fn main() -> Result<()> {
         o.save_png(&out.join(format!("batch_{k}.png")))?;
     }
     assert_eq!(outs[0].x, one.x, "a pair in a batch gives the same pixels as alone");
+
+    // Requests submitted without waiting: each with its own knobs; they join the
+    // running batch between steps. A ticket yields progress, then the answer.
+    let pair = Pair { content: pairs[0].content.clone(), style: Source::Inversion(style_inv.clone()) };
+    let mut other = knobs.clone();
+    other.set("gamma", "0.8")?;
+    let long = Request::Transfer { pair: pair.clone(), settings: Preset::InDomain.settings(), mask: None };
+    let short = Request::Transfer { pair, settings: other.settings(), mask: None };
+    let (long, short) = (p.submit(long)?, p.submit(short)?);
+    let cancel = long.canceller();
+    let shown = std::thread::scope(|sc| {
+        sc.spawn(move || {
+            // The long request is given up once the short one is done; dropping its
+            // ticket would cancel it too.
+            let r = long.wait(&mut |_, _| {});
+            assert!(r.is_err_and(|e| e.downcast_ref::<Cancelled>().is_some()));
+        });
+        let mut shown = 0;
+        let o = short.wait(&mut |done, total| {
+            if done * 4 / total > shown {
+                shown = done * 4 / total;
+                println!("short request: {done}/{total} steps");
+            }
+        });
+        cancel.cancel();
+        o
+    })?;
+    shown.into_output()?.save_png(&out.join("submitted.png"))?;
+    println!("{} requests cancelled", p.cancelled());
     let c = p.cache_stats();
     println!(
         "wrote {} images to {}; {steps} engine steps in the batch; cache: {} hits, {} misses, {} inversions held",
-        1 + outs.len(),
+        2 + outs.len(),
         out.display(),
         c.hits,
         c.misses,

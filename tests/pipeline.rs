@@ -74,6 +74,12 @@ fn batch_equals_lone(scheduling: Scheduling) {
         .iter()
         .map(|c| p.transfer(&Source::Image(c.clone()), &Source::Image(style.clone()), &s, None).unwrap().x)
         .collect();
+    // Alone means the batch engine alone, whichever scheduling is under test.
+    let r = pipeline_with(Scheduling::Batch, 1, 0);
+    for (k, c) in contents.iter().enumerate() {
+        let x = r.transfer(&Source::Image(c.clone()), &Source::Image(style.clone()), &s, None).unwrap().x;
+        assert!(x == alone[k], "pair {k}: differs from the batch engine's lone run");
+    }
     let st = p.cache_stats();
     // 4 distinct images, the style inverted once and found twice.
     assert_eq!((st.misses, st.hits, st.entries), (4, 2, 4));
@@ -170,8 +176,10 @@ fn submitted_requests_with_their_own_knobs_give_their_lone_results() {
     });
     // Each image inverted once, whoever asked first.
     assert_eq!(p.cache_stats().entries, 3);
+    // The reference: each alone on the batch engine (`Engine`, not the stepper).
+    let r = pipeline_with(Scheduling::Batch, 1, 0);
     for (k, ((c, st), s)) in sides.iter().zip(&settings).enumerate() {
-        let alone = p.transfer(&Source::Image((*c).clone()), &Source::Image((*st).clone()), s, None).unwrap();
+        let alone = r.transfer(&Source::Image((*c).clone()), &Source::Image((*st).clone()), s, None).unwrap();
         assert!(together[k].0 == alone.x, "request {k} differs from its lone run");
         // Progress only grows and ends at the total: its generation's steps and
         // those of its inversions (one when both sides are the same image).
@@ -204,7 +212,7 @@ fn a_cancelled_request_frees_its_lane_within_one_step() {
     first.cancel();
     // Read after the cancel: at most the step running then can still finish.
     let at_cancel = first.progress().0;
-    let e = first.wait(&mut |_, _| {}).unwrap_err();
+    let Err(e) = first.wait(&mut |_, _| {}) else { panic!("the cancelled request was answered") };
     assert!(e.downcast_ref::<Cancelled>().is_some(), "{e:#}");
     let got = second.wait(&mut |_, _| {}).unwrap().into_output().unwrap();
     let steps: u64 = p.step_batches().values().sum::<u64>() - before;
@@ -214,8 +222,9 @@ fn a_cancelled_request_frees_its_lane_within_one_step() {
         "{steps} steps ran: the cancelled request ran past one step after its cancel ({at_cancel})"
     );
     assert_eq!(p.cancelled(), 1);
-    // The request after it is unchanged by the cancelled one.
-    let alone = p.transfer(&Source::Inversion(other), &Source::Inversion(inv), &s, None).unwrap();
+    // The request after it is unchanged by the cancelled one (against the batch engine).
+    let r = pipeline_with(Scheduling::Batch, 1, 0);
+    let alone = r.transfer(&Source::Inversion(other), &Source::Inversion(inv), &s, None).unwrap();
     assert!(got.x == alone.x);
     // A ticket dropped unanswered cancels too.
     let dropped = p.submit(transfer_of(&alone_inv(&p), &alone_inv(&p), &long)).unwrap();
