@@ -18,6 +18,11 @@ fn pipeline(max_batch: usize, cache_mib: usize) -> Pipeline {
 }
 
 fn pipeline_with(scheduling: Scheduling, max_batch: usize, cache_mib: usize) -> Pipeline {
+    pipeline_opts(PipelineOptions { scheduling, max_batch, cache_mib, ..Default::default() })
+}
+
+fn pipeline_opts(o: PipelineOptions) -> Pipeline {
+    let (scheduling, max_batch, cache_mib, long_every) = (o.scheduling, o.max_batch, o.cache_mib, o.long_every);
     let opts = PipelineOptions {
         device: DeviceChoice::Cpu,
         threads: 1,
@@ -25,6 +30,7 @@ fn pipeline_with(scheduling: Scheduling, max_batch: usize, cache_mib: usize) -> 
         max_batch,
         small_batches: true,
         cache_mib,
+        long_every,
         ..Default::default()
     };
     Pipeline::load(&ModelSource::path(common::fixtures().join("model")), &opts).expect("the fixture model loads")
@@ -238,4 +244,35 @@ fn a_cancelled_request_frees_its_lane_within_one_step() {
 
 fn alone_inv(p: &Pipeline) -> Arc<diffstyle::diffusion::method::Inversion> {
     p.invert(&image(p, 23), knobs().inv_steps).unwrap()
+}
+
+/// Steps a 400-step request takes while a 40-step one joins it and runs to its end, with
+/// long requests advancing on every `long_every`-th step.
+fn long_steps_beside_a_short_one(long_every: usize) -> usize {
+    let p = pipeline_opts(PipelineOptions { max_batch: 2, long_every: Some(long_every), ..Default::default() });
+    let s = knobs();
+    let (a, b) = (p.invert(&image(&p, 31), s.inv_steps).unwrap(), p.invert(&image(&p, 32), s.inv_steps).unwrap());
+    let long = p.submit(transfer_of(&a, &b, &diffstyle::diffusion::method::Settings { gen_steps: 400, ..s.clone() }));
+    let long = long.unwrap();
+    while long.progress().0 < 3 {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let short = diffstyle::diffusion::method::Settings { gen_steps: 40, ..s.clone() };
+    let before = long.progress().0;
+    let out = p.submit(transfer_of(&b, &a, &short)).unwrap().wait(&mut |_, _| {}).unwrap().into_output().unwrap();
+    let during = long.progress().0 - before;
+    // Unchanged by sharing its steps with a held job.
+    let r = pipeline_with(Scheduling::Batch, 1, 0);
+    assert!(out.x == r.transfer(&Source::Inversion(b), &Source::Inversion(a), &short, None).unwrap().x);
+    during
+}
+
+#[test]
+fn a_long_request_yields_to_a_short_one_where_steps_cost_their_jobs() {
+    // Every 4th step while the short one runs (and a few before it joined) ...
+    let yielding = long_steps_beside_a_short_one(4);
+    assert!(yielding <= 40 / 4 + 4, "the long request took {yielding} of the short one's 40 steps");
+    // ... against every step without yielding.
+    let sharing = long_steps_beside_a_short_one(1);
+    assert!(sharing >= 40, "the long request took only {sharing} of the short one's 40 steps");
 }

@@ -314,6 +314,8 @@ def main():
     ap.add_argument("--bin", default="target/release/diffstyle", help="the diffstyle binary (when starting a server)")
     ap.add_argument("--model", default="tests/fixtures/method/model")
     ap.add_argument("--url", help="use this running server instead (loopback only)")
+    ap.add_argument("--arch", help="the model's architecture (a single .safetensors file), passed to serve")
+    ap.add_argument("--precision", default="f32", help="the server's --precision")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--clients", type=int, default=8)
@@ -404,7 +406,8 @@ def connect(args, schedule):
         if u.hostname not in ("127.0.0.1", "localhost", "::1"):
             sys.exit("--url must be a loopback address")
         return None, u.hostname, u.port
-    cmd = [args.bin, "--device", args.device, "--threads", str(args.threads), "serve", "--model", args.model,
+    cmd = [args.bin, "--device", args.device, "--precision", args.precision, "--threads", str(args.threads), "serve",
+           "--model", args.model] + (["--arch", args.arch] if args.arch else []) + [
            "--addr", "127.0.0.1:0", "--schedule", schedule, "--max-batch", str(args.max_batch), "--batch-window-ms",
            str(args.batch_window_ms), "--max-queue", str(args.max_queue), "--cache-mib", str(args.cache_mib),
            "--max-body-mib", str(args.max_body_mib), "--read-timeout-s", "10"]
@@ -483,6 +486,8 @@ def mixed_phase(cl, args, style_id, seed, in_domain_every):
 
 
 def mixed_main(args):
+    if args.url:
+        sys.exit("--mixed starts its own servers (one per schedule); it takes no --url")
     res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "machine": f"{os.cpu_count()} CPUs, " + open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(": \t"),
            "settings": {k: getattr(args, k) for k in ("clients", "duration", "think", "mixed", "max_batch",

@@ -103,6 +103,7 @@ pub(crate) fn pipeline_options(c: &Common, batch: usize) -> PipelineOptions {
         scheduling: Scheduling::Step,
         max_batch: batch,
         small_batches: false,
+        long_every: None,
         cache_mib: 0,
         verbose: c.verbose,
     }

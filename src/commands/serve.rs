@@ -29,6 +29,14 @@ pub struct ServeArgs {
     /// the largest, so a lone request costs a batch of one).
     #[arg(long, default_value_t = 4)]
     pub max_batch: usize,
+    /// `--schedule step` only: while shorter requests run, a request with over 4x
+    /// their steps left advances only on every K-th step, so that on a backend where a
+    /// step costs about the sum of its jobs (the CPU) a long request does not double the
+    /// time of every short one beside it; it still advances at least every K-th step.
+    /// 1: every job advances every step. Default: 4 on the CPU, 1 on a GPU (where a
+    /// step of several jobs costs little more than one). Results never change.
+    #[arg(long, value_name = "K")]
+    pub long_every: Option<usize>,
     /// `--schedule batch` only: how long the first request of a batch waits for
     /// compatible ones (same knobs and mask) to join it, milliseconds.
     #[arg(long, default_value_t = 20)]
@@ -58,6 +66,7 @@ pub struct ServeArgs {
 pub fn serve(c: &Common, m: &ModelArgs, a: &ServeArgs) -> Result<()> {
     ensure!(a.max_batch >= 1, "--max-batch must be at least 1");
     ensure!(a.max_queue >= 1, "--max-queue must be at least 1");
+    ensure!(a.long_every != Some(0), "--long-every must be at least 1");
     ensure!(a.max_body_mib >= 1, "--max-body-mib must be at least 1");
     ensure!(a.read_timeout_s >= 1, "--read-timeout-s must be at least 1");
     let listener = crate::serve::bind(&a.addr)?;
@@ -72,6 +81,7 @@ pub fn serve(c: &Common, m: &ModelArgs, a: &ServeArgs) -> Result<()> {
         scheduling: a.schedule,
         max_batch: a.max_batch,
         small_batches: true,
+        long_every: a.long_every,
         cache_mib: a.cache_mib,
         verbose: c.verbose,
     };

@@ -62,6 +62,8 @@ struct Job<B: Backend> {
     traj: B::Buf,
     /// The transfer's mask on the h grid.
     mask: Option<B::Buf>,
+    /// Left out of the steps until released ([`Stepper::hold`]).
+    held: bool,
 }
 
 impl<B: Backend> Job<B> {
@@ -151,7 +153,15 @@ impl<'a, B: Backend> Stepper<'a, B> {
                 let times = seq(steps);
                 self.be.upload(self.slot(lane, 0), &x0)?;
                 let traj = self.be.alloc((times.len() - 1) * hlen)?;
-                Job { serial: self.admitted, plan: Plan::Invert { times, x0 }, done: 0, cur: 0, traj, mask: None }
+                Job {
+                    serial: self.admitted,
+                    plan: Plan::Invert { times, x0 },
+                    done: 0,
+                    cur: 0,
+                    traj,
+                    mask: None,
+                    held: false,
+                }
             }
             Task::Transfer { style_xt, content, settings, mask } => {
                 settings.validate(self.sched)?;
@@ -174,7 +184,7 @@ impl<'a, B: Backend> Stepper<'a, B> {
                 };
                 let steps = GenStep::all(&settings, self.sched);
                 let plan = Plan::Transfer { steps, content, settings };
-                Job { serial: self.admitted, plan, done: 0, cur: 0, traj, mask }
+                Job { serial: self.admitted, plan, done: 0, cur: 0, traj, mask, held: false }
             }
         };
         self.jobs[lane] = Some(job);
@@ -186,6 +196,24 @@ impl<'a, B: Backend> Stepper<'a, B> {
     /// jobs go on as if it had never run. False when there is no such job.
     pub fn cancel(&mut self, id: JobId) -> bool {
         self.job(id).is_some() && self.jobs[id.0].take().is_some()
+    }
+
+    /// Holds job `id` out of the next steps (`true`) or lets it take part again; a held
+    /// job keeps its lane and its state, and its result does not change (each step's
+    /// arithmetic and noise depend on the job alone). False when there is no such job.
+    pub fn hold(&mut self, id: JobId, held: bool) -> bool {
+        match self.jobs.get_mut(id.0).and_then(Option::as_mut).filter(|j| j.serial == id.1) {
+            Some(j) => {
+                j.held = held;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Jobs that the next step advances (active and not held).
+    pub fn stepping(&self) -> usize {
+        self.jobs.iter().flatten().filter(|j| !j.held).count()
     }
 
     /// The time of job `lane`'s next step and, for a transfer, the step.
@@ -212,10 +240,10 @@ impl<'a, B: Backend> Stepper<'a, B> {
         Ok(())
     }
 
-    /// One step of every job; returns the jobs that finished with it (their lanes are
-    /// free again). `tick` is called once per job and step.
+    /// One step of every job not held; returns the jobs that finished with it (their
+    /// lanes are free again). `tick` is called once per job and step.
     pub fn step(&mut self, tick: &mut dyn FnMut(JobId)) -> Result<Vec<(JobId, Result<Finished>)>> {
-        let active: Vec<usize> = (0..self.lanes).filter(|&l| self.jobs[l].is_some()).collect();
+        let active: Vec<usize> = (0..self.lanes).filter(|&l| self.jobs[l].as_ref().is_some_and(|j| !j.held)).collect();
         if active.is_empty() {
             return Ok(vec![]);
         }

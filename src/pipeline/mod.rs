@@ -135,6 +135,12 @@ pub struct PipelineOptions {
     /// that a partial batch does not pay for padding (about twice the activation
     /// memory). The stepper never pads.
     pub small_batches: bool,
+    /// Step scheduling: while shorter requests run, a request with over 4x their steps
+    /// left advances only on every `long_every`-th step (1: every job every step).
+    /// `None`: 4 on the CPU, where a step costs about the sum of its samples, so a long
+    /// request sharing every step would double the short ones' time; 1 on a GPU, where
+    /// a step of several samples costs little more than one.
+    pub long_every: Option<usize>,
     /// The in-memory inversion cache, MiB (0 = none).
     pub cache_mib: usize,
     /// Say why `DeviceChoice::Auto` fell back to the CPU.
@@ -150,6 +156,7 @@ impl Default for PipelineOptions {
             scheduling: Scheduling::Step,
             max_batch: 1,
             small_batches: false,
+            long_every: None,
             cache_mib: 0,
             verbose: false,
         }
@@ -244,6 +251,7 @@ impl Pipeline {
     /// device, not enough memory) name the model.
     pub fn new(model: LoadedModel, opts: &PipelineOptions) -> Result<Self> {
         ensure!(opts.max_batch >= 1, "the batch must hold at least one pair");
+        ensure!(opts.long_every != Some(0), "long_every must be at least 1");
         check_schedule(&model.schedule).with_context(|| format!("model {}", model.source))?;
         // Step scheduling runs everything on a stepper of max_batch lanes; batch
         // scheduling on the engines, with a one-lane stepper for `submit`.
@@ -285,6 +293,7 @@ impl Pipeline {
             batches,
             lanes,
             cache: cache.clone(),
+            long_every: opts.long_every,
         };
         // The host weights go to the engine thread, which drops them once they are on
         // the backend.

@@ -90,10 +90,19 @@ pub(super) struct Report {
     pub waiting: usize,
 }
 
+/// A job is long next to the others when its request has more than this many times the
+/// steps left of the request closest to done.
+const LONG_RATIO: usize = 4;
+
 pub(super) struct Scheduler {
     reqs: BTreeMap<u64, Req>,
     works: Vec<Work>,
     serial: u64,
+    /// While shorter work runs, long jobs advance only on every `long_every`-th step
+    /// (1: every job advances every step).
+    long_every: usize,
+    /// Steps planned so far.
+    planned: u64,
     cache: Arc<InversionCache>,
     sched: Schedule,
     sample_size: usize,
@@ -101,8 +110,42 @@ pub(super) struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(cache: Arc<InversionCache>, sched: Schedule, sample_size: usize) -> Self {
-        Self { reqs: BTreeMap::new(), works: vec![], serial: 0, cache, sched, sample_size, report: Report::default() }
+    pub fn new(cache: Arc<InversionCache>, sched: Schedule, sample_size: usize, long_every: usize) -> Self {
+        Self {
+            reqs: BTreeMap::new(),
+            works: vec![],
+            serial: 0,
+            long_every: long_every.max(1),
+            planned: 0,
+            cache,
+            sched,
+            sample_size,
+            report: Report::default(),
+        }
+    }
+
+    /// Chooses the jobs the next step advances. Where a step costs about the sum of its
+    /// samples (the CPU), a long request that shares every step with short ones doubles
+    /// their time; so, with `long_every` > 1, a job whose request has over `LONG_RATIO`
+    /// times the steps left of the closest-to-done request sits out all but every
+    /// `long_every`-th step while such shorter work runs (it never starves: it advances
+    /// at least that often). The shortest job always advances; results do not change.
+    pub fn plan<B: Backend>(&mut self, st: &mut Stepper<'_, B>) {
+        self.planned += 1;
+        let left = |w: &Work| {
+            w.subs
+                .iter()
+                .filter_map(|s| self.reqs.get(s))
+                .map(|r| r.state.total.load(Relaxed).saturating_sub(r.state.done.load(Relaxed)))
+                .min()
+                .unwrap_or(0)
+        };
+        let running: Vec<(JobId, usize)> = self.works.iter().filter_map(|w| Some((w.job?, left(w)))).collect();
+        let shortest = running.iter().map(|&(_, l)| l).min().unwrap_or(0);
+        let turn = self.planned % self.long_every as u64 == 0;
+        for (id, l) in running {
+            st.hold(id, !turn && l > LONG_RATIO * shortest.max(1));
+        }
     }
 
     /// No request is open.

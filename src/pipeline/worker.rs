@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::cache::InversionCache;
-use super::device::{pick, DeviceChoice};
+use super::device::{pick, DeviceChoice, Picked};
 use super::scheduler::{Scheduler, Submitted};
 use crate::backend::Backend;
 use crate::diffusion::method::{Counts, Engine, Inversion, Settings};
@@ -100,6 +100,9 @@ pub(super) struct Setup {
     pub lanes: usize,
     /// Where finished inversions of submitted requests go.
     pub cache: Arc<InversionCache>,
+    /// Long jobs' share of the steps while shorter ones run (`PipelineOptions::long_every`;
+    /// `None`: 4 on the CPU, 1 on a GPU).
+    pub long_every: Option<usize>,
 }
 
 /// Starts the engine thread and waits until it is ready (weights uploaded, every
@@ -117,7 +120,13 @@ pub(super) fn spawn(
         .spawn(move || {
             sh.alive.store(true, Relaxed);
             match pick(setup.device, setup.precision, setup.threads, setup.verbose) {
-                Ok(picked) => crate::with_backend!(picked, |be| run(be, model, &setup, rx, &ready_tx, &sh)),
+                Ok(picked) => {
+                    // A CPU step costs about the sum of its samples, a GPU step hardly more
+                    // than one: only on the CPU do long jobs yield by default.
+                    let cpu = matches!(picked, Picked::Cpu(_));
+                    let long_every = setup.long_every.unwrap_or(if cpu { 4 } else { 1 });
+                    crate::with_backend!(picked, |be| run(be, model, &setup, long_every, rx, &ready_tx, &sh))
+                }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
                 }
@@ -147,6 +156,7 @@ fn run<B: Backend>(
     be: &B,
     model: LoadedModel,
     setup: &Setup,
+    long_every: usize,
     rx: Receiver<Msg>,
     ready: &Sender<Result<String>>,
     shared: &Shared,
@@ -187,7 +197,7 @@ fn run<B: Backend>(
     if ready.send(Ok(be.describe())).is_err() {
         return;
     }
-    let mut sched = Scheduler::new(setup.cache.clone(), schedule.clone(), unet.arch.sample_size);
+    let mut sched = Scheduler::new(setup.cache.clone(), schedule.clone(), unet.arch.sample_size, long_every);
     let mut open = true;
     while open || !sched.is_idle() {
         // Take what has arrived; wait only when there is nothing to step.
@@ -213,7 +223,8 @@ fn run<B: Backend>(
         }
         sched.prune(&mut stepper);
         sched.admit(&mut stepper);
-        let batch = stepper.active();
+        sched.plan(&mut stepper);
+        let batch = stepper.stepping();
         if batch > 0 {
             let stepped = catch_unwind(AssertUnwindSafe(|| stepper.step(&mut |_| {})))
                 .unwrap_or_else(|p| Err(anyhow!("the engine failed {}", panic_text(&*p))));

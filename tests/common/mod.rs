@@ -276,10 +276,13 @@ fn max_bits_diff(a: &[f32], b: &[f32]) -> f32 {
 
 /// Runs `tasks` (each admitted at its step number of the stepper's loop; `cancel`: the
 /// task indices removed at a step) and returns every finished task's result.
+/// Runs `tasks` (admitted at their step) on `st`, cancelling `(step, task)` and holding
+/// `(from, to, task)` out of the steps in [from, to); the results by task.
 pub fn run_steps<B: Backend>(
     st: &mut Stepper<'_, B>,
     tasks: &[(usize, Task)],
     cancel: &[(usize, usize)],
+    hold: &[(usize, usize, usize)],
 ) -> HashMap<usize, Finished> {
     let mut ids: HashMap<JobId, usize> = HashMap::new();
     let mut by_task: HashMap<usize, JobId> = HashMap::new();
@@ -297,6 +300,11 @@ pub fn run_steps<B: Backend>(
             if at == it {
                 assert!(st.cancel(by_task[&k]), "task {k} was running");
                 ids.remove(&by_task[&k]);
+            }
+        }
+        for &(from, to, k) in hold {
+            if from == it || to == it {
+                assert!(st.hold(by_task[&k], from == it), "task {k} was running");
             }
         }
         if st.active() == 0 && tasks.iter().all(|(at, _)| *at <= it) {
@@ -343,8 +351,9 @@ pub fn steps_equal_alone<B: Backend>(be: &B) {
         .map(|(s, m, c, st)| eng.transfer(&inv[*st].x_t, &inv[*c], s, m.as_deref(), &mut || {}).unwrap())
         .collect();
 
-    // Together: transfers joining at steps 0, 0, 2 and 5, an inversion at step 1, and a
-    // transfer cancelled at step 3; 5 lanes, so the set is full at step 2.
+    // Together: transfers joining at steps 0, 0, 2 and 5, an inversion at step 1, a
+    // transfer cancelled at step 3, and two held out of some steps; 5 lanes, so the set
+    // is full at step 2.
     let transfer = |k: usize| {
         let (s, m, c, st) = &runs[k];
         Task::Transfer {
@@ -363,7 +372,8 @@ pub fn steps_equal_alone<B: Backend>(be: &B) {
         (5, transfer(0)),
     ];
     let mut st = Stepper::new(be, &unet, &model.schedule, 5).unwrap();
-    let out = run_steps(&mut st, &tasks, &[(3, 4)]);
+    // Task 1 is held out of steps 1-3 and the inversion out of step 2.
+    let out = run_steps(&mut st, &tasks, &[(3, 4)], &[(1, 4, 1), (2, 3, 2)]);
     assert_eq!(out.len(), 5, "every task but the cancelled one finished");
     let want = [Some(&alone[0]), Some(&alone[1]), None, Some(&alone[2]), None, Some(&alone[0])];
     for (k, w) in want.iter().enumerate() {
