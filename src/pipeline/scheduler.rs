@@ -142,7 +142,7 @@ impl Scheduler {
         };
         let running: Vec<(JobId, usize)> = self.works.iter().filter_map(|w| Some((w.job?, left(w)))).collect();
         let shortest = running.iter().map(|&(_, l)| l).min().unwrap_or(0);
-        let turn = self.planned % self.long_every as u64 == 0;
+        let turn = self.planned.is_multiple_of(self.long_every as u64);
         for (id, l) in running {
             st.hold(id, !turn && l > LONG_RATIO * shortest.max(1));
         }
