@@ -24,8 +24,9 @@ as JSON (--out) and as a Markdown section (stdout).
 
     python3 tools/load.py --bin target/release/diffstyle --out benches/load.json
 
-With --mixed N it instead compares the two schedulings (issue 25): for `--schedule
-batch` and then `--schedule step`, a fresh server, then two phases of --duration s each:
+With --mixed N it instead compares the schedulings (issue 25): for each of --servers
+(`--schedule batch`, `--schedule step`, and step with `--long-every 1`), a fresh server,
+then two phases of --duration s each:
 "fast only" (8 clients, each sending a `fast` transfer of a fresh content with a cached
 style id, then thinking an exponential --think s) and "mixed" (the same, plus one
 `in-domain` transfer (1000 generation steps) every N s from its own thread). It reports
@@ -325,6 +326,9 @@ def main():
     ap.add_argument("--mixed", type=float, metavar="N",
                     help="compare --schedule batch and step under fast load with an in-domain request every N s")
     ap.add_argument("--think", type=float, default=8.0, help="--mixed: mean think time of a fast client, s")
+    ap.add_argument("--servers", default="batch,step,step:1",
+                    help="--mixed: the servers compared, SCHEDULE[:LONG_EVERY] each (step:1 = no yielding)")
+    ap.add_argument("--long-every", type=int, help="the server's --long-every (step scheduling)")
     ap.add_argument("--max-batch", type=int, default=4)
     ap.add_argument("--batch-window-ms", type=int, default=20)
     ap.add_argument("--max-queue", type=int, default=16)
@@ -399,7 +403,7 @@ def main():
             json.dump(res, f, indent=1)
 
 
-def connect(args, schedule):
+def connect(args, schedule, long_every=None):
     """(server process or None, host, port): --url, or a fresh server on an ephemeral port."""
     if args.url:
         u = urlparse(args.url)
@@ -411,6 +415,9 @@ def connect(args, schedule):
            "--addr", "127.0.0.1:0", "--schedule", schedule, "--max-batch", str(args.max_batch), "--batch-window-ms",
            str(args.batch_window_ms), "--max-queue", str(args.max_queue), "--cache-mib", str(args.cache_mib),
            "--max-body-mib", str(args.max_body_mib), "--read-timeout-s", "10"]
+    long_every = long_every or args.long_every
+    if schedule == "step" and long_every:
+        cmd += ["--long-every", str(long_every)]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     for line in proc.stderr:
         m = re.match(r"listening on http://([\d.]+):(\d+)", line)
@@ -493,8 +500,9 @@ def mixed_main(args):
            "settings": {k: getattr(args, k) for k in ("clients", "duration", "think", "mixed", "max_batch",
                                                         "batch_window_ms", "max_queue", "image_size", "device", "threads")},
            "schedules": {}}
-    for schedule in ("batch", "step"):
-        proc, host, port = connect(args, schedule)
+    for server in args.servers.split(","):
+        schedule, _, every = server.partition(":")
+        proc, host, port = connect(args, schedule, int(every) if every else None)
         cl = Client(host, port)
         try:
             st, _, body = cl.call("POST", "/v1/invert", form([("image", ("s.png", png(args.image_size, args.image_size, random.Random(7))))]))
@@ -521,7 +529,7 @@ def mixed_main(args):
             phases["cancelled_total"] = m.get("diffstyle_cancelled_total", 0)
             phases["ratio_fast_p50_mixed_over_fast_only"] = round(
                 phases["mixed"]["fast_p50_ms"] / max(1, phases["fast only"]["fast_p50_ms"]), 2)
-            res["schedules"][schedule] = phases
+            res["schedules"][server] = phases
         finally:
             stop_server(proc)
     print(mixed_markdown(res))
@@ -536,7 +544,9 @@ def mixed_markdown(r):
            f"--max-batch {s['max_batch']}` with the tiny fixture model (32x32); {s['clients']} clients sending `fast` "
            f"transfers (fresh {s['image_size']}x{s['image_size']} content, cached style id) with exponential think "
            f"times of mean {s['think']} s; mixed: plus one `in-domain` transfer (1000 generation steps) every "
-           f"{s['mixed']} s; {s['duration']} s per phase.", "",
+           f"{s['mixed']} s; {s['duration']} s per phase. Servers: `batch` = `--schedule batch`; `step` = `--schedule "
+           f"step` with its default `--long-every` (4 on the CPU); `step:1` = `--schedule step --long-every 1` (every job "
+           f"advances every step).", "",
            "| schedule | phase | fast n | fast/s | fast p50 ms | fast p99 ms | fast max ms | in-domain n | in-domain p50 ms | fast p50 mixed / fast only |",
            "|---|---|---|---|---|---|---|---|---|---|"]
     for sch, ph in r["schedules"].items():
