@@ -81,11 +81,12 @@ use worker::{Done, Msg, Op, Reply, Shared};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scheduling {
     /// Every request joins one running batch between denoising steps and leaves it when
-    /// done or cancelled (up to `max_batch` jobs per step).
+    /// done or cancelled (up to the max batch of jobs per step).
     #[default]
     Step,
-    /// Batch calls run to their end one after another, on engines of fixed batch
-    /// sizes; [`Pipeline::submit`] still works, through a one-job stepper.
+    /// Whole batches (of requests with the same knobs and mask) run to their end, one
+    /// after another, on engines of fixed batch sizes (a submitted request still runs,
+    /// through a one-job stepper).
     Batch,
 }
 
