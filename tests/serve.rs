@@ -445,11 +445,20 @@ fn the_emulated_gpu_serves_what_its_cli_writes_batched_or_not() {
     let style = example("style.png");
     let contents = [example("content.png"), noise_png(9, 40, 40)];
     let together = side_by_side(&s.addr, &contents, &style);
+    let want: Vec<Vec<u8>> = contents.iter().map(|c| cli_png_on("emu", c, &style, None)).collect();
     for (k, (batch, png)) in together.iter().enumerate() {
         assert_eq!(batch.as_deref(), Some("2"));
-        assert!(*png == cli_png_on("emu", &contents[k], &style, None), "request {k} differs from the emulated CLI");
+        assert!(*png == want[k], "request {k} differs from the emulated CLI");
     }
     assert!(s.metric("diffstyle_device_memory_peak_bytes") > 0.0, "the emulated device reports its memory");
+    drop(s);
+    // The step scheduler on the emulated device (its steps of varying shapes recorded
+    // as graphs): the same images.
+    let s = Server::start(&bin(), &["--device", "emu"], &["--model", m.to_str().unwrap(), "--max-batch", "2"]);
+    for (k, (_, png)) in side_by_side(&s.addr, &contents, &style).iter().enumerate() {
+        assert!(*png == want[k], "request {k} differs from the emulated CLI under step scheduling");
+    }
+    assert!(s.metric("diffstyle_batches_total{kind=\"step\",size=\"2\"}") > 0.0, "no step ran two jobs");
 }
 
 #[test]
