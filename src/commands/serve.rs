@@ -34,7 +34,8 @@ pub struct ServeArgs {
     /// step costs about the sum of its jobs (the CPU) a long request does not double the
     /// time of every short one beside it; it still advances at least every K-th step.
     /// 1: every job advances every step. Default: 4 on the CPU, 1 on a GPU (where a
-    /// step of several jobs costs little more than one). Results never change.
+    /// step of several jobs is expected to cost little more than one). Results never
+    /// change.
     #[arg(long, value_name = "K")]
     pub long_every: Option<usize>,
     /// `--schedule batch` only: how long the first request of a batch waits for

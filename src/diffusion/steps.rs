@@ -211,6 +211,11 @@ impl<'a, B: Backend> Stepper<'a, B> {
         }
     }
 
+    /// Whether job `id` is held out of the steps.
+    pub fn is_held(&self, id: JobId) -> bool {
+        self.job(id).is_some_and(|j| j.held)
+    }
+
     /// Jobs that the next step advances (active and not held).
     pub fn stepping(&self) -> usize {
         self.jobs.iter().flatten().filter(|j| !j.held).count()

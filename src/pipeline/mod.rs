@@ -140,7 +140,8 @@ pub struct PipelineOptions {
     /// left advances only on every `long_every`-th step (1: every job every step).
     /// `None`: 4 on the CPU, where a step costs about the sum of its samples, so a long
     /// request sharing every step would double the short ones' time; 1 on a GPU, where
-    /// a step of several samples costs little more than one.
+    /// a step of several samples is expected to cost little more than one (not yet
+    /// measured on a GPU).
     pub long_every: Option<usize>,
     /// The in-memory inversion cache, MiB (0 = none).
     pub cache_mib: usize,

@@ -157,11 +157,12 @@ impl Scheduler {
     pub fn add(&mut self, s: Submitted) {
         let serial = self.serial;
         self.serial += 1;
-        let inv_len = |steps: usize| seq(steps).len() - 1;
         let (want, total) = match s.req {
             Resolved::Invert { x0, id, inv_steps } => {
-                self.subscribe(Key::Inversion(id.clone()), Task::Invert { x0, steps: inv_steps }, serial);
-                (Want::Invert, inv_len(inv_steps))
+                let task = Task::Invert { x0, steps: inv_steps };
+                let total = self.task_len(&task);
+                self.subscribe(Key::Inversion(id), task, serial);
+                (Want::Invert, total)
             }
             Resolved::Transfer { content, style, settings, mask } => {
                 let mut total = GenStep::all(&settings, &self.sched).len();
@@ -170,10 +171,11 @@ impl Scheduler {
                     Side::Invert { x0, id } => {
                         let key = Key::Inversion(id.clone());
                         // The same image on both sides is one inversion (and counted once).
+                        let task = Task::Invert { x0, steps: settings.inv_steps };
                         if !this.works.iter().any(|w| w.key == key && w.subs.contains(&serial)) {
-                            total += inv_len(settings.inv_steps);
+                            total += this.task_len(&task);
                         }
-                        this.subscribe(key, Task::Invert { x0, steps: settings.inv_steps }, serial);
+                        this.subscribe(key, task, serial);
                         Slot::Waiting(id)
                     }
                 };
@@ -188,6 +190,14 @@ impl Scheduler {
         self.start_transfer(serial);
     }
 
+    /// The steps of a job: an inversion's (one per time but the last), a generation's.
+    fn task_len(&self, task: &Task) -> usize {
+        match task {
+            Task::Invert { steps, .. } => seq(*steps).len() - 1,
+            Task::Transfer { settings, .. } => GenStep::all(settings, &self.sched).len(),
+        }
+    }
+
     /// Request `serial` needs the job `key` (made from `task` unless it exists).
     fn subscribe(&mut self, key: Key, task: Task, serial: u64) {
         if let Some(w) = self.works.iter_mut().find(|w| w.key == key) {
@@ -196,10 +206,7 @@ impl Scheduler {
             }
             return;
         }
-        let len = match &task {
-            Task::Invert { steps, .. } => seq(*steps).len() - 1,
-            Task::Transfer { settings, .. } => GenStep::all(settings, &self.sched).len(),
-        };
+        let len = self.task_len(&task);
         self.works.push(Work { key, task: Some(task), job: None, len, subs: vec![serial], peak: 0 });
     }
 
@@ -289,8 +296,10 @@ impl Scheduler {
     /// After a step that ran `batch` jobs: answers what finished, queues the
     /// generations whose inversions are done, and tells every ticket its progress.
     pub fn stepped<B: Backend>(&mut self, st: &mut Stepper<'_, B>, batch: usize, done: Vec<(JobId, Result<Finished>)>) {
-        for w in self.works.iter_mut().filter(|w| w.job.is_some()) {
-            w.peak = w.peak.max(batch);
+        for w in &mut self.works {
+            if w.job.is_some_and(|id| !st.is_held(id)) {
+                w.peak = w.peak.max(batch);
+            }
         }
         for (id, result) in done {
             let Some(k) = self.works.iter().position(|w| w.job == Some(id)) else { continue };
@@ -346,7 +355,7 @@ impl Scheduler {
 
     /// Updates each request's steps done (sending an event where it changed) and the
     /// count of requests still waiting to start.
-    fn tell_progress<B: Backend>(&mut self, st: &Stepper<'_, B>) {
+    pub fn tell_progress<B: Backend>(&mut self, st: &Stepper<'_, B>) {
         let mut waiting = 0;
         for (serial, r) in &self.reqs {
             let running: usize = self
@@ -364,10 +373,5 @@ impl Scheduler {
             }
         }
         self.report.waiting = waiting;
-    }
-
-    /// Recounts the waiting requests (after admissions without a step).
-    pub fn recount<B: Backend>(&mut self, st: &Stepper<'_, B>) {
-        self.tell_progress(st);
     }
 }

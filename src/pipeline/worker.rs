@@ -121,8 +121,9 @@ pub(super) fn spawn(
             sh.alive.store(true, Relaxed);
             match pick(setup.device, setup.precision, setup.threads, setup.verbose) {
                 Ok(picked) => {
-                    // A CPU step costs about the sum of its samples, a GPU step hardly more
-                    // than one: only on the CPU do long jobs yield by default.
+                    // A CPU step costs about the sum of its samples, a GPU step is expected
+                    // to cost little more than one: only on the CPU do long jobs yield by
+                    // default.
                     let cpu = matches!(picked, Picked::Cpu(_));
                     let long_every = setup.long_every.unwrap_or(if cpu { 4 } else { 1 });
                     crate::with_backend!(picked, |be| run(be, model, &setup, long_every, rx, &ready_tx, &sh))
@@ -237,7 +238,8 @@ fn run<B: Backend>(
             }
             report_memory();
         } else {
-            sched.recount(&stepper);
+            // Admissions without a step still change who waits.
+            sched.tell_progress(&stepper);
         }
         shared.cancelled.store(sched.report.cancelled, Relaxed);
         shared.waiting.store(sched.report.waiting, Relaxed);
